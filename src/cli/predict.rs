@@ -1,0 +1,120 @@
+//! `graft predict`: ImageNet top-k for each image.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use graft::data::DecodeLimits;
+use graft::infer::{Classified, classify};
+
+use super::BackboneArgs;
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// Image files (JPEG, PNG, BMP, GIF, WebP).
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<PathBuf>,
+
+    #[command(flatten)]
+    pub backbone: BackboneArgs,
+
+    /// How many classes to show per image.
+    #[arg(long, short = 'k', default_value_t = 5)]
+    pub top: usize,
+
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+
+    /// Refuse images with more pixels than this (decompression bombs).
+    #[arg(long, default_value_t = DecodeLimits::default().max_pixels)]
+    pub max_pixels: u64,
+}
+
+pub fn run(args: PredictArgs) -> Result<ExitCode> {
+    let backbone = args.backbone.load(true)?;
+    let limits = DecodeLimits {
+        max_pixels: args.max_pixels,
+        ..DecodeLimits::default()
+    };
+    let bar = if args.images.len() > args.batch_size {
+        ProgressBar::new(args.images.len() as u64).with_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} images {per_sec} ETA {eta}")
+                .expect("static template"),
+        )
+    } else {
+        ProgressBar::hidden()
+    };
+    let results = classify(
+        &backbone,
+        &args.images,
+        args.top,
+        args.batch_size,
+        limits,
+        |n| bar.inc(n as u64),
+    );
+    bar.finish_and_clear();
+
+    let failed = results.iter().filter(|c| c.result.is_err()).count();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&to_json(&backbone.config.name, &results))?
+        );
+    } else {
+        print_text(&results);
+    }
+    for c in &results {
+        if let Err(e) = &c.result {
+            eprintln!("error: {e}");
+        }
+    }
+    if failed > 0 {
+        eprintln!(
+            "{failed} of {} images could not be classified",
+            results.len()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_text(results: &[Classified]) {
+    for c in results {
+        let Ok(predictions) = &c.result else { continue };
+        println!("{}", c.path.display());
+        for (rank, p) in predictions.iter().enumerate() {
+            println!(
+                "  {:>2}. {:>6.2}%  {} ({})",
+                rank + 1,
+                100.0 * p.probability,
+                p.label,
+                p.index
+            );
+        }
+    }
+}
+
+fn to_json(model: &str, results: &[Classified]) -> serde_json::Value {
+    let images: Vec<_> = results
+        .iter()
+        .map(|c| match &c.result {
+            Ok(predictions) => serde_json::json!({
+                "path": c.path,
+                "predictions": predictions,
+            }),
+            Err(e) => serde_json::json!({
+                "path": c.path,
+                "error": e.reason,
+            }),
+        })
+        .collect();
+    serde_json::json!({ "model": model, "images": images })
+}

@@ -1,0 +1,81 @@
+//! A backbone's eval preprocessing, from its source config: crop, resize, normalise, CHW.
+
+use fast_image_resize::images::Image;
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::RgbImage;
+
+use crate::backbone::{CropRule, Normalization, ResizeFilter, SourceConfig};
+
+/// A preprocessed image: `3 x resolution x resolution` floats, channel-major (CHW).
+pub type Chw = Vec<f32>;
+
+/// Crop and resize to the square `resolution` the network expects, as uint8 RGB.
+pub fn crop_and_resize(image: &RgbImage, config: &SourceConfig) -> RgbImage {
+    let res = config.resolution as u32;
+    let (w, h) = image.dimensions();
+    match config.crop {
+        CropRule::CenterSquare { fraction } => {
+            // TF EfficientNet eval crop: side floor(fraction * short side), offset rounded up.
+            let side = ((fraction as f64 * f64::from(w.min(h))) as u32).max(1);
+            let top = (h - side).div_ceil(2);
+            let left = (w - side).div_ceil(2);
+            let square = image::imageops::crop_imm(image, left, top, side, side).to_image();
+            resize(&square, res, res, config.resize_filter)
+        }
+        CropRule::ResizeThenCenterCrop { fraction } => {
+            // torchvision: Resize(int(res / fraction)) on the short side, then CenterCrop(res).
+            let short = (res as f64 / fraction as f64) as u32;
+            let (rw, rh) = if w <= h {
+                (short, ((short as u64 * h as u64) / w as u64) as u32)
+            } else {
+                (((short as u64 * w as u64) / h as u64) as u32, short)
+            };
+            let resized = resize(image, rw.max(res), rh.max(res), config.resize_filter);
+            let (rw, rh) = resized.dimensions();
+            let top = ((rh - res) as f64 / 2.0).round() as u32;
+            let left = ((rw - res) as f64 / 2.0).round() as u32;
+            image::imageops::crop_imm(&resized, left, top, res, res).to_image()
+        }
+    }
+}
+
+/// Antialiased resize (Pillow-style convolution: support scaled by the downscale factor).
+pub fn resize(image: &RgbImage, width: u32, height: u32, filter: ResizeFilter) -> RgbImage {
+    let (w, h) = image.dimensions();
+    if (w, h) == (width, height) {
+        return image.clone();
+    }
+    let filter = match filter {
+        ResizeFilter::Bicubic => FilterType::CatmullRom,
+        ResizeFilter::Bilinear => FilterType::Bilinear,
+    };
+    let src = Image::from_vec_u8(w, h, image.as_raw().clone(), PixelType::U8x3)
+        .expect("buffer length matches an RgbImage's dimensions");
+    let mut dst = Image::new(width, height, PixelType::U8x3);
+    Resizer::new()
+        .resize(
+            &src,
+            &mut dst,
+            &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter)),
+        )
+        .expect("source and destination share the U8x3 pixel type");
+    RgbImage::from_raw(width, height, dst.into_vec()).expect("destination buffer is width*height*3")
+}
+
+/// `(x - mean) / std` per channel, HWC uint8 -> CHW f32.
+pub fn normalize(image: &RgbImage, norm: &Normalization) -> Chw {
+    let (w, h) = image.dimensions();
+    let plane = (w * h) as usize;
+    let mut out = vec![0f32; 3 * plane];
+    for (i, px) in image.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = (f32::from(px[c]) - norm.mean[c]) / norm.std[c];
+        }
+    }
+    out
+}
+
+/// The full eval transform of `config`.
+pub fn preprocess(image: &RgbImage, config: &SourceConfig) -> Chw {
+    normalize(&crop_and_resize(image, config), &config.normalization)
+}

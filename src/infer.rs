@@ -1,0 +1,88 @@
+//! Off-the-shelf inference (recipe 1): images -> ImageNet top-k.
+
+use std::path::PathBuf;
+
+use burn::tensor::activation::softmax;
+
+use crate::backbone::Backbone;
+use crate::data::{DecodeError, DecodeLimits, load_images, to_batch};
+use crate::labels;
+
+/// One ranked class.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Prediction {
+    pub index: usize,
+    pub label: String,
+    pub probability: f32,
+}
+
+/// The outcome for one input file.
+#[derive(Debug)]
+pub struct Classified {
+    pub path: PathBuf,
+    pub result: Result<Vec<Prediction>, DecodeError>,
+}
+
+/// The `k` largest probabilities, best first.
+pub fn top_k(probabilities: &[f32], k: usize, names: &[&str]) -> Vec<Prediction> {
+    let mut order: Vec<usize> = (0..probabilities.len()).collect();
+    order.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]));
+    order
+        .into_iter()
+        .take(k)
+        .map(|index| Prediction {
+            index,
+            label: names
+                .get(index)
+                .map_or_else(|| index.to_string(), |s| s.to_string()),
+            probability: probabilities[index],
+        })
+        .collect()
+}
+
+/// Classify `paths` with the backbone's ImageNet top, `batch_size` images at a time.
+/// Files that cannot be decoded get their error; the others are still classified.
+/// `on_batch` is called with the number of files finished after each batch.
+pub fn classify(
+    backbone: &Backbone,
+    paths: &[PathBuf],
+    k: usize,
+    batch_size: usize,
+    limits: DecodeLimits,
+    mut on_batch: impl FnMut(usize),
+) -> Vec<Classified> {
+    let config = &backbone.config;
+    let names = labels::names(config.labels);
+    let device = backbone.net.stem.weight.val().device();
+    let mut out = Vec::with_capacity(paths.len());
+    for chunk in paths.chunks(batch_size.max(1)) {
+        let decoded = load_images(chunk, config, limits);
+        let good: Vec<_> = decoded.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let mut probabilities = Vec::new();
+        if !good.is_empty() {
+            let batch = to_batch(&good, config.resolution, &device);
+            let logits = backbone
+                .logits(batch)
+                .expect("classify needs a backbone loaded with its top");
+            probabilities = softmax(logits, 1)
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("softmax output is f32");
+        }
+        let classes = config.num_classes;
+        let mut row = 0;
+        for (path, result) in chunk.iter().zip(decoded) {
+            let result = result.map(|_| {
+                let p = &probabilities[row * classes..(row + 1) * classes];
+                row += 1;
+                top_k(p, k, &names)
+            });
+            out.push(Classified {
+                path: path.clone(),
+                result,
+            });
+        }
+        on_batch(chunk.len());
+    }
+    out
+}

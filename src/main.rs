@@ -1,0 +1,27 @@
+//! The `graft` command line.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    if let Some(threads) = args.threads {
+        // burn's flex backend and the decode pipeline both run on rayon's global pool.
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+        {
+            eprintln!("warning: cannot set --threads {threads}: {e}");
+        }
+    }
+    match cli::run(args.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
