@@ -19,3 +19,25 @@ pub fn file_sha256(path: &Path) -> std::io::Result<String> {
     }
     Ok(hex::encode(hasher.finalize()))
 }
+
+/// CPU time (user + system) this process has used so far, in seconds.
+pub fn process_cpu_seconds() -> f64 {
+    let usage = rusage();
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Peak resident set size of this process, in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    // Linux reports ru_maxrss in KiB.
+    rusage().ru_maxrss as u64 * 1024
+}
+
+fn rusage() -> libc::rusage {
+    // SAFETY: getrusage only writes into the struct we pass; RUSAGE_SELF is always valid.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    }
+}

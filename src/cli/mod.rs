@@ -1,5 +1,6 @@
 //! One file per subcommand; this file holds the argument types shared between them.
 
+mod bench;
 mod predict;
 mod summary;
 mod weights;
@@ -31,6 +32,8 @@ pub enum Command {
     Predict(predict::PredictArgs),
     /// Show a backbone's layer groups, output shapes and parameter counts.
     Summary(summary::SummaryArgs),
+    /// Measure graft's speed (used by the peer comparison in bench/).
+    Bench(bench::BenchArgs),
     /// Manage pretrained weights in the local store ($GRAFT_HOME/weights).
     #[command(subcommand)]
     Weights(weights::WeightsCommand),
@@ -41,6 +44,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Predict(args) => predict::run(args),
         Command::Summary(args) => summary::run(args),
         Command::Weights(command) => weights::run(command),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

@@ -99,3 +99,136 @@ pub fn decode_rgb(path: &Path, limits: DecodeLimits) -> Result<RgbImage, DecodeE
     image.apply_orientation(orientation);
     Ok(image.into_rgb8())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
+
+    fn save(dir: &Path, name: &str, image: &DynamicImage, format: ImageFormat) -> PathBuf {
+        let path = dir.join(name);
+        image.save_with_format(&path, format).unwrap();
+        path
+    }
+
+    /// A 4x2 image, red on the left half, blue on the right.
+    fn two_tone() -> RgbImage {
+        RgbImage::from_fn(4, 2, |x, _| {
+            if x < 2 {
+                Rgb([255, 0, 0])
+            } else {
+                Rgb([0, 0, 255])
+            }
+        })
+    }
+
+    #[test]
+    fn every_supported_format_decodes_to_rgb() {
+        let dir = tempfile::tempdir().unwrap();
+        let rgb = DynamicImage::ImageRgb8(two_tone());
+        for (name, format) in [
+            ("a.png", ImageFormat::Png),
+            ("a.bmp", ImageFormat::Bmp),
+            ("a.gif", ImageFormat::Gif),
+            ("a.webp", ImageFormat::WebP),
+            ("a.jpg", ImageFormat::Jpeg),
+        ] {
+            let decoded = decode_rgb(
+                &save(dir.path(), name, &rgb, format),
+                DecodeLimits::default(),
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(decoded.dimensions(), (4, 2), "{name}");
+        }
+        let gray = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(3, 3, image::Luma([77])));
+        let decoded = decode_rgb(
+            &save(dir.path(), "g.png", &gray, ImageFormat::Png),
+            DecodeLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(decoded.get_pixel(1, 1), &Rgb([77, 77, 77]));
+        let alpha = DynamicImage::ImageRgba8(RgbaImage::from_pixel(3, 3, Rgba([10, 20, 30, 0])));
+        let decoded = decode_rgb(
+            &save(dir.path(), "a.png", &alpha, ImageFormat::Png),
+            DecodeLimits::default(),
+        )
+        .unwrap();
+        // Alpha is dropped, not composited, like Pillow's convert("RGB").
+        assert_eq!(decoded.get_pixel(0, 0), &Rgb([10, 20, 30]));
+    }
+
+    /// Insert an EXIF APP1 segment with the given orientation right after the JPEG SOI.
+    fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+        let mut tiff = Vec::new();
+        tiff.extend_from_slice(b"II*\0");
+        tiff.extend_from_slice(&8u32.to_le_bytes()); // IFD0 offset
+        tiff.extend_from_slice(&1u16.to_le_bytes()); // one entry
+        tiff.extend_from_slice(&0x0112u16.to_le_bytes()); // Orientation
+        tiff.extend_from_slice(&3u16.to_le_bytes()); // SHORT
+        tiff.extend_from_slice(&1u32.to_le_bytes()); // count
+        tiff.extend_from_slice(&orientation.to_le_bytes());
+        tiff.extend_from_slice(&[0, 0]);
+        tiff.extend_from_slice(&0u32.to_le_bytes()); // no next IFD
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend_from_slice(&tiff);
+        let mut out = jpeg[..2].to_vec();
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(&app1);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut jpeg = Vec::new();
+        DynamicImage::ImageRgb8(RgbImage::from_fn(16, 8, |x, _| {
+            if x < 8 {
+                Rgb([255, 0, 0])
+            } else {
+                Rgb([0, 0, 255])
+            }
+        }))
+        .write_to(&mut std::io::Cursor::new(&mut jpeg), ImageFormat::Jpeg)
+        .unwrap();
+        // Orientation 6: rotate 90 degrees clockwise to display. The left (red) half ends up on top.
+        let path = dir.path().join("rotated.jpg");
+        std::fs::write(&path, with_exif_orientation(&jpeg, 6)).unwrap();
+        let decoded = decode_rgb(&path, DecodeLimits::default()).unwrap();
+        assert_eq!(decoded.dimensions(), (8, 16));
+        let top = decoded.get_pixel(4, 2);
+        let bottom = decoded.get_pixel(4, 13);
+        assert!(top[0] > 200 && top[2] < 60, "top {top:?}");
+        assert!(bottom[2] > 200 && bottom[0] < 60, "bottom {bottom:?}");
+    }
+
+    #[test]
+    fn bad_files_fail_with_one_line_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.jpg");
+        std::fs::write(&empty, b"").unwrap();
+        let text = dir.path().join("text.jpg");
+        std::fs::write(&text, b"hello, not an image").unwrap();
+        for path in [&empty, &text, &dir.path().join("absent.png")] {
+            let err = decode_rgb(path, DecodeLimits::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(&path.display().to_string()), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        // A header claiming more pixels than allowed is refused before decoding.
+        let big = save(
+            dir.path(),
+            "big.png",
+            &DynamicImage::ImageRgb8(RgbImage::new(300, 300)),
+            ImageFormat::Png,
+        );
+        let limits = DecodeLimits {
+            max_pixels: 10_000,
+            ..DecodeLimits::default()
+        };
+        let err = decode_rgb(&big, limits).unwrap_err().to_string();
+        assert!(err.contains("decompression bomb"), "{err}");
+    }
+}

@@ -1,0 +1,91 @@
+//! `graft bench`: graft's side of the peer benchmarks in `bench/` (images/s, CPU/wall, RSS).
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Result;
+use burn::tensor::{Distribution, Tensor};
+use clap::{Args, ValueEnum};
+
+use graft::util::{peak_rss_bytes, process_cpu_seconds};
+
+use super::BackboneArgs;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BenchWhat {
+    /// Forward pass with the ImageNet top (inference).
+    Forward,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[arg(value_enum, default_value = "forward")]
+    pub what: BenchWhat,
+
+    #[command(flatten)]
+    pub backbone: BackboneArgs,
+
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+
+    /// Timed iterations (after one untimed warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    let backbone = args.backbone.load(true)?;
+    let r = backbone.config.resolution;
+    let device = graft::backend::device();
+    let input = Tensor::<4>::random(
+        [args.batch_size, 3, r, r],
+        Distribution::Uniform(-1.0, 1.0),
+        &device,
+    );
+    let run_once = || {
+        let logits = backbone.logits(input.clone()).expect("loaded with top");
+        // Reading the result forces any lazy backend to finish the work.
+        let _ = logits.into_data();
+    };
+    run_once();
+    let cpu0 = process_cpu_seconds();
+    let t0 = Instant::now();
+    for _ in 0..args.iters {
+        run_once();
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds() - cpu0;
+    let images = (args.iters * args.batch_size) as f64;
+    let result = serde_json::json!({
+        "tool": "graft",
+        "backend": graft::backend::name(),
+        "what": "forward",
+        "backbone": backbone.config.name,
+        "batch_size": args.batch_size,
+        "resolution": r,
+        "threads": rayon::current_num_threads(),
+        "images_per_sec": images / wall,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "cpu_over_wall": cpu / wall,
+        "peak_rss_mb": peak_rss_bytes() as f64 / 1e6,
+    });
+    if args.json {
+        println!("{result}");
+    } else {
+        println!(
+            "graft {} forward batch {} @{}px: {:.1} img/s, CPU/wall {:.2}, peak RSS {:.0} MB",
+            backbone.config.name,
+            args.batch_size,
+            r,
+            images / wall,
+            cpu / wall,
+            peak_rss_bytes() as f64 / 1e6
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

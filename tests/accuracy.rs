@@ -1,0 +1,73 @@
+//! Top-1 accuracy on the 100 labelled ImageNet photos of ../shared/data/imagenet-sample,
+//! through the whole user path: decode, the backbone's own preprocessing, forward.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use graft::data::DecodeLimits;
+use graft::infer::classify;
+
+fn labelled_sample() -> Vec<(PathBuf, usize)> {
+    let dir = shared().join("data/imagenet-sample");
+    let csv = std::fs::read_to_string(dir.join("labels.csv")).unwrap();
+    csv.lines()
+        .skip(1)
+        .map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            (dir.join(fields[0]), fields[1].parse().unwrap())
+        })
+        .collect()
+}
+
+fn top1_accuracy(name: &str, weights: PathBuf) -> f64 {
+    let backbone = load(name, &weights, true, None);
+    let sample = labelled_sample();
+    assert_eq!(sample.len(), 100);
+    let paths: Vec<PathBuf> = sample.iter().map(|(p, _)| p.clone()).collect();
+    let results = classify(&backbone, &paths, 1, 25, DecodeLimits::default(), |_| {});
+    let correct = results
+        .iter()
+        .zip(&sample)
+        .filter(|(r, (_, label))| r.result.as_ref().unwrap()[0].index == *label)
+        .count();
+    let accuracy = correct as f64 / sample.len() as f64;
+    eprintln!("{name}: top-1 {correct}/100");
+    accuracy
+}
+
+#[test]
+fn efficientnet_lite0_top1_on_imagenet_sample() {
+    let acc = top1_accuracy("efficientnet-lite0", store_weights("efficientnet-lite0"));
+    assert!(acc >= 0.85, "EfficientNet-Lite0 top-1 {acc} < 0.85");
+}
+
+#[test]
+fn mobilenet_v2_tf_weights_top1_on_imagenet_sample() {
+    let acc = top1_accuracy("mobilenet-v2-tf", mnv2_weights());
+    assert!(acc >= 0.82, "MobileNetV2 top-1 {acc} < 0.82");
+}
+
+#[test]
+fn efficientnet_lite1_and_lite2_classify_the_golden_photos() {
+    // No goldens exist for Lite1/2; their published top-1 classes for these photos are
+    // unambiguous (bird 19 chickadee, hot dog 934, parrot 88 macaw; cat: one of the cats).
+    for name in ["efficientnet-lite1", "efficientnet-lite2"] {
+        let backbone = load(name, &store_weights(name), true, None);
+        let paths: Vec<PathBuf> = GOLDEN_IMAGES.iter().map(|n| golden_source(n)).collect();
+        let results = classify(&backbone, &paths, 1, 4, DecodeLimits::default(), |_| {});
+        let top1: Vec<usize> = results
+            .iter()
+            .map(|r| r.result.as_ref().unwrap()[0].index)
+            .collect();
+        assert_eq!(top1[0], 19, "{name} bird");
+        assert!(
+            [281, 282, 285].contains(&top1[1]),
+            "{name} cat: {}",
+            top1[1]
+        );
+        assert_eq!(top1[2], 934, "{name} hot dog");
+        assert_eq!(top1[3], 88, "{name} parrot");
+    }
+}

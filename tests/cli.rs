@@ -1,0 +1,158 @@
+//! The `graft` binary as a user runs it.
+
+mod common;
+
+use assert_cmd::Command;
+use common::*;
+
+fn graft() -> Command {
+    Command::cargo_bin("graft").unwrap()
+}
+
+#[test]
+fn predict_json_names_chickadee_first_for_the_golden_bird() {
+    let out = graft()
+        .args(["predict", "--json"])
+        .arg(golden_lite0().join("bird.bmp"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = &json["images"][0]["predictions"][0];
+    assert_eq!(first["index"], 19);
+    assert_eq!(first["label"], "chickadee");
+    assert!(first["probability"].as_f64().unwrap() > 0.8);
+    assert_eq!(
+        json["images"][0]["predictions"].as_array().unwrap().len(),
+        5
+    );
+}
+
+#[test]
+fn a_corrupt_image_is_reported_and_the_good_one_still_classified() {
+    let dir = tempfile::tempdir().unwrap();
+    let corrupt = dir.path().join("corrupt.jpg");
+    // A JPEG header followed by garbage.
+    let mut bytes = std::fs::read(golden_source("hot_dog")).unwrap();
+    bytes.truncate(600);
+    bytes.extend(std::iter::repeat_n(0x5a, 400));
+    std::fs::write(&corrupt, bytes).unwrap();
+    let text = dir.path().join("notes.jpg");
+    std::fs::write(&text, "this is not an image").unwrap();
+
+    let out = graft()
+        .args(["predict", "--json", "--top", "1"])
+        .arg(&corrupt)
+        .arg(golden_source("parrot"))
+        .arg(&text)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "bad inputs make a non-zero exit at the end"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let images = json["images"].as_array().unwrap();
+    assert_eq!(images.len(), 3);
+    assert!(images[0]["error"].is_string());
+    assert_eq!(images[1]["predictions"][0]["index"], 88, "parrot -> macaw");
+    assert!(images[2]["error"].is_string());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(error_lines.len(), 2, "{stderr}");
+    assert!(error_lines[0].contains("corrupt.jpg"), "{stderr}");
+    assert!(error_lines[1].contains("notes.jpg"), "{stderr}");
+}
+
+#[test]
+fn predict_text_output_has_one_block_per_image() {
+    let out = graft()
+        .args([
+            "predict",
+            "-b",
+            "mobilenet-v2-tf",
+            "--top",
+            "3",
+            "--weights",
+        ])
+        .arg(mnv2_weights())
+        .arg(golden_source("cat"))
+        .arg(golden_source("hot_dog"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 8, "{stdout}");
+    assert!(lines[0].ends_with("cat.bmp"));
+    assert!(lines[1].contains("Egyptian cat (285)"), "{stdout}");
+    assert!(lines[5].contains("hotdog"), "{stdout}");
+}
+
+#[test]
+fn summary_counts_parameters_like_keras() {
+    let out = graft()
+        .args(["summary", "-b", "mobilenet-v2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    // torchvision's mobilenet_v2 has 3,504,872 parameters; BatchNorm running statistics
+    // (34,112 values) come on top, counted as non-trainable as Keras does.
+    assert!(stdout.contains("Trainable params: 3,504,872"), "{stdout}");
+    assert!(stdout.contains("Non-trainable params: 34,112"), "{stdout}");
+    assert!(stdout.contains("(None, 1280, 7, 7)"), "{stdout}");
+    let no_top = graft().args(["summary", "--no-top"]).output().unwrap();
+    let no_top = String::from_utf8(no_top.stdout).unwrap();
+    assert!(!no_top.contains("classifier"), "{no_top}");
+    assert!(no_top.contains("(None, 1280)"), "{no_top}");
+}
+
+#[test]
+fn unknown_backbone_and_missing_weights_are_clear_errors() {
+    let out = graft()
+        .args(["summary", "-b", "resnet50"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unknown backbone `resnet50`") && stderr.contains("efficientnet-lite0"),
+        "{stderr}"
+    );
+
+    let home = tempfile::tempdir().unwrap();
+    let out = graft()
+        .env("GRAFT_HOME", home.path())
+        .args(["predict", "-b", "efficientnet-lite2"])
+        .arg(golden_source("bird"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("graft weights fetch efficientnet-lite2"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn weights_list_shows_installed_checkpoints() {
+    let out = graft().args(["weights", "list"]).output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lite0 = stdout
+        .lines()
+        .find(|l| l.contains("efficientnet-lite0"))
+        .unwrap();
+    assert!(lite0.contains("installed ("), "{stdout}");
+}

@@ -1,0 +1,124 @@
+//! Helpers shared by the integration tests: paths to ../shared, a .npy reader, weights.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use graft::backbone::{self, Backbone, LoadOptions, PaddingMode};
+
+/// `../shared` next to the checkout (as laid out for developers and CI).
+pub fn shared() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    assert!(
+        dir.is_dir(),
+        "{} is missing: the tests read the shared goldens, weights and datasets",
+        dir.display()
+    );
+    dir
+}
+
+pub fn golden_lite0() -> PathBuf {
+    shared().join("golden/efficientnet_lite0")
+}
+
+pub fn golden_mnv2() -> PathBuf {
+    shared().join("weights/mobilenet_v2/golden")
+}
+
+pub fn mnv2_weights() -> PathBuf {
+    shared().join("weights/mobilenet_v2/mobilenet_v2_imagenet.safetensors")
+}
+
+/// The installed checkpoint of a registry backbone (fetched by `graft weights fetch`).
+pub fn store_weights(name: &str) -> PathBuf {
+    let info = backbone::find(name).unwrap();
+    graft::weights::store::installed(info).unwrap_or_else(|| {
+        panic!(
+            "{name} weights are not installed in {}: run `graft weights fetch {name}` first",
+            graft::weights::store::weights_dir().display()
+        )
+    })
+}
+
+pub fn load(name: &str, path: &Path, include_top: bool, padding: Option<PaddingMode>) -> Backbone {
+    let info = backbone::find(name).unwrap();
+    Backbone::load(
+        info,
+        path,
+        LoadOptions {
+            include_top,
+            padding,
+        },
+        &graft::backend::device(),
+    )
+    .unwrap()
+}
+
+/// A little-endian float32 C-order .npy file: (shape, values).
+pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        &bytes[..6],
+        b"\x93NUMPY",
+        "{}: not a .npy file",
+        path.display()
+    );
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        _ => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+    };
+    let header = std::str::from_utf8(&bytes[start..start + header_len]).unwrap();
+    assert!(
+        header.contains("'<f4'"),
+        "{}: expected <f4, got {header}",
+        path.display()
+    );
+    assert!(header.contains("'fortran_order': False"));
+    let shape_text = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let shape = shape_text
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    let values = bytes[start + header_len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (shape, values)
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+pub const GOLDEN_IMAGES: [&str; 4] = ["bird", "cat", "hot_dog", "parrot"];
+
+/// Source file of a golden image.
+pub fn golden_source(name: &str) -> PathBuf {
+    let ext = if name == "bird" || name == "cat" {
+        "bmp"
+    } else {
+        "jpg"
+    };
+    golden_lite0().join(format!("{name}.{ext}"))
+}
+
+pub fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+        .unwrap()
+}
