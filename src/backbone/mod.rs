@@ -233,7 +233,7 @@ impl Backbone {
             return Err(WeightsError::Mismatch {
                 path: path.to_path_buf(),
                 model: info.name.into(),
-                report,
+                report: Box::new(report),
             });
         }
         Ok(Self {

@@ -22,7 +22,7 @@ pub enum WeightsError {
     Mismatch {
         path: PathBuf,
         model: String,
-        report: LoadReport,
+        report: Box<LoadReport>,
     },
     #[error("{0}")]
     Store(String),
