@@ -22,7 +22,7 @@ fn labelled_sample() -> Vec<(PathBuf, usize)> {
 }
 
 fn top1_accuracy(name: &str, weights: PathBuf) -> f64 {
-    let backbone = load(name, &weights, true, None);
+    let backbone = load(name, &weights, true, None).for_inference();
     let sample = labelled_sample();
     assert_eq!(sample.len(), 100);
     let paths: Vec<PathBuf> = sample.iter().map(|(p, _)| p.clone()).collect();

@@ -100,6 +100,12 @@ fn mobilenet_v2_tf_weights_match_with_tf_same_padding() {
     let backbone = load("mobilenet-v2-tf", &mnv2_weights(), true, None);
     assert_eq!(backbone.config.padding, PaddingMode::TfSame);
     check_outputs(&backbone, &golden_mnv2(), "logits_tf_same", false);
+    check_outputs(
+        &backbone.for_inference(),
+        &golden_mnv2(),
+        "logits_tf_same",
+        false,
+    );
 }
 
 #[test]
@@ -113,6 +119,9 @@ fn mobilenet_v2_matches_torchvision_with_symmetric_padding() {
     );
     check_outputs(&backbone, &golden_mnv2(), "logits", true);
     check_taps(&backbone, &golden_mnv2(), 2e-4);
+    let folded = backbone.for_inference();
+    check_outputs(&folded, &golden_mnv2(), "logits", true);
+    check_taps(&folded, &golden_mnv2(), 2e-4);
 }
 
 #[test]

@@ -64,6 +64,9 @@ impl ConvSpec {
 pub struct ConvBnAct {
     pub weight: Param<Tensor<4>>,
     pub bn: BatchNorm,
+    /// Set by [`ConvBnAct::fold_batch_norm`]: `weight` then already includes BatchNorm's
+    /// scale, this is its shift, and `bn` is skipped (inference only).
+    pub folded_bias: Option<Param<Tensor<1>>>,
     pub kernel: usize,
     pub stride: usize,
     pub groups: usize,
@@ -87,6 +90,7 @@ impl ConvBnAct {
             bn: BatchNormConfig::new(spec.out_channels)
                 .with_epsilon(bn_eps)
                 .init(device),
+            folded_bias: None,
             kernel: spec.kernel,
             stride: spec.stride,
             groups: spec.groups,
@@ -105,8 +109,27 @@ impl ConvBnAct {
             [1, 1],
             self.groups,
         );
-        let y = self.bn.forward(conv2d(x, self.weight.val(), None, options));
+        let y = match &self.folded_bias {
+            Some(bias) => conv2d(x, self.weight.val(), Some(bias.val()), options),
+            None => self.bn.forward(conv2d(x, self.weight.val(), None, options)),
+        };
         if self.activation { relu6(y) } else { y }
+    }
+
+    /// Fold inference-mode BatchNorm into the conv: `w' = w * s`, `b' = beta - mean * s`
+    /// with `s = gamma / sqrt(var + eps)`. Saves the per-element BatchNorm passes, which
+    /// cost as much as the convolutions themselves on the CPU backend.
+    pub fn fold_batch_norm(&mut self) {
+        if self.folded_bias.is_some() {
+            return;
+        }
+        let bn = &self.bn;
+        let scale = bn.gamma.val() / (bn.running_var.value() + bn.epsilon).sqrt();
+        let shift = bn.beta.val() - bn.running_mean.value() * scale.clone();
+        let [c] = scale.dims();
+        let weight = self.weight.val() * scale.reshape([c, 1, 1, 1]);
+        self.weight = Param::from_tensor(weight);
+        self.folded_bias = Some(Param::from_tensor(shift));
     }
 
     pub fn out_channels(&self) -> usize {

@@ -133,6 +133,19 @@ impl MbNet {
         }
     }
 
+    /// Fold every BatchNorm into its conv, for inference (see [`ConvBnAct::fold_batch_norm`]).
+    pub fn fold_batch_norm(&mut self) {
+        self.stem.fold_batch_norm();
+        for block in &mut self.blocks {
+            if let Some(expand) = &mut block.expand {
+                expand.fold_batch_norm();
+            }
+            block.depthwise.fold_batch_norm();
+            block.project.fold_batch_norm();
+        }
+        self.head.fold_batch_norm();
+    }
+
     /// Feature map before pooling, `[N, head_channels, h, w]`.
     pub fn forward_feature_map(&self, x: Tensor<4>) -> Tensor<4> {
         let x = self

@@ -245,6 +245,13 @@ impl Backbone {
         })
     }
 
+    /// The same backbone prepared for inference only (BatchNorm folded into the convs).
+    /// Outputs are unchanged up to float rounding; it can no longer be fine-tuned.
+    pub fn for_inference(mut self) -> Self {
+        self.net.fold_batch_norm();
+        self
+    }
+
     /// Pooled features `[N, feature_dim]` of a preprocessed batch `[N, 3, H, W]`.
     pub fn features(&self, batch: Tensor<4>) -> Tensor<2> {
         self.net.forward_features(batch)

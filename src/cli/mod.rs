@@ -94,6 +94,7 @@ impl BackboneArgs {
         find_backbone(&self.backbone)
     }
 
+    /// Load for inference (predict, extract, evaluate): BatchNorm folded into the convs.
     pub fn load(&self, include_top: bool) -> Result<Backbone> {
         let info = self.info()?;
         let path = store::resolve(info, self.weights.as_deref())?;
@@ -102,6 +103,7 @@ impl BackboneArgs {
             padding: self.padding.map(Into::into),
         };
         Backbone::load(info, &path, options, &graft::backend::device())
+            .map(Backbone::for_inference)
             .with_context(|| format!("loading {} weights", info.name))
     }
 }
