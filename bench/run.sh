@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Peer benchmark of the forward pass (inference): graft vs PyTorch vs ONNX Runtime, on this
+# machine, in one run, batch 32, each model at its own resolution, 2 threads for every tool.
+# Prints a markdown table and writes it to bench/out/forward.md (raw JSON lines:
+# bench/out/forward.jsonl).
+#
+# Environment:
+#   ITERS=5          timed iterations per measurement (after one untimed warm-up)
+#   ROUNDS=1         repeat graft / PyTorch / ONNX Runtime this many times (table: median)
+#   NO_BUILD=1       do not run `cargo build --release` (use target/release/graft as it is)
+#   GRAFT_HOME       graft's weight store (default bench/out/graft-home)
+#   MNV2_WEIGHTS     MobileNetV2 safetensors (default ../shared/weights/mobilenet_v2/...)
+set -euo pipefail
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(dirname "$BENCH_DIR")"
+OUT_DIR="$BENCH_DIR/out"
+ITERS="${ITERS:-5}"
+ROUNDS="${ROUNDS:-1}"
+BATCH=32
+THREADS=2
+MODELS=(efficientnet-lite0 mobilenet-v2-tf)
+GRAFT="$REPO_DIR/target/release/graft"
+PYTHON="$BENCH_DIR/.venv/bin/python"
+MNV2_WEIGHTS="${MNV2_WEIGHTS:-$REPO_DIR/../shared/weights/mobilenet_v2/mobilenet_v2_imagenet.safetensors}"
+export GRAFT_HOME="${GRAFT_HOME:-$OUT_DIR/graft-home}"
+
+log() { echo "run.sh: $*" >&2; }
+
+mkdir -p "$OUT_DIR"
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a)"
+
+# 1. Python peers.
+bash "$BENCH_DIR/setup.sh"
+
+# 2. graft itself (cargo does nothing when the binary is up to date).
+if [ "${NO_BUILD:-0}" != 1 ]; then
+    log "cargo build --release"
+    (cd "$REPO_DIR" && cargo build --release)
+fi
+if [ ! -x "$GRAFT" ]; then
+    log "$GRAFT not found; build it with 'cargo build --release' (or unset NO_BUILD)"
+    exit 1
+fi
+
+# 3. graft's weights.
+weights_installed() {
+    "$GRAFT" weights list | grep -Eq "^[[:space:]]*$1[[:space:]]+installed"
+}
+if ! weights_installed efficientnet-lite0; then
+    log "fetching efficientnet-lite0 weights into $GRAFT_HOME"
+    "$GRAFT" weights fetch efficientnet-lite0 >&2
+fi
+if ! weights_installed mobilenet-v2-tf; then
+    log "importing mobilenet-v2-tf weights from $MNV2_WEIGHTS into $GRAFT_HOME"
+    "$GRAFT" weights import mobilenet-v2-tf "$MNV2_WEIGHTS" >&2
+fi
+
+# 4. Measure, alternating the tools model by model.
+RESULTS="$OUT_DIR/forward.jsonl"
+: > "$RESULTS"
+for round in $(seq 1 "$ROUNDS"); do
+    for model in "${MODELS[@]}"; do
+        log "round $round/$ROUNDS, $model: graft"
+        "$GRAFT" --threads "$THREADS" bench forward -b "$model" \
+            --batch-size "$BATCH" --iters "$ITERS" --json | grep '^{' >> "$RESULTS"
+        for runtime in pytorch onnxruntime; do
+            log "round $round/$ROUNDS, $model: $runtime"
+            "$PYTHON" "$BENCH_DIR/peers.py" "$runtime" --model "$model" \
+                --batch-size "$BATCH" --iters "$ITERS" --threads "$THREADS" \
+                --out-dir "$OUT_DIR" --mnv2-weights "$MNV2_WEIGHTS" >> "$RESULTS"
+        done
+    done
+done
+
+# 5. Report.
+"$PYTHON" "$BENCH_DIR/report.py" "$RESULTS" \
+    --load-before "$LOAD_BEFORE" --graft-version "$("$GRAFT" --version)" > "$OUT_DIR/forward.md"
+cat "$OUT_DIR/forward.md"
+log "table written to $OUT_DIR/forward.md (raw results: $RESULTS)"
