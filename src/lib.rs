@@ -7,6 +7,7 @@
 pub mod backbone;
 pub mod backend;
 pub mod data;
+pub mod features;
 pub mod infer;
 pub mod labels;
 pub mod util;

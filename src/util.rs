@@ -41,3 +41,15 @@ fn rusage() -> libc::rusage {
         usage
     }
 }
+
+/// Write `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename,
+/// fsync of the folder. Readers see the old file or the whole new one, never a part.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
+}

@@ -1,6 +1,7 @@
 //! One file per subcommand; this file holds the argument types shared between them.
 
 mod bench;
+mod extract;
 mod predict;
 mod summary;
 mod weights;
@@ -30,6 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Classify images with a pretrained ImageNet backbone (top-k labels and probabilities).
     Predict(predict::PredictArgs),
+    /// Run the frozen backbone over a labelled folder once and cache the pooled features.
+    Extract(extract::ExtractArgs),
     /// Show a backbone's layer groups, output shapes and parameter counts.
     Summary(summary::SummaryArgs),
     /// Measure graft's speed (used by the peer comparison in bench/).
@@ -43,6 +46,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Predict(args) => predict::run(args),
         Command::Summary(args) => summary::run(args),
+        Command::Extract(args) => extract::run(args),
         Command::Weights(command) => weights::run(command),
         Command::Bench(args) => bench::run(args),
     }

@@ -1,0 +1,88 @@
+//! Bottleneck features: run the frozen backbone once per image and keep the pooled features.
+
+pub mod cache;
+
+use std::path::PathBuf;
+
+use rayon::prelude::*;
+
+use crate::backbone::Backbone;
+use crate::data::{DecodeError, DecodeLimits, load_images, to_batch};
+use cache::{CacheError, FeatureCache};
+
+/// What one extraction did.
+#[derive(Debug, Default)]
+pub struct ExtractSummary {
+    pub extracted: usize,
+    pub reused: usize,
+    /// Files that could not be read or decoded, one message each.
+    pub skipped: Vec<DecodeError>,
+}
+
+/// Content key of each file (sha256 of its bytes), in parallel; unreadable files get an error.
+pub fn content_keys(paths: &[PathBuf]) -> Vec<Result<String, DecodeError>> {
+    paths
+        .par_iter()
+        .map(|p| {
+            crate::util::file_sha256(p).map_err(|e| DecodeError {
+                path: p.clone(),
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Make sure every readable image of `paths` has a row in `cache`. Images stream through in
+/// batches of `batch_size`, so memory does not grow with the number of images; each batch is
+/// committed as one atomic shard, so an interrupted run loses at most the batch in flight.
+/// `progress` is called with the number of images done after each batch.
+pub fn extract(
+    backbone: &Backbone,
+    cache: &mut FeatureCache,
+    paths: &[PathBuf],
+    batch_size: usize,
+    limits: DecodeLimits,
+    mut progress: impl FnMut(usize),
+) -> Result<ExtractSummary, CacheError> {
+    let mut summary = ExtractSummary::default();
+    let mut todo: Vec<(PathBuf, String)> = Vec::new();
+    for (path, key) in paths.iter().zip(content_keys(paths)) {
+        match key {
+            Err(e) => summary.skipped.push(e),
+            Ok(key) if cache.contains(&key) || todo.iter().any(|(_, k)| *k == key) => {
+                summary.reused += 1;
+            }
+            Ok(key) => todo.push((path.clone(), key)),
+        }
+    }
+    progress(summary.reused + summary.skipped.len());
+    let device = backbone.net.stem.weight.val().device();
+    let dim = backbone.config.feature_dim;
+    for chunk in todo.chunks(batch_size.max(1)) {
+        let chunk_paths: Vec<PathBuf> = chunk.iter().map(|(p, _)| p.clone()).collect();
+        let decoded = load_images(&chunk_paths, &backbone.config, limits);
+        let mut keys = Vec::new();
+        let mut images = Vec::new();
+        for ((_, key), result) in chunk.iter().zip(&decoded) {
+            match result {
+                Ok(image) => {
+                    keys.push(key.clone());
+                    images.push(image);
+                }
+                Err(e) => summary.skipped.push(e.clone()),
+            }
+        }
+        if !images.is_empty() {
+            let batch = to_batch(&images, backbone.config.resolution, &device);
+            let features = backbone
+                .features(batch)
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("features are f32");
+            cache.append(&keys, &features, dim)?;
+            summary.extracted += keys.len();
+        }
+        progress(chunk.len());
+    }
+    Ok(summary)
+}
