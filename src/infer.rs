@@ -53,7 +53,7 @@ pub fn classify(
 ) -> Vec<Classified> {
     let config = &backbone.config;
     let names = labels::names(config.labels);
-    let device = backbone.net.stem.weight.val().device();
+    let device = backbone.device();
     let mut out = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(batch_size.max(1)) {
         let decoded = load_images(chunk, config, limits);

@@ -252,6 +252,11 @@ impl Backbone {
         self
     }
 
+    /// The device the weights live on; inputs must be created there.
+    pub fn device(&self) -> Device {
+        self.net.stem.weight.val().device()
+    }
+
     /// Pooled features `[N, feature_dim]` of a preprocessed batch `[N, 3, H, W]`.
     pub fn features(&self, batch: Tensor<4>) -> Tensor<2> {
         self.net.forward_features(batch)

@@ -2,6 +2,7 @@
 
 pub mod cache;
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use rayon::prelude::*;
@@ -46,17 +47,19 @@ pub fn extract(
 ) -> Result<ExtractSummary, CacheError> {
     let mut summary = ExtractSummary::default();
     let mut todo: Vec<(PathBuf, String)> = Vec::new();
+    // Identical files within the dataset are computed once.
+    let mut queued = HashSet::new();
     for (path, key) in paths.iter().zip(content_keys(paths)) {
         match key {
             Err(e) => summary.skipped.push(e),
-            Ok(key) if cache.contains(&key) || todo.iter().any(|(_, k)| *k == key) => {
+            Ok(key) if cache.contains(&key) || !queued.insert(key.clone()) => {
                 summary.reused += 1;
             }
             Ok(key) => todo.push((path.clone(), key)),
         }
     }
     progress(summary.reused + summary.skipped.len());
-    let device = backbone.net.stem.weight.val().device();
+    let device = backbone.device();
     let dim = backbone.config.feature_dim;
     for chunk in todo.chunks(batch_size.max(1)) {
         let chunk_paths: Vec<PathBuf> = chunk.iter().map(|(p, _)| p.clone()).collect();
