@@ -1,11 +1,13 @@
-//! Off-the-shelf inference (recipe 1): images -> ImageNet top-k.
+//! Inference: images -> top-k, with the ImageNet classifier (recipe 1) or a trained head.
 
 use std::path::PathBuf;
 
+use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 
 use crate::backbone::Backbone;
 use crate::data::{DecodeError, DecodeLimits, load_images, to_batch};
+use crate::head::Head;
 use crate::labels;
 
 /// One ranked class.
@@ -40,11 +42,59 @@ pub fn top_k(probabilities: &[f32], k: usize, names: &[&str]) -> Vec<Prediction>
         .collect()
 }
 
-/// Classify `paths` with the backbone's ImageNet top, `batch_size` images at a time.
-/// Files that cannot be decoded get their error; the others are still classified.
-/// `on_batch` is called with the number of files finished after each batch.
+/// What turns a batch into class probabilities.
+#[derive(Debug, Clone, Copy)]
+pub enum Top<'a> {
+    /// The backbone's own ImageNet classifier (it must be loaded with its top).
+    ImageNet,
+    /// A head trained by graft on the backbone's pooled features.
+    Trained {
+        head: &'a Head,
+        classes: &'a [String],
+    },
+}
+
+impl Top<'_> {
+    fn class_names(&self, config: &crate::backbone::SourceConfig) -> Vec<String> {
+        match self {
+            Top::ImageNet => labels::names(config.labels)
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            Top::Trained { classes, .. } => classes.to_vec(),
+        }
+    }
+
+    /// Probabilities `[N, classes]` of a preprocessed batch.
+    pub fn probabilities(&self, backbone: &Backbone, batch: Tensor<4>) -> Vec<f32> {
+        match self {
+            Top::ImageNet => {
+                let logits = backbone
+                    .logits(batch)
+                    .expect("ImageNet top-k needs a backbone loaded with its top");
+                softmax(logits, 1)
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .expect("softmax output is f32")
+            }
+            Top::Trained { head, .. } => {
+                let features = backbone
+                    .features(batch)
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .expect("features are f32");
+                head.scores(&features, backbone.config.feature_dim)
+            }
+        }
+    }
+}
+
+/// Classify `paths` with `top`, `batch_size` images at a time. Files that cannot be decoded
+/// get their error; the others are still classified. `on_batch` is called with the number of
+/// files finished after each batch.
 pub fn classify(
     backbone: &Backbone,
+    top: Top<'_>,
     paths: &[PathBuf],
     k: usize,
     batch_size: usize,
@@ -52,7 +102,9 @@ pub fn classify(
     mut on_batch: impl FnMut(usize),
 ) -> Vec<Classified> {
     let config = &backbone.config;
-    let names = labels::names(config.labels);
+    let names = top.class_names(config);
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let classes = names.len();
     let device = backbone.device();
     let mut out = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(batch_size.max(1)) {
@@ -61,15 +113,8 @@ pub fn classify(
         let mut probabilities = Vec::new();
         if !good.is_empty() {
             let batch = to_batch(&good, config.resolution, &device);
-            let logits = backbone
-                .logits(batch)
-                .expect("classify needs a backbone loaded with its top");
-            probabilities = softmax(logits, 1)
-                .into_data()
-                .try_into_vec::<f32>()
-                .expect("softmax output is f32");
+            probabilities = top.probabilities(backbone, batch);
         }
-        let classes = config.num_classes;
         let mut row = 0;
         for (path, result) in chunk.iter().zip(decoded) {
             let result = result.map(|_| {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use common::*;
 use graft::data::DecodeLimits;
-use graft::infer::classify;
+use graft::infer::{Top, classify};
 
 fn labelled_sample() -> Vec<(PathBuf, usize)> {
     let dir = shared().join("data/imagenet-sample");
@@ -26,7 +26,15 @@ fn top1_accuracy(name: &str, weights: PathBuf) -> f64 {
     let sample = labelled_sample();
     assert_eq!(sample.len(), 100);
     let paths: Vec<PathBuf> = sample.iter().map(|(p, _)| p.clone()).collect();
-    let results = classify(&backbone, &paths, 1, 25, DecodeLimits::default(), |_| {});
+    let results = classify(
+        &backbone,
+        Top::ImageNet,
+        &paths,
+        1,
+        25,
+        DecodeLimits::default(),
+        |_| {},
+    );
     let correct = results
         .iter()
         .zip(&sample)
@@ -56,7 +64,15 @@ fn efficientnet_lite1_and_lite2_classify_the_golden_photos() {
     for name in ["efficientnet-lite1", "efficientnet-lite2"] {
         let backbone = load(name, &store_weights(name), true, None);
         let paths: Vec<PathBuf> = GOLDEN_IMAGES.iter().map(|n| golden_source(n)).collect();
-        let results = classify(&backbone, &paths, 1, 4, DecodeLimits::default(), |_| {});
+        let results = classify(
+            &backbone,
+            Top::ImageNet,
+            &paths,
+            1,
+            4,
+            DecodeLimits::default(),
+            |_| {},
+        );
         let top1: Vec<usize> = results
             .iter()
             .map(|r| r.result.as_ref().unwrap()[0].index)

@@ -5,15 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use graft::data::DecodeLimits;
 use graft::data::dataset::{self, SplitOptions};
-use graft::features::cache::FeatureCache;
 use graft::features::extract;
-use graft::weights::store::graft_home;
 
 use super::BackboneArgs;
+use super::features::{open_cache, progress_bar, report_listing};
 
 #[derive(Debug, Args)]
 pub struct ExtractArgs {
@@ -35,34 +33,18 @@ pub struct ExtractArgs {
 }
 
 pub fn run(args: ExtractArgs) -> Result<ExitCode> {
+    // Every image is extracted, so the split does not matter here.
     let data = dataset::open(&args.data, SplitOptions::default())?;
+    report_listing(&data);
     let paths: Vec<PathBuf> = data
         .train
         .iter()
         .chain(&data.val)
         .map(|s| s.path.clone())
         .collect();
-    if data.skipped.hidden + data.skipped.not_image > 0 {
-        eprintln!(
-            "skipped {} hidden and {} non-image files",
-            data.skipped.hidden, data.skipped.not_image
-        );
-    }
     let backbone = args.backbone.load(false)?;
-    let root = args
-        .cache_dir
-        .unwrap_or_else(|| graft_home().join("features"));
-    let mut cache = FeatureCache::open(&root, &backbone)?;
-    for shard in &cache.quarantined {
-        eprintln!(
-            "warning: {}: checksum failed; set aside, its rows will be recomputed",
-            shard.display()
-        );
-    }
-    let bar = ProgressBar::new(paths.len() as u64).with_style(
-        ProgressStyle::with_template("extract {bar:30} {pos}/{len} images  {per_sec}  ETA {eta}")
-            .expect("static template"),
-    );
+    let mut cache = open_cache(&backbone, args.cache_dir.as_ref())?;
+    let bar = progress_bar(paths.len(), "extract");
     let summary = extract(
         &backbone,
         &mut cache,

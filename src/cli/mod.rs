@@ -1,9 +1,12 @@
 //! One file per subcommand; this file holds the argument types shared between them.
 
 mod bench;
+mod evaluate;
 mod extract;
+mod features;
 mod predict;
 mod summary;
+mod train;
 mod weights;
 
 use std::path::PathBuf;
@@ -29,10 +32,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Classify images with a pretrained ImageNet backbone (top-k labels and probabilities).
+    /// Classify images: ImageNet top-k with a pretrained backbone, or a model from `graft train`.
     Predict(predict::PredictArgs),
     /// Run the frozen backbone over a labelled folder once and cache the pooled features.
     Extract(extract::ExtractArgs),
+    /// Train a new top on a labelled folder: a dense head or classical ML on cached features.
+    Train(train::TrainArgs),
+    /// Score a trained model on a labelled folder (accuracy, per-class metrics, confusion).
+    Evaluate(evaluate::EvaluateArgs),
     /// Show a backbone's layer groups, output shapes and parameter counts.
     Summary(summary::SummaryArgs),
     /// Measure graft's speed (used by the peer comparison in bench/).
@@ -47,6 +54,8 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Predict(args) => predict::run(args),
         Command::Summary(args) => summary::run(args),
         Command::Extract(args) => extract::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Evaluate(args) => evaluate::run(args),
         Command::Weights(command) => weights::run(command),
         Command::Bench(args) => bench::run(args),
     }

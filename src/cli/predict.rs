@@ -1,4 +1,4 @@
-//! `graft predict`: ImageNet top-k for each image.
+//! `graft predict`: top-k for each image, from the ImageNet classifier or a trained model.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +8,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use graft::data::DecodeLimits;
-use graft::infer::{Classified, classify};
+use graft::infer::{Classified, Top, classify};
+use graft::run::TrainedModel;
 
 use super::BackboneArgs;
 
@@ -20,6 +21,11 @@ pub struct PredictArgs {
 
     #[command(flatten)]
     pub backbone: BackboneArgs,
+
+    /// Classify with a model trained by `graft train` (its run directory) instead of the
+    /// backbone's ImageNet classifier.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "backbone")]
+    pub model: Option<PathBuf>,
 
     /// How many classes to show per image.
     #[arg(long, short = 'k', default_value_t = 5)]
@@ -39,7 +45,24 @@ pub struct PredictArgs {
 }
 
 pub fn run(args: PredictArgs) -> Result<ExitCode> {
-    let backbone = args.backbone.load(true)?;
+    let trained = match &args.model {
+        Some(dir) => Some(TrainedModel::open(dir, args.backbone.weights.as_deref())?),
+        None => None,
+    };
+    let imagenet;
+    let (backbone, top) = match &trained {
+        Some(model) => (
+            &model.backbone,
+            Top::Trained {
+                head: &model.head,
+                classes: &model.card.classes,
+            },
+        ),
+        None => {
+            imagenet = args.backbone.load(true)?;
+            (&imagenet, Top::ImageNet)
+        }
+    };
     let limits = DecodeLimits {
         max_pixels: args.max_pixels,
         ..DecodeLimits::default()
@@ -53,7 +76,8 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
         ProgressBar::hidden()
     };
     let results = classify(
-        &backbone,
+        backbone,
+        top,
         &args.images,
         args.top,
         args.batch_size,
@@ -66,7 +90,7 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&to_json(&backbone.config.name, &results))?
+            serde_json::to_string_pretty(&to_json(&model_name(&args, backbone), &results))?
         );
     } else {
         print_text(&results);
@@ -84,6 +108,13 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn model_name(args: &PredictArgs, backbone: &graft::backbone::Backbone) -> String {
+    match &args.model {
+        Some(dir) => dir.display().to_string(),
+        None => backbone.config.name.clone(),
+    }
 }
 
 fn print_text(results: &[Classified]) {

@@ -1,7 +1,7 @@
 //! The on-disk bottleneck cache: content-addressed rows of pooled features.
 //!
-//! Layout (readable without graft): `<cache dir>/<backbone>/<weights id>-<preprocessing hash>/`
-//! holds `shard-*.safetensors` files. Each shard has one F32 tensor `features` `[rows, dim]`
+//! Layout (readable without graft): `<cache dir>/<backbone>/<weights id>-<hash>/` (the hash is
+//! of the preprocessing id and padding mode) holds `shard-*.safetensors` files. Each shard has one F32 tensor `features` `[rows, dim]`
 //! and string metadata: `keys` (JSON array, the sha256 of each row's image file, in row order),
 //! `sha256` (of the tensor's bytes), `backbone`, `weights_id`, `preprocessing`.
 //! A shard is written to a temporary name, fsynced and renamed, so a crash leaves either the
@@ -54,10 +54,12 @@ impl FeatureCache {
     /// Open (creating if needed) the cache of `backbone` under `root`, verifying every shard.
     pub fn open(root: &Path, backbone: &Backbone) -> Result<Self, CacheError> {
         let preprocessing = backbone.config.preprocessing_id();
+        // Padding changes the features as much as the preprocessing does.
+        let variant = format!("{preprocessing}|{:?}", backbone.config.padding);
         let dir = root.join(&backbone.config.name).join(format!(
             "{}-{}",
             backbone.weights_id,
-            &sha256_hex(preprocessing.as_bytes())[..12]
+            &sha256_hex(variant.as_bytes())[..12]
         ));
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         remove_stale_temporaries(&dir);
@@ -96,6 +98,20 @@ impl FeatureCache {
 
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// The feature rows of `wanted` keys that are in the cache (each shard re-verified).
+    pub fn rows(&self, wanted: &HashSet<String>) -> Result<HashMap<String, Vec<f32>>, CacheError> {
+        let mut found = HashMap::with_capacity(wanted.len());
+        for shard in self.shard_paths()? {
+            let (keys, features, dim) = read_shard(&shard)?;
+            for (i, key) in keys.into_iter().enumerate() {
+                if wanted.contains(&key) {
+                    found.insert(key, features[i * dim..(i + 1) * dim].to_vec());
+                }
+            }
+        }
+        Ok(found)
     }
 
     fn shard_paths(&self) -> Result<Vec<PathBuf>, CacheError> {

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use rayon::prelude::*;
 
 use crate::backbone::Backbone;
+use crate::data::dataset::Sample;
 use crate::data::{DecodeError, DecodeLimits, load_images, to_batch};
 use cache::{CacheError, FeatureCache};
 
@@ -18,6 +19,32 @@ pub struct ExtractSummary {
     pub reused: usize,
     /// Files that could not be read or decoded, one message each.
     pub skipped: Vec<DecodeError>,
+    /// The cache key of each input path, in input order; `None` for skipped files.
+    pub keys: Vec<Option<String>>,
+}
+
+/// Pooled features of labelled images, one row per image that could be read.
+#[derive(Debug, Clone, Default)]
+pub struct FeatureMatrix {
+    pub dim: usize,
+    /// `[len, dim]`, row-major.
+    pub rows: Vec<f32>,
+    pub labels: Vec<usize>,
+    pub paths: Vec<PathBuf>,
+}
+
+impl FeatureMatrix {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.rows[i * self.dim..(i + 1) * self.dim]
+    }
 }
 
 /// Content key of each file (sha256 of its bytes), in parallel; unreadable files get an error.
@@ -51,11 +78,18 @@ pub fn extract(
     let mut queued = HashSet::new();
     for (path, key) in paths.iter().zip(content_keys(paths)) {
         match key {
-            Err(e) => summary.skipped.push(e),
+            Err(e) => {
+                summary.skipped.push(e);
+                summary.keys.push(None);
+            }
             Ok(key) if cache.contains(&key) || !queued.insert(key.clone()) => {
                 summary.reused += 1;
+                summary.keys.push(Some(key));
             }
-            Ok(key) => todo.push((path.clone(), key)),
+            Ok(key) => {
+                todo.push((path.clone(), key.clone()));
+                summary.keys.push(Some(key));
+            }
         }
     }
     progress(summary.reused + summary.skipped.len());
@@ -87,5 +121,43 @@ pub fn extract(
         }
         progress(chunk.len());
     }
+    // Files that failed to decode have no row: drop their keys (and any duplicate's).
+    let failed: HashSet<&std::path::Path> =
+        summary.skipped.iter().map(|e| e.path.as_path()).collect();
+    for (path, key) in paths.iter().zip(summary.keys.iter_mut()) {
+        if failed.contains(path.as_path()) || key.as_ref().is_some_and(|k| !cache.contains(k)) {
+            *key = None;
+        }
+    }
     Ok(summary)
+}
+
+/// Features of labelled `samples`, extracting what the cache lacks. Unreadable images are
+/// left out of the matrix and listed in the summary.
+pub fn labelled_features(
+    backbone: &Backbone,
+    cache: &mut FeatureCache,
+    samples: &[Sample],
+    batch_size: usize,
+    limits: DecodeLimits,
+    progress: impl FnMut(usize),
+) -> Result<(FeatureMatrix, ExtractSummary), CacheError> {
+    let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
+    let summary = extract(backbone, cache, &paths, batch_size, limits, progress)?;
+    let wanted: HashSet<String> = summary.keys.iter().flatten().cloned().collect();
+    let rows = cache.rows(&wanted)?;
+    let dim = backbone.config.feature_dim;
+    let mut matrix = FeatureMatrix {
+        dim,
+        ..FeatureMatrix::default()
+    };
+    for (sample, key) in samples.iter().zip(&summary.keys) {
+        let Some(row) = key.as_ref().and_then(|k| rows.get(k)) else {
+            continue;
+        };
+        matrix.rows.extend_from_slice(row);
+        matrix.labels.push(sample.label);
+        matrix.paths.push(sample.path.clone());
+    }
+    Ok((matrix, summary))
 }

@@ -1,0 +1,118 @@
+//! `graft evaluate`: score a trained model on a labelled folder.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::{Args, ValueEnum};
+
+use graft::data::dataset::{self, Sample, SplitOptions};
+use graft::run::TrainedModel;
+
+use super::features::{CacheArgs, features_of, open_cache, report_listing};
+use super::train::score;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Split {
+    /// Every image of DATA (a separate test folder).
+    All,
+    /// Only the training part (split as when the model was trained).
+    Train,
+    /// Only the validation part (split as when the model was trained).
+    Val,
+}
+
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// Labelled images, laid out like the training data; class names must be the model's.
+    #[arg(value_name = "DATA")]
+    pub data: PathBuf,
+
+    /// Run directory written by `graft train`.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub model: PathBuf,
+
+    /// Which images of DATA to score.
+    #[arg(long, value_enum, default_value_t = Split::All)]
+    pub split: Split,
+
+    /// Checkpoint of the backbone, when it is not in the store.
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+
+    /// Where to write the metrics (default: RUN_DIR/evaluate-<data name>-<split>.json).
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+pub fn run(args: EvaluateArgs) -> Result<ExitCode> {
+    let model = TrainedModel::open(&args.model, args.weights.as_deref())?;
+    let card = &model.card;
+    let split = SplitOptions {
+        val_fraction: if card.data.split == "stratified" {
+            card.data.val_fraction
+        } else {
+            SplitOptions::default().val_fraction
+        },
+        seed: card.data.seed,
+    };
+    let data = dataset::open(&args.data, split)?;
+    report_listing(&data);
+    // The model's class indices, looked up by name.
+    let mut to_model = Vec::with_capacity(data.classes.len());
+    for class in &data.classes {
+        match card.classes.iter().position(|c| c == class) {
+            Some(i) => to_model.push(i),
+            None => bail!(
+                "{}: class `{class}` is not one of the model's classes ({})",
+                args.data.display(),
+                card.classes.join(", ")
+            ),
+        }
+    }
+    let samples: Vec<Sample> = match args.split {
+        Split::All => data.train.iter().chain(&data.val).cloned().collect(),
+        Split::Train => data.train.clone(),
+        Split::Val => data.val.clone(),
+    }
+    .into_iter()
+    .map(|s| Sample {
+        label: to_model[s.label],
+        ..s
+    })
+    .collect();
+    if samples.is_empty() {
+        bail!("{}: no images to evaluate", args.data.display());
+    }
+    let mut cache = open_cache(&model.backbone, args.cache.cache_dir.as_ref())?;
+    let (mut matrices, summary) = features_of(
+        &model.backbone,
+        &mut cache,
+        &[&samples],
+        args.cache.extract_batch_size,
+    )?;
+    let features = matrices.pop().expect("one group");
+    let metrics = score(&model.head, &features, &card.classes);
+    let output = args.output.clone().unwrap_or_else(|| {
+        let name = args
+            .data
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("data");
+        let split = format!("{:?}", args.split).to_lowercase();
+        model.dir.join(format!("evaluate-{name}-{split}.json"))
+    });
+    let text = serde_json::to_string_pretty(&metrics)?;
+    graft::util::write_atomic(&output, text.as_bytes())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", output.display()))?;
+    println!("{}", metrics.table());
+    println!("metrics written to {}", output.display());
+    Ok(if summary.skipped.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

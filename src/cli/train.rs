@@ -1,0 +1,315 @@
+//! `graft train`: a new top on the frozen backbone's cached features (recipe 2).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use graft::data::dataset::{self, SplitSource};
+use graft::features::FeatureMatrix;
+use graft::head::Head;
+use graft::metrics::{Metrics, argmax_rows};
+use graft::run::{self, DataRecord, ModelCard, RunMetrics};
+use graft::train::classical::{self, ClassicalOptions};
+use graft::train::dense::{DenseOptions, train_dense};
+use graft::train::{EpochRecord, Recipe, cross_entropy};
+
+use super::BackboneArgs;
+use super::features::{CacheArgs, SplitArgs, features_of, open_cache, report_listing};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClassWeights {
+    /// Every example counts the same.
+    None,
+    /// Weight classes by n / (classes * n_class), so rare classes count as much as common ones.
+    Balanced,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Labelled images: a folder with one sub-folder per class (optionally under train/ and
+    /// val/), or a CSV file of `path,label`.
+    #[arg(value_name = "DATA")]
+    pub data: PathBuf,
+
+    /// What to fit on the frozen backbone's pooled features. Features are extracted once and
+    /// cached, so trying another recipe costs no extraction.
+    #[arg(long, value_enum, default_value_t = Recipe::Head)]
+    pub recipe: Recipe,
+
+    #[command(flatten)]
+    pub backbone: BackboneArgs,
+
+    #[command(flatten)]
+    pub split: SplitArgs,
+
+    /// Run directory to write (default: runs/<data name>-<recipe>-<n>).
+    #[arg(long, short = 'o', value_name = "RUN_DIR")]
+    pub out: Option<PathBuf>,
+
+    /// [head] AdamW learning rate. The default 1e-3 is high on purpose: the new top starts
+    /// from zero and the backbone is frozen, so large steps are safe and fast (fine-tuning a
+    /// pretrained backbone wants 10-100x lower).
+    #[arg(long, default_value_t = 1e-3, value_name = "LR")]
+    pub lr: f64,
+
+    /// [head] Maximum number of epochs (early stopping usually ends sooner).
+    #[arg(long, default_value_t = 100)]
+    pub epochs: usize,
+
+    /// [head] Examples per optimisation step.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+
+    /// [head] Dropout rate on the pooled features.
+    #[arg(long, default_value_t = 0.2)]
+    pub dropout: f64,
+
+    /// [head] AdamW decoupled weight decay.
+    #[arg(long, default_value_t = 1e-4)]
+    pub weight_decay: f64,
+
+    /// [head] Label smoothing of the cross-entropy (0 = off; 0.1 is common).
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f64,
+
+    /// [head, svm] Class weights in the loss.
+    #[arg(long, value_enum, default_value_t = ClassWeights::None)]
+    pub class_weights: ClassWeights,
+
+    /// [head] Stop after this many epochs without a lower validation loss; the best epoch's
+    /// weights are kept.
+    #[arg(long, default_value_t = 10)]
+    pub patience: usize,
+
+    /// [logreg] L2 penalty strength (linfa's alpha).
+    #[arg(long, default_value_t = 1.0)]
+    pub alpha: f64,
+
+    /// [svm] Soft-margin constant C.
+    #[arg(long, default_value_t = 1.0)]
+    pub c: f64,
+
+    /// [knn] Number of neighbours that vote.
+    #[arg(long, short = 'k', default_value_t = 5)]
+    pub k: usize,
+
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+impl TrainArgs {
+    fn check(&self) -> Result<()> {
+        if self.recipe == Recipe::Logreg && self.class_weights == ClassWeights::Balanced {
+            bail!(
+                "--class-weights balanced is not supported by --recipe logreg (linfa's logistic regression has no sample weights); use --recipe head or svm"
+            );
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("--dropout must be in [0, 1), got {}", self.dropout);
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            bail!(
+                "--label-smoothing must be in [0, 1), got {}",
+                self.label_smoothing
+            );
+        }
+        if self.lr <= 0.0 || !self.lr.is_finite() {
+            bail!("--lr must be a positive number, got {}", self.lr);
+        }
+        if self.batch_size == 0 || self.epochs == 0 || self.k == 0 {
+            bail!("--batch-size, --epochs and -k must be at least 1");
+        }
+        Ok(())
+    }
+
+    fn dense_options(&self) -> DenseOptions {
+        DenseOptions {
+            learning_rate: self.lr,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            dropout: self.dropout,
+            weight_decay: self.weight_decay,
+            label_smoothing: self.label_smoothing,
+            balanced_class_weights: self.class_weights == ClassWeights::Balanced,
+            patience: self.patience,
+            seed: self.split.seed,
+        }
+    }
+
+    fn classical_options(&self) -> ClassicalOptions {
+        ClassicalOptions {
+            logreg_alpha: self.alpha,
+            svm_c: self.c,
+            balanced_class_weights: self.class_weights == ClassWeights::Balanced,
+            knn_k: self.k,
+            ..ClassicalOptions::default()
+        }
+    }
+}
+
+pub fn run(args: TrainArgs) -> Result<ExitCode> {
+    args.check()?;
+    let data = dataset::open(&args.data, args.split.options()?)?;
+    report_listing(&data);
+    if data.train.is_empty() {
+        bail!("{}: no training images", args.data.display());
+    }
+    let backbone = args.backbone.load(false)?;
+    let mut cache = open_cache(&backbone, args.cache.cache_dir.as_ref())?;
+    let (mut matrices, _) = features_of(
+        &backbone,
+        &mut cache,
+        &[&data.train, &data.val],
+        args.cache.extract_batch_size,
+    )?;
+    let val = matrices.pop().expect("two groups");
+    let train = matrices.pop().expect("two groups");
+    let classes = &data.classes;
+    eprintln!(
+        "recipe {}: {} train / {} val images, {} classes, {}-d features of {}",
+        args.recipe.name(),
+        train.len(),
+        val.len(),
+        classes.len(),
+        train.dim,
+        backbone.config.name
+    );
+
+    let (head, history, best_epoch, hyperparameters) = match args.recipe {
+        Recipe::Head => {
+            let options = args.dense_options();
+            let bar = ProgressBar::new(options.epochs as u64).with_style(
+                ProgressStyle::with_template("train {bar:30} epoch {pos}/{len}  {msg}")
+                    .expect("static template"),
+            );
+            let result = train_dense(&train, &val, classes.len(), &options, |r| {
+                bar.set_message(format!(
+                    "loss {:.4} acc {:.3} | val loss {:.4} acc {:.3}",
+                    r.train_loss, r.train_accuracy, r.val_loss, r.val_accuracy
+                ));
+                bar.inc(1);
+            });
+            bar.finish_and_clear();
+            eprintln!(
+                "trained {} epochs, kept epoch {} (lowest validation loss)",
+                result.history.len(),
+                result.best_epoch
+            );
+            (
+                result.head,
+                result.history,
+                Some(result.best_epoch),
+                serde_json::to_value(&options)?,
+            )
+        }
+        recipe => {
+            let options = args.classical_options();
+            let started = std::time::Instant::now();
+            let head = match recipe {
+                Recipe::Logreg => classical::fit_logreg(&train, classes, &options)?,
+                Recipe::Svm => classical::fit_svm(&train, classes, &options)?,
+                _ => classical::fit_knn(&train, classes, &options)?,
+            };
+            eprintln!("fitted in {:.1} s", started.elapsed().as_secs_f64());
+            let history = vec![final_record(&head, &train, &val)];
+            (head, history, None, serde_json::to_value(&options)?)
+        }
+    };
+
+    let val_metrics = score(&head, &val, classes);
+    let train_accuracy = score(&head, &train, classes).accuracy;
+    let (split, val_fraction) = match &data.split {
+        SplitSource::Folders => ("folders", 0.0),
+        SplitSource::Stratified { val_fraction, .. } => ("stratified", *val_fraction),
+    };
+    let card = ModelCard {
+        graft_version: env!("CARGO_PKG_VERSION").into(),
+        recipe: args.recipe,
+        backbone: backbone.config.name.clone(),
+        weights_id: backbone.weights_id.clone(),
+        source: backbone.config.clone(),
+        preprocessing: backbone.config.preprocessing_id(),
+        feature_dim: backbone.config.feature_dim,
+        classes: classes.clone(),
+        hyperparameters,
+        data: DataRecord {
+            source: args.data.clone(),
+            split: split.into(),
+            val_fraction,
+            seed: args.split.seed,
+            train_images: train.len(),
+            val_images: val.len(),
+        },
+    };
+    let metrics = RunMetrics {
+        train_size: train.len(),
+        val_size: val.len(),
+        best_epoch,
+        train_accuracy,
+        val: val_metrics,
+    };
+    let dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| run::fresh_dir(Path::new("runs"), &data_name(&args.data), args.recipe));
+    run::save(&dir, &card, &head, &metrics, &history)?;
+    println!("{}", metrics.val.table());
+    println!(
+        "train accuracy {:.4}; run saved in {}",
+        metrics.train_accuracy,
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Metrics of `head` on `data`.
+pub fn score(head: &Head, data: &FeatureMatrix, classes: &[String]) -> Metrics {
+    let scores = head.scores(&data.rows, data.dim);
+    Metrics::compute(&data.labels, &argmax_rows(&scores, classes.len()), classes)
+}
+
+/// The one history line of a model fitted in one go.
+fn final_record(head: &Head, train: &FeatureMatrix, val: &FeatureMatrix) -> EpochRecord {
+    let loss_and_accuracy = |data: &FeatureMatrix| {
+        if data.is_empty() {
+            return (f64::NAN, f64::NAN);
+        }
+        let scores = head.scores(&data.rows, data.dim);
+        let logs: Vec<f32> = scores.iter().map(|p| p.max(1e-12).ln()).collect();
+        let predicted = argmax_rows(&scores, head.classes());
+        let correct = predicted
+            .iter()
+            .zip(&data.labels)
+            .filter(|(p, t)| p == t)
+            .count();
+        (
+            cross_entropy(&logs, &data.labels, head.classes()),
+            correct as f64 / data.len() as f64,
+        )
+    };
+    let (train_loss, train_accuracy) = loss_and_accuracy(train);
+    let (val_loss, val_accuracy) = loss_and_accuracy(val);
+    EpochRecord {
+        epoch: 1,
+        train_loss,
+        train_accuracy,
+        val_loss,
+        val_accuracy,
+        learning_rate: 0.0,
+    }
+}
+
+/// A short name for DATA: its folder or file stem.
+fn data_name(data: &Path) -> String {
+    data.canonicalize()
+        .ok()
+        .as_deref()
+        .unwrap_or(data)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("data")
+        .to_string()
+}

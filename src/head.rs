@@ -1,0 +1,329 @@
+//! A trained top on pooled backbone features: what every recipe produces and what predict and
+//! evaluate run. Dense heads, logistic regression and linear SVMs are all a linear map
+//! (standardisation folded in); kNN keeps its memory bank.
+//!
+//! Saved as safetensors: `weight` `[classes, dim]` and `bias` `[classes]` (F32) for a linear
+//! top; `bank` `[n, dim]` (F32, L2-normalised rows) and `labels` `[n]` (I64) for kNN, with
+//! `kind` (and `k`) in the metadata.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use linfa_nn::distance::L2Dist;
+use linfa_nn::{CommonNearestNeighbour, NearestNeighbour};
+use ndarray::{ArrayView1, ArrayView2};
+use safetensors::{Dtype, SafeTensors};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {problem}", path.display())]
+    Invalid { path: PathBuf, problem: String },
+}
+
+/// Name, dtype, shape and little-endian bytes of a tensor to save.
+type NamedTensor = (&'static str, Dtype, Vec<usize>, Vec<u8>);
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Head {
+    /// `scores = softmax(x W^T + b)`.
+    Linear {
+        /// `[classes, dim]`, row-major.
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+    },
+    /// Majority vote of the `k` nearest training rows (cosine distance).
+    Knn {
+        /// `[n, dim]`, each row L2-normalised.
+        bank: Vec<f32>,
+        labels: Vec<usize>,
+        classes: usize,
+        k: usize,
+    },
+}
+
+impl Head {
+    pub fn classes(&self) -> usize {
+        match self {
+            Head::Linear { bias, .. } => bias.len(),
+            Head::Knn { classes, .. } => *classes,
+        }
+    }
+
+    /// Class scores `[n, classes]` (each row sums to 1) of feature rows `[n, dim]`.
+    pub fn scores(&self, features: &[f32], dim: usize) -> Vec<f32> {
+        match self {
+            Head::Linear { weight, bias } => {
+                let mut out = linear(features, dim, weight, bias);
+                for row in out.chunks_exact_mut(bias.len()) {
+                    softmax_in_place(row);
+                }
+                out
+            }
+            Head::Knn {
+                bank,
+                labels,
+                classes,
+                k,
+            } => knn_scores(features, dim, bank, labels, *classes, *k),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), HeadError> {
+        let f32_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let (tensors, metadata): (Vec<NamedTensor>, _) = match self {
+            Head::Linear { weight, bias } => (
+                vec![
+                    (
+                        "weight",
+                        Dtype::F32,
+                        vec![bias.len(), weight.len() / bias.len().max(1)],
+                        f32_bytes(weight),
+                    ),
+                    ("bias", Dtype::F32, vec![bias.len()], f32_bytes(bias)),
+                ],
+                HashMap::from([("kind".to_string(), "linear".to_string())]),
+            ),
+            Head::Knn {
+                bank,
+                labels,
+                classes,
+                k,
+            } => (
+                vec![
+                    (
+                        "bank",
+                        Dtype::F32,
+                        vec![labels.len(), bank.len() / labels.len().max(1)],
+                        f32_bytes(bank),
+                    ),
+                    (
+                        "labels",
+                        Dtype::I64,
+                        vec![labels.len()],
+                        labels
+                            .iter()
+                            .flat_map(|&l| (l as i64).to_le_bytes())
+                            .collect(),
+                    ),
+                ],
+                HashMap::from([
+                    ("kind".to_string(), "knn".to_string()),
+                    ("k".to_string(), k.to_string()),
+                    ("classes".to_string(), classes.to_string()),
+                ]),
+            ),
+        };
+        let views: Vec<_> = tensors
+            .iter()
+            .map(|(name, dtype, shape, bytes)| {
+                (
+                    *name,
+                    safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
+                        .expect("shape matches the byte length"),
+                )
+            })
+            .collect();
+        let bytes = safetensors::serialize(views, Some(metadata)).expect("plain tensors serialise");
+        crate::util::write_atomic(path, &bytes).map_err(|source| HeadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, HeadError> {
+        let invalid = |problem: String| HeadError::Invalid {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let bytes = std::fs::read(path).map_err(|source| HeadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| invalid(e.to_string()))?;
+        let file = SafeTensors::deserialize(&bytes).map_err(|e| invalid(e.to_string()))?;
+        let info = meta.metadata().clone().unwrap_or_default();
+        let tensor = |name: &str, dtype: Dtype| {
+            let view = file
+                .tensor(name)
+                .map_err(|e| invalid(format!("tensor `{name}`: {e}")))?;
+            if view.dtype() != dtype {
+                return Err(invalid(format!(
+                    "`{name}` is {:?}, expected {dtype:?}",
+                    view.dtype()
+                )));
+            }
+            Ok((view.shape().to_vec(), view.data().to_vec()))
+        };
+        let floats = |bytes: Vec<u8>| -> Vec<f32> {
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("chunks_exact(4)")))
+                .collect()
+        };
+        let number = |key: &str| -> Result<usize, HeadError> {
+            info.get(key)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| invalid(format!("metadata `{key}` missing or not a number")))
+        };
+        match info.get("kind").map(String::as_str) {
+            Some("linear") => {
+                let (w_shape, weight) = tensor("weight", Dtype::F32)?;
+                let (b_shape, bias) = tensor("bias", Dtype::F32)?;
+                if w_shape.len() != 2 || b_shape != [w_shape[0]] {
+                    return Err(invalid(format!(
+                        "weight {w_shape:?} and bias {b_shape:?} do not fit"
+                    )));
+                }
+                Ok(Head::Linear {
+                    weight: floats(weight),
+                    bias: floats(bias),
+                })
+            }
+            Some("knn") => {
+                let (bank_shape, bank) = tensor("bank", Dtype::F32)?;
+                let (label_shape, labels) = tensor("labels", Dtype::I64)?;
+                let classes = number("classes")?;
+                let labels: Vec<usize> = labels
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().expect("chunks_exact(8)")))
+                    .map(|l| usize::try_from(l).ok().filter(|&l| l < classes))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| invalid("a label is outside the classes".into()))?;
+                if bank_shape.len() != 2 || label_shape != [bank_shape[0]] || labels.is_empty() {
+                    return Err(invalid(format!(
+                        "bank {bank_shape:?} and labels {label_shape:?} do not fit"
+                    )));
+                }
+                Ok(Head::Knn {
+                    bank: floats(bank),
+                    labels,
+                    classes,
+                    k: number("k")?.max(1),
+                })
+            }
+            other => Err(invalid(format!("unknown head kind {other:?}"))),
+        }
+    }
+}
+
+/// `x W^T + b` for rows `x` `[n, dim]`, `W` `[classes, dim]`.
+pub fn linear(features: &[f32], dim: usize, weight: &[f32], bias: &[f32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(features.len() / dim * bias.len());
+    for x in features.chunks_exact(dim) {
+        for (w, b) in weight.chunks_exact(dim).zip(bias) {
+            out.push(b + w.iter().zip(x).map(|(w, x)| w * x).sum::<f32>());
+        }
+    }
+    out
+}
+
+pub fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in row.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// Rows scaled to unit L2 norm (cosine distance becomes Euclidean).
+pub fn l2_normalized(features: &[f32], dim: usize) -> Vec<f32> {
+    let mut out = features.to_vec();
+    for row in out.chunks_exact_mut(dim) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+    out
+}
+
+/// Vote shares of the `k` nearest bank rows; a tie goes to the class of the nearer neighbour.
+fn knn_scores(
+    features: &[f32],
+    dim: usize,
+    bank: &[f32],
+    labels: &[usize],
+    classes: usize,
+    k: usize,
+) -> Vec<f32> {
+    let bank = ArrayView2::from_shape((labels.len(), dim), bank).expect("bank is [n, dim]");
+    let index = CommonNearestNeighbour::LinearSearch
+        .from_batch(&bank, L2Dist)
+        .expect("a non-empty bank builds an index");
+    let queries = l2_normalized(features, dim);
+    let k = k.min(labels.len());
+    let mut out = Vec::with_capacity(features.len() / dim * classes);
+    for query in queries.chunks_exact(dim) {
+        let mut votes = vec![0.0f32; classes];
+        let neighbours = index
+            .k_nearest(ArrayView1::from(query), k)
+            .expect("query has the bank's dimension");
+        for (rank, (_, i)) in neighbours.iter().enumerate() {
+            // Whole votes, plus a bonus far below one vote that favours nearer neighbours.
+            votes[labels[*i]] += 1.0 + 1e-3 / (rank + 1) as f32;
+        }
+        let total: f32 = votes.iter().sum();
+        out.extend(votes.iter().map(|v| v / total));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_and_knn_heads_round_trip_through_safetensors() {
+        let dir = tempfile::tempdir().unwrap();
+        let linear = Head::Linear {
+            weight: vec![1.0, 0.0, 0.0, 1.0, -1.0, -1.0],
+            bias: vec![0.0, 0.5, 0.0],
+        };
+        let knn = Head::Knn {
+            bank: l2_normalized(&[1.0, 0.0, 0.9, 0.1, 0.0, 1.0], 2),
+            labels: vec![0, 0, 1],
+            classes: 2,
+            k: 3,
+        };
+        for head in [linear, knn] {
+            let path = dir.path().join("head.safetensors");
+            head.save(&path).unwrap();
+            assert_eq!(Head::load(&path).unwrap(), head);
+        }
+    }
+
+    #[test]
+    fn knn_votes_and_linear_softmax() {
+        let knn = Head::Knn {
+            bank: l2_normalized(&[1.0, 0.0, 0.9, 0.1, 0.0, 1.0], 2),
+            labels: vec![0, 0, 1],
+            classes: 2,
+            k: 3,
+        };
+        let s = knn.scores(&[2.0, 0.1], 2);
+        assert!(s[0] > 0.66 && s[0] < 0.67, "{s:?}");
+        let linear = Head::Linear {
+            weight: vec![1.0, 0.0, 0.0, 1.0],
+            bias: vec![0.0, 0.0],
+        };
+        let s = linear.scores(&[3.0, 1.0], 2);
+        let expected = 1.0 / (1.0 + (-2.0f32).exp());
+        assert!((s[0] - expected).abs() < 1e-6 && (s[0] + s[1] - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn truncated_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("head.safetensors");
+        std::fs::write(&path, b"not a safetensors file").unwrap();
+        let err = Head::load(&path).unwrap_err().to_string();
+        assert!(err.contains("head.safetensors"), "{err}");
+    }
+}

@@ -1,0 +1,193 @@
+//! Run directories: everything a training leaves behind, and loading it back for predict and
+//! evaluate.
+//!
+//! ```text
+//! RUN_DIR/
+//!   model.json      backbone, weights id, source config (preprocessing), classes, recipe,
+//!                   hyper-parameters, data split, graft version
+//!   head.safetensors  the trained top (see `head`)
+//!   metrics.json    validation metrics and split sizes
+//!   history.csv     one line per epoch
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backbone::{Backbone, LoadOptions, SourceConfig};
+use crate::head::{Head, HeadError};
+use crate::metrics::Metrics;
+use crate::train::{EpochRecord, Recipe};
+use crate::weights::{WeightsError, store};
+
+pub const MODEL_FILE: &str = "model.json";
+pub const HEAD_FILE: &str = "head.safetensors";
+pub const METRICS_FILE: &str = "metrics.json";
+pub const HISTORY_FILE: &str = "history.csv";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {problem}", path.display())]
+    Invalid { path: PathBuf, problem: String },
+    #[error(transparent)]
+    Head(#[from] HeadError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+    move |source| RunError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// How the training data was split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataRecord {
+    /// The DATA argument as given.
+    pub source: PathBuf,
+    /// `folders` (the dataset's own train/val) or `stratified`.
+    pub split: String,
+    pub val_fraction: f64,
+    pub seed: u64,
+    pub train_images: usize,
+    pub val_images: usize,
+}
+
+/// `model.json`: what a trained model is and how it was made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub graft_version: String,
+    pub recipe: Recipe,
+    pub backbone: String,
+    pub weights_id: String,
+    /// The backbone's source config (resolution, crop, normalisation, padding...): predict and
+    /// evaluate refuse a backbone whose config differs.
+    pub source: SourceConfig,
+    pub preprocessing: String,
+    pub feature_dim: usize,
+    pub classes: Vec<String>,
+    pub hyperparameters: serde_json::Value,
+    pub data: DataRecord,
+}
+
+/// `metrics.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunMetrics {
+    pub train_size: usize,
+    pub val_size: usize,
+    /// Epoch whose weights were kept (dense head only).
+    pub best_epoch: Option<usize>,
+    pub train_accuracy: f64,
+    /// Scores on the validation split.
+    pub val: Metrics,
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), RunError> {
+    let text = serde_json::to_string_pretty(value).expect("plain data serialises");
+    crate::util::write_atomic(path, text.as_bytes()).map_err(io(path))
+}
+
+/// Write a finished training into `dir` (created if needed).
+pub fn save(
+    dir: &Path,
+    card: &ModelCard,
+    head: &Head,
+    metrics: &RunMetrics,
+    history: &[EpochRecord],
+) -> Result<(), RunError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    head.save(&dir.join(HEAD_FILE))?;
+    write_json(&dir.join(MODEL_FILE), card)?;
+    write_json(&dir.join(METRICS_FILE), metrics)?;
+    let mut csv = EpochRecord::CSV_HEADER.to_string();
+    for record in history {
+        csv.push('\n');
+        csv.push_str(&record.csv_line());
+    }
+    csv.push('\n');
+    let path = dir.join(HISTORY_FILE);
+    crate::util::write_atomic(&path, csv.as_bytes()).map_err(io(&path))
+}
+
+/// `<base>/<name>-<recipe>-<n>` for the first `n` not yet taken.
+pub fn fresh_dir(base: &Path, name: &str, recipe: Recipe) -> PathBuf {
+    (1..)
+        .map(|n| base.join(format!("{name}-{}-{n}", recipe.name())))
+        .find(|p| !p.exists())
+        .expect("some number is free")
+}
+
+/// A trained model loaded back from its run directory.
+#[derive(Debug)]
+pub struct TrainedModel {
+    pub dir: PathBuf,
+    pub card: ModelCard,
+    pub head: Head,
+    pub backbone: Backbone,
+}
+
+impl TrainedModel {
+    /// Load `dir`'s card and head, and its backbone (from the store, or from `weights`),
+    /// checking that the backbone is the one the head was trained on.
+    pub fn open(dir: &Path, weights: Option<&Path>) -> Result<Self, RunError> {
+        let card_path = dir.join(MODEL_FILE);
+        let invalid = |path: &Path, problem: String| RunError::Invalid {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let text = std::fs::read_to_string(&card_path).map_err(io(&card_path))?;
+        let card: ModelCard =
+            serde_json::from_str(&text).map_err(|e| invalid(&card_path, e.to_string()))?;
+        let head = Head::load(&dir.join(HEAD_FILE))?;
+        if head.classes() != card.classes.len() {
+            return Err(invalid(
+                &dir.join(HEAD_FILE),
+                format!(
+                    "has {} classes, model.json lists {}",
+                    head.classes(),
+                    card.classes.len()
+                ),
+            ));
+        }
+        let info = crate::backbone::find(&card.backbone)
+            .ok_or_else(|| invalid(&card_path, format!("unknown backbone `{}`", card.backbone)))?;
+        let path = store::resolve(info, weights)?;
+        let options = LoadOptions {
+            include_top: false,
+            padding: Some(card.source.padding),
+        };
+        let backbone = Backbone::load(info, &path, options, &crate::backend::device())?;
+        if backbone.weights_id != card.weights_id {
+            return Err(invalid(
+                &path,
+                format!(
+                    "weights {} differ from the {} the model in {} was trained on",
+                    backbone.weights_id,
+                    card.weights_id,
+                    dir.display()
+                ),
+            ));
+        }
+        if backbone.config != card.source {
+            return Err(invalid(
+                &card_path,
+                "the backbone's source config (preprocessing, padding) differs from the one the \
+                 head was trained with"
+                    .into(),
+            ));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            card,
+            head,
+            backbone: backbone.for_inference(),
+        })
+    }
+}

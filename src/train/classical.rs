@@ -1,0 +1,280 @@
+//! Recipes "logreg", "svm" and "knn": classical models from linfa on the cached features.
+//! Linear models are fitted on standardised features, then the standardisation is folded into
+//! their weights so predicting needs only a [`Head::Linear`].
+
+use linfa::prelude::*;
+use linfa_logistic::MultiLogisticRegression;
+use linfa_svm::Svm;
+use ndarray::{Array1, Array2};
+use serde::{Deserialize, Serialize};
+
+use crate::features::FeatureMatrix;
+use crate::head::{Head, l2_normalized};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FitError {
+    #[error("logistic regression: {0}")]
+    Logreg(String),
+    #[error("linear SVM for class `{class}`: {problem}")]
+    Svm { class: String, problem: String },
+    #[error("no training examples")]
+    Empty,
+}
+
+/// Hyper-parameters of the classical recipes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassicalOptions {
+    /// L2 penalty of logistic regression (linfa's `alpha`).
+    pub logreg_alpha: f64,
+    pub logreg_max_iterations: u64,
+    /// SVM soft-margin constant C.
+    pub svm_c: f64,
+    /// Weight each SVM's positive and negative examples to balance them.
+    pub balanced_class_weights: bool,
+    pub knn_k: usize,
+}
+
+impl Default for ClassicalOptions {
+    fn default() -> Self {
+        Self {
+            logreg_alpha: 1.0,
+            logreg_max_iterations: 200,
+            svm_c: 1.0,
+            balanced_class_weights: false,
+            knn_k: 5,
+        }
+    }
+}
+
+/// Per-feature mean and 1/std of the training rows.
+#[derive(Debug, Clone)]
+struct Standardizer {
+    mean: Vec<f64>,
+    inv_std: Vec<f64>,
+}
+
+impl Standardizer {
+    fn fit(data: &FeatureMatrix) -> Self {
+        let (n, dim) = (data.len().max(1) as f64, data.dim);
+        let mut mean = vec![0.0; dim];
+        for i in 0..data.len() {
+            for (m, &v) in mean.iter_mut().zip(data.row(i)) {
+                *m += v as f64 / n;
+            }
+        }
+        let mut var = vec![0.0; dim];
+        for i in 0..data.len() {
+            for ((s, &v), m) in var.iter_mut().zip(data.row(i)).zip(&mean) {
+                *s += (v as f64 - m).powi(2) / n;
+            }
+        }
+        // Constant features (std 0) are left centred but unscaled.
+        let inv_std = var
+            .iter()
+            .map(|v| if *v > 1e-12 { 1.0 / v.sqrt() } else { 1.0 })
+            .collect();
+        Self { mean, inv_std }
+    }
+
+    fn apply(&self, data: &FeatureMatrix) -> Array2<f64> {
+        Array2::from_shape_fn((data.len(), data.dim), |(i, j)| {
+            (data.rows[i * data.dim + j] as f64 - self.mean[j]) * self.inv_std[j]
+        })
+    }
+
+    /// The head that computes `w . standardise(x) + b` directly on raw features.
+    /// `weights[c][j]` is the weight of feature `j` for class `c`.
+    fn fold(&self, weights: &[Vec<f64>], biases: &[f64]) -> Head {
+        let mut weight = Vec::with_capacity(weights.len() * self.mean.len());
+        let mut bias = Vec::with_capacity(biases.len());
+        for (w, b) in weights.iter().zip(biases) {
+            let mut shift = 0.0;
+            for ((w, inv_std), mean) in w.iter().zip(&self.inv_std).zip(&self.mean) {
+                let scaled = w * inv_std;
+                weight.push(scaled as f32);
+                shift += scaled * mean;
+            }
+            bias.push((b - shift) as f32);
+        }
+        Head::Linear { weight, bias }
+    }
+}
+
+fn targets(data: &FeatureMatrix) -> Array1<usize> {
+    Array1::from(data.labels.clone())
+}
+
+/// Multinomial logistic regression.
+pub fn fit_logreg(
+    train: &FeatureMatrix,
+    classes: &[String],
+    options: &ClassicalOptions,
+) -> Result<Head, FitError> {
+    if train.is_empty() {
+        return Err(FitError::Empty);
+    }
+    let scaler = Standardizer::fit(train);
+    let dataset = Dataset::new(scaler.apply(train), targets(train));
+    let model = MultiLogisticRegression::default()
+        .alpha(options.logreg_alpha)
+        .max_iterations(options.logreg_max_iterations)
+        .fit(&dataset)
+        .map_err(|e| FitError::Logreg(e.to_string()))?;
+    // Columns follow linfa's sorted list of the labels it saw; a class without training
+    // examples gets a bias that never wins.
+    let mut weights = vec![vec![0.0; train.dim]; classes.len()];
+    let mut biases = vec![-1e4; classes.len()];
+    for (column, &class) in model.classes().iter().enumerate() {
+        weights[class] = model.params().column(column).to_vec();
+        biases[class] = model.intercept()[column];
+    }
+    Ok(scaler.fold(&weights, &biases))
+}
+
+/// One linear SVM per class (that class against the rest); scores are softmaxed margins.
+pub fn fit_svm(
+    train: &FeatureMatrix,
+    classes: &[String],
+    options: &ClassicalOptions,
+) -> Result<Head, FitError> {
+    if train.is_empty() {
+        return Err(FitError::Empty);
+    }
+    let scaler = Standardizer::fit(train);
+    let records = scaler.apply(train);
+    let mut weights = Vec::with_capacity(classes.len());
+    let mut biases = Vec::with_capacity(classes.len());
+    for (class, name) in classes.iter().enumerate() {
+        let is_class: Array1<bool> = train.labels.iter().map(|&l| l == class).collect();
+        let positives = is_class.iter().filter(|&&p| p).count();
+        if positives == 0 || positives == train.len() {
+            weights.push(vec![0.0; train.dim]);
+            biases.push(if positives == 0 { -1e4 } else { 1e4 });
+            continue;
+        }
+        let (c_pos, c_neg) = if options.balanced_class_weights {
+            let n = train.len() as f64;
+            (
+                options.svm_c * n / (2.0 * positives as f64),
+                options.svm_c * n / (2.0 * (n - positives as f64)),
+            )
+        } else {
+            (options.svm_c, options.svm_c)
+        };
+        let dataset = DatasetBase::new(records.view(), is_class.view());
+        let model = Svm::<f64, bool>::params()
+            .pos_neg_weights(c_pos, c_neg)
+            .linear_kernel()
+            .fit(&dataset)
+            .map_err(|e| FitError::Svm {
+                class: name.clone(),
+                problem: e.to_string(),
+            })?;
+        // A linear SVM's decision is w.x - rho; read w back one unit vector at a time.
+        let mut unit = Array1::<f64>::zeros(train.dim);
+        let w: Vec<f64> = (0..train.dim)
+            .map(|j| {
+                unit[j] = 1.0;
+                let value = model.weighted_sum(&unit);
+                unit[j] = 0.0;
+                value
+            })
+            .collect();
+        weights.push(w);
+        biases.push(-model.rho);
+    }
+    Ok(scaler.fold(&weights, &biases))
+}
+
+/// k nearest neighbours: the memory bank is the L2-normalised training rows.
+pub fn fit_knn(
+    train: &FeatureMatrix,
+    classes: &[String],
+    options: &ClassicalOptions,
+) -> Result<Head, FitError> {
+    if train.is_empty() {
+        return Err(FitError::Empty);
+    }
+    Ok(Head::Knn {
+        bank: l2_normalized(&train.rows, train.dim),
+        labels: train.labels.clone(),
+        classes: classes.len(),
+        k: options.knn_k.max(1),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::argmax_rows;
+
+    /// Three well-separated blobs in 4-D on large feature offsets, each class apart from the rest
+    /// along its own axis (so one-vs-rest separates them too).
+    fn blobs() -> (FeatureMatrix, Vec<String>) {
+        let mut m = FeatureMatrix {
+            dim: 4,
+            ..Default::default()
+        };
+        for i in 0..60 {
+            let class = i % 3;
+            let jitter = ((i * 7919) % 13) as f32 / 13.0 - 0.5;
+            // Class c sits 3 units out along axis c, on top of large offsets.
+            let hot = |c: usize| if class == c { 3.0 } else { 0.0 };
+            let centre = [100.0 + hot(0), 5.0 + hot(1), -50.0 + hot(2), jitter];
+            m.rows.extend(centre.iter().map(|c| c + 0.3 * jitter));
+            m.labels.push(class);
+            m.paths.push(format!("{i}.jpg").into());
+        }
+        (m, vec!["a".into(), "b".into(), "c".into()])
+    }
+
+    fn accuracy(head: &Head, data: &FeatureMatrix) -> f64 {
+        let scores = head.scores(&data.rows, data.dim);
+        let predicted = argmax_rows(&scores, head.classes());
+        predicted
+            .iter()
+            .zip(&data.labels)
+            .filter(|(p, t)| p == t)
+            .count() as f64
+            / data.len() as f64
+    }
+
+    #[test]
+    fn every_recipe_separates_separable_blobs() {
+        let (data, classes) = blobs();
+        let options = ClassicalOptions::default();
+        for head in [
+            fit_logreg(&data, &classes, &options).unwrap(),
+            fit_svm(&data, &classes, &options).unwrap(),
+            fit_knn(&data, &classes, &options).unwrap(),
+        ] {
+            assert_eq!(accuracy(&head, &data), 1.0, "{head:?}");
+        }
+    }
+
+    #[test]
+    fn folded_standardisation_equals_standardising_first() {
+        let (data, _) = blobs();
+        let scaler = Standardizer::fit(&data);
+        let w = vec![vec![0.5, -1.0, 2.0, 0.25], vec![1.0, 0.0, 0.0, -3.0]];
+        let b = vec![0.1, -0.2];
+        let Head::Linear { weight, bias } = scaler.fold(&w, &b) else {
+            unreachable!()
+        };
+        let standardised = scaler.apply(&data);
+        for i in 0..data.len() {
+            for c in 0..2 {
+                let direct: f64 =
+                    (0..4).map(|j| w[c][j] * standardised[[i, j]]).sum::<f64>() + b[c];
+                let folded: f32 = (0..4)
+                    .map(|j| weight[c * 4 + j] * data.row(i)[j])
+                    .sum::<f32>()
+                    + bias[c];
+                assert!(
+                    (direct - folded as f64).abs() < 1e-3,
+                    "{direct} vs {folded}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Recipe "head": Dropout -> Dense softmax on cached pooled features, trained with AdamW.
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{Int, Tensor, TensorData};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::{EpochRecord, balanced_class_weights, cross_entropy};
+use crate::features::FeatureMatrix;
+use crate::head::{Head, linear};
+use crate::metrics::argmax_rows;
+
+/// Hyper-parameters of the dense head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DenseOptions {
+    pub learning_rate: f64,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub dropout: f64,
+    pub weight_decay: f64,
+    pub label_smoothing: f64,
+    /// Weight each class by n / (classes * n_class) in the loss.
+    pub balanced_class_weights: bool,
+    /// Stop after this many epochs without a lower validation loss (best weights kept).
+    pub patience: usize,
+    pub seed: u64,
+}
+
+impl Default for DenseOptions {
+    fn default() -> Self {
+        Self {
+            learning_rate: 1e-3,
+            epochs: 100,
+            batch_size: 32,
+            dropout: 0.2,
+            weight_decay: 1e-4,
+            label_smoothing: 0.0,
+            balanced_class_weights: false,
+            patience: 10,
+            seed: 0,
+        }
+    }
+}
+
+/// What training produced: the weights of the best epoch and the whole history.
+#[derive(Debug, Clone)]
+pub struct DenseResult {
+    pub head: Head,
+    pub history: Vec<EpochRecord>,
+    /// 1-based epoch whose weights were kept.
+    pub best_epoch: usize,
+}
+
+/// Train on `train`, early-stopping on the loss of `val` (no early stopping when `val` is
+/// empty). All randomness (shuffling, dropout masks) comes from `options.seed`, and the weights
+/// start at zero (a softmax regression has no symmetry to break), so a run is reproducible.
+pub fn train_dense(
+    train: &FeatureMatrix,
+    val: &FeatureMatrix,
+    classes: usize,
+    options: &DenseOptions,
+    mut on_epoch: impl FnMut(&EpochRecord),
+) -> DenseResult {
+    let dim = train.dim;
+    let device = crate::backend::device().autodiff();
+    let mut layer: Linear = LinearConfig::new(dim, classes)
+        .with_initializer(Initializer::Zeros)
+        .init(&device);
+    let mut optimizer = AdamWConfig::new()
+        .with_weight_decay(options.weight_decay as f32)
+        .init();
+    let weights = options
+        .balanced_class_weights
+        .then(|| balanced_class_weights(&train.labels, classes));
+    let loss_fn = CrossEntropyLossConfig::new()
+        .with_smoothing((options.label_smoothing > 0.0).then_some(options.label_smoothing as f32))
+        .with_weights(weights)
+        .init(&device);
+    let keep = 1.0 - options.dropout as f32;
+    let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut history = Vec::new();
+    let mut best: Option<(f64, usize, Head)> = None;
+
+    for epoch in 1..=options.epochs {
+        order.shuffle(&mut rng);
+        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+        for batch in order.chunks(options.batch_size.max(1)) {
+            let mut x = Vec::with_capacity(batch.len() * dim);
+            for &i in batch {
+                // Inverted dropout on the pooled features, masks drawn from the run's seed.
+                x.extend(train.row(i).iter().map(|&v| {
+                    if options.dropout > 0.0 && rng.random::<f32>() >= keep {
+                        0.0
+                    } else {
+                        v / keep
+                    }
+                }));
+            }
+            let targets: Vec<i64> = batch.iter().map(|&i| train.labels[i] as i64).collect();
+            let x = Tensor::<2>::from_data(TensorData::new(x, [batch.len(), dim]), &device);
+            let y = Tensor::<1, Int>::from_data(TensorData::new(targets, [batch.len()]), &device);
+            let logits = layer.forward(x);
+            let loss = loss_fn.forward(logits.clone(), y);
+            loss_sum += loss.clone().into_scalar::<f32>() as f64 * batch.len() as f64;
+            let logits: Vec<f32> = logits
+                .into_data()
+                .try_to_vec::<f32>()
+                .expect("logits are f32");
+            correct += argmax_rows(&logits, classes)
+                .iter()
+                .zip(batch)
+                .filter(|(p, i)| **p == train.labels[**i])
+                .count();
+            let grads = GradientsParams::from_grads(loss.backward(), &layer);
+            layer = optimizer.step(options.learning_rate, layer, grads);
+        }
+        let head = export(&layer, dim, classes);
+        let (val_loss, val_accuracy) = evaluate(&head, val);
+        let record = EpochRecord {
+            epoch,
+            train_loss: loss_sum / train.len().max(1) as f64,
+            train_accuracy: correct as f64 / train.len().max(1) as f64,
+            val_loss,
+            val_accuracy,
+            learning_rate: options.learning_rate,
+        };
+        on_epoch(&record);
+        history.push(record);
+        let improved = best.as_ref().is_none_or(|(loss, _, _)| val_loss < *loss);
+        if val.is_empty() || improved {
+            best = Some((val_loss, epoch, head));
+        } else if best
+            .as_ref()
+            .is_some_and(|(_, at, _)| epoch - at >= options.patience)
+        {
+            break;
+        }
+    }
+    let (_, best_epoch, head) = best.unwrap_or_else(|| (f64::NAN, 0, export(&layer, dim, classes)));
+    DenseResult {
+        head,
+        history,
+        best_epoch,
+    }
+}
+
+/// The layer's weights as a [`Head`] (burn stores them `[dim, classes]`; heads use
+/// `[classes, dim]`).
+fn export(layer: &Linear, dim: usize, classes: usize) -> Head {
+    let w: Vec<f32> = layer
+        .weight
+        .val()
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("weights are f32");
+    let mut weight = vec![0.0; classes * dim];
+    for d in 0..dim {
+        for c in 0..classes {
+            weight[c * dim + d] = w[d * classes + c];
+        }
+    }
+    let bias = layer
+        .bias
+        .as_ref()
+        .map(|b| {
+            b.val()
+                .into_data()
+                .try_to_vec::<f32>()
+                .expect("bias is f32")
+        })
+        .unwrap_or_else(|| vec![0.0; classes]);
+    Head::Linear { weight, bias }
+}
+
+/// Mean cross-entropy and accuracy of `head` on `data` (NaN when empty).
+fn evaluate(head: &Head, data: &FeatureMatrix) -> (f64, f64) {
+    if data.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let Head::Linear { weight, bias } = head else {
+        unreachable!("dense training exports linear heads")
+    };
+    let logits = linear(&data.rows, data.dim, weight, bias);
+    let loss = cross_entropy(&logits, &data.labels, bias.len());
+    let correct = argmax_rows(&logits, bias.len())
+        .iter()
+        .zip(&data.labels)
+        .filter(|(p, t)| p == t)
+        .count();
+    (loss, correct as f64 / data.len() as f64)
+}

@@ -1,0 +1,113 @@
+//! Training a new top on cached bottleneck features (recipe 2).
+
+pub mod classical;
+pub mod dense;
+
+use serde::{Deserialize, Serialize};
+
+/// Which kind of top to fit on the features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Recipe {
+    /// Dropout + dense softmax layer trained with AdamW (Keras' "new top").
+    Head,
+    /// Multinomial logistic regression (linfa, L-BFGS) on standardised features.
+    Logreg,
+    /// One-vs-rest linear SVMs (linfa, SMO) on standardised features.
+    Svm,
+    /// k nearest neighbours by cosine similarity (linfa-nn).
+    Knn,
+}
+
+impl Recipe {
+    pub fn name(self) -> &'static str {
+        match self {
+            Recipe::Head => "head",
+            Recipe::Logreg => "logreg",
+            Recipe::Svm => "svm",
+            Recipe::Knn => "knn",
+        }
+    }
+}
+
+/// One line of a training history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    pub learning_rate: f64,
+}
+
+impl EpochRecord {
+    pub const CSV_HEADER: &'static str =
+        "epoch,train_loss,train_accuracy,val_loss,val_accuracy,learning_rate";
+
+    pub fn csv_line(&self) -> String {
+        format!(
+            "{},{:.6},{:.6},{:.6},{:.6},{:e}",
+            self.epoch,
+            self.train_loss,
+            self.train_accuracy,
+            self.val_loss,
+            self.val_accuracy,
+            self.learning_rate
+        )
+    }
+}
+
+/// sklearn's "balanced" weights: `n / (classes * n_c)`; classes absent from `labels` get 0.
+pub fn balanced_class_weights(labels: &[usize], classes: usize) -> Vec<f32> {
+    let mut counts = vec![0usize; classes];
+    for &l in labels {
+        counts[l] += 1;
+    }
+    counts
+        .iter()
+        .map(|&c| {
+            if c == 0 {
+                0.0
+            } else {
+                labels.len() as f32 / (classes * c) as f32
+            }
+        })
+        .collect()
+}
+
+/// Mean cross-entropy of logits `[n, classes]` against `labels`.
+pub fn cross_entropy(logits: &[f32], labels: &[usize], classes: usize) -> f64 {
+    let total: f64 = logits
+        .chunks_exact(classes)
+        .zip(labels)
+        .map(|(row, &label)| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let log_sum: f64 = row
+                .iter()
+                .map(|&v| (v as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+            max + log_sum - row[label] as f64
+        })
+        .sum();
+    total / labels.len().max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balanced_weights_follow_sklearn() {
+        // 6 examples, 3 classes: counts 3, 2, 1.
+        let w = balanced_class_weights(&[0, 0, 0, 1, 1, 2], 3);
+        assert_eq!(w, vec![6.0 / 9.0, 1.0, 2.0]);
+    }
+
+    #[test]
+    fn cross_entropy_of_uniform_logits_is_log_k() {
+        let loss = cross_entropy(&[0.0; 8], &[0, 3], 4);
+        assert!((loss - 4f64.ln()).abs() < 1e-9);
+    }
+}
