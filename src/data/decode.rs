@@ -100,6 +100,93 @@ pub fn decode_rgb(path: &Path, limits: DecodeLimits) -> Result<RgbImage, DecodeE
     Ok(image.into_rgb8())
 }
 
+/// The colour model a file stores its pixels in (before graft converts them to RGB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoredColor {
+    Gray,
+    GrayAlpha,
+    Rgb,
+    Rgba,
+    /// Four-component JPEG (CMYK or YCCK).
+    Cmyk,
+    Other,
+}
+
+/// What a file's header says, without decoding the pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageFacts {
+    pub width: u32,
+    pub height: u32,
+    pub color: StoredColor,
+}
+
+/// Read the header of `path`: size and stored colour model.
+pub fn probe(path: &Path, limits: DecodeLimits) -> Result<ImageFacts, DecodeError> {
+    let meta = std::fs::metadata(path).map_err(|e| fail(path, e.to_string()))?;
+    if meta.len() == 0 {
+        return Err(fail(path, "the file is empty"));
+    }
+    let file = std::fs::File::open(path).map_err(|e| fail(path, e.to_string()))?;
+    let mut reader = ImageReader::new(BufReader::new(file))
+        .with_guessed_format()
+        .map_err(|e| fail(path, e.to_string()))?;
+    let format = reader.format();
+    let mut image_limits = image::Limits::default();
+    image_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8));
+    reader.limits(image_limits);
+    let decoder = reader
+        .into_decoder()
+        .map_err(|e| fail(path, format!("cannot decode: {e}")))?;
+    let (width, height) = decoder.dimensions();
+    use image::ColorType as C;
+    let mut color = match decoder.color_type() {
+        C::L8 | C::L16 => StoredColor::Gray,
+        C::La8 | C::La16 => StoredColor::GrayAlpha,
+        C::Rgb8 | C::Rgb16 | C::Rgb32F => StoredColor::Rgb,
+        C::Rgba8 | C::Rgba16 | C::Rgba32F => StoredColor::Rgba,
+        _ => StoredColor::Other,
+    };
+    // The JPEG decoder reports CMYK files as RGB (it converts them); the frame header knows.
+    if format == Some(image::ImageFormat::Jpeg) && jpeg_components(path) == Some(4) {
+        color = StoredColor::Cmyk;
+    }
+    Ok(ImageFacts {
+        width,
+        height,
+        color,
+    })
+}
+
+/// Number of colour components in a JPEG's start-of-frame header.
+fn jpeg_components(path: &Path) -> Option<u8> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(1 << 20)
+        .read_to_end(&mut head)
+        .ok()?;
+    let mut i = 2; // after SOI
+    while i + 4 <= head.len() {
+        if head[i] != 0xFF {
+            return None;
+        }
+        let marker = head[i + 1];
+        if marker == 0xFF {
+            i += 1; // fill byte
+            continue;
+        }
+        let length = usize::from(u16::from_be_bytes([head[i + 2], head[i + 3]]));
+        // SOF0..SOF15, except DHT (C4), JPG (C8) and DAC (CC).
+        if (0xC0..=0xCF).contains(&marker) && ![0xC4, 0xC8, 0xCC].contains(&marker) {
+            return head.get(i + 9).copied();
+        }
+        i += 2 + length;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

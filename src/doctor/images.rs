@@ -1,0 +1,123 @@
+//! Per-file checks: unreadable files, colour models graft converts, tiny images, extreme
+//! aspect ratios.
+
+use std::path::PathBuf;
+
+use rayon::prelude::*;
+
+use super::{DoctorOptions, Finding, Severity};
+use crate::data::decode::{ImageFacts, StoredColor, probe};
+use crate::data::{DecodeError, DecodeLimits};
+
+/// Header facts of every file, in parallel; files whose header cannot be read get their error.
+pub fn probe_all(
+    paths: &[PathBuf],
+    limits: DecodeLimits,
+) -> Vec<(PathBuf, Result<ImageFacts, DecodeError>)> {
+    paths
+        .par_iter()
+        .map(|p| (p.clone(), probe(p, limits)))
+        .collect()
+}
+
+/// Findings from header facts, and from the files that failed to decode fully (`unreadable`,
+/// found while extracting features).
+pub fn image_findings(
+    facts: &[(PathBuf, Result<ImageFacts, DecodeError>)],
+    unreadable: &[DecodeError],
+    resolution: usize,
+    options: &DoctorOptions,
+) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let mut bad: Vec<&DecodeError> = facts.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+    for e in unreadable {
+        if !bad.iter().any(|b| b.path == e.path) {
+            bad.push(e);
+        }
+    }
+    if !bad.is_empty() {
+        findings.push(Finding {
+            severity: Severity::Warning,
+            check: "unreadable",
+            measured: format!("{} files cannot be read as images", bad.len()),
+            why: "graft skips them, so the classes hold fewer examples than the folder suggests",
+            action: "delete or re-export these files".into(),
+            files: bad.iter().map(|e| e.path.clone()).collect(),
+            details: bad.iter().map(|e| e.to_string()).collect(),
+        });
+    }
+    let readable: Vec<(&PathBuf, &ImageFacts)> = facts
+        .iter()
+        .filter_map(|(p, r)| r.as_ref().ok().map(|f| (p, f)))
+        .collect();
+    let mut group = |check: &'static str,
+                     severity: Severity,
+                     what: &str,
+                     why: &'static str,
+                     action: &str,
+                     select: &dyn Fn(&ImageFacts) -> bool| {
+        let hits: Vec<(&PathBuf, &ImageFacts)> =
+            readable.iter().copied().filter(|(_, f)| select(f)).collect();
+        if hits.is_empty() {
+            return;
+        }
+        findings.push(Finding {
+            severity,
+            check,
+            measured: format!("{} images {what}", hits.len()),
+            why,
+            action: action.into(),
+            files: hits.iter().map(|(p, _)| (*p).clone()).collect(),
+            details: hits
+                .iter()
+                .map(|(p, f)| format!("{} ({}x{}, {:?})", p.display(), f.width, f.height, f.color))
+                .collect(),
+        });
+    };
+    group(
+        "grayscale",
+        Severity::Info,
+        "are grayscale",
+        "the backbone was trained on colour photos; graft repeats the gray channel, which works but is a domain shift",
+        "fine if the whole domain is grayscale; otherwise check these are not mistakes",
+        &|f| matches!(f.color, StoredColor::Gray | StoredColor::GrayAlpha),
+    );
+    group(
+        "cmyk",
+        Severity::Warning,
+        "are CMYK JPEGs",
+        "CMYK is converted to RGB without a colour profile, so colours can differ from what other tools show",
+        "re-export these images as RGB (sRGB)",
+        &|f| f.color == StoredColor::Cmyk,
+    );
+    group(
+        "alpha",
+        Severity::Info,
+        "have an alpha channel",
+        "the alpha channel is dropped, so transparent areas show whatever colour is stored under them",
+        "flatten these images onto the background you expect at prediction time",
+        &|f| matches!(f.color, StoredColor::Rgba | StoredColor::GrayAlpha),
+    );
+    let min_side = (resolution as f64 * options.tiny_fraction) as u32;
+    group(
+        "tiny",
+        Severity::Warning,
+        &format!("have a shorter side under {min_side} px (half the backbone's {resolution} px input)"),
+        "they are upscaled a lot before the backbone sees them, so fine detail the features rely on is missing",
+        "use larger originals, or drop these images",
+        &|f| f.width.min(f.height) < min_side,
+    );
+    let max_ratio = options.max_aspect_ratio;
+    group(
+        "aspect-ratio",
+        Severity::Warning,
+        &format!("are more than {max_ratio}:1"),
+        "the centre crop keeps only the middle of such images, and the object may be outside it",
+        "crop these images around the object, or pad them to a square",
+        &move |f| {
+            let (long, short) = (f.width.max(f.height) as f64, f.width.min(f.height).max(1) as f64);
+            long / short > max_ratio
+        },
+    );
+    findings
+}
