@@ -8,6 +8,7 @@
 pub mod backbone;
 pub mod backend;
 pub mod data;
+pub mod doctor;
 pub mod features;
 pub mod head;
 pub mod infer;

@@ -116,6 +116,19 @@ pub fn save(
     crate::util::write_atomic(&path, csv.as_bytes()).map_err(io(&path))
 }
 
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, RunError> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    serde_json::from_str(&text).map_err(|e| RunError::Invalid {
+        path: path.to_path_buf(),
+        problem: e.to_string(),
+    })
+}
+
+/// The `metrics.json` of a run directory.
+pub fn load_metrics(dir: &Path) -> Result<RunMetrics, RunError> {
+    read_json(&dir.join(METRICS_FILE))
+}
+
 /// `<base>/<name>-<recipe>-<n>` for the first `n` not yet taken.
 pub fn fresh_dir(base: &Path, name: &str, recipe: Recipe) -> PathBuf {
     (1..)
@@ -142,9 +155,7 @@ impl TrainedModel {
             path: path.to_path_buf(),
             problem,
         };
-        let text = std::fs::read_to_string(&card_path).map_err(io(&card_path))?;
-        let card: ModelCard =
-            serde_json::from_str(&text).map_err(|e| invalid(&card_path, e.to_string()))?;
+        let card: ModelCard = read_json(&card_path)?;
         let head = Head::load(&dir.join(HEAD_FILE))?;
         if head.classes() != card.classes.len() {
             return Err(invalid(

@@ -1,6 +1,7 @@
 //! One file per subcommand; this file holds the argument types shared between them.
 
 mod bench;
+mod doctor;
 mod evaluate;
 mod extract;
 mod features;
@@ -40,6 +41,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Score a trained model on a labelled folder (accuracy, per-class metrics, confusion).
     Evaluate(evaluate::EvaluateArgs),
+    /// Check a dataset (and a run) for leakage, imbalance, bad images and training traps.
+    Doctor(doctor::DoctorArgs),
     /// Show a backbone's layer groups, output shapes and parameter counts.
     Summary(summary::SummaryArgs),
     /// Measure graft's speed (used by the peer comparison in bench/).
@@ -56,6 +59,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Extract(args) => extract::run(args),
         Command::Train(args) => train::run(args),
         Command::Evaluate(args) => evaluate::run(args),
+        Command::Doctor(args) => doctor::run(args),
         Command::Weights(command) => weights::run(command),
         Command::Bench(args) => bench::run(args),
     }

@@ -56,8 +56,11 @@ pub fn image_findings(
                      why: &'static str,
                      action: &str,
                      select: &dyn Fn(&ImageFacts) -> bool| {
-        let hits: Vec<(&PathBuf, &ImageFacts)> =
-            readable.iter().copied().filter(|(_, f)| select(f)).collect();
+        let hits: Vec<(&PathBuf, &ImageFacts)> = readable
+            .iter()
+            .copied()
+            .filter(|(_, f)| select(f))
+            .collect();
         if hits.is_empty() {
             return;
         }
@@ -102,7 +105,9 @@ pub fn image_findings(
     group(
         "tiny",
         Severity::Warning,
-        &format!("have a shorter side under {min_side} px (half the backbone's {resolution} px input)"),
+        &format!(
+            "have a shorter side under {min_side} px (half the backbone's {resolution} px input)"
+        ),
         "they are upscaled a lot before the backbone sees them, so fine detail the features rely on is missing",
         "use larger originals, or drop these images",
         &|f| f.width.min(f.height) < min_side,
@@ -115,7 +120,10 @@ pub fn image_findings(
         "the centre crop keeps only the middle of such images, and the object may be outside it",
         "crop these images around the object, or pad them to a square",
         &move |f| {
-            let (long, short) = (f.width.max(f.height) as f64, f.width.min(f.height).max(1) as f64);
+            let (long, short) = (
+                f.width.max(f.height) as f64,
+                f.width.min(f.height).max(1) as f64,
+            );
             long / short > max_ratio
         },
     );

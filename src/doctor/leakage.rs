@@ -7,12 +7,17 @@ use std::path::PathBuf;
 use rayon::prelude::*;
 
 use super::{Finding, Severity};
+use image::DynamicImage;
+use image_hasher::{HashAlg, HasherConfig, ImageHash};
+
+use crate::data::{DecodeLimits, decode_rgb};
 use crate::features::FeatureMatrix;
 use crate::head::l2_normalized;
 
 const WHY: &str = "a validation image that is also in training is scored on what the model memorised, so validation accuracy overstates accuracy on new photos";
 
-/// For each validation row, the most similar training row and its cosine similarity.
+/// For each validation row, the most similar training row by cosine similarity of the pooled
+/// backbone features.
 pub fn nearest_training_rows(train: &FeatureMatrix, val: &FeatureMatrix) -> Vec<(usize, f32)> {
     let dim = train.dim;
     let train_rows = l2_normalized(&train.rows, dim);
@@ -24,18 +29,42 @@ pub fn nearest_training_rows(train: &FeatureMatrix, val: &FeatureMatrix) -> Vec<
                 .chunks_exact(dim)
                 .map(|t| t.iter().zip(v).map(|(a, b)| a * b).sum::<f32>())
                 .enumerate()
-                .fold((0, f32::NEG_INFINITY), |best, (i, s)| if s > best.1 { (i, s) } else { best })
+                .fold((0, f32::NEG_INFINITY), |best, (i, s)| {
+                    if s > best.1 { (i, s) } else { best }
+                })
         })
         .collect()
 }
 
-/// Exact (same content hash) and near (cosine >= `threshold`) duplicates across the split.
-/// `keys` maps each file to its content hash.
+/// pHash (DCT + median, 64 bits) of each image, `None` where it cannot be decoded. Robust to
+/// re-encoding, resizing and small edits, which move pooled features more than one expects.
+pub fn perceptual_hashes(paths: &[PathBuf], limits: DecodeLimits) -> Vec<Option<ImageHash>> {
+    let hasher = HasherConfig::new()
+        .hash_alg(HashAlg::Median)
+        .preproc_dct()
+        .hash_size(8, 8)
+        .to_hasher();
+    paths
+        .par_iter()
+        .map(|p| {
+            decode_rgb(p, limits)
+                .ok()
+                .map(|rgb| hasher.hash_image(&DynamicImage::ImageRgb8(rgb)))
+        })
+        .collect()
+}
+
+/// Exact (same content hash) and near duplicates across the split. A validation image is a
+/// near duplicate when its pooled features have cosine >= `cosine` with a training image's, or
+/// its perceptual hash is within `hash_bits` bits of one. `keys` maps each file to its content
+/// hash, `hashes` to its perceptual hash.
 pub fn leakage_findings(
     train: &FeatureMatrix,
     val: &FeatureMatrix,
     keys: &HashMap<PathBuf, String>,
-    threshold: f32,
+    hashes: &HashMap<PathBuf, ImageHash>,
+    cosine: f32,
+    hash_bits: u32,
 ) -> Vec<Finding> {
     let train_by_key: HashMap<&String, &PathBuf> = train
         .paths
@@ -50,16 +79,37 @@ pub fn leakage_findings(
             exact_files.push(path.clone());
         }
     }
+    let train_hashes: Vec<(&PathBuf, &ImageHash)> = train
+        .paths
+        .iter()
+        .filter_map(|p| hashes.get(p).map(|h| (p, h)))
+        .collect();
     let mut near = Vec::new();
     let mut near_files = Vec::new();
     if !train.is_empty() {
         for (i, (j, similarity)) in nearest_training_rows(train, val).into_iter().enumerate() {
             let path = &val.paths[i];
-            if similarity >= threshold && !exact_files.contains(path) {
+            if exact_files.contains(path) {
+                continue;
+            }
+            let closest_hash = hashes.get(path).and_then(|h| {
+                train_hashes
+                    .iter()
+                    .map(|(p, t)| (h.dist(t), *p))
+                    .min_by_key(|(d, _)| *d)
+            });
+            if similarity >= cosine {
                 near.push(format!(
-                    "{} ~ {} (cosine {similarity:.3})",
+                    "{} ~ {} (feature cosine {similarity:.3})",
                     path.display(),
                     train.paths[j].display()
+                ));
+                near_files.push(path.clone());
+            } else if let Some((bits, twin)) = closest_hash.filter(|(d, _)| *d <= hash_bits) {
+                near.push(format!(
+                    "{} ~ {} (perceptual hash {bits} of 64 bits apart)",
+                    path.display(),
+                    twin.display()
                 ));
                 near_files.push(path.clone());
             }
@@ -85,7 +135,7 @@ pub fn leakage_findings(
             severity: Severity::Error,
             check: "leakage-near",
             measured: format!(
-                "{} validation images have a training image with backbone-feature cosine similarity >= {threshold}",
+                "{} validation images nearly duplicate a training image (feature cosine >= {cosine} or perceptual hash within {hash_bits} bits)",
                 near.len()
             ),
             why: WHY,

@@ -53,6 +53,9 @@ pub struct DoctorOptions {
     /// Cosine similarity of pooled backbone features above which a train/val pair is a
     /// near-duplicate.
     pub near_duplicate_cosine: f32,
+    /// Perceptual-hash distance (bits of 64) at or below which a train/val pair is a
+    /// near-duplicate.
+    pub near_duplicate_hash_bits: u32,
     /// Largest class / smallest class above which the classes are imbalanced.
     pub imbalance_ratio: f64,
     /// Classes with fewer images than this are too small to learn or to validate.
@@ -67,6 +70,7 @@ impl Default for DoctorOptions {
     fn default() -> Self {
         Self {
             near_duplicate_cosine: 0.95,
+            near_duplicate_hash_bits: 8,
             imbalance_ratio: 3.0,
             min_class_images: 10,
             tiny_fraction: 0.5,

@@ -1,0 +1,161 @@
+//! `graft doctor`: audit a dataset (and optionally a run) for the traps of transfer learning.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+
+use graft::data::DecodeLimits;
+use graft::data::dataset::{self, SplitOptions};
+use graft::doctor::images::{image_findings, probe_all};
+use graft::doctor::leakage::{leakage_findings, perceptual_hashes};
+use graft::doctor::run_checks::run_findings;
+use graft::doctor::{DoctorOptions, Severity, class_findings, render_text, sorted};
+use graft::features::content_keys;
+use graft::run::{TrainedModel, load_metrics};
+use image_hasher::ImageHash;
+
+use super::BackboneArgs;
+use super::features::{CacheArgs, SplitArgs, features_of, open_cache};
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Labelled images: a folder with one sub-folder per class (optionally under train/ and
+    /// val/), or a CSV file of `path,label`.
+    #[arg(value_name = "DATA")]
+    pub data: PathBuf,
+
+    /// Also check this run (its preprocessing, learning rates, BatchNorm mode, accuracy gap);
+    /// its backbone and split are used for the dataset checks.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub model: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub backbone: BackboneArgs,
+
+    #[command(flatten)]
+    pub split: SplitArgs,
+
+    /// Backbone-feature cosine similarity at or above which a validation image counts as a
+    /// near-duplicate of a training image.
+    #[arg(long, default_value_t = DoctorOptions::default().near_duplicate_cosine, value_name = "COS")]
+    pub near_duplicate_threshold: f32,
+
+    /// Perceptual-hash distance (bits of 64) at or below which a validation image counts as a
+    /// near-duplicate of a training image.
+    #[arg(long, default_value_t = DoctorOptions::default().near_duplicate_hash_bits, value_name = "BITS")]
+    pub near_duplicate_bits: u32,
+
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+pub fn run(args: DoctorArgs) -> Result<ExitCode> {
+    let options = DoctorOptions {
+        near_duplicate_cosine: args.near_duplicate_threshold,
+        near_duplicate_hash_bits: args.near_duplicate_bits,
+        ..DoctorOptions::default()
+    };
+    let model = match &args.model {
+        Some(dir) => Some(TrainedModel::open(dir, args.backbone.weights.as_deref())?),
+        None => None,
+    };
+    // With a run, check the split it was trained on.
+    let split = match &model {
+        Some(m) if m.card.data.split == "stratified" => SplitOptions {
+            val_fraction: m.card.data.val_fraction,
+            seed: m.card.data.seed,
+        },
+        _ => args.split.options()?,
+    };
+    let data = dataset::open(&args.data, split)?;
+    let loaded;
+    let backbone = match &model {
+        Some(m) => &m.backbone,
+        None => {
+            loaded = args.backbone.load(false)?;
+            &loaded
+        }
+    };
+
+    let mut findings = class_findings(&data, &options);
+    let paths: Vec<PathBuf> = data
+        .train
+        .iter()
+        .chain(&data.val)
+        .map(|s| s.path.clone())
+        .collect();
+    let facts = probe_all(&paths, DecodeLimits::default());
+    let mut cache = open_cache(backbone, args.cache.cache_dir.as_ref())?;
+    let (mut matrices, summary) = features_of(
+        backbone,
+        &mut cache,
+        &[&data.train, &data.val],
+        args.cache.extract_batch_size,
+    )?;
+    let val = matrices.pop().expect("two groups");
+    let train = matrices.pop().expect("two groups");
+    findings.extend(image_findings(
+        &facts,
+        &summary.skipped,
+        backbone.config.resolution,
+        &options,
+    ));
+    let keys: HashMap<PathBuf, String> = paths
+        .iter()
+        .cloned()
+        .zip(content_keys(&paths))
+        .filter_map(|(p, k)| k.ok().map(|k| (p, k)))
+        .collect();
+    let hashes: HashMap<PathBuf, ImageHash> = paths
+        .iter()
+        .cloned()
+        .zip(perceptual_hashes(&paths, DecodeLimits::default()))
+        .filter_map(|(p, h)| h.map(|h| (p, h)))
+        .collect();
+    findings.extend(leakage_findings(
+        &train,
+        &val,
+        &keys,
+        &hashes,
+        options.near_duplicate_cosine,
+        options.near_duplicate_hash_bits,
+    ));
+    if let Some(m) = &model {
+        let metrics = load_metrics(&m.dir)?;
+        let info = graft::backbone::find(&m.card.backbone).expect("opened above");
+        findings.extend(run_findings(&m.card, &metrics, info));
+    }
+    let findings = sorted(findings);
+    if args.json {
+        let report = serde_json::json!({
+            "data": args.data,
+            "model": args.model,
+            "images": paths.len(),
+            "classes": data.classes,
+            "findings": findings,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "checked {} images in {} classes ({} train / {} val)",
+            paths.len(),
+            data.classes.len(),
+            data.train.len(),
+            data.val.len()
+        );
+        print!("{}", render_text(&findings));
+    }
+    let errors = findings.iter().any(|f| f.severity == Severity::Error);
+    Ok(if errors {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

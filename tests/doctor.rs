@@ -1,0 +1,164 @@
+//! `graft doctor` on folders built from ../shared/data/flowers: leakage planted across the split
+//! is found (exact copies and re-encoded, resized copies), the untouched folder is clean, and a
+//! class of 3 images is reported as imbalance.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use image::ImageEncoder;
+
+const CLASSES: [&str; 5] = ["daisy", "dandelion", "roses", "sunflowers", "tulips"];
+
+fn sorted_photos(class: &str) -> Vec<PathBuf> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(shared().join("data/flowers").join(class))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    names
+}
+
+/// `train/<class>/` with `train` photos and `val/<class>/` with the next `val` ones.
+fn split_folder(root: &Path, train: usize, val: usize) {
+    for class in CLASSES {
+        let photos = sorted_photos(class);
+        for (split, range) in [("train", 0..train), ("val", train..train + val)] {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for photo in &photos[range] {
+                std::fs::copy(photo, dir.join(photo.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+}
+
+/// Decode, shrink to 80 %, and save as a JPEG of quality 70.
+fn reencode(src: &Path, dst: &Path) {
+    let image = image::open(src).unwrap().to_rgb8();
+    let (w, h) = (image.width() * 4 / 5, image.height() * 4 / 5);
+    let small = image::imageops::resize(&image, w, h, image::imageops::FilterType::Triangle);
+    let file = std::fs::File::create(dst).unwrap();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(file, 70)
+        .write_image(&small, w, h, image::ExtendedColorType::Rgb8)
+        .unwrap();
+}
+
+fn doctor(data: &Path, cache: &Path) -> (i32, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args(["--threads", "2", "doctor", "--json", "--cache-dir"])
+        .arg(cache)
+        .arg(data)
+        .output()
+        .unwrap();
+    let code = out.status.code().unwrap();
+    assert!(
+        code == 0 || code == 1,
+        "exit {code}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (code, serde_json::from_slice(&out.stdout).unwrap())
+}
+
+fn findings<'a>(report: &'a serde_json::Value, check: &str) -> Vec<&'a serde_json::Value> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["check"] == check)
+        .collect()
+}
+
+fn files(report: &serde_json::Value, prefix: &str) -> BTreeSet<String> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["check"].as_str().unwrap().starts_with(prefix))
+        .flat_map(|f| f["files"].as_array().unwrap().clone())
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn planted_leakage_is_found_and_the_clean_folder_has_none() {
+    store_weights("efficientnet-lite0");
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let clean = dir.path().join("clean");
+    split_folder(&clean, 16, 4);
+    let (code, report) = doctor(&clean, &cache);
+    assert!(files(&report, "leakage").is_empty(), "{report:#}");
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["images"], 100);
+
+    let leaky = dir.path().join("leaky");
+    split_folder(&leaky, 16, 4);
+    let mut planted = BTreeSet::new();
+    for (i, class) in CLASSES.iter().enumerate() {
+        let photo = &sorted_photos(class)[i];
+        let copy = leaky.join("val").join(class).join(format!("copy-{i}.jpg"));
+        std::fs::copy(photo, &copy).unwrap();
+        planted.insert(copy);
+    }
+    for (i, class) in CLASSES.iter().take(3).enumerate() {
+        let photo = &sorted_photos(class)[10 + i];
+        let copy = leaky
+            .join("val")
+            .join(class)
+            .join(format!("reencoded-{i}.jpg"));
+        reencode(photo, &copy);
+        planted.insert(copy);
+    }
+    let (code, report) = doctor(&leaky, &cache);
+    assert_eq!(code, 1, "leakage is an error: {report:#}");
+    let planted: BTreeSet<String> = planted.iter().map(|p| p.display().to_string()).collect();
+    assert_eq!(files(&report, "leakage"), planted, "{report:#}");
+    assert_eq!(
+        findings(&report, "leakage-exact")[0]["files"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    assert_eq!(
+        findings(&report, "leakage-near")[0]["files"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let exact = &findings(&report, "leakage-exact")[0];
+    assert!(
+        !exact["why"].as_str().unwrap().is_empty() && !exact["action"].as_str().unwrap().is_empty()
+    );
+}
+
+#[test]
+fn a_class_of_three_images_is_reported_as_imbalance() {
+    store_weights("efficientnet-lite0");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for (class, count) in [
+        ("daisy", 12),
+        ("dandelion", 12),
+        ("roses", 12),
+        ("tulips", 3),
+    ] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for photo in sorted_photos(class).iter().take(count) {
+            std::fs::copy(photo, data.join(class).join(photo.file_name().unwrap())).unwrap();
+        }
+    }
+    let (code, report) = doctor(&data, &dir.path().join("cache"));
+    let imbalance = findings(&report, "class-imbalance");
+    assert_eq!(imbalance.len(), 1, "{report:#}");
+    let measured = imbalance[0]["measured"].as_str().unwrap();
+    assert!(measured.contains("`tulips` has 3"), "{measured}");
+    assert!(measured.contains("ratio 4.0"), "{measured}");
+    assert_eq!(findings(&report, "small-class").len(), 1);
+    assert_eq!(code, 0, "imbalance is a warning, not an error: {report:#}");
+}
