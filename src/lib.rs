@@ -14,6 +14,7 @@ pub mod head;
 pub mod infer;
 pub mod labels;
 pub mod metrics;
+pub mod report;
 pub mod run;
 pub mod train;
 pub mod util;

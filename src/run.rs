@@ -8,6 +8,8 @@
 //!   head.safetensors  the trained top (see `head`)
 //!   metrics.json    validation metrics and split sizes
 //!   history.csv     one line per epoch
+//!   predictions.json  every validation image: path, true and predicted class, probability
+//!   report.html     what `graft report` makes of all this
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -24,6 +26,17 @@ pub const MODEL_FILE: &str = "model.json";
 pub const HEAD_FILE: &str = "head.safetensors";
 pub const METRICS_FILE: &str = "metrics.json";
 pub const HISTORY_FILE: &str = "history.csv";
+pub const PREDICTIONS_FILE: &str = "predictions.json";
+
+/// The model's verdict on one validation image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictionRecord {
+    pub path: PathBuf,
+    pub truth: String,
+    pub predicted: String,
+    /// Probability of the predicted class.
+    pub probability: f32,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -101,11 +114,13 @@ pub fn save(
     head: &Head,
     metrics: &RunMetrics,
     history: &[EpochRecord],
+    predictions: &[PredictionRecord],
 ) -> Result<(), RunError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     head.save(&dir.join(HEAD_FILE))?;
     write_json(&dir.join(MODEL_FILE), card)?;
     write_json(&dir.join(METRICS_FILE), metrics)?;
+    write_json(&dir.join(PREDICTIONS_FILE), &predictions)?;
     let mut csv = EpochRecord::CSV_HEADER.to_string();
     for record in history {
         csv.push('\n');
@@ -122,6 +137,33 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, RunError>
         path: path.to_path_buf(),
         problem: e.to_string(),
     })
+}
+
+/// The `model.json` of a run directory.
+pub fn load_card(dir: &Path) -> Result<ModelCard, RunError> {
+    read_json(&dir.join(MODEL_FILE))
+}
+
+/// The `predictions.json` of a run directory.
+pub fn load_predictions(dir: &Path) -> Result<Vec<PredictionRecord>, RunError> {
+    read_json(&dir.join(PREDICTIONS_FILE))
+}
+
+/// The `history.csv` of a run directory.
+pub fn load_history(dir: &Path) -> Result<Vec<EpochRecord>, RunError> {
+    let path = dir.join(HISTORY_FILE);
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    text.lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, line)| {
+            EpochRecord::parse_csv_line(line).ok_or_else(|| RunError::Invalid {
+                path: path.clone(),
+                problem: format!("line {}: expected {}", i + 2, EpochRecord::CSV_HEADER),
+            })
+        })
+        .collect()
 }
 
 /// The `metrics.json` of a run directory.
@@ -155,7 +197,7 @@ impl TrainedModel {
             path: path.to_path_buf(),
             problem,
         };
-        let card: ModelCard = read_json(&card_path)?;
+        let card = load_card(dir)?;
         let head = Head::load(&dir.join(HEAD_FILE))?;
         if head.classes() != card.classes.len() {
             return Err(invalid(

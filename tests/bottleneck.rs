@@ -1,6 +1,8 @@
 //! Recipe 2 end to end on ../shared/data/flowers with EfficientNet-Lite0: extraction memory
 //! (300 vs 1,500 images), a rerun that recomputes nothing, the four recipes' validation
-//! accuracy, reproducibility, and predict / evaluate from the run directory.
+//! accuracy, reproducibility, predict / evaluate from the run directory, and the run's HTML
+//! report rendered in headless Chromium (its screenshot: `target/tmp/report-screenshot.png`,
+//! copied to docs/report.png for the README).
 
 mod common;
 
@@ -110,6 +112,96 @@ fn train(data: &Path, cache: &Path, recipe: &str, out: &Path) -> RunMetrics {
     serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap()
 }
 
+fn chromium() -> Command {
+    let binary = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("headless Chromium is needed for this test: apt-get install chromium");
+    let mut cmd = Command::new(binary);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--virtual-time-budget=5000",
+    ]);
+    cmd
+}
+
+/// The run's report renders in headless Chromium: charts, tables and thumbnails present and
+/// decoded. Leaves a screenshot in `target/tmp/report-screenshot.png`.
+fn check_report_renders(run: &Path) {
+    let report = run.join("report.html");
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the report must not fetch anything"
+    );
+    let url = format!("file://{}", report.display());
+    let dom = run_ok({
+        let mut cmd = chromium();
+        cmd.arg("--dump-dom").arg(&url);
+        cmd
+    });
+    for id in [
+        "curves",
+        "confusion",
+        "per-class",
+        "mistakes",
+        "lr-schedule",
+        "evaluations",
+        "val-accuracy",
+    ] {
+        assert!(
+            dom.contains(&format!("id=\"{id}\"")),
+            "no #{id} in the rendered page"
+        );
+    }
+    let attribute = |name: &str| -> usize {
+        let start = dom
+            .find(&format!("{name}=\""))
+            .unwrap_or_else(|| panic!("no {name}"))
+            + name.len()
+            + 2;
+        dom[start..].split('"').next().unwrap().parse().unwrap()
+    };
+    let (total, loaded) = (
+        attribute("data-images-total"),
+        attribute("data-images-loaded"),
+    );
+    assert!(
+        total >= 3 + 16,
+        "{total} images: 3 charts and 16 mistakes expected"
+    );
+    assert_eq!(
+        loaded, total,
+        "every image decodes with a non-zero natural size"
+    );
+
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report-screenshot.png");
+    let _ = std::fs::remove_file(&screenshot);
+    run_ok({
+        let mut cmd = chromium();
+        cmd.arg(format!("--screenshot={}", screenshot.display()))
+            .arg("--window-size=1100,2600")
+            .arg(&url);
+        cmd
+    });
+    let shot = image::open(&screenshot).unwrap().to_rgb8();
+    assert_eq!((shot.width(), shot.height()), (1100, 2600));
+    let distinct: std::collections::HashSet<[u8; 3]> = shot.pixels().map(|p| p.0).collect();
+    assert!(
+        distinct.len() > 1000,
+        "the screenshot looks blank ({} colours)",
+        distinct.len()
+    );
+}
+
 #[test]
 fn flowers_bottleneck_recipes_end_to_end() {
     store_weights("efficientnet-lite0");
@@ -189,10 +281,27 @@ fn flowers_bottleneck_recipes_end_to_end() {
         .arg(dir.path().join("eval.json"))
         .arg(&flowers);
     run_ok(cmd);
-    let eval: graft::metrics::Metrics =
+    let eval: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("eval.json")).unwrap())
             .unwrap();
-    assert_eq!(eval.accuracy, accuracy["logreg"]);
+    assert_eq!(
+        eval["metrics"]["accuracy"].as_f64(),
+        Some(accuracy["logreg"])
+    );
+    assert!(eval["tta"].is_null());
+
+    // Test-time augmentation, then the report with everything in it.
+    let mut cmd = graft();
+    cmd.args(["evaluate", "--tta", "--split", "val", "--cache-dir"])
+        .arg(&cache)
+        .arg("--model")
+        .arg(runs.join("head"))
+        .arg(&flowers);
+    assert!(run_ok(cmd).contains("test-time augmentation"));
+    let mut cmd = graft();
+    cmd.arg("report").arg(runs.join("head"));
+    run_ok(cmd);
+    check_report_renders(&runs.join("head"));
 
     // predict --model (images decoded afresh) agrees with the head on cached features.
     let model = TrainedModel::open(&runs.join("head"), None).unwrap();

@@ -162,3 +162,45 @@ fn a_class_of_three_images_is_reported_as_imbalance() {
     assert_eq!(findings(&report, "small-class").len(), 1);
     assert_eq!(code, 0, "imbalance is a warning, not an error: {report:#}");
 }
+
+#[test]
+fn doctor_reads_a_run_and_flags_a_low_head_learning_rate() {
+    store_weights("efficientnet-lite0");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    split_folder(&data, 8, 2);
+    let cache = dir.path().join("cache");
+    let run = dir.path().join("slow");
+    let out = Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args([
+            "--threads",
+            "2",
+            "train",
+            "--lr",
+            "1e-5",
+            "--epochs",
+            "3",
+            "--cache-dir",
+        ])
+        .arg(&cache)
+        .arg("--out")
+        .arg(&run)
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args(["--threads", "2", "doctor", "--json", "--cache-dir"])
+        .arg(&cache)
+        .arg("--model")
+        .arg(&run)
+        .arg(&data)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(findings(&report, "head-lr-low").len(), 1, "{report:#}");
+}

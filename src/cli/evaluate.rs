@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 
+use graft::data::DecodeLimits;
 use graft::data::dataset::{self, Sample, SplitOptions};
+use graft::data::preprocess::hflip;
+use graft::features::{FeatureMatrix, features_of_view};
+use graft::metrics::{Metrics, argmax_rows};
 use graft::run::TrainedModel;
 
 use super::features::{CacheArgs, features_of, open_cache, report_listing};
@@ -43,6 +47,11 @@ pub struct EvaluateArgs {
     /// Where to write the metrics (default: RUN_DIR/evaluate-<data name>-<split>.json).
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+
+    /// Test-time augmentation: also score the average of the predictions on each image and on
+    /// its mirror image, and report both.
+    #[arg(long)]
+    pub tta: bool,
 
     #[command(flatten)]
     pub cache: CacheArgs,
@@ -96,6 +105,15 @@ pub fn run(args: EvaluateArgs) -> Result<ExitCode> {
     )?;
     let features = matrices.pop().expect("one group");
     let metrics = score(&model.head, &features, &card.classes);
+    let tta = if args.tta {
+        Some(tta_metrics(
+            &model,
+            &features,
+            args.cache.extract_batch_size,
+        )?)
+    } else {
+        None
+    };
     let output = args.output.clone().unwrap_or_else(|| {
         let name = args
             .data
@@ -105,14 +123,67 @@ pub fn run(args: EvaluateArgs) -> Result<ExitCode> {
         let split = format!("{:?}", args.split).to_lowercase();
         model.dir.join(format!("evaluate-{name}-{split}.json"))
     });
-    let text = serde_json::to_string_pretty(&metrics)?;
+    let report = serde_json::json!({
+        "data": args.data,
+        "split": format!("{:?}", args.split).to_lowercase(),
+        "metrics": metrics,
+        "tta": tta.as_ref().map(|m| serde_json::json!({
+            "views": ["original", "horizontal flip"],
+            "metrics": m,
+        })),
+    });
+    let text = serde_json::to_string_pretty(&report)?;
     graft::util::write_atomic(&output, text.as_bytes())
         .map_err(|e| anyhow::anyhow!("{}: {e}", output.display()))?;
     println!("{}", metrics.table());
+    if let Some(tta) = &tta {
+        println!(
+            "with test-time augmentation (original + horizontal flip): accuracy {:.4} ({:+.4})",
+            tta.accuracy,
+            tta.accuracy - metrics.accuracy
+        );
+    }
     println!("metrics written to {}", output.display());
     Ok(if summary.skipped.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Metrics of the average prediction over each image and its mirror image.
+fn tta_metrics(
+    model: &TrainedModel,
+    features: &FeatureMatrix,
+    batch_size: usize,
+) -> Result<Metrics> {
+    let side = model.backbone.config.resolution;
+    let flipped = features_of_view(
+        &model.backbone,
+        &features.paths,
+        batch_size,
+        DecodeLimits::default(),
+        |chw| hflip(chw, side),
+    );
+    let mut rows = Vec::with_capacity(features.rows.len());
+    for (result, path) in flipped.into_iter().zip(&features.paths) {
+        match result {
+            Ok(row) => rows.extend(row),
+            // It decoded a moment ago; if it no longer does, the run cannot be compared.
+            Err(e) => anyhow::bail!("{}: {e}", path.display()),
+        }
+    }
+    let classes = model.card.classes.len();
+    let original = model.head.scores(&features.rows, features.dim);
+    let mirrored = model.head.scores(&rows, features.dim);
+    let mean: Vec<f32> = original
+        .iter()
+        .zip(&mirrored)
+        .map(|(a, b)| (a + b) / 2.0)
+        .collect();
+    Ok(Metrics::compute(
+        &features.labels,
+        &argmax_rows(&mean, classes),
+        &model.card.classes,
+    ))
 }

@@ -6,6 +6,7 @@ mod evaluate;
 mod extract;
 mod features;
 mod predict;
+mod report;
 mod summary;
 mod train;
 mod weights;
@@ -41,6 +42,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Score a trained model on a labelled folder (accuracy, per-class metrics, confusion).
     Evaluate(evaluate::EvaluateArgs),
+    /// Write RUN_DIR/report.html: curves, confusion matrix, per-class scores, mistakes.
+    Report(report::ReportArgs),
     /// Check a dataset (and a run) for leakage, imbalance, bad images and training traps.
     Doctor(doctor::DoctorArgs),
     /// Show a backbone's layer groups, output shapes and parameter counts.
@@ -60,6 +63,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Train(args) => train::run(args),
         Command::Evaluate(args) => evaluate::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Report(args) => report::run(args),
         Command::Weights(command) => weights::run(command),
         Command::Bench(args) => bench::run(args),
     }

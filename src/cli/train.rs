@@ -11,7 +11,7 @@ use graft::data::dataset::{self, SplitSource};
 use graft::features::FeatureMatrix;
 use graft::head::Head;
 use graft::metrics::{Metrics, argmax_rows};
-use graft::run::{self, DataRecord, ModelCard, RunMetrics};
+use graft::run::{self, DataRecord, ModelCard, PredictionRecord, RunMetrics};
 use graft::train::classical::{self, ClassicalOptions};
 use graft::train::dense::{DenseOptions, train_dense};
 use graft::train::{EpochRecord, Recipe, cross_entropy};
@@ -255,13 +255,19 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         .out
         .clone()
         .unwrap_or_else(|| run::fresh_dir(Path::new("runs"), &data_name(&args.data), args.recipe));
-    run::save(&dir, &card, &head, &metrics, &history)?;
+    let predictions = predictions(&head, &val, classes);
+    run::save(&dir, &card, &head, &metrics, &history, &predictions)?;
     println!("{}", metrics.val.table());
     println!(
         "train accuracy {:.4}; run saved in {}",
         metrics.train_accuracy,
         dir.display()
     );
+    // The model is saved; a report that cannot be drawn is worth a warning, not a failure.
+    match graft::report::write_report(&dir) {
+        Ok(path) => println!("report: {}", path.display()),
+        Err(e) => eprintln!("warning: no report: {e}"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -269,6 +275,22 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
 pub fn score(head: &Head, data: &FeatureMatrix, classes: &[String]) -> Metrics {
     let scores = head.scores(&data.rows, data.dim);
     Metrics::compute(&data.labels, &argmax_rows(&scores, classes.len()), classes)
+}
+
+/// The verdict on every row of `data`.
+fn predictions(head: &Head, data: &FeatureMatrix, classes: &[String]) -> Vec<PredictionRecord> {
+    let scores = head.scores(&data.rows, data.dim);
+    let k = classes.len();
+    argmax_rows(&scores, k)
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| PredictionRecord {
+            path: data.paths[i].clone(),
+            truth: classes[data.labels[i]].clone(),
+            predicted: classes[p].clone(),
+            probability: scores[i * k + p],
+        })
+        .collect()
 }
 
 /// The one history line of a model fitted in one go.

@@ -318,4 +318,27 @@ mod tests {
         let err = decode_rgb(&big, limits).unwrap_err().to_string();
         assert!(err.contains("decompression bomb"), "{err}");
     }
+
+    #[test]
+    fn four_component_jpeg_frames_are_cmyk() {
+        let dir = tempfile::tempdir().unwrap();
+        // SOI, an APP0 segment to skip, then SOF0 with 4 components.
+        let mut bytes = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x04, 0x00, 0x00];
+        bytes.extend([0xFF, 0xC0, 0x00, 0x14, 0x08, 0x00, 0x10, 0x00, 0x10, 0x04]);
+        let path = dir.path().join("cmyk.jpg");
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(jpeg_components(&path), Some(4));
+        let rgb = save(
+            dir.path(),
+            "rgb.jpg",
+            &DynamicImage::ImageRgb8(two_tone()),
+            ImageFormat::Jpeg,
+        );
+        assert_eq!(jpeg_components(&rgb), Some(3));
+        let facts = probe(&rgb, DecodeLimits::default()).unwrap();
+        assert_eq!(
+            (facts.width, facts.height, facts.color),
+            (4, 2, StoredColor::Rgb)
+        );
+    }
 }

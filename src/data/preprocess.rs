@@ -79,3 +79,28 @@ pub fn normalize(image: &RgbImage, norm: &Normalization) -> Chw {
 pub fn preprocess(image: &RgbImage, config: &SourceConfig) -> Chw {
     normalize(&crop_and_resize(image, config), &config.normalization)
 }
+
+/// Mirror a square `[3, side, side]` image left to right, in place.
+pub fn hflip(chw: &mut [f32], side: usize) {
+    for row in chw.chunks_exact_mut(side) {
+        row.reverse();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hflip_mirrors_every_row_of_every_channel() {
+        // 2 channels shown; side 2: [[1, 2], [3, 4]] per channel.
+        let mut chw = vec![
+            1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0,
+        ];
+        super::hflip(&mut chw, 2);
+        assert_eq!(
+            chw,
+            vec![
+                2.0, 1.0, 4.0, 3.0, 6.0, 5.0, 8.0, 7.0, 10.0, 9.0, 12.0, 11.0
+            ]
+        );
+    }
+}

@@ -161,3 +161,37 @@ pub fn labelled_features(
     }
     Ok((matrix, summary))
 }
+
+/// Pooled features of `paths` computed afresh (not cached), each preprocessed image passed
+/// through `view` first (e.g. a horizontal flip for test-time augmentation). Rows `[n, dim]` in
+/// input order; files that cannot be decoded get their error.
+pub fn features_of_view(
+    backbone: &Backbone,
+    paths: &[PathBuf],
+    batch_size: usize,
+    limits: DecodeLimits,
+    view: impl Fn(&mut crate::data::Chw) + Sync,
+) -> Vec<Result<Vec<f32>, DecodeError>> {
+    let device = backbone.device();
+    let dim = backbone.config.feature_dim;
+    let mut out = Vec::with_capacity(paths.len());
+    for chunk in paths.chunks(batch_size.max(1)) {
+        let mut decoded = load_images(chunk, &backbone.config, limits);
+        decoded.par_iter_mut().flatten().for_each(&view);
+        let good: Vec<&crate::data::Chw> = decoded.iter().flatten().collect();
+        let mut rows = Vec::new();
+        if !good.is_empty() {
+            let batch = to_batch(&good, backbone.config.resolution, &device);
+            rows = backbone
+                .features(batch)
+                .into_data()
+                .try_into_vec::<f32>()
+                .expect("features are f32");
+        }
+        let mut next = rows.chunks_exact(dim);
+        for result in decoded {
+            out.push(result.map(|_| next.next().expect("one row per decoded image").to_vec()));
+        }
+    }
+    out
+}

@@ -45,6 +45,30 @@ impl EpochRecord {
     pub const CSV_HEADER: &'static str =
         "epoch,train_loss,train_accuracy,val_loss,val_accuracy,learning_rate";
 
+    /// The inverse of [`csv_line`](Self::csv_line).
+    pub fn parse_csv_line(line: &str) -> Option<Self> {
+        let fields: Vec<&str> = line.trim().split(',').collect();
+        let [
+            epoch,
+            train_loss,
+            train_accuracy,
+            val_loss,
+            val_accuracy,
+            learning_rate,
+        ] = fields.as_slice()
+        else {
+            return None;
+        };
+        Some(Self {
+            epoch: epoch.parse().ok()?,
+            train_loss: train_loss.parse().ok()?,
+            train_accuracy: train_accuracy.parse().ok()?,
+            val_loss: val_loss.parse().ok()?,
+            val_accuracy: val_accuracy.parse().ok()?,
+            learning_rate: learning_rate.parse().ok()?,
+        })
+    }
+
     pub fn csv_line(&self) -> String {
         format!(
             "{},{:.6},{:.6},{:.6},{:.6},{:e}",
@@ -103,6 +127,25 @@ mod tests {
         // 6 examples, 3 classes: counts 3, 2, 1.
         let w = balanced_class_weights(&[0, 0, 0, 1, 1, 2], 3);
         assert_eq!(w, vec![6.0 / 9.0, 1.0, 2.0]);
+    }
+
+    #[test]
+    fn history_lines_round_trip() {
+        let record = EpochRecord {
+            epoch: 3,
+            train_loss: 0.5,
+            train_accuracy: 0.75,
+            val_loss: f64::NAN,
+            val_accuracy: 0.25,
+            learning_rate: 1e-3,
+        };
+        let back = EpochRecord::parse_csv_line(&record.csv_line()).unwrap();
+        assert_eq!(
+            (back.epoch, back.train_loss, back.learning_rate),
+            (3, 0.5, 1e-3)
+        );
+        assert!(back.val_loss.is_nan());
+        assert!(EpochRecord::parse_csv_line("1,2,3").is_none());
     }
 
     #[test]

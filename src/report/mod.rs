@@ -1,0 +1,323 @@
+//! `report.html`: one self-contained page per run (charts and thumbnails inlined as data URIs,
+//! nothing fetched from the network) that a person opens in a browser.
+
+mod charts;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rayon::prelude::*;
+
+use crate::data::{DecodeLimits, decode_rgb};
+use crate::run::{self, ModelCard, PredictionRecord, RunError, RunMetrics};
+use crate::train::EpochRecord;
+
+pub const REPORT_FILE: &str = "report.html";
+/// How many of the most confident mistakes the report shows.
+const MISTAKES_SHOWN: usize = 16;
+const THUMBNAIL_SIDE: u32 = 160;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Chart(String),
+}
+
+/// An evaluation found in the run directory (`evaluate-*.json`).
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Evaluation {
+    data: PathBuf,
+    split: String,
+    metrics: crate::metrics::Metrics,
+    tta: Option<TtaResult>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+struct TtaResult {
+    views: Vec<String>,
+    metrics: crate::metrics::Metrics,
+}
+
+/// Write `RUN_DIR/report.html` and return its path.
+pub fn write_report(dir: &Path) -> Result<PathBuf, ReportError> {
+    let card = run::load_card(dir)?;
+    let metrics = run::load_metrics(dir)?;
+    let history = run::load_history(dir)?;
+    // Older or foreign run directories may lack predictions: the report then has no mistakes.
+    let predictions = run::load_predictions(dir).unwrap_or_default();
+    let evaluations = evaluations(dir);
+    let html = render(&card, &metrics, &history, &predictions, &evaluations)?;
+    let path = dir.join(REPORT_FILE);
+    crate::util::write_atomic(&path, html.as_bytes()).map_err(|source| ReportError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+fn evaluations(dir: &Path) -> Vec<(String, Evaluation)> {
+    let mut found: Vec<(String, Evaluation)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("evaluate-") && n.ends_with(".json"))
+        })
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(&p).ok()?;
+            let evaluation = serde_json::from_str(&text).ok()?;
+            Some((p.file_name()?.to_string_lossy().into_owned(), evaluation))
+        })
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
+/// Text with `&`, `<`, `>` and `"` escaped for HTML.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn svg_img(id: &str, alt: &str, svg: &str) -> String {
+    format!(
+        r#"<img id="{id}" alt="{alt}" src="data:image/svg+xml;base64,{}">"#,
+        BASE64.encode(svg)
+    )
+}
+
+/// A small JPEG of the image as a data URI, or `None` when it cannot be read any more.
+fn thumbnail(path: &Path) -> Option<String> {
+    let rgb = decode_rgb(path, DecodeLimits::default()).ok()?;
+    let small = image::imageops::thumbnail(&rgb, THUMBNAIL_SIDE, THUMBNAIL_SIDE);
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80)
+        .encode_image(&small)
+        .ok()?;
+    Some(format!("data:image/jpeg;base64,{}", BASE64.encode(jpeg)))
+}
+
+fn percent(v: f64) -> String {
+    format!("{:.1}%", 100.0 * v)
+}
+
+fn render(
+    card: &ModelCard,
+    metrics: &RunMetrics,
+    history: &[EpochRecord],
+    predictions: &[PredictionRecord],
+    evaluations: &[(String, Evaluation)],
+) -> Result<String, ReportError> {
+    let mut body = String::new();
+    let w = &mut body;
+    let title = format!("graft run: {} on {}", card.recipe.name(), card.backbone);
+    let _ = write!(w, "<h1>{}</h1>", escape(&title));
+    let _ = write!(
+        w,
+        r#"<p class="summary">validation accuracy <b id="val-accuracy">{}</b> ({} images), macro F1 {:.3}, training accuracy {}{}</p>"#,
+        percent(metrics.val.accuracy),
+        metrics.val_size,
+        metrics.val.macro_f1,
+        percent(metrics.train_accuracy),
+        metrics
+            .best_epoch
+            .map(|e| format!(", weights of epoch {e} kept (lowest validation loss)"))
+            .unwrap_or_default()
+    );
+
+    // The run: recipe, backbone, preprocessing, data, hyper-parameters.
+    let source = &card.source;
+    let rows = [
+        ("recipe", card.recipe.name().to_string()),
+        (
+            "backbone",
+            format!("{} (weights {})", card.backbone, card.weights_id),
+        ),
+        ("weights from", source.weights_origin.clone()),
+        (
+            "preprocessing",
+            format!(
+                "{} px, {:?} crop, {:?} resize, mean {:?}, std {:?}, {:?} padding",
+                source.resolution,
+                source.crop,
+                source.resize_filter,
+                source.normalization.mean,
+                source.normalization.std,
+                source.padding
+            ),
+        ),
+        (
+            "data",
+            format!(
+                "{} ({} split, seed {}): {} train / {} validation images",
+                card.data.source.display(),
+                card.data.split,
+                card.data.seed,
+                card.data.train_images,
+                card.data.val_images
+            ),
+        ),
+        ("classes", card.classes.join(", ")),
+        ("graft", card.graft_version.clone()),
+    ];
+    let _ = write!(w, r#"<h2>Run</h2><table id="run">"#);
+    for (key, value) in rows {
+        let _ = write!(w, "<tr><th>{key}</th><td>{}</td></tr>", escape(&value));
+    }
+    let _ = write!(w, "</table>");
+    let _ = write!(
+        w,
+        r#"<h3>Hyper-parameters</h3><table id="hyperparameters">"#
+    );
+    if let Some(map) = card.hyperparameters.as_object() {
+        for (key, value) in map {
+            let _ = write!(
+                w,
+                "<tr><th>{}</th><td>{}</td></tr>",
+                escape(key),
+                escape(&value.to_string())
+            );
+        }
+    }
+    let _ = write!(w, "</table>");
+
+    let _ = write!(w, "<h2>Training curves</h2>");
+    let curves = charts::training_curves(history, &[]).map_err(ReportError::Chart)?;
+    w.push_str(&svg_img("curves", "loss and accuracy per epoch", &curves));
+
+    let _ = write!(w, "<h2>Confusion matrix (validation)</h2>");
+    let confusion = charts::confusion_matrix(&card.classes, &metrics.val.confusion)
+        .map_err(ReportError::Chart)?;
+    w.push_str(&svg_img("confusion", "confusion matrix", &confusion));
+
+    let _ = write!(
+        w,
+        r#"<h2>Per class (validation)</h2><table id="per-class"><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"#
+    );
+    for c in &metrics.val.per_class {
+        let _ = write!(
+            w,
+            "<tr><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td></tr>",
+            escape(&c.class),
+            c.precision,
+            c.recall,
+            c.f1,
+            c.support
+        );
+    }
+    let _ = write!(w, "</table>");
+
+    let mut mistakes: Vec<&PredictionRecord> = predictions
+        .iter()
+        .filter(|p| p.truth != p.predicted)
+        .collect();
+    mistakes.sort_by(|a, b| b.probability.total_cmp(&a.probability));
+    mistakes.truncate(MISTAKES_SHOWN);
+    let _ = write!(
+        w,
+        r#"<h2>Most confident mistakes</h2><p>{} of {} validation images are wrong; the {} the model was surest about:</p><div id="mistakes">"#,
+        predictions
+            .iter()
+            .filter(|p| p.truth != p.predicted)
+            .count(),
+        predictions.len(),
+        mistakes.len()
+    );
+    let thumbnails: Vec<Option<String>> = mistakes.par_iter().map(|m| thumbnail(&m.path)).collect();
+    for (m, thumb) in mistakes.iter().zip(thumbnails) {
+        let image = thumb.map_or_else(
+            || "<div class=\"missing\">image not found</div>".to_string(),
+            |src| {
+                format!(
+                    r#"<img class="thumb" src="{src}" alt="{}">"#,
+                    escape(&m.path.display().to_string())
+                )
+            },
+        );
+        let _ = write!(
+            w,
+            r#"<figure>{image}<figcaption>true <b>{}</b><br>predicted <b>{}</b> ({})<br><small>{}</small></figcaption></figure>"#,
+            escape(&m.truth),
+            escape(&m.predicted),
+            percent(m.probability as f64),
+            escape(
+                &m.path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            )
+        );
+    }
+    let _ = write!(w, "</div>");
+
+    let _ = write!(w, "<h2>Learning-rate schedule</h2>");
+    let lr_series: Vec<(f64, f64)> = history
+        .iter()
+        .map(|r| (r.epoch as f64, r.learning_rate))
+        .collect();
+    let lr =
+        charts::learning_rates(&[("head".to_string(), lr_series)]).map_err(ReportError::Chart)?;
+    w.push_str(&svg_img("lr-schedule", "learning rate per epoch", &lr));
+
+    if !evaluations.is_empty() {
+        let _ = write!(
+            w,
+            r#"<h2>Evaluations</h2><table id="evaluations"><tr><th>file</th><th>data</th><th>split</th><th>accuracy</th><th>with test-time augmentation</th></tr>"#
+        );
+        for (file, e) in evaluations {
+            let tta = e.tta.as_ref().map_or_else(
+                || "not run".to_string(),
+                |t| format!("{} ({})", percent(t.metrics.accuracy), t.views.join(" + ")),
+            );
+            let _ = write!(
+                w,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(file),
+                escape(&e.data.display().to_string()),
+                escape(&e.split),
+                percent(e.metrics.accuracy),
+                escape(&tta)
+            );
+        }
+        let _ = write!(w, "</table>");
+    }
+
+    Ok(format!(
+        r#"<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0; }}
+th, td {{ border: 1px solid #ddd; padding: 4px 8px; text-align: left; }}
+#mistakes {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 10px; }}
+figure {{ margin: 0; }} figcaption {{ font-size: 0.85em; }}
+img {{ max-width: 100%; }}
+</style></head>
+<body>{body}
+<script>
+// Lets a headless browser (and the tests) tell that every image decoded.
+window.addEventListener("load", () => {{
+  const images = Array.from(document.images);
+  document.body.dataset.imagesTotal = images.length;
+  document.body.dataset.imagesLoaded = images.filter(i => i.complete && i.naturalWidth > 0).length;
+}});
+</script>
+</body></html>
+"#,
+        title = escape(&title)
+    ))
+}
