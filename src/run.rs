@@ -88,6 +88,10 @@ pub struct ModelCard {
     pub classes: Vec<String>,
     pub hyperparameters: serde_json::Value,
     pub data: DataRecord,
+    /// A fine-tuned backbone saved in the run directory (checkpoint key layout); `weights_id`
+    /// is then that file's. `None`: the registry's pretrained weights.
+    #[serde(default)]
+    pub backbone_file: Option<String>,
 }
 
 /// `metrics.json`.
@@ -211,7 +215,10 @@ impl TrainedModel {
         }
         let info = crate::backbone::find(&card.backbone)
             .ok_or_else(|| invalid(&card_path, format!("unknown backbone `{}`", card.backbone)))?;
-        let path = store::resolve(info, weights)?;
+        let path = match &card.backbone_file {
+            Some(file) => dir.join(file),
+            None => store::resolve(info, weights)?,
+        };
         let options = LoadOptions {
             include_top: false,
             padding: Some(card.source.padding),

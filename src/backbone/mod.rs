@@ -3,6 +3,7 @@
 
 pub mod blocks;
 pub mod efficientnet_lite;
+pub mod export;
 pub mod mbnet;
 pub mod mobilenet_v2;
 pub mod names;
@@ -48,7 +49,7 @@ pub struct BackboneInfo {
     pub file_name: &'static str,
     pub origin: WeightsOrigin,
     spec: fn() -> MbNetSpec,
-    layout: KeyLayout,
+    pub layout: KeyLayout,
     resolution: usize,
     crop: CropRule,
     resize_filter: ResizeFilter,

@@ -15,6 +15,9 @@ use super::BackboneArgs;
 pub enum BenchWhat {
     /// Forward pass with the ImageNet top (inference).
     Forward,
+    /// One fine-tuning step: forward + backward + AdamW update of every layer, BatchNorm
+    /// frozen, a 10-class top.
+    TrainStep,
 }
 
 #[derive(Debug, Args)]
@@ -38,6 +41,9 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    if matches!(args.what, BenchWhat::TrainStep) {
+        return train_step(args);
+    }
     let backbone = args.backbone.load(true)?;
     let r = backbone.config.resolution;
     let device = graft::backend::device();
@@ -80,6 +86,93 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         println!(
             "graft {} forward batch {} @{}px: {:.1} img/s, CPU/wall {:.2}, peak RSS {:.0} MB",
             backbone.config.name,
+            args.batch_size,
+            r,
+            images / wall,
+            cpu / wall,
+            peak_rss_bytes() as f64 / 1e6
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn train_step(args: BenchArgs) -> Result<ExitCode> {
+    use burn::tensor::{Int, TensorData};
+    use graft::train::finetune::{BnMode, new_model, set_trainable, train_step};
+
+    let info = args.backbone.info()?;
+    let path = graft::weights::store::resolve(info, args.backbone.weights.as_deref())?;
+    let backbone = graft::backbone::Backbone::load(
+        info,
+        &path,
+        graft::backbone::LoadOptions::default(),
+        &graft::backend::device(),
+    )?;
+    let r = backbone.config.resolution;
+    let groups = backbone.config.layer_groups.len();
+    let classes = 10;
+    let head = graft::head::Head::Linear {
+        weight: vec![0.0; classes * backbone.config.feature_dim],
+        bias: vec![0.0; classes],
+    };
+    let device = graft::backend::device().autodiff();
+    let mut model = new_model(backbone.net, &head, 0.2, &device);
+    let all: Vec<usize> = (0..groups).collect();
+    model.net = set_trainable(model.net, groups, &all, BnMode::Frozen);
+    let mut optimizer = burn::optim::AdamWConfig::new().init();
+    let loss_fn = burn::nn::loss::CrossEntropyLossConfig::new().init(&device);
+    let lrs = vec![1e-4; groups + 1];
+    let x = Tensor::<4>::random(
+        [args.batch_size, 3, r, r],
+        Distribution::Uniform(-1.0, 1.0),
+        &device,
+    );
+    let labels: Vec<i64> = (0..args.batch_size as i64)
+        .map(|i| i % classes as i64)
+        .collect();
+    let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [args.batch_size]), &device);
+    let mut run_once = |model| {
+        train_step(
+            model,
+            &mut optimizer,
+            &loss_fn,
+            x.clone(),
+            y.clone(),
+            &all,
+            &lrs,
+        )
+        .0
+    };
+    model = run_once(model);
+    let cpu0 = process_cpu_seconds();
+    let t0 = Instant::now();
+    for _ in 0..args.iters {
+        model = run_once(model);
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds() - cpu0;
+    drop(model);
+    let images = (args.iters * args.batch_size) as f64;
+    let result = serde_json::json!({
+        "tool": "graft",
+        "backend": graft::backend::name(),
+        "what": "train-step",
+        "backbone": info.name,
+        "batch_size": args.batch_size,
+        "resolution": r,
+        "threads": rayon::current_num_threads(),
+        "images_per_sec": images / wall,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "cpu_over_wall": cpu / wall,
+        "peak_rss_mb": peak_rss_bytes() as f64 / 1e6,
+    });
+    if args.json {
+        println!("{result}");
+    } else {
+        println!(
+            "graft {} train step batch {} @{}px (BN frozen, all layers): {:.1} img/s, CPU/wall {:.2}, peak RSS {:.0} MB",
+            info.name,
             args.batch_size,
             r,
             images / wall,

@@ -5,6 +5,8 @@ mod doctor;
 mod evaluate;
 mod extract;
 mod features;
+mod finetune;
+mod lr_find;
 mod predict;
 mod report;
 mod summary;
@@ -40,6 +42,8 @@ pub enum Command {
     Extract(extract::ExtractArgs),
     /// Train a new top on a labelled folder: a dense head or classical ML on cached features.
     Train(train::TrainArgs),
+    /// LR range test for a new head: loss against an exponentially growing learning rate.
+    LrFind(lr_find::LrFindArgs),
     /// Score a trained model on a labelled folder (accuracy, per-class metrics, confusion).
     Evaluate(evaluate::EvaluateArgs),
     /// Write RUN_DIR/report.html: curves, confusion matrix, per-class scores, mistakes.
@@ -62,6 +66,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Extract(args) => extract::run(args),
         Command::Train(args) => train::run(args),
         Command::Evaluate(args) => evaluate::run(args),
+        Command::LrFind(args) => lr_find::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Report(args) => report::run(args),
         Command::Weights(command) => weights::run(command),

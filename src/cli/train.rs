@@ -7,6 +7,7 @@ use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use graft::data::augment::Augment;
 use graft::data::dataset::{self, SplitSource};
 use graft::features::FeatureMatrix;
 use graft::head::Head;
@@ -14,6 +15,8 @@ use graft::metrics::{Metrics, argmax_rows};
 use graft::run::{self, DataRecord, ModelCard, PredictionRecord, RunMetrics};
 use graft::train::classical::{self, ClassicalOptions};
 use graft::train::dense::{DenseOptions, train_dense};
+use graft::train::finetune::{BnMode, Unfreeze};
+use graft::train::schedule::Schedule;
 use graft::train::{EpochRecord, Recipe, cross_entropy};
 
 use super::BackboneArgs;
@@ -97,7 +100,52 @@ pub struct TrainArgs {
     pub k: usize,
 
     #[command(flatten)]
+    pub finetune: FinetuneArgs,
+
+    #[command(flatten)]
     pub cache: CacheArgs,
+}
+
+/// Options of `--recipe finetune`.
+#[derive(Debug, Args)]
+pub struct FinetuneArgs {
+    /// [finetune] Peak learning rate of the top-most backbone group. Low on purpose (10x below
+    /// the head's): large steps wreck the pretrained features.
+    #[arg(long, default_value_t = 1e-4, value_name = "LR")]
+    pub backbone_lr: f64,
+
+    /// [finetune] Each backbone group below gets this factor of the group above's learning
+    /// rate (discriminative rates, like timm's layer decay or fastai's slice).
+    #[arg(long, default_value_t = 0.7)]
+    pub lr_decay: f64,
+
+    /// [finetune] Unfreeze one group per stage from the top, or everything at once.
+    #[arg(long, value_enum, default_value_t = Unfreeze::Gradual)]
+    pub unfreeze: Unfreeze,
+
+    /// [finetune] Unfreezing stages after the head round.
+    #[arg(long, default_value_t = 3)]
+    pub stages: usize,
+
+    /// [finetune] Epochs of each stage.
+    #[arg(long, default_value_t = 2)]
+    pub epochs_per_stage: usize,
+
+    /// [finetune] Learning-rate schedule of each stage, per step.
+    #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
+    pub schedule: Schedule,
+
+    /// [finetune] BatchNorm mode: frozen running statistics (default) or batch statistics.
+    #[arg(long = "bn", value_enum, default_value_t = BnMode::Frozen)]
+    pub bn_mode: BnMode,
+
+    /// [finetune] Augmentation of training images (validation uses the eval preprocessing).
+    #[arg(long, value_enum, default_value_t = Augment::Light)]
+    pub augment: Augment,
+
+    /// [finetune] Images per step while fine-tuning.
+    #[arg(long, default_value_t = 16)]
+    pub finetune_batch_size: usize,
 }
 
 impl TrainArgs {
@@ -125,7 +173,7 @@ impl TrainArgs {
         Ok(())
     }
 
-    fn dense_options(&self) -> DenseOptions {
+    pub fn dense_options(&self) -> DenseOptions {
         DenseOptions {
             learning_rate: self.lr,
             epochs: self.epochs,
@@ -156,6 +204,9 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     report_listing(&data);
     if data.train.is_empty() {
         bail!("{}: no training images", args.data.display());
+    }
+    if args.recipe == Recipe::Finetune {
+        return super::finetune::run(&args, &data);
     }
     let backbone = args.backbone.load(false)?;
     let mut cache = open_cache(&backbone, args.cache.cache_dir.as_ref())?;
@@ -211,7 +262,8 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
             let head = match recipe {
                 Recipe::Logreg => classical::fit_logreg(&train, classes, &options)?,
                 Recipe::Svm => classical::fit_svm(&train, classes, &options)?,
-                _ => classical::fit_knn(&train, classes, &options)?,
+                Recipe::Knn => classical::fit_knn(&train, classes, &options)?,
+                Recipe::Head | Recipe::Finetune => unreachable!("handled above"),
             };
             eprintln!("fitted in {:.1} s", started.elapsed().as_secs_f64());
             let history = vec![final_record(&head, &train, &val)];
@@ -243,6 +295,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
             train_images: train.len(),
             val_images: val.len(),
         },
+        backbone_file: None,
     };
     let metrics = RunMetrics {
         train_size: train.len(),
@@ -278,7 +331,7 @@ pub fn score(head: &Head, data: &FeatureMatrix, classes: &[String]) -> Metrics {
 }
 
 /// The verdict on every row of `data`.
-fn predictions(head: &Head, data: &FeatureMatrix, classes: &[String]) -> Vec<PredictionRecord> {
+pub fn predictions(head: &Head, data: &FeatureMatrix, classes: &[String]) -> Vec<PredictionRecord> {
     let scores = head.scores(&data.rows, data.dim);
     let k = classes.len();
     argmax_rows(&scores, k)
@@ -325,7 +378,7 @@ fn final_record(head: &Head, train: &FeatureMatrix, val: &FeatureMatrix) -> Epoc
 }
 
 /// A short name for DATA: its folder or file stem.
-fn data_name(data: &Path) -> String {
+pub fn data_name(data: &Path) -> String {
     data.canonicalize()
         .ok()
         .as_deref()

@@ -1,5 +1,6 @@
 //! Images in, network-ready tensors out.
 
+pub mod augment;
 pub mod dataset;
 pub mod decode;
 pub mod preprocess;

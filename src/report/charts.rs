@@ -7,6 +7,9 @@ use crate::train::EpochRecord;
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 
+/// A named line: `(x, y)` points.
+pub type Series = (String, Vec<(f64, f64)>);
+
 const TRAIN: RGBColor = RGBColor(31, 119, 180);
 const VAL: RGBColor = RGBColor(255, 127, 14);
 const BOUNDARY: RGBColor = RGBColor(150, 150, 150);
@@ -186,7 +189,7 @@ pub fn confusion_matrix(classes: &[String], confusion: &[Vec<usize>]) -> Result<
 }
 
 /// Learning rate per epoch for each parameter group.
-pub fn learning_rates(groups: &[(String, Vec<(f64, f64)>)]) -> Result<String, String> {
+pub fn learning_rates(groups: &[Series]) -> Result<String, String> {
     let points = groups.iter().flat_map(|(_, s)| s.iter());
     let (x_max, y_max) = points.fold((1.0f64, 0.0f64), |(x, y), p| (x.max(p.0), y.max(p.1)));
     let y_max = if y_max > 0.0 { y_max * 1.1 } else { 1.0 };

@@ -85,6 +85,29 @@ fn evaluations(dir: &Path) -> Vec<(String, Evaluation)> {
     found
 }
 
+/// Per-group learning rates at the end of each epoch, as recorded by fine-tuning: groups
+/// that never trained are left out.
+fn group_learning_rates(hyper: &serde_json::Value) -> Option<Vec<charts::Series>> {
+    let record = hyper.get("group_learning_rates")?;
+    let groups: Vec<String> = serde_json::from_value(record.get("groups")?.clone()).ok()?;
+    let first: usize = serde_json::from_value(record.get("first_epoch")?.clone()).ok()?;
+    let per_epoch: Vec<Vec<f64>> = serde_json::from_value(record.get("per_epoch")?.clone()).ok()?;
+    let series = groups
+        .iter()
+        .enumerate()
+        .map(|(g, name)| {
+            let points = per_epoch
+                .iter()
+                .enumerate()
+                .map(|(i, lrs)| ((first + i) as f64, lrs.get(g).copied().unwrap_or(0.0)))
+                .collect::<Vec<_>>();
+            (name.clone(), points)
+        })
+        .filter(|(_, points)| points.iter().any(|p| p.1 > 0.0))
+        .collect();
+    Some(series)
+}
+
 /// Text with `&`, `<`, `>` and `"` escaped for HTML.
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
@@ -196,7 +219,24 @@ fn render(
     let _ = write!(w, "</table>");
 
     let _ = write!(w, "<h2>Training curves</h2>");
-    let curves = charts::training_curves(history, &[]).map_err(ReportError::Chart)?;
+    // Fine-tuning runs record where each unfreezing stage began and every group's rate.
+    let hyper = &card.hyperparameters;
+    let stage_starts: Vec<usize> = hyper
+        .get("stage_starts")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    let curves = charts::training_curves(history, &stage_starts).map_err(ReportError::Chart)?;
+    if !stage_starts.is_empty() {
+        let _ = write!(
+            w,
+            "<p>Grey lines: first epoch of each unfreezing stage ({}); the epochs before are the head round on cached features.</p>",
+            stage_starts
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     w.push_str(&svg_img("curves", "loss and accuracy per epoch", &curves));
 
     let _ = write!(w, "<h2>Confusion matrix (validation)</h2>");
@@ -265,12 +305,14 @@ fn render(
     let _ = write!(w, "</div>");
 
     let _ = write!(w, "<h2>Learning-rate schedule</h2>");
-    let lr_series: Vec<(f64, f64)> = history
-        .iter()
-        .map(|r| (r.epoch as f64, r.learning_rate))
-        .collect();
-    let lr =
-        charts::learning_rates(&[("head".to_string(), lr_series)]).map_err(ReportError::Chart)?;
+    let lr_groups = group_learning_rates(hyper).unwrap_or_else(|| {
+        let series = history
+            .iter()
+            .map(|r| (r.epoch as f64, r.learning_rate))
+            .collect();
+        vec![("head".to_string(), series)]
+    });
+    let lr = charts::learning_rates(&lr_groups).map_err(ReportError::Chart)?;
     w.push_str(&svg_img("lr-schedule", "learning rate per epoch", &lr));
 
     if !evaluations.is_empty() {

@@ -2,6 +2,9 @@
 
 pub mod classical;
 pub mod dense;
+pub mod finetune;
+pub mod lr_find;
+pub mod schedule;
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +20,9 @@ pub enum Recipe {
     Svm,
     /// k nearest neighbours by cosine similarity (linfa-nn).
     Knn,
+    /// A head round on cached features, then the backbone unfrozen group by group from the top
+    /// with discriminative learning rates, BatchNorm frozen, augmentation.
+    Finetune,
 }
 
 impl Recipe {
@@ -26,6 +32,7 @@ impl Recipe {
             Recipe::Logreg => "logreg",
             Recipe::Svm => "svm",
             Recipe::Knn => "knn",
+            Recipe::Finetune => "finetune",
         }
     }
 }

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Fine-tuning train-step benchmark: forward + backward + AdamW update of every layer, batch 16,
+# each model at its resolution (224), BatchNorm frozen, 2 threads, graft vs PyTorch on this
+# machine in one run. Prints a markdown table with the ratio and writes bench/out/train_step.md.
+#
+# Environment: ITERS=3 (timed steps after one warm-up), NO_BUILD=1, GRAFT_HOME, MNV2_WEIGHTS
+# as in run.sh.
+set -euo pipefail
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(dirname "$BENCH_DIR")"
+OUT_DIR="$BENCH_DIR/out"
+ITERS="${ITERS:-3}"
+BATCH=16
+THREADS=2
+GRAFT="$REPO_DIR/target/release/graft"
+PYTHON="$BENCH_DIR/.venv/bin/python"
+MNV2_WEIGHTS="${MNV2_WEIGHTS:-$REPO_DIR/../shared/weights/mobilenet_v2/mobilenet_v2_imagenet.safetensors}"
+export GRAFT_HOME="${GRAFT_HOME:-$OUT_DIR/graft-home}"
+
+mkdir -p "$OUT_DIR"
+bash "$BENCH_DIR/setup.sh"
+if [ "${NO_BUILD:-0}" != 1 ]; then
+    (cd "$REPO_DIR" && cargo build --release)
+fi
+installed() { "$GRAFT" weights list | grep -Eq "^[[:space:]]*$1[[:space:]]+installed"; }
+installed efficientnet-lite0 || "$GRAFT" weights fetch efficientnet-lite0 >&2
+installed mobilenet-v2-tf || "$GRAFT" weights import mobilenet-v2-tf "$MNV2_WEIGHTS" >&2
+
+RESULTS="$OUT_DIR/train_step.jsonl"
+: > "$RESULTS"
+for model in efficientnet-lite0 mobilenet-v2-tf; do
+    echo "train_step.sh: $model: graft" >&2
+    "$GRAFT" --threads "$THREADS" bench train-step -b "$model" --batch-size "$BATCH" \
+        --iters "$ITERS" --json | grep '^{' >> "$RESULTS"
+    echo "train_step.sh: $model: PyTorch" >&2
+    (cd "$BENCH_DIR" && "$PYTHON" train_step_torch.py --model "$model" --batch-size "$BATCH" \
+        --iters "$ITERS" --threads "$THREADS" --mnv2-weights "$MNV2_WEIGHTS") >> "$RESULTS"
+done
+
+"$PYTHON" - "$RESULTS" > "$OUT_DIR/train_step.md" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+print("| model | graft img/s | PyTorch img/s | graft/PyTorch | graft CPU/wall | PyTorch CPU/wall |")
+print("|---|---:|---:|---:|---:|---:|")
+for model in dict.fromkeys(r["backbone"] for r in rows):
+    g = next(r for r in rows if r["backbone"] == model and r["tool"] == "graft")
+    t = next(r for r in rows if r["backbone"] == model and r["tool"] == "pytorch")
+    print(f"| {model} | {g['images_per_sec']:.2f} | {t['images_per_sec']:.2f} | "
+          f"{g['images_per_sec'] / t['images_per_sec']:.2f} | {g['cpu_over_wall']:.2f} | {t['cpu_over_wall']:.2f} |")
+PY
+cat "$OUT_DIR/train_step.md"

@@ -1,0 +1,684 @@
+//! Recipe "finetune": the pretrained backbone + a new top, trained end to end the way the talk
+//! advises: the top first (done by the caller on cached features), then gradual unfreezing
+//! from the top, discriminative learning rates, a per-step schedule, BatchNorm kept in
+//! inference mode, and on-the-fly augmentation.
+
+use burn::module::{Module, Param};
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::optim::module_optimizer::ModuleOptimizer;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::EpochRecord;
+use super::schedule::{Schedule, factor};
+use crate::backbone::blocks::{ConvBnAct, InvertedResidual};
+use crate::backbone::mbnet::MbNet;
+use crate::backbone::{Backbone, SourceConfig};
+use crate::data::augment::{Augment, augmented, image_rng};
+use crate::data::{DecodeLimits, decode_rgb, load_images, to_batch};
+use crate::head::Head;
+use crate::metrics::argmax_rows;
+
+/// How the backbone is unfrozen after the head round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Unfreeze {
+    /// One more layer group per stage, from the top (head conv, last stage, ...).
+    Gradual,
+    /// Every group at once.
+    All,
+}
+
+/// BatchNorm behaviour while fine-tuning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BnMode {
+    /// Running statistics frozen (inference mode); gamma / beta train with their layer.
+    Frozen,
+    /// Batch statistics, running statistics updated (noisy with small batches).
+    Train,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneOptions {
+    /// Peak learning rate of the new top.
+    pub head_learning_rate: f64,
+    /// Peak learning rate of the top-most backbone group; lower groups get it times
+    /// `lr_decay` per group further down.
+    pub backbone_learning_rate: f64,
+    pub lr_decay: f64,
+    pub unfreeze: Unfreeze,
+    pub stages: usize,
+    pub epochs_per_stage: usize,
+    pub schedule: Schedule,
+    pub batch_size: usize,
+    pub bn_mode: BnMode,
+    pub augment: Augment,
+    pub dropout: f64,
+    pub weight_decay: f64,
+    pub label_smoothing: f64,
+    pub seed: u64,
+    /// Epochs of the head round on cached features before unfreezing (0 = none).
+    pub head_epochs: usize,
+}
+
+impl Default for FinetuneOptions {
+    fn default() -> Self {
+        Self {
+            head_learning_rate: 1e-3,
+            backbone_learning_rate: 1e-4,
+            lr_decay: 0.7,
+            unfreeze: Unfreeze::Gradual,
+            stages: 3,
+            epochs_per_stage: 2,
+            schedule: Schedule::Cosine,
+            batch_size: 16,
+            bn_mode: BnMode::Frozen,
+            augment: Augment::Light,
+            dropout: 0.2,
+            weight_decay: 1e-4,
+            label_smoothing: 0.1,
+            seed: 0,
+            head_epochs: 100,
+        }
+    }
+}
+
+/// The backbone and the new top, trained together.
+#[derive(Module, Debug)]
+pub struct FinetuneModel {
+    pub net: MbNet,
+    pub dropout: Dropout,
+    pub top: Linear,
+}
+
+impl FinetuneModel {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        self.top
+            .forward(self.dropout.forward(self.net.forward_features(x)))
+    }
+}
+
+/// One stage of the plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stage {
+    pub epochs: usize,
+    /// Backbone layer groups that train (indices into the source config's `layer_groups`).
+    pub trainable: Vec<usize>,
+}
+
+/// The stages, from the options and the number of backbone layer groups.
+pub fn plan_stages(options: &FinetuneOptions, groups: usize) -> Vec<Stage> {
+    match options.unfreeze {
+        Unfreeze::All => vec![Stage {
+            epochs: options.epochs_per_stage * options.stages.max(1),
+            trainable: (0..groups).collect(),
+        }],
+        Unfreeze::Gradual => (1..=options.stages.min(groups))
+            .map(|s| Stage {
+                epochs: options.epochs_per_stage,
+                trainable: (groups - s..groups).collect(),
+            })
+            .collect(),
+    }
+}
+
+/// Peak learning rate of backbone group `g` of `groups` (the top-most group gets the backbone
+/// rate; each group below `lr_decay` times the one above).
+pub fn group_learning_rate(options: &FinetuneOptions, g: usize, groups: usize) -> f64 {
+    options.backbone_learning_rate * options.lr_decay.powi((groups - 1 - g) as i32)
+}
+
+/// Which layer group each block belongs to: group 0 is the stem, 1..=stages the stages, last
+/// the head conv.
+fn block_group(net: &MbNet, block: usize) -> usize {
+    1 + net
+        .stage_ends
+        .iter()
+        .position(|&end| block <= end)
+        .expect("every block is in a stage")
+}
+
+fn map_block(b: InvertedResidual, f: &dyn Fn(ConvBnAct) -> ConvBnAct) -> InvertedResidual {
+    InvertedResidual {
+        expand: b.expand.map(f),
+        depthwise: f(b.depthwise),
+        project: f(b.project),
+        residual: b.residual,
+    }
+}
+
+/// Apply `f` to every conv layer of group `g`.
+fn map_group(mut net: MbNet, g: usize, f: &dyn Fn(ConvBnAct) -> ConvBnAct) -> MbNet {
+    let head_group = net.stage_ends.len() + 1;
+    if g == 0 {
+        net.stem = f(net.stem);
+    } else if g == head_group {
+        net.head = f(net.head);
+    } else {
+        let groups: Vec<usize> = (0..net.blocks.len())
+            .map(|i| block_group(&net, i))
+            .collect();
+        net.blocks = net
+            .blocks
+            .into_iter()
+            .zip(groups)
+            .map(|(b, bg)| if bg == g { map_block(b, f) } else { b })
+            .collect();
+    }
+    net
+}
+
+/// Freeze every group, then make `trainable` train (BatchNorm per `bn_mode`).
+pub fn set_trainable(net: MbNet, groups: usize, trainable: &[usize], bn_mode: BnMode) -> MbNet {
+    (0..groups).fold(net, |net, g| {
+        if trainable.contains(&g) {
+            map_group(net, g, &|layer| {
+                let mut layer = layer.unfreeze();
+                if bn_mode == BnMode::Frozen {
+                    // Running statistics stay as pretrained; gamma and beta still learn.
+                    layer.bn.training = layer.bn.training.with_value(false);
+                }
+                layer
+            })
+        } else {
+            map_group(net, g, &|layer| layer.freeze())
+        }
+    })
+}
+
+/// Gradients of the parameters of group `g`, one entry per module holding them.
+fn group_gradients(
+    model: &FinetuneModel,
+    g: usize,
+    grads: &mut burn::tensor::Gradients,
+) -> Vec<GradientsParams> {
+    let net = &model.net;
+    let head_group = net.stage_ends.len() + 1;
+    if g == 0 {
+        vec![GradientsParams::from_module(grads, &net.stem)]
+    } else if g == head_group {
+        vec![GradientsParams::from_module(grads, &net.head)]
+    } else {
+        net.blocks
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| block_group(net, *i) == g)
+            .map(|(_, b)| GradientsParams::from_module(grads, b))
+            .collect()
+    }
+}
+
+/// One optimisation step: forward, loss, backward, then an AdamW update of the top (at
+/// `lrs[groups]`) and of each trainable backbone group `g` (at `lrs[g]`). Frozen groups get no
+/// gradient and no update. Returns the model, the loss and the logits.
+pub fn train_step(
+    model: FinetuneModel,
+    optimizer: &mut ModuleOptimizer,
+    loss_fn: &CrossEntropyLoss,
+    x: Tensor<4>,
+    y: Tensor<1, Int>,
+    trainable: &[usize],
+    lrs: &[f64],
+) -> (FinetuneModel, f64, Vec<f32>) {
+    let logits = model.forward(x);
+    let loss = loss_fn.forward(logits.clone(), y);
+    let loss_value = loss.clone().into_scalar::<f32>() as f64;
+    let logits: Vec<f32> = logits.into_data().try_into_vec().expect("logits are f32");
+    let mut grads = loss.backward();
+    let top_grads = GradientsParams::from_module(&mut grads, &model.top);
+    let mut per_group = Vec::new();
+    for &g in trainable {
+        for grads in group_gradients(&model, g, &mut grads) {
+            per_group.push((lrs[g], grads));
+        }
+    }
+    let mut model = optimizer.step(lrs[lrs.len() - 1], model, top_grads);
+    for (lr, grads) in per_group {
+        model = optimizer.step(lr, model, grads);
+    }
+    (model, loss_value, logits)
+}
+
+/// The model to fine-tune: `net` on `device` with a top that starts from `head`.
+pub fn new_model(net: MbNet, head: &Head, dropout: f64, device: &Device) -> FinetuneModel {
+    let dim = net.head.out_channels();
+    FinetuneModel {
+        net: net.fork(device),
+        dropout: DropoutConfig::new(dropout).init(),
+        top: top_from_head(head, dim, device),
+    }
+}
+
+/// A labelled image list.
+#[derive(Debug, Clone, Default)]
+pub struct Examples {
+    pub paths: Vec<std::path::PathBuf>,
+    pub labels: Vec<usize>,
+}
+
+/// Everything a run reports per epoch.
+pub struct EpochReport<'a> {
+    pub record: &'a EpochRecord,
+    pub stage: usize,
+    pub group_lrs: &'a [f64],
+}
+
+#[derive(Debug)]
+pub struct FinetuneResult {
+    pub net: MbNet,
+    pub head: Head,
+    pub history: Vec<EpochRecord>,
+    /// Mean learning rate of each group (backbone groups, then the top) over each epoch.
+    pub group_lrs: Vec<Vec<f64>>,
+    pub best_epoch: usize,
+    /// First epoch of each stage.
+    pub stage_starts: Vec<usize>,
+}
+
+/// Decode and augment one batch of training images.
+fn training_batch(
+    examples: &Examples,
+    indices: &[usize],
+    config: &SourceConfig,
+    options: &FinetuneOptions,
+    epoch: usize,
+    device: &Device,
+) -> (Tensor<4>, Tensor<1, Int>) {
+    let images: Vec<crate::data::Chw> = indices
+        .par_iter()
+        .map(|&i| {
+            // The caller keeps only images that decoded during the head round.
+            let rgb = decode_rgb(&examples.paths[i], DecodeLimits::default())
+                .unwrap_or_else(|_| image::RgbImage::new(1, 1));
+            augmented(
+                &rgb,
+                config,
+                options.augment,
+                &mut image_rng(options.seed, epoch, i),
+            )
+        })
+        .collect();
+    let refs: Vec<&crate::data::Chw> = images.iter().collect();
+    let x = to_batch(&refs, config.resolution, device);
+    let y: Vec<i64> = indices.iter().map(|&i| examples.labels[i] as i64).collect();
+    let n = y.len();
+    (x, Tensor::from_data(TensorData::new(y, [n]), device))
+}
+
+/// Mean cross-entropy and accuracy on `examples` with eval preprocessing.
+fn validate(
+    model: &FinetuneModel,
+    examples: &Examples,
+    config: &SourceConfig,
+    batch: usize,
+) -> (f64, f64) {
+    if examples.paths.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let device = crate::backend::device();
+    let classes = model.top.weight.dims()[1];
+    let (mut loss, mut correct) = (0.0f64, 0usize);
+    for (chunk, labels) in examples
+        .paths
+        .chunks(batch)
+        .zip(examples.labels.chunks(batch))
+    {
+        let decoded = load_images(chunk, config, DecodeLimits::default());
+        let good: Vec<&crate::data::Chw> = decoded.iter().flatten().collect();
+        let labels: Vec<usize> = decoded
+            .iter()
+            .zip(labels)
+            .filter(|(d, _)| d.is_ok())
+            .map(|(_, l)| *l)
+            .collect();
+        if good.is_empty() {
+            continue;
+        }
+        let logits: Vec<f32> = model
+            .forward(to_batch(&good, config.resolution, &device))
+            .into_data()
+            .try_into_vec()
+            .expect("logits are f32");
+        loss += super::cross_entropy(&logits, &labels, classes) * labels.len() as f64;
+        correct += argmax_rows(&logits, classes)
+            .iter()
+            .zip(&labels)
+            .filter(|(p, t)| p == t)
+            .count();
+    }
+    let n = examples.paths.len() as f64;
+    (loss / n, correct as f64 / n)
+}
+
+/// The top as a [`Head`] (burn's `[dim, classes]` transposed to `[classes, dim]`).
+pub fn top_as_head(top: &Linear) -> Head {
+    let [dim, classes] = top.weight.dims();
+    let w: Vec<f32> = top.weight.val().into_data().try_into_vec().expect("f32");
+    let mut weight = vec![0.0; classes * dim];
+    for d in 0..dim {
+        for c in 0..classes {
+            weight[c * dim + d] = w[d * classes + c];
+        }
+    }
+    let bias = top
+        .bias
+        .as_ref()
+        .map(|b| b.val().into_data().try_into_vec().expect("f32"))
+        .unwrap_or_else(|| vec![0.0; classes]);
+    Head::Linear { weight, bias }
+}
+
+/// A dense top initialised from a trained linear [`Head`].
+fn top_from_head(head: &Head, dim: usize, device: &Device) -> Linear {
+    let Head::Linear { weight, bias } = head else {
+        panic!("fine-tuning starts from a linear head")
+    };
+    let classes = bias.len();
+    let mut top = LinearConfig::new(dim, classes).init(device);
+    let mut w = vec![0.0f32; dim * classes];
+    for c in 0..classes {
+        for d in 0..dim {
+            w[d * classes + c] = weight[c * dim + d];
+        }
+    }
+    top.weight = Param::from_tensor(Tensor::from_data(
+        TensorData::new(w, [dim, classes]),
+        device,
+    ));
+    top.bias = Some(Param::from_tensor(Tensor::from_data(
+        TensorData::new(bias.clone(), [classes]),
+        device,
+    )));
+    top
+}
+
+/// Fine-tune `backbone` (loaded without folding) with a top that starts from `head`.
+pub fn finetune(
+    backbone: Backbone,
+    head: &Head,
+    train: &Examples,
+    val: &Examples,
+    options: &FinetuneOptions,
+    mut on_step: impl FnMut(usize, f64),
+    mut on_epoch: impl FnMut(EpochReport<'_>),
+) -> FinetuneResult {
+    let config = backbone.config.clone();
+    let groups = config.layer_groups.len();
+    let device = crate::backend::device().autodiff();
+    let mut model = new_model(backbone.net, head, options.dropout, &device);
+    let mut optimizer = AdamWConfig::new()
+        .with_weight_decay(options.weight_decay as f32)
+        .init();
+    let loss_fn = CrossEntropyLossConfig::new()
+        .with_smoothing((options.label_smoothing > 0.0).then_some(options.label_smoothing as f32))
+        .init(&device);
+    let stages = plan_stages(options, groups);
+    let steps_per_epoch = train.paths.len().div_ceil(options.batch_size.max(1));
+    let mut history = Vec::new();
+    let mut group_lrs = Vec::new();
+    let mut stage_starts = Vec::new();
+    let mut best: Option<(f64, usize, FinetuneModel)> = None;
+    let mut epoch = 0;
+    let mut global_step = 0u64;
+    for (s, stage) in stages.iter().enumerate() {
+        model.net = set_trainable(model.net, groups, &stage.trainable, options.bn_mode);
+        stage_starts.push(epoch + 1);
+        let total = stage.epochs * steps_per_epoch;
+        let warmup = (steps_per_epoch / 4).max(1);
+        let mut step = 0;
+        for _ in 0..stage.epochs {
+            epoch += 1;
+            let mut order: Vec<usize> = (0..train.paths.len()).collect();
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+                options.seed ^ ((epoch as u64) << 40),
+            ));
+            let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+            let mut lrs = vec![0.0; groups + 1];
+            let mut lr_sums = vec![0.0; groups + 1];
+            let mut steps_in_epoch = 0usize;
+            for batch in order.chunks(options.batch_size.max(1)) {
+                let f = factor(options.schedule, step, total, warmup);
+                for (g, lr) in lrs.iter_mut().enumerate().take(groups) {
+                    *lr = if stage.trainable.contains(&g) {
+                        group_learning_rate(options, g, groups) * f
+                    } else {
+                        0.0
+                    };
+                }
+                lrs[groups] = options.head_learning_rate * f;
+                lr_sums.iter_mut().zip(&lrs).for_each(|(s, lr)| *s += lr);
+                steps_in_epoch += 1;
+                // Dropout masks from the run's seed and the step, so a run is reproducible.
+                device.seed(options.seed.wrapping_add(global_step));
+                let (x, y) = training_batch(train, batch, &config, options, epoch, &device);
+                let (next, loss_value, logits) = train_step(
+                    model,
+                    &mut optimizer,
+                    &loss_fn,
+                    x,
+                    y,
+                    &stage.trainable,
+                    &lrs,
+                );
+                model = next;
+                loss_sum += loss_value * batch.len() as f64;
+                let classes = model.top.weight.dims()[1];
+                correct += argmax_rows(&logits, classes)
+                    .iter()
+                    .zip(batch)
+                    .filter(|(p, i)| **p == train.labels[**i])
+                    .count();
+                step += 1;
+                global_step += 1;
+                on_step(batch.len(), loss_value);
+            }
+            let eval = model.valid();
+            let (val_loss, val_accuracy) = validate(&eval, val, &config, 32);
+            let record = EpochRecord {
+                epoch,
+                train_loss: loss_sum / train.paths.len().max(1) as f64,
+                train_accuracy: correct as f64 / train.paths.len().max(1) as f64,
+                val_loss,
+                val_accuracy,
+                learning_rate: lrs[groups.saturating_sub(1)],
+            };
+            on_epoch(EpochReport {
+                record: &record,
+                stage: s + 1,
+                group_lrs: &lrs,
+            });
+            history.push(record);
+            group_lrs.push(
+                lr_sums
+                    .iter()
+                    .map(|s| s / steps_in_epoch.max(1) as f64)
+                    .collect(),
+            );
+            if best.as_ref().is_none_or(|(l, _, _)| val_loss < *l) || val.paths.is_empty() {
+                best = Some((val_loss, epoch, eval));
+            }
+        }
+    }
+    let (_, best_epoch, best_model) = best.unwrap_or_else(|| (f64::NAN, 0, model.valid()));
+    FinetuneResult {
+        head: top_as_head(&best_model.top),
+        net: best_model.net,
+        history,
+        group_lrs,
+        best_epoch,
+        stage_starts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    const GROUPS: usize = 9;
+
+    /// A randomly initialised EfficientNet-Lite0 with a 3-class top, on the autodiff device.
+    fn model(trainable: &[usize], bn_mode: BnMode) -> (FinetuneModel, Device) {
+        let device = crate::backend::device().autodiff();
+        let info = crate::backbone::find("efficientnet-lite0").unwrap();
+        let config = info.source_config(None);
+        let net = MbNet::init(&info.spec(), config.padding, config.bn_eps, false, &device);
+        let head = Head::Linear {
+            weight: vec![0.01; 3 * config.feature_dim],
+            bias: vec![0.0; 3],
+        };
+        let mut model = new_model(net, &head, 0.0, &device);
+        model.net = set_trainable(model.net, GROUPS, trainable, bn_mode);
+        (model, device)
+    }
+
+    fn step(
+        model: FinetuneModel,
+        device: &Device,
+        trainable: &[usize],
+        lrs: &[f64],
+    ) -> FinetuneModel {
+        device.seed(0);
+        let x = Tensor::<4>::random([2, 3, 64, 64], Distribution::Normal(0.0, 1.0), device);
+        let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 2], [2]), device);
+        let loss_fn = CrossEntropyLossConfig::new().init(device);
+        // A tiny epsilon makes AdamW's first step exactly +-lr for every weight with a gradient.
+        let mut optimizer = AdamWConfig::new()
+            .with_weight_decay(0.0)
+            .with_epsilon(1e-20)
+            .init();
+        train_step(model, &mut optimizer, &loss_fn, x, y, trainable, lrs).0
+    }
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_into_vec().unwrap()
+    }
+
+    /// Mean size of the non-zero changes (weights without gradient do not move at all).
+    fn mean_abs_change(a: &[f32], b: &[f32]) -> f64 {
+        let moved: Vec<f64> = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs() as f64)
+            .filter(|d| *d > 0.0)
+            .collect();
+        moved.iter().sum::<f64>() / moved.len().max(1) as f64
+    }
+
+    #[test]
+    fn frozen_batchnorm_keeps_running_statistics_and_trains_gamma() {
+        let trainable = [GROUPS - 1];
+        let (model, device) = model(&trainable, BnMode::Frozen);
+        let bn = &model.net.head.bn;
+        let (mean, var, gamma) = (
+            values(bn.running_mean.value()),
+            values(bn.running_var.value()),
+            values(bn.gamma.val()),
+        );
+        let mut lrs = vec![0.0; GROUPS + 1];
+        lrs[GROUPS - 1] = 1e-2;
+        lrs[GROUPS] = 1e-2;
+        let model = step(model, &device, &trainable, &lrs);
+        let bn = &model.net.head.bn;
+        assert!(
+            values(bn.running_mean.value_sync()) == mean,
+            "running mean moved"
+        );
+        assert!(
+            values(bn.running_var.value_sync()) == var,
+            "running var moved"
+        );
+        assert!(values(bn.gamma.val()) != gamma, "gamma should train");
+    }
+
+    #[test]
+    fn batchnorm_in_train_mode_updates_running_statistics() {
+        let trainable = [GROUPS - 1];
+        let (model, device) = model(&trainable, BnMode::Train);
+        let mean = values(model.net.head.bn.running_mean.value());
+        let mut lrs = vec![0.0; GROUPS + 1];
+        lrs[GROUPS - 1] = 1e-2;
+        let model = step(model, &device, &trainable, &lrs);
+        let after = values(model.net.head.bn.running_mean.value_sync());
+        assert!(after != mean, "running mean did not move in train mode");
+    }
+
+    #[test]
+    fn a_frozen_group_is_unchanged_and_a_trainable_one_moves() {
+        let trainable = [GROUPS - 2, GROUPS - 1];
+        let (model, device) = model(&trainable, BnMode::Frozen);
+        let stem = values(model.net.stem.weight.val());
+        let head = values(model.net.head.weight.val());
+        let lrs = vec![1e-2; GROUPS + 1];
+        let model = step(model, &device, &trainable, &lrs);
+        assert!(
+            values(model.net.stem.weight.val()) == stem,
+            "frozen stem changed"
+        );
+        assert!(
+            values(model.net.head.weight.val()) != head,
+            "trainable head conv did not"
+        );
+    }
+
+    #[test]
+    fn lr_decay_halves_the_step_of_each_group_below() {
+        let options = FinetuneOptions {
+            backbone_learning_rate: 1e-3,
+            lr_decay: 0.5,
+            ..FinetuneOptions::default()
+        };
+        // The formula: group k gets half of group k + 1.
+        for g in 0..GROUPS - 1 {
+            let ratio = group_learning_rate(&options, g, GROUPS)
+                / group_learning_rate(&options, g + 1, GROUPS);
+            assert!((ratio - 0.5).abs() < 1e-12);
+        }
+        // On a real step: AdamW's first update moves each weight by about its learning rate,
+        // so stage 7 (group 7) moves half as far as the head conv (group 8).
+        let trainable = [GROUPS - 2, GROUPS - 1];
+        let (model, device) = model(&trainable, BnMode::Frozen);
+        let lrs: Vec<f64> = (0..GROUPS)
+            .map(|g| group_learning_rate(&options, g, GROUPS))
+            .chain([1e-3])
+            .collect();
+        let before_head = values(model.net.head.weight.val());
+        let last = model.net.blocks.len() - 1;
+        let before_stage7 = values(model.net.blocks[last].project.weight.val());
+        let model = step(model, &device, &trainable, &lrs);
+        let moved_head = mean_abs_change(&before_head, &values(model.net.head.weight.val()));
+        let moved_stage7 = mean_abs_change(
+            &before_stage7,
+            &values(model.net.blocks[last].project.weight.val()),
+        );
+        let ratio = moved_stage7 / moved_head;
+        assert!(
+            (ratio - 0.5).abs() < 0.05,
+            "stage7 / head step ratio {ratio}"
+        );
+    }
+
+    #[test]
+    fn gradual_plan_unfreezes_from_the_top() {
+        let plan = plan_stages(&FinetuneOptions::default(), GROUPS);
+        let trainable: Vec<Vec<usize>> = plan.iter().map(|s| s.trainable.clone()).collect();
+        assert_eq!(trainable, vec![vec![8], vec![7, 8], vec![6, 7, 8]]);
+        let all = plan_stages(
+            &FinetuneOptions {
+                unfreeze: Unfreeze::All,
+                ..FinetuneOptions::default()
+            },
+            GROUPS,
+        );
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].trainable.len(), GROUPS);
+        assert_eq!(all[0].epochs, 6);
+    }
+}
