@@ -147,3 +147,100 @@ fn finetune_saves_a_backbone_that_predict_and_evaluate_use() {
         "a second run with the same seed fine-tuned different weights"
     );
 }
+
+/// A fine-tuning interrupted after its first epoch and resumed from the checkpoint ends with
+/// the same weights and history as one that ran straight through.
+#[test]
+fn resume_from_a_checkpoint_equals_an_uninterrupted_run() {
+    use graft::backbone::mbnet::MbNet;
+    use graft::backbone::{Backbone, find};
+    use graft::train::finetune::{Checkpoints, Examples, FinetuneOptions, finetune};
+
+    let info = find("efficientnet-lite0").unwrap();
+    let backbone = || {
+        let config = info.source_config(None);
+        let device = graft::backend::device();
+        // A fixed random initialisation: the same for both runs.
+        device.seed(7);
+        let net = MbNet::init(&info.spec(), config.padding, config.bn_eps, false, &device);
+        Backbone {
+            config,
+            net,
+            weights_id: "random".into(),
+        }
+    };
+    let photos = |class: &str, skip: usize, take: usize| -> Vec<PathBuf> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(shared().join("data/flowers").join(class))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        names.into_iter().skip(skip).take(take).collect()
+    };
+    let examples = |skip: usize, take: usize| {
+        let mut e = Examples::default();
+        for (label, class) in ["daisy", "roses"].iter().enumerate() {
+            for path in photos(class, skip, take) {
+                e.paths.push(path);
+                e.labels.push(label);
+            }
+        }
+        e
+    };
+    let (train, val) = (examples(0, 4), examples(4, 2));
+    let head = graft::head::Head::Linear {
+        weight: vec![0.0; 2 * 1280],
+        bias: vec![0.0; 2],
+    };
+    let options = FinetuneOptions {
+        stages: 2,
+        epochs_per_stage: 1,
+        batch_size: 4,
+        ..FinetuneOptions::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = |checkpoints: Checkpoints| {
+        finetune(
+            backbone(),
+            &head,
+            (&train, &val),
+            &options,
+            &checkpoints,
+            |_, _| {},
+            |_| {},
+        )
+        .unwrap()
+    };
+    let straight = run(Checkpoints::default());
+    let interrupted = Checkpoints {
+        dir: Some(dir.path().to_path_buf()),
+        resume: false,
+        stop_after: Some(1),
+    };
+    let first = run(interrupted);
+    assert_eq!(first.history.len(), 1);
+    let resumed = run(Checkpoints {
+        dir: Some(dir.path().to_path_buf()),
+        resume: true,
+        stop_after: None,
+    });
+    assert_eq!(resumed.history, straight.history);
+    assert_eq!(resumed.best_epoch, straight.best_epoch);
+    assert_eq!(resumed.head, straight.head);
+    let weights = |net: &MbNet| -> Vec<f32> {
+        let mut all: Vec<f32> = net.head.weight.val().into_data().try_into_vec().unwrap();
+        all.extend(
+            net.stem
+                .weight
+                .val()
+                .into_data()
+                .try_into_vec::<f32>()
+                .unwrap(),
+        );
+        all
+    };
+    assert!(
+        weights(&resumed.net) == weights(&straight.net),
+        "resumed weights differ"
+    );
+}

@@ -16,7 +16,7 @@ use graft::run::{self, DataRecord, ModelCard, RunMetrics, TrainedModel};
 use graft::train::Recipe;
 use graft::train::dense::train_dense;
 use graft::train::finetune::{
-    Examples, FinetuneOptions, finetune, group_learning_rate, plan_stages,
+    Checkpoints, Examples, FinetuneOptions, finetune, group_learning_rate, plan_stages,
 };
 use graft::weights::store;
 
@@ -25,6 +25,7 @@ use super::train::{TrainArgs, data_name, predictions, score};
 
 pub const PLAN_FILE: &str = "plan.json";
 pub const BACKBONE_FILE: &str = "backbone.safetensors";
+pub const CHECKPOINT_DIR: &str = "checkpoint";
 
 /// One stage of the printed and saved plan.
 #[derive(Debug, Serialize)]
@@ -200,9 +201,18 @@ pub fn run(args: &TrainArgs, data: &Dataset) -> Result<ExitCode> {
     .with_context(|| format!("loading {} weights", info.name))?;
     let plan = make_plan(&backbone, &options, head_round.history.len(), classes.len());
     print_plan(&plan);
-    let dir = args.out.clone().unwrap_or_else(|| {
-        run::fresh_dir(Path::new("runs"), &data_name(&args.data), Recipe::Finetune)
-    });
+    let dir = match (&args.finetune.resume, &args.out) {
+        (Some(dir), _) | (None, Some(dir)) => dir.clone(),
+        (None, None) => run::fresh_dir(Path::new("runs"), &data_name(&args.data), Recipe::Finetune),
+    };
+    let checkpoints = Checkpoints {
+        dir: Some(dir.join(CHECKPOINT_DIR)),
+        resume: args.finetune.resume.is_some(),
+        stop_after: None,
+    };
+    if checkpoints.resume && !dir.join(CHECKPOINT_DIR).join("state.json").is_file() {
+        anyhow::bail!("{}: no checkpoint to resume from", dir.display());
+    }
     std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
     graft::util::write_atomic(
         &dir.join(PLAN_FILE),
@@ -226,9 +236,9 @@ pub fn run(args: &TrainArgs, data: &Dataset) -> Result<ExitCode> {
     let result = finetune(
         backbone,
         &head_round.head,
-        &examples(&train),
-        &examples(&val),
+        (&examples(&train), &examples(&val)),
         &options,
+        &checkpoints,
         |_, loss| {
             bar.set_message(format!("loss {loss:.4}"));
             bar.inc(1);
@@ -249,6 +259,7 @@ pub fn run(args: &TrainArgs, data: &Dataset) -> Result<ExitCode> {
         },
     );
     bar.finish_and_clear();
+    let result = result?;
 
     // 4. Save: backbone in checkpoint layout, top, card; then score through the saved model.
     save_safetensors(&result.net, info.layout, &dir.join(BACKBONE_FILE))

@@ -146,6 +146,11 @@ pub struct FinetuneArgs {
     /// [finetune] Images per step while fine-tuning.
     #[arg(long, default_value_t = 16)]
     pub finetune_batch_size: usize,
+
+    /// [finetune] Continue the interrupted run in RUN_DIR from its last checkpoint (give the
+    /// same options as the first time). Checkpoints are written after every epoch.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
 }
 
 impl TrainArgs {

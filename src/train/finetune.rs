@@ -14,6 +14,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
 use super::EpochRecord;
 use super::schedule::{Schedule, factor};
@@ -403,12 +404,12 @@ fn top_from_head(head: &Head, dim: usize, device: &Device) -> Linear {
 pub fn finetune(
     backbone: Backbone,
     head: &Head,
-    train: &Examples,
-    val: &Examples,
+    (train, val): (&Examples, &Examples),
     options: &FinetuneOptions,
+    checkpoints: &Checkpoints,
     mut on_step: impl FnMut(usize, f64),
     mut on_epoch: impl FnMut(EpochReport<'_>),
-) -> FinetuneResult {
+) -> Result<FinetuneResult, CheckpointError> {
     let config = backbone.config.clone();
     let groups = config.layer_groups.len();
     let device = crate::backend::device().autodiff();
@@ -427,6 +428,31 @@ pub fn finetune(
     let mut best: Option<(f64, usize, FinetuneModel)> = None;
     let mut epoch = 0;
     let mut global_step = 0u64;
+    // Resuming: weights, optimizer state and the history so far come from the last epoch that
+    // finished; every random draw is keyed by (seed, epoch, step), so the rest replays exactly.
+    let mut done = 0;
+    if checkpoints.resume
+        && let Some(saved) = checkpoints.load(options)?
+    {
+        done = saved.state.epochs_done;
+        history = saved.state.history;
+        group_lrs = saved.state.group_lrs;
+        global_step = saved.state.global_step;
+        model = model.load_record(saved.model);
+        optimizer = optimizer.load_record(saved.optimizer);
+        let best_model = new_model(
+            model.net.clone().valid(),
+            &top_as_head(&model.top),
+            options.dropout,
+            &crate::backend::device(),
+        )
+        .load_record(saved.best);
+        best = Some((
+            saved.state.best_loss,
+            saved.state.best_epoch,
+            best_model.valid(),
+        ));
+    }
     for (s, stage) in stages.iter().enumerate() {
         model.net = set_trainable(model.net, groups, &stage.trainable, options.bn_mode);
         stage_starts.push(epoch + 1);
@@ -435,6 +461,13 @@ pub fn finetune(
         let mut step = 0;
         for _ in 0..stage.epochs {
             epoch += 1;
+            if epoch <= done {
+                step += steps_per_epoch;
+                continue;
+            }
+            if checkpoints.stop_after.is_some_and(|n| epoch > n) {
+                break;
+            }
             let mut order: Vec<usize> = (0..train.paths.len()).collect();
             order.shuffle(&mut ChaCha8Rng::seed_from_u64(
                 options.seed ^ ((epoch as u64) << 40),
@@ -501,19 +534,164 @@ pub fn finetune(
                     .map(|s| s / steps_in_epoch.max(1) as f64)
                     .collect(),
             );
-            if best.as_ref().is_none_or(|(l, _, _)| val_loss < *l) || val.paths.is_empty() {
+            let improved = best.as_ref().is_none_or(|(l, _, _)| val_loss < *l);
+            if improved || val.paths.is_empty() {
                 best = Some((val_loss, epoch, eval));
+            }
+            if let Some((best_loss, best_epoch, best_model)) = &best {
+                checkpoints.save(
+                    &model,
+                    &optimizer,
+                    best_model,
+                    &CheckpointState {
+                        options: options.clone(),
+                        epochs_done: epoch,
+                        global_step,
+                        best_epoch: *best_epoch,
+                        best_loss: *best_loss,
+                        history: history.clone(),
+                        group_lrs: group_lrs.clone(),
+                    },
+                )?;
             }
         }
     }
     let (_, best_epoch, best_model) = best.unwrap_or_else(|| (f64::NAN, 0, model.valid()));
-    FinetuneResult {
+    Ok(FinetuneResult {
         head: top_as_head(&best_model.top),
         net: best_model.net,
         history,
         group_lrs,
         best_epoch,
         stage_starts,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{}: {problem}", path.display())]
+    Invalid { path: PathBuf, problem: String },
+}
+
+/// What a checkpoint holds besides tensors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointState {
+    /// Resuming with other options would not replay the same run.
+    pub options: FinetuneOptions,
+    pub epochs_done: usize,
+    pub global_step: u64,
+    pub best_epoch: usize,
+    pub best_loss: f64,
+    pub history: Vec<EpochRecord>,
+    pub group_lrs: Vec<Vec<f64>>,
+}
+
+struct Saved {
+    state: CheckpointState,
+    model: burn::store::ModuleRecord,
+    optimizer: burn::optim::OptimizerRecord,
+    best: burn::store::ModuleRecord,
+}
+
+/// Where checkpoints go (`None`: nowhere) and whether to continue from the last one. After
+/// every epoch the model, the optimizer state and the best model so far are written under
+/// names carrying the epoch, then `state.json` (the commit point) is replaced atomically, then
+/// the previous epoch's files are removed: a kill at any moment leaves a whole checkpoint.
+#[derive(Debug, Clone, Default)]
+pub struct Checkpoints {
+    pub dir: Option<PathBuf>,
+    pub resume: bool,
+    /// Stop after this many epochs in all (tests use it to stand in for an interruption).
+    pub stop_after: Option<usize>,
+}
+
+const STATE_FILE: &str = "state.json";
+
+impl Checkpoints {
+    fn invalid(path: &Path, problem: impl ToString) -> CheckpointError {
+        CheckpointError::Invalid {
+            path: path.to_path_buf(),
+            problem: problem.to_string(),
+        }
+    }
+
+    fn files(dir: &Path, epoch: usize) -> [PathBuf; 3] {
+        [
+            dir.join(format!("model-{epoch}.bpk")),
+            dir.join(format!("optimizer-{epoch}.bin")),
+            dir.join(format!("best-{epoch}.bpk")),
+        ]
+    }
+
+    fn save(
+        &self,
+        model: &FinetuneModel,
+        optimizer: &ModuleOptimizer,
+        best: &FinetuneModel,
+        state: &CheckpointState,
+    ) -> Result<(), CheckpointError> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(dir).map_err(|e| Self::invalid(dir, e))?;
+        let [model_file, optimizer_file, best_file] = Self::files(dir, state.epochs_done);
+        model
+            .clone()
+            .save_file(&model_file)
+            .map_err(|e| Self::invalid(&model_file, e))?;
+        best.clone()
+            .save_file(&best_file)
+            .map_err(|e| Self::invalid(&best_file, e))?;
+        let bytes = optimizer
+            .into_bytes()
+            .map_err(|e| Self::invalid(&optimizer_file, e))?;
+        crate::util::write_atomic(&optimizer_file, &bytes)
+            .map_err(|e| Self::invalid(&optimizer_file, e))?;
+        let state_path = dir.join(STATE_FILE);
+        let text = serde_json::to_string_pretty(state).expect("plain data serialises");
+        crate::util::write_atomic(&state_path, text.as_bytes())
+            .map_err(|e| Self::invalid(&state_path, e))?;
+        if state.epochs_done > 1 {
+            for old in Self::files(dir, state.epochs_done - 1) {
+                let _ = std::fs::remove_file(old);
+            }
+        }
+        Ok(())
+    }
+
+    /// The last checkpoint, if there is one.
+    fn load(&self, options: &FinetuneOptions) -> Result<Option<Saved>, CheckpointError> {
+        let Some(dir) = &self.dir else {
+            return Ok(None);
+        };
+        let state_path = dir.join(STATE_FILE);
+        let Ok(text) = std::fs::read_to_string(&state_path) else {
+            return Ok(None);
+        };
+        let state: CheckpointState =
+            serde_json::from_str(&text).map_err(|e| Self::invalid(&state_path, e))?;
+        if &state.options != options {
+            return Err(Self::invalid(
+                &state_path,
+                "the checkpoint was made with other fine-tuning options; rerun with the same ones",
+            ));
+        }
+        let [model_file, optimizer_file, best_file] = Self::files(dir, state.epochs_done);
+        let model = burn::store::ModuleRecord::load(&model_file)
+            .map_err(|e| Self::invalid(&model_file, e))?;
+        let best = burn::store::ModuleRecord::load(&best_file)
+            .map_err(|e| Self::invalid(&best_file, e))?;
+        let bytes =
+            std::fs::read(&optimizer_file).map_err(|e| Self::invalid(&optimizer_file, e))?;
+        let optimizer =
+            burn::optim::OptimizerRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+                .map_err(|e| Self::invalid(&optimizer_file, e))?;
+        Ok(Some(Saved {
+            state,
+            model,
+            optimizer,
+            best,
+        }))
     }
 }
 
@@ -625,6 +803,23 @@ mod tests {
         assert!(
             values(model.net.head.weight.val()) != head,
             "trainable head conv did not"
+        );
+    }
+
+    #[test]
+    fn with_every_group_trainable_the_stem_moves_too() {
+        let trainable: Vec<usize> = (0..GROUPS).collect();
+        let (model, device) = model(&trainable, BnMode::Frozen);
+        let stem = values(model.net.stem.weight.val());
+        let depthwise = values(model.net.blocks[0].depthwise.weight.val());
+        let model = step(model, &device, &trainable, &[1e-2; GROUPS + 1]);
+        assert!(
+            values(model.net.stem.weight.val()) != stem,
+            "stem did not train"
+        );
+        assert!(
+            values(model.net.blocks[0].depthwise.weight.val()) != depthwise,
+            "first depthwise conv did not train"
         );
     }
 
