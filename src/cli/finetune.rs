@@ -69,6 +69,7 @@ fn options(args: &TrainArgs) -> FinetuneOptions {
         label_smoothing: args.label_smoothing,
         seed: args.split.seed,
         head_epochs: args.epochs,
+        patience: args.patience,
     }
 }
 

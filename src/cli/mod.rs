@@ -40,7 +40,7 @@ pub enum Command {
     Predict(predict::PredictArgs),
     /// Run the frozen backbone over a labelled folder once and cache the pooled features.
     Extract(extract::ExtractArgs),
-    /// Train a new top on a labelled folder: a dense head or classical ML on cached features.
+    /// Train on a labelled folder: a new head or classical ML on cached features, or fine-tuning.
     Train(train::TrainArgs),
     /// LR range test for a new head: loss against an exponentially growing learning rate.
     LrFind(lr_find::LrFindArgs),

@@ -1,4 +1,5 @@
-//! `graft train`: a new top on the frozen backbone's cached features (recipe 2).
+//! `graft train`: a new top on the frozen backbone's cached features (recipe 2); fine-tuning
+//! (recipe 3) is in `finetune.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -37,8 +38,9 @@ pub struct TrainArgs {
     #[arg(value_name = "DATA")]
     pub data: PathBuf,
 
-    /// What to fit on the frozen backbone's pooled features. Features are extracted once and
-    /// cached, so trying another recipe costs no extraction.
+    /// What to train. The first four fit a new top on the frozen backbone's pooled features,
+    /// extracted once and cached, so trying another costs no extraction; finetune also trains
+    /// the backbone.
     #[arg(long, value_enum, default_value_t = Recipe::Head)]
     pub recipe: Recipe,
 
@@ -82,8 +84,8 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = ClassWeights::None)]
     pub class_weights: ClassWeights,
 
-    /// [head] Stop after this many epochs without a lower validation loss; the best epoch's
-    /// weights are kept.
+    /// [head, finetune] Stop after this many epochs without a lower validation loss; the best
+    /// epoch's weights are kept.
     #[arg(long, default_value_t = 10)]
     pub patience: usize,
 

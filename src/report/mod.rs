@@ -55,7 +55,18 @@ pub fn write_report(dir: &Path) -> Result<PathBuf, ReportError> {
     // Older or foreign run directories may lack predictions: the report then has no mistakes.
     let predictions = run::load_predictions(dir).unwrap_or_default();
     let evaluations = evaluations(dir);
-    let html = render(&card, &metrics, &history, &predictions, &evaluations)?;
+    // Fine-tuning runs save their plan; other recipes have none.
+    let plan: Option<serde_json::Value> = std::fs::read_to_string(dir.join("plan.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let html = render(
+        &card,
+        &metrics,
+        &history,
+        &predictions,
+        &evaluations,
+        plan.as_ref(),
+    )?;
     let path = dir.join(REPORT_FILE);
     crate::util::write_atomic(&path, html.as_bytes()).map_err(|source| ReportError::Io {
         path: path.clone(),
@@ -144,6 +155,7 @@ fn render(
     history: &[EpochRecord],
     predictions: &[PredictionRecord],
     evaluations: &[(String, Evaluation)],
+    plan: Option<&serde_json::Value>,
 ) -> Result<String, ReportError> {
     let mut body = String::new();
     let w = &mut body;
@@ -207,7 +219,9 @@ fn render(
         r#"<h3>Hyper-parameters</h3><table id="hyperparameters">"#
     );
     if let Some(map) = card.hyperparameters.as_object() {
-        for (key, value) in map {
+        // Per-epoch records drawn below, not settings.
+        let records = ["group_learning_rates", "stage_starts"];
+        for (key, value) in map.iter().filter(|(k, _)| !records.contains(&k.as_str())) {
             let _ = write!(
                 w,
                 "<tr><th>{}</th><td>{}</td></tr>",
@@ -217,6 +231,51 @@ fn render(
         }
     }
     let _ = write!(w, "</table>");
+
+    if let Some(plan) = plan {
+        let _ = write!(
+            w,
+            r#"<h3>Plan</h3><p>{}</p><table id="plan"><tr><th>stage</th><th>epochs</th><th>trains</th><th>peak learning rates</th><th>trainable / frozen parameters</th></tr>"#,
+            escape(&format!(
+                "head round of {} epochs on cached features; BatchNorm {}; augmentation {}; {} schedule; batch {}",
+                plan["head_round_epochs"],
+                plan["bn_mode"].as_str().unwrap_or("?"),
+                plan["augment"].as_str().unwrap_or("?"),
+                plan["schedule"].as_str().unwrap_or("?"),
+                plan["batch_size"]
+            ))
+        );
+        for stage in plan["stages"].as_array().into_iter().flatten() {
+            let groups: Vec<&str> = stage["trainable_groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|g| g.as_str())
+                .collect();
+            let lrs: Vec<String> = stage["learning_rates"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| Some((p.get(0)?.as_str()?, p.get(1)?.as_f64()?)))
+                .filter(|(_, lr)| *lr > 0.0)
+                .map(|(g, lr)| format!("{g} {lr:.1e}"))
+                .collect();
+            let first = stage["first_epoch"].as_u64().unwrap_or(0);
+            let epochs = stage["epochs"].as_u64().unwrap_or(0);
+            let _ = write!(
+                w,
+                "<tr><td>{}</td><td>{}-{}</td><td>{} + top</td><td>{}</td><td>{} / {}</td></tr>",
+                escape(stage["name"].as_str().unwrap_or("")),
+                first,
+                first + epochs.saturating_sub(1),
+                escape(&groups.join(", ")),
+                escape(&lrs.join(", ")),
+                stage["trainable_params"],
+                stage["non_trainable_params"]
+            );
+        }
+        let _ = write!(w, "</table>");
+    }
 
     let _ = write!(w, "<h2>Training curves</h2>");
     // Fine-tuning runs record where each unfreezing stage began and every group's rate.

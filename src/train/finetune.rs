@@ -67,6 +67,9 @@ pub struct FinetuneOptions {
     pub seed: u64,
     /// Epochs of the head round on cached features before unfreezing (0 = none).
     pub head_epochs: usize,
+    /// Stop after this many epochs without a lower validation loss (the best weights are kept
+    /// either way).
+    pub patience: usize,
 }
 
 impl Default for FinetuneOptions {
@@ -87,6 +90,7 @@ impl Default for FinetuneOptions {
             label_smoothing: 0.1,
             seed: 0,
             head_epochs: 100,
+            patience: 10,
         }
     }
 }
@@ -453,7 +457,7 @@ pub fn finetune(
             best_model.valid(),
         ));
     }
-    for (s, stage) in stages.iter().enumerate() {
+    'stages: for (s, stage) in stages.iter().enumerate() {
         model.net = set_trainable(model.net, groups, &stage.trainable, options.bn_mode);
         stage_starts.push(epoch + 1);
         let total = stage.epochs * steps_per_epoch;
@@ -465,8 +469,11 @@ pub fn finetune(
                 step += steps_per_epoch;
                 continue;
             }
-            if checkpoints.stop_after.is_some_and(|n| epoch > n) {
-                break;
+            let stalled = best
+                .as_ref()
+                .is_some_and(|(_, at, _)| epoch - at > options.patience);
+            if checkpoints.stop_after.is_some_and(|n| epoch > n) || stalled {
+                break 'stages;
             }
             let mut order: Vec<usize> = (0..train.paths.len()).collect();
             order.shuffle(&mut ChaCha8Rng::seed_from_u64(
@@ -556,6 +563,8 @@ pub fn finetune(
             }
         }
     }
+    // A stage that an early stop skipped entirely never started.
+    stage_starts.retain(|&start| start <= history.len());
     let (_, best_epoch, best_model) = best.unwrap_or_else(|| (f64::NAN, 0, model.valid()));
     Ok(FinetuneResult {
         head: top_as_head(&best_model.top),
