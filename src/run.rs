@@ -31,6 +31,7 @@ pub const PREDICTIONS_FILE: &str = "predictions.json";
 /// The model's verdict on one validation image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PredictionRecord {
+    #[serde(serialize_with = "crate::util::lossy_path")]
     pub path: PathBuf,
     pub truth: String,
     pub predicted: String,
@@ -64,6 +65,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataRecord {
     /// The DATA argument as given.
+    #[serde(serialize_with = "crate::util::lossy_path")]
     pub source: PathBuf,
     /// `folders` (the dataset's own train/val) or `stratified`.
     pub split: String,

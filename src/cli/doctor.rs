@@ -135,8 +135,8 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
     let findings = sorted(findings);
     if args.json {
         let report = serde_json::json!({
-            "data": args.data,
-            "model": args.model,
+            "data": args.data.to_string_lossy(),
+            "model": args.model.as_ref().map(|m| m.to_string_lossy()),
             "images": paths.len(),
             "classes": data.classes,
             "findings": findings,

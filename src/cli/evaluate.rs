@@ -124,7 +124,7 @@ pub fn run(args: EvaluateArgs) -> Result<ExitCode> {
         model.dir.join(format!("evaluate-{name}-{split}.json"))
     });
     let report = serde_json::json!({
-        "data": args.data,
+        "data": args.data.to_string_lossy(),
         "split": format!("{:?}", args.split).to_lowercase(),
         "metrics": metrics,
         "tta": tta.as_ref().map(|m| serde_json::json!({

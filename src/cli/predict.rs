@@ -138,11 +138,11 @@ fn to_json(model: &str, results: &[Classified]) -> serde_json::Value {
         .iter()
         .map(|c| match &c.result {
             Ok(predictions) => serde_json::json!({
-                "path": c.path,
+                "path": c.path.to_string_lossy(),
                 "predictions": predictions,
             }),
             Err(e) => serde_json::json!({
-                "path": c.path,
+                "path": c.path.to_string_lossy(),
                 "error": e.reason,
             }),
         })

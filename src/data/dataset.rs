@@ -189,12 +189,44 @@ fn collect_images(
     out: &mut Vec<PathBuf>,
     skipped: &mut Skipped,
 ) -> Result<(), DatasetError> {
+    let mut visited = std::collections::HashSet::new();
+    collect_images_once(dir, out, skipped, &mut visited)
+}
+
+/// `visited` holds the real paths of the folders already listed: a symlink back to a parent
+/// folder would otherwise recurse forever.
+fn collect_images_once(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    skipped: &mut Skipped,
+    visited: &mut std::collections::HashSet<PathBuf>,
+) -> Result<(), DatasetError> {
+    let real = dir.canonicalize().map_err(io_err(dir))?;
+    if visited.is_empty() {
+        // The class folder's parent (the dataset root) bounds what symlinks may lead into.
+        visited.insert(real.parent().unwrap_or(&real).to_path_buf());
+    }
+    if !visited.insert(real) {
+        return Ok(());
+    }
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let path = entry.map_err(io_err(dir))?.path();
         if is_hidden(&path) {
             skipped.hidden += 1;
         } else if path.is_dir() {
-            collect_images(&path, out, skipped)?;
+            // A folder symlink back into the dataset or above it would list images twice, or
+            // under another class's label, or forever.
+            let is_link =
+                std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+            let target = path.canonicalize().ok();
+            let loops = target
+                .as_ref()
+                .is_none_or(|t| visited.iter().any(|v| v.starts_with(t) || t.starts_with(v)));
+            if is_link && loops {
+                skipped.not_image += 1;
+                continue;
+            }
+            collect_images_once(&path, out, skipped, visited)?;
         } else if is_image_name(&path) {
             out.push(path);
         } else {

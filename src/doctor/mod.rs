@@ -42,6 +42,7 @@ pub struct Finding {
     /// What to do about it.
     pub action: String,
     /// The files concerned (for leakage: the validation files).
+    #[serde(serialize_with = "crate::util::lossy_paths")]
     pub files: Vec<PathBuf>,
     /// One line per file or pair, for people.
     pub details: Vec<String>,

@@ -121,14 +121,32 @@ pub fn extract(
         }
         progress(chunk.len());
     }
-    // Files that failed to decode have no row: drop their keys (and any duplicate's).
+    // Files that failed to decode have no row. A byte-identical copy of one was counted as
+    // reused when it was queued; it fails the same way and is reported under its own name.
     let failed: HashSet<&std::path::Path> =
         summary.skipped.iter().map(|e| e.path.as_path()).collect();
+    let mut copies = Vec::new();
     for (path, key) in paths.iter().zip(summary.keys.iter_mut()) {
-        if failed.contains(path.as_path()) || key.as_ref().is_some_and(|k| !cache.contains(k)) {
+        let missing = key.as_ref().is_some_and(|k| !cache.contains(k));
+        if missing && !failed.contains(path.as_path()) {
+            let twin = todo
+                .iter()
+                .find(|(_, k)| Some(k) == key.as_ref())
+                .and_then(|(p, _)| summary.skipped.iter().find(|e| &e.path == p));
+            copies.push(DecodeError {
+                path: path.clone(),
+                reason: twin.map_or_else(
+                    || "could not be decoded".to_string(),
+                    |t| format!("{} (same content as {})", t.reason, t.path.display()),
+                ),
+            });
+        }
+        if missing || failed.contains(path.as_path()) {
             *key = None;
         }
     }
+    summary.reused -= copies.len();
+    summary.skipped.extend(copies);
     Ok(summary)
 }
 
