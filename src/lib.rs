@@ -12,6 +12,7 @@ pub mod doctor;
 pub mod features;
 pub mod head;
 pub mod infer;
+pub mod interrupt;
 pub mod labels;
 pub mod metrics;
 pub mod report;

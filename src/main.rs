@@ -17,8 +17,15 @@ fn main() -> ExitCode {
             eprintln!("warning: cannot set --threads {threads}: {e}");
         }
     }
+    if let Err(e) = graft::interrupt::install() {
+        eprintln!("warning: Ctrl-C will not stop cleanly: {e}");
+    }
     match cli::run(args.command) {
         Ok(code) => code,
+        Err(e) if e.downcast_ref::<graft::interrupt::Interrupted>().is_some() => {
+            eprintln!("{e}");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

@@ -161,3 +161,33 @@ fn a_corrupted_shard_is_set_aside_and_recomputed() {
     assert!(stdout.contains("extracted 8, reused 72"), "{stdout}");
     assert!(rows(&cache).values().all(|(count, _)| *count == 1));
 }
+
+#[test]
+fn ctrl_c_stops_after_the_current_batch_and_the_rerun_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_flowers(dir.path());
+    let cache = dir.path().join("cache");
+    let child = extract_cmd(&data, &cache)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while shards(&cache).len() < 2 && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: plain signal to a child we own.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted:"), "{stderr}");
+    let partial = rows(&cache).len();
+    assert!(partial > 0 && partial < 80, "stopped with {partial} rows");
+    let resumed = run_ok(extract_cmd(&data, &cache));
+    assert!(
+        resumed.contains(&format!("extracted {}, reused {partial}", 80 - partial)),
+        "{resumed}"
+    );
+    assert!(rows(&cache).values().all(|(count, _)| *count == 1));
+}

@@ -57,6 +57,14 @@ pub fn run(args: ExtractArgs) -> Result<ExitCode> {
     for e in &summary.skipped {
         eprintln!("error: {e}");
     }
+    if summary.interrupted {
+        return Err(graft::interrupt::Interrupted(format!(
+            "{} rows are safely in {}; run the same command again to extract the rest",
+            cache.len(),
+            cache.dir().display()
+        ))
+        .into());
+    }
     println!(
         "{} images: extracted {}, reused {}, skipped {} ({} rows in {})",
         paths.len(),

@@ -111,6 +111,15 @@ pub fn features_of(
             DecodeLimits::default(),
             |n| bar.inc(n as u64),
         )?;
+        if summary.interrupted {
+            bar.finish_and_clear();
+            return Err(graft::interrupt::Interrupted(format!(
+                "{} feature rows are safely in {}; run the same command again to continue",
+                cache.len(),
+                cache.dir().display()
+            ))
+            .into());
+        }
         matrices.push(matrix);
         all.extracted += summary.extracted;
         all.reused += summary.reused;

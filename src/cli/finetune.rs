@@ -182,6 +182,9 @@ pub fn run(args: &TrainArgs, data: &Dataset) -> Result<ExitCode> {
     let train = matrices.pop().expect("two groups");
     let classes = &data.classes;
     let head_round = train_dense(&train, &val, classes.len(), &args.dense_options(), |_| {});
+    if head_round.history.is_empty() || head_round.best_epoch == 0 {
+        anyhow::bail!("the head round's loss diverged in its first epoch: lower --lr");
+    }
     let head_epochs = head_round.best_epoch;
     eprintln!(
         "head round: {} epochs, kept epoch {} (validation accuracy {:.4})",
@@ -260,7 +263,17 @@ pub fn run(args: &TrainArgs, data: &Dataset) -> Result<ExitCode> {
         },
     );
     bar.finish_and_clear();
-    let result = result?;
+    let result = match result {
+        Err(graft::train::finetune::CheckpointError::Interrupted { epochs_done }) => {
+            return Err(graft::interrupt::Interrupted(format!(
+                "{epochs_done} epochs are checkpointed in {}; continue with `--resume {}` and the same options",
+                dir.join(CHECKPOINT_DIR).display(),
+                dir.display()
+            ))
+            .into());
+        }
+        other => other?,
+    };
 
     // 4. Save: backbone in checkpoint layout, top, card; then score through the saved model.
     save_safetensors(&result.net, info.layout, &dir.join(BACKBONE_FILE))

@@ -251,6 +251,16 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
                 bar.inc(1);
             });
             bar.finish_and_clear();
+            if let Some(epoch) = result.diverged_at {
+                eprintln!(
+                    "warning: the loss became NaN or infinite in epoch {epoch}; training stopped \
+                     there and kept the best earlier epoch. Lower --lr (now {:e}).",
+                    args.lr
+                );
+                if result.history.is_empty() {
+                    bail!("no epoch finished before the loss diverged: lower --lr");
+                }
+            }
             eprintln!(
                 "trained {} epochs, kept epoch {} (lowest validation loss)",
                 result.history.len(),

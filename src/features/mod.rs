@@ -21,6 +21,8 @@ pub struct ExtractSummary {
     pub skipped: Vec<DecodeError>,
     /// The cache key of each input path, in input order; `None` for skipped files.
     pub keys: Vec<Option<String>>,
+    /// Stopped early on Ctrl-C: every committed batch is in the cache, the rest is not.
+    pub interrupted: bool,
 }
 
 /// Pooled features of labelled images, one row per image that could be read.
@@ -96,6 +98,10 @@ pub fn extract(
     let device = backbone.device();
     let dim = backbone.config.feature_dim;
     for chunk in todo.chunks(batch_size.max(1)) {
+        if crate::interrupt::requested() {
+            summary.interrupted = true;
+            break;
+        }
         let chunk_paths: Vec<PathBuf> = chunk.iter().map(|(p, _)| p.clone()).collect();
         let decoded = load_images(&chunk_paths, &backbone.config, limits);
         let mut keys = Vec::new();
@@ -128,7 +134,7 @@ pub fn extract(
     let mut copies = Vec::new();
     for (path, key) in paths.iter().zip(summary.keys.iter_mut()) {
         let missing = key.as_ref().is_some_and(|k| !cache.contains(k));
-        if missing && !failed.contains(path.as_path()) {
+        if missing && !failed.contains(path.as_path()) && !summary.interrupted {
             let twin = todo
                 .iter()
                 .find(|(_, k)| Some(k) == key.as_ref())

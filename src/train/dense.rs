@@ -53,6 +53,9 @@ pub struct DenseResult {
     pub history: Vec<EpochRecord>,
     /// 1-based epoch whose weights were kept.
     pub best_epoch: usize,
+    /// The epoch whose loss became NaN or infinite, when one did (training stopped there and
+    /// kept the best earlier weights).
+    pub diverged_at: Option<usize>,
 }
 
 /// Train on `train`, early-stopping on the loss of `val` (no early stopping when `val` is
@@ -86,7 +89,8 @@ pub fn train_dense(
     let mut history = Vec::new();
     let mut best: Option<(f64, usize, Head)> = None;
 
-    for epoch in 1..=options.epochs {
+    let mut diverged_at = None;
+    'epochs: for epoch in 1..=options.epochs {
         order.shuffle(&mut rng);
         let (mut loss_sum, mut correct) = (0.0f64, 0usize);
         for batch in order.chunks(options.batch_size.max(1)) {
@@ -106,7 +110,12 @@ pub fn train_dense(
             let y = Tensor::<1, Int>::from_data(TensorData::new(targets, [batch.len()]), &device);
             let logits = layer.forward(x);
             let loss = loss_fn.forward(logits.clone(), y);
-            loss_sum += loss.clone().into_scalar::<f32>() as f64 * batch.len() as f64;
+            let loss_value = loss.clone().into_scalar::<f32>() as f64;
+            if !loss_value.is_finite() {
+                diverged_at = Some(epoch);
+                break 'epochs;
+            }
+            loss_sum += loss_value * batch.len() as f64;
             let logits: Vec<f32> = logits
                 .into_data()
                 .try_to_vec::<f32>()
@@ -143,6 +152,7 @@ pub fn train_dense(
     }
     let (_, best_epoch, head) = best.unwrap_or_else(|| (f64::NAN, 0, export(&layer, dim, classes)));
     DenseResult {
+        diverged_at,
         head,
         history,
         best_epoch,

@@ -518,6 +518,17 @@ pub fn finetune(
                 step += 1;
                 global_step += 1;
                 on_step(batch.len(), loss_value);
+                if !loss_value.is_finite() {
+                    return Err(CheckpointError::Diverged {
+                        epoch,
+                        epochs_done: epoch - 1,
+                    });
+                }
+                if crate::interrupt::requested() {
+                    return Err(CheckpointError::Interrupted {
+                        epochs_done: epoch - 1,
+                    });
+                }
             }
             let eval = model.valid();
             let (val_loss, val_accuracy) = validate(&eval, val, &config, 32);
@@ -578,6 +589,16 @@ pub fn finetune(
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
+    #[error(
+        "stopped on request during epoch {}; the checkpoint of epoch {epochs_done} is kept",
+        epochs_done + 1
+    )]
+    Interrupted { epochs_done: usize },
+    #[error(
+        "the loss became NaN or infinite in epoch {epoch}: the learning rate is too high for \
+         these weights; lower --lr / --backbone-lr (the checkpoint of epoch {epochs_done} is kept)"
+    )]
+    Diverged { epoch: usize, epochs_done: usize },
     #[error("{}: {problem}", path.display())]
     Invalid { path: PathBuf, problem: String },
 }
