@@ -244,3 +244,71 @@ fn resume_from_a_checkpoint_equals_an_uninterrupted_run() {
         "resumed weights differ"
     );
 }
+
+/// `kill -9` at random moments of a fine-tuning run, each time followed by `--resume`: the
+/// run always continues and ends with the weights of a run that was never interrupted.
+#[test]
+fn sigkill_at_random_points_then_resume_gives_the_uninterrupted_result() {
+    use rand::{Rng, SeedableRng};
+    use std::time::{Duration, Instant};
+
+    store_weights("efficientnet-lite0");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("flowers");
+    small_flowers(&data);
+    let cache = dir.path().join("cache");
+    let reference = dir.path().join("reference");
+    let started = Instant::now();
+    finetune(&data, &cache, &reference);
+    let full = started.elapsed();
+    let run = dir.path().join("killed");
+    let command = |resume: bool| {
+        let mut cmd = graft();
+        cmd.args([
+            "train",
+            "--recipe",
+            "finetune",
+            "--stages",
+            "2",
+            "--epochs-per-stage",
+            "1",
+        ])
+        .arg("--cache-dir")
+        .arg(&cache);
+        if resume {
+            cmd.arg("--resume").arg(&run);
+        } else {
+            cmd.arg("--out").arg(&run);
+        }
+        cmd.arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    for attempt in 0..5 {
+        let mut child = command(attempt > 0).spawn().unwrap();
+        let wait = full.mul_f64(rng.random_range(0.2..0.9));
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill(); // SIGKILL; harmless if it already finished
+        child.wait().unwrap();
+    }
+    let out = command(true).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read(run.join("backbone.safetensors")).unwrap()
+            == std::fs::read(reference.join("backbone.safetensors")).unwrap(),
+        "the killed-and-resumed run fine-tuned different weights"
+    );
+    assert_eq!(
+        std::fs::read(run.join("head.safetensors")).unwrap(),
+        std::fs::read(reference.join("head.safetensors")).unwrap()
+    );
+}

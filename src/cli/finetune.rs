@@ -215,7 +215,11 @@ pub fn run(args: &TrainArgs, data: &Dataset) -> Result<ExitCode> {
         stop_after: None,
     };
     if checkpoints.resume && !dir.join(CHECKPOINT_DIR).join("state.json").is_file() {
-        anyhow::bail!("{}: no checkpoint to resume from", dir.display());
+        // Killed before its first epoch ended: nothing to lose, start over.
+        eprintln!(
+            "{}: no finished epoch to resume from; starting the fine-tuning from the beginning",
+            dir.display()
+        );
     }
     std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
     graft::util::write_atomic(
