@@ -73,6 +73,30 @@ impl Head {
         }
     }
 
+    /// A burn dense layer as a linear head (burn keeps the weight `[dim, classes]`; heads keep
+    /// `[classes, dim]`).
+    pub fn from_linear(layer: &burn::nn::Linear) -> Self {
+        let [dim, classes] = layer.weight.dims();
+        let w: Vec<f32> = layer
+            .weight
+            .val()
+            .into_data()
+            .try_into_vec()
+            .expect("weights are f32");
+        let mut weight = vec![0.0; classes * dim];
+        for d in 0..dim {
+            for c in 0..classes {
+                weight[c * dim + d] = w[d * classes + c];
+            }
+        }
+        let bias = layer
+            .bias
+            .as_ref()
+            .map(|b| b.val().into_data().try_into_vec().expect("bias is f32"))
+            .unwrap_or_else(|| vec![0.0; classes]);
+        Head::Linear { weight, bias }
+    }
+
     pub fn save(&self, path: &Path) -> Result<(), HeadError> {
         let f32_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
         let (tensors, metadata): (Vec<NamedTensor>, _) = match self {

@@ -75,6 +75,31 @@ pub struct DataRecord {
     pub val_images: usize,
 }
 
+impl DataRecord {
+    /// The record of a training on `source` split as `split`.
+    pub fn new(
+        source: &Path,
+        split: &crate::data::dataset::SplitSource,
+        seed: u64,
+        train_images: usize,
+        val_images: usize,
+    ) -> Self {
+        use crate::data::dataset::SplitSource;
+        let (name, val_fraction) = match split {
+            SplitSource::Folders => ("folders", 0.0),
+            SplitSource::Stratified { val_fraction, .. } => ("stratified", *val_fraction),
+        };
+        Self {
+            source: source.to_path_buf(),
+            split: name.into(),
+            val_fraction,
+            seed,
+            train_images,
+            val_images,
+        }
+    }
+}
+
 /// `model.json`: what a trained model is and how it was made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelCard {

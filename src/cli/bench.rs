@@ -65,34 +65,15 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     }
     let wall = t0.elapsed().as_secs_f64();
     let cpu = process_cpu_seconds() - cpu0;
-    let images = (args.iters * args.batch_size) as f64;
-    let result = serde_json::json!({
-        "tool": "graft",
-        "backend": graft::backend::name(),
-        "what": "forward",
-        "backbone": backbone.config.name,
-        "batch_size": args.batch_size,
-        "resolution": r,
-        "threads": rayon::current_num_threads(),
-        "images_per_sec": images / wall,
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "cpu_over_wall": cpu / wall,
-        "peak_rss_mb": peak_rss_bytes() as f64 / 1e6,
-    });
-    if args.json {
-        println!("{result}");
-    } else {
-        println!(
-            "graft {} forward batch {} @{}px: {:.1} img/s, CPU/wall {:.2}, peak RSS {:.0} MB",
-            backbone.config.name,
-            args.batch_size,
-            r,
-            images / wall,
-            cpu / wall,
-            peak_rss_bytes() as f64 / 1e6
-        );
-    }
+    print_result(
+        &args,
+        "forward",
+        "forward",
+        &backbone.config.name,
+        r,
+        wall,
+        cpu,
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -152,33 +133,52 @@ fn train_step(args: BenchArgs) -> Result<ExitCode> {
     let wall = t0.elapsed().as_secs_f64();
     let cpu = process_cpu_seconds() - cpu0;
     drop(model);
+    print_result(
+        &args,
+        "train-step",
+        "train step (BN frozen, all layers)",
+        info.name,
+        r,
+        wall,
+        cpu,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One measurement, as a JSON line (`--json`, read by bench/) or a sentence.
+fn print_result(
+    args: &BenchArgs,
+    what: &str,
+    label: &str,
+    backbone: &str,
+    resolution: usize,
+    wall: f64,
+    cpu: f64,
+) {
     let images = (args.iters * args.batch_size) as f64;
-    let result = serde_json::json!({
-        "tool": "graft",
-        "backend": graft::backend::name(),
-        "what": "train-step",
-        "backbone": info.name,
-        "batch_size": args.batch_size,
-        "resolution": r,
-        "threads": rayon::current_num_threads(),
-        "images_per_sec": images / wall,
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "cpu_over_wall": cpu / wall,
-        "peak_rss_mb": peak_rss_bytes() as f64 / 1e6,
-    });
+    let rss_mb = peak_rss_bytes() as f64 / 1e6;
     if args.json {
+        let result = serde_json::json!({
+            "tool": "graft",
+            "backend": graft::backend::name(),
+            "what": what,
+            "backbone": backbone,
+            "batch_size": args.batch_size,
+            "resolution": resolution,
+            "threads": rayon::current_num_threads(),
+            "images_per_sec": images / wall,
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "cpu_over_wall": cpu / wall,
+            "peak_rss_mb": rss_mb,
+        });
         println!("{result}");
     } else {
         println!(
-            "graft {} train step batch {} @{}px (BN frozen, all layers): {:.1} img/s, CPU/wall {:.2}, peak RSS {:.0} MB",
-            info.name,
+            "graft {backbone} {label} batch {} @{resolution}px: {:.1} img/s, CPU/wall {:.2}, peak RSS {rss_mb:.0} MB",
             args.batch_size,
-            r,
             images / wall,
             cpu / wall,
-            peak_rss_bytes() as f64 / 1e6
         );
     }
-    Ok(ExitCode::SUCCESS)
 }

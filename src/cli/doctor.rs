@@ -13,12 +13,11 @@ use graft::doctor::images::{image_findings, probe_all};
 use graft::doctor::leakage::{leakage_findings, perceptual_hashes};
 use graft::doctor::run_checks::run_findings;
 use graft::doctor::{DoctorOptions, Severity, class_findings, render_text, sorted};
-use graft::features::content_keys;
 use graft::run::{TrainedModel, load_metrics};
 use image_hasher::ImageHash;
 
 use super::BackboneArgs;
-use super::features::{CacheArgs, SplitArgs, features_of, open_cache};
+use super::features::{CacheArgs, SplitArgs, train_val_features};
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
@@ -92,26 +91,19 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
         .map(|s| s.path.clone())
         .collect();
     let facts = probe_all(&paths, DecodeLimits::default());
-    let mut cache = open_cache(backbone, args.cache.cache_dir.as_ref())?;
-    let (mut matrices, summary) = features_of(
-        backbone,
-        &mut cache,
-        &[&data.train, &data.val],
-        args.cache.extract_batch_size,
-    )?;
-    let val = matrices.pop().expect("two groups");
-    let train = matrices.pop().expect("two groups");
+    let (train, val, summary) = train_val_features(backbone, &data, &args.cache)?;
     findings.extend(image_findings(
         &facts,
         &summary.skipped,
         backbone.config.resolution,
         &options,
     ));
+    // Content hashes from the extraction just done (train then val, as `paths`).
     let keys: HashMap<PathBuf, String> = paths
         .iter()
         .cloned()
-        .zip(content_keys(&paths))
-        .filter_map(|(p, k)| k.ok().map(|k| (p, k)))
+        .zip(summary.keys.iter().cloned())
+        .filter_map(|(p, k)| k.map(|k| (p, k)))
         .collect();
     let hashes: HashMap<PathBuf, ImageHash> = paths
         .iter()

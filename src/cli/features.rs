@@ -91,7 +91,8 @@ pub fn report_listing(data: &Dataset) {
 }
 
 /// Features of each group of samples, extracting what the cache lacks under one progress bar.
-/// Unreadable images are reported (one line each) and left out.
+/// Unreadable images are reported (one line each) and left out. The summary's keys follow the
+/// samples of all groups in order.
 pub fn features_of(
     backbone: &Backbone,
     cache: &mut FeatureCache,
@@ -124,6 +125,7 @@ pub fn features_of(
         all.extracted += summary.extracted;
         all.reused += summary.reused;
         all.skipped.extend(summary.skipped);
+        all.keys.extend(summary.keys);
     }
     bar.finish_and_clear();
     for e in &all.skipped {
@@ -136,4 +138,22 @@ pub fn features_of(
         all.skipped.len()
     );
     Ok((matrices, all))
+}
+
+/// Features of `data`'s training and validation images through `backbone`'s cache.
+pub fn train_val_features(
+    backbone: &Backbone,
+    data: &Dataset,
+    cache: &CacheArgs,
+) -> Result<(FeatureMatrix, FeatureMatrix, ExtractSummary)> {
+    let mut store = open_cache(backbone, cache.cache_dir.as_ref())?;
+    let (mut matrices, summary) = features_of(
+        backbone,
+        &mut store,
+        &[&data.train, &data.val],
+        cache.extract_batch_size,
+    )?;
+    let val = matrices.pop().expect("two groups in, two matrices out");
+    let train = matrices.pop().expect("two groups in, two matrices out");
+    Ok((train, val, summary))
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use graft::backbone::export::save_safetensors;
 use graft::backbone::summary::summarize;
 use graft::backbone::{Backbone, LoadOptions};
-use graft::data::dataset::{Dataset, SplitSource};
+use graft::data::dataset::Dataset;
 use graft::run::{self, DataRecord, ModelCard, RunMetrics, TrainedModel};
 use graft::train::Recipe;
 use graft::train::dense::train_dense;
@@ -20,7 +20,7 @@ use graft::train::finetune::{
 };
 use graft::weights::store;
 
-use super::features::{features_of, open_cache};
+use super::features::{features_of, open_cache, train_val_features};
 use super::train::{TrainArgs, data_name, predictions, score};
 
 pub const PLAN_FILE: &str = "plan.json";
@@ -171,15 +171,7 @@ pub fn run(args: &TrainArgs, data: &Dataset) -> Result<ExitCode> {
     let options = options(args);
     // 1. The head round: recipe 2 on cached features (extracted once, reused).
     let frozen = args.backbone.load(false)?;
-    let mut cache = open_cache(&frozen, args.cache.cache_dir.as_ref())?;
-    let (mut matrices, _) = features_of(
-        &frozen,
-        &mut cache,
-        &[&data.train, &data.val],
-        args.cache.extract_batch_size,
-    )?;
-    let val = matrices.pop().expect("two groups");
-    let train = matrices.pop().expect("two groups");
+    let (train, val, _) = train_val_features(&frozen, data, &args.cache)?;
     let classes = &data.classes;
     let head_round = train_dense(&train, &val, classes.len(), &args.dense_options(), |_| {});
     if head_round.history.is_empty() || head_round.best_epoch == 0 {
@@ -289,10 +281,6 @@ pub fn run(args: &TrainArgs, data: &Dataset) -> Result<ExitCode> {
         r
     }));
     let weights_id = graft::util::file_sha256(&dir.join(BACKBONE_FILE))?[..16].to_string();
-    let (split, val_fraction) = match &data.split {
-        SplitSource::Folders => ("folders", 0.0),
-        SplitSource::Stratified { val_fraction, .. } => ("stratified", *val_fraction),
-    };
     let mut hyperparameters = serde_json::to_value(&options)?;
     hyperparameters["head_epochs"] = serde_json::json!(head_round.history.len());
     hyperparameters["parent_weights_id"] = serde_json::json!(frozen.weights_id);
@@ -318,14 +306,13 @@ pub fn run(args: &TrainArgs, data: &Dataset) -> Result<ExitCode> {
         feature_dim: frozen.config.feature_dim,
         classes: classes.clone(),
         hyperparameters,
-        data: DataRecord {
-            source: args.data.clone(),
-            split: split.into(),
-            val_fraction,
-            seed: args.split.seed,
-            train_images: train.len(),
-            val_images: val.len(),
-        },
+        data: DataRecord::new(
+            &args.data,
+            &data.split,
+            args.split.seed,
+            train.len(),
+            val.len(),
+        ),
         backbone_file: Some(BACKBONE_FILE.into()),
     };
     graft::util::write_atomic(

@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use graft::data::augment::Augment;
-use graft::data::dataset::{self, SplitSource};
+use graft::data::dataset;
 use graft::features::FeatureMatrix;
 use graft::head::Head;
 use graft::metrics::{Metrics, argmax_rows};
@@ -21,7 +21,7 @@ use graft::train::schedule::Schedule;
 use graft::train::{EpochRecord, Recipe, cross_entropy};
 
 use super::BackboneArgs;
-use super::features::{CacheArgs, SplitArgs, features_of, open_cache, report_listing};
+use super::features::{CacheArgs, SplitArgs, report_listing, train_val_features};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ClassWeights {
@@ -216,15 +216,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         return super::finetune::run(&args, &data);
     }
     let backbone = args.backbone.load(false)?;
-    let mut cache = open_cache(&backbone, args.cache.cache_dir.as_ref())?;
-    let (mut matrices, _) = features_of(
-        &backbone,
-        &mut cache,
-        &[&data.train, &data.val],
-        args.cache.extract_batch_size,
-    )?;
-    let val = matrices.pop().expect("two groups");
-    let train = matrices.pop().expect("two groups");
+    let (train, val, _) = train_val_features(&backbone, &data, &args.cache)?;
     let classes = &data.classes;
     eprintln!(
         "recipe {}: {} train / {} val images, {} classes, {}-d features of {}",
@@ -290,10 +282,6 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
 
     let val_metrics = score(&head, &val, classes);
     let train_accuracy = score(&head, &train, classes).accuracy;
-    let (split, val_fraction) = match &data.split {
-        SplitSource::Folders => ("folders", 0.0),
-        SplitSource::Stratified { val_fraction, .. } => ("stratified", *val_fraction),
-    };
     let card = ModelCard {
         graft_version: env!("CARGO_PKG_VERSION").into(),
         recipe: args.recipe,
@@ -304,14 +292,13 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         feature_dim: backbone.config.feature_dim,
         classes: classes.clone(),
         hyperparameters,
-        data: DataRecord {
-            source: args.data.clone(),
-            split: split.into(),
-            val_fraction,
-            seed: args.split.seed,
-            train_images: train.len(),
-            val_images: val.len(),
-        },
+        data: DataRecord::new(
+            &args.data,
+            &data.split,
+            args.split.seed,
+            train.len(),
+            val.len(),
+        ),
         backbone_file: None,
     };
     let metrics = RunMetrics {

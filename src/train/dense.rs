@@ -128,7 +128,7 @@ pub fn train_dense(
             let grads = GradientsParams::from_grads(loss.backward(), &layer);
             layer = optimizer.step(options.learning_rate, layer, grads);
         }
-        let head = export(&layer, dim, classes);
+        let head = Head::from_linear(&layer);
         let (val_loss, val_accuracy) = evaluate(&head, val);
         let record = EpochRecord {
             epoch,
@@ -150,41 +150,13 @@ pub fn train_dense(
             break;
         }
     }
-    let (_, best_epoch, head) = best.unwrap_or_else(|| (f64::NAN, 0, export(&layer, dim, classes)));
+    let (_, best_epoch, head) = best.unwrap_or_else(|| (f64::NAN, 0, Head::from_linear(&layer)));
     DenseResult {
         diverged_at,
         head,
         history,
         best_epoch,
     }
-}
-
-/// The layer's weights as a [`Head`] (burn stores them `[dim, classes]`; heads use
-/// `[classes, dim]`).
-fn export(layer: &Linear, dim: usize, classes: usize) -> Head {
-    let w: Vec<f32> = layer
-        .weight
-        .val()
-        .into_data()
-        .try_to_vec::<f32>()
-        .expect("weights are f32");
-    let mut weight = vec![0.0; classes * dim];
-    for d in 0..dim {
-        for c in 0..classes {
-            weight[c * dim + d] = w[d * classes + c];
-        }
-    }
-    let bias = layer
-        .bias
-        .as_ref()
-        .map(|b| {
-            b.val()
-                .into_data()
-                .try_to_vec::<f32>()
-                .expect("bias is f32")
-        })
-        .unwrap_or_else(|| vec![0.0; classes]);
-    Head::Linear { weight, bias }
 }
 
 /// Mean cross-entropy and accuracy of `head` on `data` (NaN when empty).

@@ -362,24 +362,6 @@ fn validate(
     (loss / n, correct as f64 / n)
 }
 
-/// The top as a [`Head`] (burn's `[dim, classes]` transposed to `[classes, dim]`).
-pub fn top_as_head(top: &Linear) -> Head {
-    let [dim, classes] = top.weight.dims();
-    let w: Vec<f32> = top.weight.val().into_data().try_into_vec().expect("f32");
-    let mut weight = vec![0.0; classes * dim];
-    for d in 0..dim {
-        for c in 0..classes {
-            weight[c * dim + d] = w[d * classes + c];
-        }
-    }
-    let bias = top
-        .bias
-        .as_ref()
-        .map(|b| b.val().into_data().try_into_vec().expect("f32"))
-        .unwrap_or_else(|| vec![0.0; classes]);
-    Head::Linear { weight, bias }
-}
-
 /// A dense top initialised from a trained linear [`Head`].
 fn top_from_head(head: &Head, dim: usize, device: &Device) -> Linear {
     let Head::Linear { weight, bias } = head else {
@@ -446,7 +428,7 @@ pub fn finetune(
         optimizer = optimizer.load_record(saved.optimizer);
         let best_model = new_model(
             model.net.clone().valid(),
-            &top_as_head(&model.top),
+            &Head::from_linear(&model.top),
             options.dropout,
             &crate::backend::device(),
         )
@@ -578,7 +560,7 @@ pub fn finetune(
     stage_starts.retain(|&start| start <= history.len());
     let (_, best_epoch, best_model) = best.unwrap_or_else(|| (f64::NAN, 0, model.valid()));
     Ok(FinetuneResult {
-        head: top_as_head(&best_model.top),
+        head: Head::from_linear(&best_model.top),
         net: best_model.net,
         history,
         group_lrs,
