@@ -54,6 +54,14 @@ impl Head {
         }
     }
 
+    /// The length of the feature rows it takes.
+    pub fn dim(&self) -> usize {
+        match self {
+            Head::Linear { weight, bias } => weight.len() / bias.len().max(1),
+            Head::Knn { bank, labels, .. } => bank.len() / labels.len().max(1),
+        }
+    }
+
     /// Class scores `[n, classes]` (each row sums to 1) of feature rows `[n, dim]`.
     pub fn scores(&self, features: &[f32], dim: usize) -> Vec<f32> {
         match self {
@@ -82,6 +90,7 @@ impl Head {
             .val()
             .into_data()
             .try_into_vec()
+            // cannot fail: graft makes only f32 tensors (the default float dtype)
             .expect("weights are f32");
         let mut weight = vec![0.0; classes * dim];
         for d in 0..dim {
@@ -92,6 +101,7 @@ impl Head {
         let bias = layer
             .bias
             .as_ref()
+            // cannot fail: graft makes only f32 tensors
             .map(|b| b.val().into_data().try_into_vec().expect("bias is f32"))
             .unwrap_or_else(|| vec![0.0; classes]);
         Head::Linear { weight, bias }
@@ -142,17 +152,20 @@ impl Head {
                 ]),
             ),
         };
-        let views: Vec<_> = tensors
+        // A head built with inconsistent lengths (weight not `[classes, dim]`) fails here.
+        let invalid = |e: safetensors::SafeTensorError| HeadError::Invalid {
+            path: path.to_path_buf(),
+            problem: format!("cannot save the head: {e}"),
+        };
+        let views = tensors
             .iter()
             .map(|(name, dtype, shape, bytes)| {
-                (
-                    *name,
-                    safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
-                        .expect("shape matches the byte length"),
-                )
+                safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
+                    .map(|view| (*name, view))
             })
-            .collect();
-        let bytes = safetensors::serialize(views, Some(metadata)).expect("plain tensors serialise");
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        let bytes = safetensors::serialize(views, Some(metadata)).map_err(invalid)?;
         crate::util::write_atomic(path, &bytes).map_err(|source| HeadError::Io {
             path: path.to_path_buf(),
             source,
@@ -186,6 +199,7 @@ impl Head {
         let floats = |bytes: Vec<u8>| -> Vec<f32> {
             bytes
                 .chunks_exact(4)
+                // cannot fail: chunks_exact(4) yields 4-byte slices
                 .map(|c| f32::from_le_bytes(c.try_into().expect("chunks_exact(4)")))
                 .collect()
         };
@@ -198,7 +212,7 @@ impl Head {
             Some("linear") => {
                 let (w_shape, weight) = tensor("weight", Dtype::F32)?;
                 let (b_shape, bias) = tensor("bias", Dtype::F32)?;
-                if w_shape.len() != 2 || b_shape != [w_shape[0]] {
+                if w_shape.len() != 2 || b_shape != [w_shape[0]] || w_shape.contains(&0) {
                     return Err(invalid(format!(
                         "weight {w_shape:?} and bias {b_shape:?} do not fit"
                     )));
@@ -214,11 +228,16 @@ impl Head {
                 let classes = number("classes")?;
                 let labels: Vec<usize> = labels
                     .chunks_exact(8)
+                    // cannot fail: chunks_exact(8) yields 8-byte slices
                     .map(|c| i64::from_le_bytes(c.try_into().expect("chunks_exact(8)")))
                     .map(|l| usize::try_from(l).ok().filter(|&l| l < classes))
                     .collect::<Option<_>>()
                     .ok_or_else(|| invalid("a label is outside the classes".into()))?;
-                if bank_shape.len() != 2 || label_shape != [bank_shape[0]] || labels.is_empty() {
+                if bank_shape.len() != 2
+                    || label_shape != [bank_shape[0]]
+                    || labels.is_empty()
+                    || bank_shape[1] == 0
+                {
                     return Err(invalid(format!(
                         "bank {bank_shape:?} and labels {label_shape:?} do not fit"
                     )));
@@ -277,9 +296,12 @@ fn knn_scores(
     classes: usize,
     k: usize,
 ) -> Vec<f32> {
+    // Head::load checked the bank is [labels.len(), d], d > 0; TrainedModel::open that d = dim.
+    // cannot fail: the bank is [labels.len(), dim] (checked as above)
     let bank = ArrayView2::from_shape((labels.len(), dim), bank).expect("bank is [n, dim]");
     let index = CommonNearestNeighbour::LinearSearch
         .from_batch(&bank, L2Dist)
+        // cannot fail: the only error is rows of length 0, and d > 0 (see above)
         .expect("a non-empty bank builds an index");
     let queries = l2_normalized(features, dim);
     let k = k.min(labels.len());
@@ -288,6 +310,7 @@ fn knn_scores(
         let mut votes = vec![0.0f32; classes];
         let neighbours = index
             .k_nearest(ArrayView1::from(query), k)
+            // cannot fail: queries are `dim` long, the bank's row length (checked above)
             .expect("query has the bank's dimension");
         for (rank, (_, i)) in neighbours.iter().enumerate() {
             // Whole votes, plus a bonus far below one vote that favours nearer neighbours.

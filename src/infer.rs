@@ -65,16 +65,19 @@ impl Top<'_> {
         }
     }
 
-    /// Probabilities `[N, classes]` of a preprocessed batch.
+    /// Probabilities `[N, classes]` of a preprocessed batch. `Top::ImageNet` needs a backbone
+    /// loaded with its top (`include_top`).
     pub fn probabilities(&self, backbone: &Backbone, batch: Tensor<4>) -> Vec<f32> {
         match self {
             Top::ImageNet => {
                 let logits = backbone
                     .logits(batch)
+                    // cannot fail: Top::ImageNet only comes with a backbone loaded with its top
                     .expect("ImageNet top-k needs a backbone loaded with its top");
                 softmax(logits, 1)
                     .into_data()
                     .try_into_vec::<f32>()
+                    // cannot fail: graft makes only f32 tensors (the default float dtype)
                     .expect("softmax output is f32")
             }
             Top::Trained { head, .. } => {
@@ -82,6 +85,7 @@ impl Top<'_> {
                     .features(batch)
                     .into_data()
                     .try_into_vec::<f32>()
+                    // cannot fail: graft makes only f32 tensors (the default float dtype)
                     .expect("features are f32");
                 head.scores(&features, backbone.config.feature_dim)
             }

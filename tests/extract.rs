@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,6 +12,11 @@ use safetensors::SafeTensors;
 
 /// 2 classes x 40 flower photos, copied into a fresh folder.
 fn small_flowers(dir: &Path) -> PathBuf {
+    flowers(dir, 40)
+}
+
+/// 2 classes x `per_class` flower photos, copied into a fresh folder.
+fn flowers(dir: &Path, per_class: usize) -> PathBuf {
     let root = dir.join("flowers");
     for class in ["daisy", "roses"] {
         let src = shared().join("data/flowers").join(class);
@@ -21,7 +26,7 @@ fn small_flowers(dir: &Path) -> PathBuf {
             .collect();
         names.sort();
         std::fs::create_dir_all(root.join(class)).unwrap();
-        for path in names.iter().take(40) {
+        for path in names.iter().take(per_class) {
             std::fs::copy(path, root.join(class).join(path.file_name().unwrap())).unwrap();
         }
     }
@@ -29,17 +34,16 @@ fn small_flowers(dir: &Path) -> PathBuf {
 }
 
 fn extract_cmd(data: &Path, cache: &Path) -> Command {
+    extract_cmd_batch(data, cache, 8)
+}
+
+fn extract_cmd_batch(data: &Path, cache: &Path, batch_size: usize) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_graft"));
-    cmd.args([
-        "--threads",
-        "2",
-        "extract",
-        "--batch-size",
-        "8",
-        "--cache-dir",
-    ])
-    .arg(cache)
-    .arg(data);
+    cmd.args(["--threads", "2", "extract", "--batch-size"])
+        .arg(batch_size.to_string())
+        .arg("--cache-dir")
+        .arg(cache)
+        .arg(data);
     cmd
 }
 
@@ -142,6 +146,113 @@ fn second_run_reuses_everything_and_sigkill_resumes_exactly() {
     }
 }
 
+/// The image files of an ImageFolder tree (one level of class folders).
+fn image_files(root: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root)
+        .unwrap()
+        .flat_map(|class| std::fs::read_dir(class.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Every key at most once, and every row bit-identical to the uninterrupted extraction's.
+fn assert_rows_match(
+    got: &HashMap<String, (usize, Vec<f32>)>,
+    expected: &HashMap<String, (usize, Vec<f32>)>,
+    when: &str,
+) {
+    for (key, (count, features)) in got {
+        assert_eq!(*count, 1, "{when}: {key} has {count} rows");
+        let reference = &expected
+            .get(key)
+            .unwrap_or_else(|| panic!("{when}: {key} is not an image of the dataset"))
+            .1;
+        assert!(
+            features == reference,
+            "{when}: {key}: features differ from the uninterrupted run"
+        );
+    }
+}
+
+/// `kill -9` at 5 moments drawn from a seeded RNG over the extraction's duration, each time
+/// resuming with the same command, then one run to the end: the cache holds exactly one row
+/// per image, each equal to the row of an uninterrupted extraction.
+#[test]
+fn sigkill_at_five_random_moments_then_resume_gives_the_uninterrupted_rows() {
+    use rand::{Rng, SeedableRng};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = flowers(dir.path(), 30);
+    let images = image_files(&data);
+    let n = images.len();
+    let keys: HashSet<String> = images
+        .iter()
+        .map(|p| graft::util::file_sha256(p).unwrap())
+        .collect();
+    assert_eq!(keys.len(), n, "the photos are distinct files");
+    // Batches of 2: 30 commit points to land between (or on).
+    let batch = 2;
+
+    let reference = dir.path().join("reference-cache");
+    let started = Instant::now();
+    let first = run_ok(extract_cmd_batch(&data, &reference, batch));
+    let full = started.elapsed();
+    assert!(
+        first.contains(&format!("{n} images: extracted {n}, reused 0, skipped 0")),
+        "{first}"
+    );
+    let expected = rows(&reference);
+    assert_eq!(expected.keys().cloned().collect::<HashSet<_>>(), keys);
+
+    let cache = dir.path().join("killed-cache");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let mut partial_states = Vec::new();
+    for attempt in 0..5 {
+        let before = rows(&cache).len();
+        // A moment within what is left of the run: the share of images not yet cached.
+        let left = full.mul_f64((n - before).max(1) as f64 / n as f64);
+        let wait = left.mul_f64(rng.random_range(0.0..1.0));
+        let mut child = extract_cmd_batch(&data, &cache, batch)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = child.kill(); // SIGKILL; harmless if it already finished
+        child.wait().unwrap();
+        let now = rows(&cache);
+        assert_rows_match(&now, &expected, &format!("after kill {}", attempt + 1));
+        assert!(now.len() >= before, "kill {} lost rows", attempt + 1);
+        partial_states.push(now.len());
+    }
+    assert!(
+        partial_states.iter().any(|&r| r > 0 && r < n),
+        "no kill landed in the middle of the extraction (rows after each: {partial_states:?})"
+    );
+    let done = rows(&cache).len();
+    let last = run_ok(extract_cmd_batch(&data, &cache, batch));
+    assert!(
+        last.contains(&format!(
+            "{n} images: extracted {}, reused {done}, skipped 0",
+            n - done
+        )),
+        "rows after each kill: {partial_states:?}\n{last}"
+    );
+    let got = rows(&cache);
+    assert_rows_match(&got, &expected, "at the end");
+    assert_eq!(
+        got.keys().cloned().collect::<HashSet<_>>(),
+        keys,
+        "one row per image, none missing"
+    );
+    eprintln!("rows after each kill: {partial_states:?}");
+}
+
 #[test]
 fn a_corrupted_shard_is_set_aside_and_recomputed() {
     let dir = tempfile::tempdir().unwrap();
@@ -190,4 +301,83 @@ fn ctrl_c_stops_after_the_current_batch_and_the_rerun_completes() {
         "{resumed}"
     );
     assert!(rows(&cache).values().all(|(count, _)| *count == 1));
+}
+
+/// A full disk while writing the cache, simulated by a file size limit (writes past it fail
+/// with EFBIG, as they would with ENOSPC): a clear error naming the shard and the OS error,
+/// nothing half-written left behind, and a later run without the limit completes.
+#[test]
+fn a_full_disk_is_a_clear_error_and_the_rerun_completes() {
+    use std::os::unix::process::CommandExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = flowers(dir.path(), 20);
+    let cache = dir.path().join("cache");
+    let mut cmd = extract_cmd(&data, &cache);
+    // SAFETY: setrlimit and signal are async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            // Smaller than one shard of 8 rows (8 x 1280 x 4 bytes).
+            let limit = libc::rlimit {
+                rlim_cur: 16 * 1024,
+                rlim_max: 16 * 1024,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Without this the kernel kills the writer with SIGXFSZ instead of failing the write.
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(101), "panicked:\n{stderr}");
+    assert!(
+        out.status.code().is_some_and(|c| c != 0),
+        "a failed write must fail the run: {:?}\n{stderr}",
+        out.status
+    );
+    let os_error = std::io::Error::from_raw_os_error(libc::EFBIG).to_string();
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(&os_error)).collect();
+    assert_eq!(lines.len(), 1, "one line with the OS error:\n{stderr}");
+    let line = lines[0];
+    assert!(
+        line.starts_with("error: ") && line.matches(&os_error).count() == 1,
+        "{line}"
+    );
+    assert!(
+        line.contains(&cache.display().to_string())
+            && line.contains("/shard-")
+            && line.contains(".safetensors: "),
+        "the line names the shard file: {line}"
+    );
+    let left: Vec<PathBuf> = walk(&cache);
+    assert!(left.is_empty(), "nothing half-written is left: {left:?}");
+
+    let rerun = run_ok(extract_cmd(&data, &cache));
+    assert!(
+        rerun.contains("40 images: extracted 40, reused 0, skipped 0"),
+        "{rerun}"
+    );
+    let got = rows(&cache);
+    assert_eq!(got.len(), 40);
+    assert!(got.values().all(|(count, _)| *count == 1));
+}
+
+/// Every file under `root`, recursively.
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                found.push(p);
+            }
+        }
+    }
+    found
 }

@@ -312,3 +312,102 @@ fn sigkill_at_random_points_then_resume_gives_the_uninterrupted_result() {
         std::fs::read(reference.join("head.safetensors")).unwrap()
     );
 }
+
+/// Ctrl-C during the fine-tuning epochs stops after the current step with exit code 130 and a
+/// message saying how to resume; `--resume RUN_DIR` then continues from the finished epoch.
+#[test]
+fn ctrl_c_during_finetuning_exits_130_and_resume_finishes() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    store_weights("efficientnet-lite0");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("flowers");
+    small_flowers(&data);
+    let cache = dir.path().join("cache");
+    let run = dir.path().join("run");
+    let command = |resume: bool| {
+        let mut cmd = graft();
+        cmd.args([
+            "train",
+            "--recipe",
+            "finetune",
+            "--stages",
+            "2",
+            "--epochs-per-stage",
+            "1",
+            "--cache-dir",
+        ])
+        .arg(&cache)
+        .arg(if resume { "--resume" } else { "--out" })
+        .arg(&run)
+        .arg(&data);
+        cmd
+    };
+    let mut child = command(false)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read stderr as it comes; Ctrl-C once the first fine-tuning epoch (stage 1) has ended,
+    // so that the second one is running.
+    let (lines, received) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let mut log = String::new();
+    let mut signalled = false;
+    while let Ok(line) = received.recv_timeout(Duration::from_secs(300)) {
+        log.push_str(&line);
+        log.push('\n');
+        if !signalled && line.starts_with("epoch ") && line.contains("(stage 1): ") {
+            // SAFETY: plain signal to a child we own.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+            signalled = true;
+        }
+    }
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    assert!(signalled, "no fine-tuning epoch was reported:\n{log}");
+    assert_ne!(status.code(), Some(101), "panicked:\n{log}");
+    assert_eq!(status.code(), Some(130), "{log}");
+    assert!(
+        log.contains("interrupted: 1 epochs are checkpointed"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("--resume {}", run.display())),
+        "the message says how to resume:\n{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        !run.join("backbone.safetensors").exists(),
+        "an interrupted run saves no final model"
+    );
+
+    let out = command(true).output().unwrap();
+    let resumed = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(101), "resume panicked:\n{resumed}");
+    assert!(out.status.success(), "{resumed}");
+    assert!(
+        !resumed.contains("no finished epoch to resume from"),
+        "{resumed}"
+    );
+    assert!(
+        resumed.contains("(stage 2): ") && !resumed.contains("(stage 1): "),
+        "the resumed run continues with the second epoch:\n{resumed}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("fine-tuned:"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for file in ["backbone.safetensors", "head.safetensors", "model.json"] {
+        assert!(run.join(file).is_file(), "no {file} after the resume");
+    }
+}

@@ -407,3 +407,217 @@ fn every_command_survives_the_bad_input_corpus() {
         );
     }
 }
+
+/// Whether a user other than the owner (and outside its group) can read `path`: the file is
+/// readable by others and every folder above it can be searched by others.
+fn readable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.permissions().mode());
+    let Ok(path) = path.canonicalize() else {
+        return false;
+    };
+    mode(&path) & 0o004 != 0 && path.ancestors().skip(1).all(|dir| mode(dir) & 0o001 != 0)
+}
+
+/// One image nobody may read (mode 000) among good ones: `extract` and `predict` name it with
+/// "Permission denied" on one line and process the others. Root reads any file whatever its
+/// mode, so when the tests run as root the commands run as `nobody` (uid and gid 65534).
+#[test]
+fn an_unreadable_file_is_named_and_the_others_processed() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+
+    let weights = store_weights("efficientnet-lite0");
+    // SAFETY: geteuid has no preconditions.
+    let as_nobody = unsafe { libc::geteuid() } == 0;
+    let dir = tempfile::tempdir().unwrap();
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    chmod(dir.path(), 0o755);
+    let data = dir.path().join("data");
+    let photos = |class: &str| {
+        let mut photos: Vec<PathBuf> = std::fs::read_dir(shared().join("data/flowers").join(class))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        photos.sort();
+        photos
+    };
+    let mut files = BTreeMap::new();
+    for class in ["daisy", "roses"] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        chmod(&data.join(class), 0o755);
+        for photo in photos(class).iter().take(4) {
+            let copy = data.join(class).join(photo.file_name().unwrap());
+            std::fs::copy(photo, &copy).unwrap();
+            chmod(&copy, 0o644);
+            files.insert(copy, Expect::Works);
+        }
+    }
+    chmod(&data, 0o755);
+    let locked = data.join("daisy/locked.jpg");
+    // A photo of its own (the fifth rose), not a copy of a listed one.
+    std::fs::copy(&photos("roses")[4], &locked).unwrap();
+    chmod(&locked, 0o000);
+    files.insert(locked.clone(), Expect::Fails);
+
+    // A fresh home for the cache, writable by the user the commands run as, with the weights.
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join("weights")).unwrap();
+    chmod(&home, 0o777);
+    chmod(&home.join("weights"), 0o755);
+    let installed = home.join("weights").join(weights.file_name().unwrap());
+    if readable_by_others(&weights) {
+        std::os::unix::fs::symlink(&weights, &installed).unwrap();
+    } else {
+        std::fs::copy(&weights, &installed).unwrap();
+        chmod(&installed, 0o644);
+    }
+
+    let graft = |args: &[&OsStr]| -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_graft"));
+        cmd.args(["--threads", "2"])
+            .args(args)
+            .env("GRAFT_HOME", &home)
+            .env("HOME", &home)
+            .current_dir(dir.path());
+        if as_nobody {
+            // SAFETY: setgroups, setgid and setuid are async-signal-safe; nothing else runs.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(65534) != 0
+                        || libc::setuid(65534) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        cmd.output().unwrap()
+    };
+    let denied = |command: &str, stderr: &str| {
+        let subject = format!("{}: ", locked.display());
+        let line = stderr.lines().find(|l| l.contains(&subject)).unwrap();
+        assert!(
+            line.contains("Permission denied"),
+            "{command}: the line naming the file says why: {line}"
+        );
+    };
+
+    let out = graft(&[OsStr::new("extract"), data.as_os_str()]);
+    let stderr = check("extract", &out, &files);
+    denied("extract", &stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("9 images: extracted 8, reused 0, skipped 1"),
+        "{stdout}"
+    );
+    let features = std::fs::metadata(home.join("features")).expect("the cache is in GRAFT_HOME");
+    if as_nobody {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(features.uid(), 65534, "the commands ran as nobody");
+    }
+
+    let mut args = vec![OsStr::new("predict"), OsStr::new("--json")];
+    args.extend(files.keys().map(|p| p.as_os_str()));
+    let out = graft(&args);
+    let stderr = check("predict", &out, &files);
+    denied("predict", &stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for image in json["images"].as_array().unwrap() {
+        let path = Path::new(image["path"].as_str().unwrap());
+        if path == locked {
+            let error = image["error"].as_str().unwrap();
+            assert!(error.contains("Permission denied"), "{image}");
+        } else {
+            assert!(
+                image["predictions"][0]["probability"].is_number(),
+                "{image}"
+            );
+        }
+    }
+    assert_eq!(json["images"].as_array().unwrap().len(), files.len());
+}
+
+/// A run whose head file does not fit the backbone (rows of another length, as from a hand
+/// edit or a mix-up of files) is refused with a message naming the file, not a panic or
+/// silently wrong scores.
+#[test]
+fn a_head_that_does_not_fit_the_backbone_is_a_clear_error() {
+    store_weights("efficientnet-lite0");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut photos = Vec::new();
+    for class in ["daisy", "roses"] {
+        let mut all: Vec<PathBuf> = std::fs::read_dir(shared().join("data/flowers").join(class))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        all.sort();
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for photo in all.iter().take(5) {
+            let copy = data.join(class).join(photo.file_name().unwrap());
+            std::fs::copy(photo, &copy).unwrap();
+            photos.push(copy);
+        }
+    }
+    let cache = dir.path().join("cache");
+    let run = dir.path().join("run");
+    let os = |s: &str| OsStr::new(s).to_os_string();
+    let path = |p: &Path| p.as_os_str().to_os_string();
+    let out = graft(&[
+        &os("train"),
+        &os("--recipe"),
+        &os("knn"),
+        &os("--cache-dir"),
+        &path(&cache),
+        &os("--out"),
+        &path(&run),
+        &path(&data),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let head_file = run.join("head.safetensors");
+    for head in [
+        graft::head::Head::Knn {
+            bank: vec![0.1; 2 * 100],
+            labels: vec![0, 1],
+            classes: 2,
+            k: 1,
+        },
+        graft::head::Head::Linear {
+            weight: vec![0.1; 2 * 100],
+            bias: vec![0.0; 2],
+        },
+    ] {
+        head.save(&head_file).unwrap();
+        for command in ["predict", "evaluate"] {
+            let mut args = vec![os(command), os("--model"), path(&run)];
+            if command == "predict" {
+                args.push(path(&photos[0]));
+            } else {
+                args.extend([os("--cache-dir"), path(&cache), path(&data)]);
+            }
+            let refs: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+            let out = graft(&refs);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+            assert!(
+                stderr
+                    .lines()
+                    .any(|l| l.contains(&format!("{}: ", head_file.display()))
+                        && l.contains("100 features")
+                        && l.contains("1280")),
+                "{command}: {stderr}"
+            );
+        }
+    }
+}

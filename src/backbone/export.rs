@@ -23,6 +23,7 @@ impl Collector {
             .into_data()
             .convert::<f32>()
             .try_into_vec()
+            // cannot fail: converted to f32 on the line above
             .expect("converted to f32");
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.tensors.push((name, shape, bytes));
@@ -67,18 +68,16 @@ pub fn save_safetensors(net: &MbNet, layout: KeyLayout, path: &Path) -> std::io:
         );
     }
     out.conv(&net.head, layout.head(net.blocks.len()));
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = out
+    let views = out
         .tensors
         .iter()
         .map(|(name, shape, bytes)| {
-            (
-                name.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                    .expect("shape matches the byte length"),
-            )
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map(|view| (name.clone(), view))
         })
-        .collect();
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(std::io::Error::other)?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = safetensors::serialize(views, Some(metadata)).expect("f32 tensors serialise");
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(std::io::Error::other)?;
     crate::util::write_atomic(path, &bytes)
 }

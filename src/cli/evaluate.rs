@@ -103,6 +103,7 @@ pub fn run(args: EvaluateArgs) -> Result<ExitCode> {
         &[&samples],
         args.cache.extract_batch_size,
     )?;
+    // cannot fail: features_of returns one matrix per group, and one group went in
     let features = matrices.pop().expect("one group");
     let metrics = score(&model.head, &features, &card.classes);
     let tta = if args.tta {

@@ -73,6 +73,7 @@ pub fn progress_bar(len: usize, what: &str) -> ProgressBar {
         ProgressStyle::with_template(&format!(
             "{what} {{bar:30}} {{pos}}/{{len}} images  {{per_sec}}  ETA {{eta}}"
         ))
+        // cannot fail: a fixed template, shown by every run with a progress bar
         .expect("static template"),
     )
 }
@@ -153,7 +154,9 @@ pub fn train_val_features(
         &[&data.train, &data.val],
         cache.extract_batch_size,
     )?;
+    // cannot fail: features_of returns one matrix per group, and two groups went in
     let val = matrices.pop().expect("two groups in, two matrices out");
+    // cannot fail: as above
     let train = matrices.pop().expect("two groups in, two matrices out");
     Ok((train, val, summary))
 }

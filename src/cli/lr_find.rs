@@ -61,6 +61,7 @@ pub fn run(args: LrFindArgs) -> Result<ExitCode> {
         &[&data.train],
         args.cache.extract_batch_size,
     )?;
+    // cannot fail: features_of returns one matrix per group, and one group went in
     let train = matrices.pop().expect("one group");
     if train.is_empty() {
         bail!("{}: no training images", args.data.display());

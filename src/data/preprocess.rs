@@ -50,6 +50,7 @@ pub fn resize(image: &RgbImage, width: u32, height: u32, filter: ResizeFilter) -
         ResizeFilter::Bilinear => FilterType::Bilinear,
     };
     let src = Image::from_vec_u8(w, h, image.as_raw().clone(), PixelType::U8x3)
+        // cannot fail: an RgbImage's buffer is exactly w * h * 3 bytes
         .expect("buffer length matches an RgbImage's dimensions");
     let mut dst = Image::new(width, height, PixelType::U8x3);
     Resizer::new()
@@ -58,7 +59,9 @@ pub fn resize(image: &RgbImage, width: u32, height: u32, filter: ResizeFilter) -
             &mut dst,
             &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter)),
         )
+        // cannot fail: both images are U8x3, a supported type, and no crop box is given
         .expect("source and destination share the U8x3 pixel type");
+    // cannot fail: `dst` was allocated as width x height U8x3
     RgbImage::from_raw(width, height, dst.into_vec()).expect("destination buffer is width*height*3")
 }
 

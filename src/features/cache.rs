@@ -22,8 +22,24 @@ pub enum CacheError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A shard could not be written (disk full, file size limit, permissions, ...).
+    #[error("{}: cannot write the feature cache: {source}{}", path.display(), no_space_hint(source))]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: {problem}", path.display())]
     Corrupt { path: PathBuf, problem: String },
+}
+
+/// What to do when the disk (or a size limit, or a quota) is full.
+fn no_space_hint(error: &std::io::Error) -> &'static str {
+    match error.raw_os_error() {
+        Some(libc::ENOSPC | libc::EFBIG | libc::EDQUOT) => {
+            " (free some space, or put the cache elsewhere with --cache-dir)"
+        }
+        _ => "",
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
@@ -149,6 +165,7 @@ impl FeatureCache {
         let metadata = HashMap::from([
             (
                 "keys".to_string(),
+                // cannot fail: a list of strings always serialises to JSON
                 serde_json::to_string(&fresh_keys).expect("strings serialise"),
             ),
             ("sha256".to_string(), sha256_hex(&bytes)),
@@ -158,8 +175,10 @@ impl FeatureCache {
         ]);
         let view =
             safetensors::tensor::TensorView::new(Dtype::F32, vec![fresh_keys.len(), dim], &bytes)
+                // cannot fail: `bytes` holds exactly fresh_keys.len() rows of `dim` f32s
                 .expect("shape matches the byte length");
         let serialized = safetensors::serialize([("features", view)], Some(metadata))
+            // cannot fail: one valid tensor, and a header (~70 bytes a key) far below 100 MB
             .expect("one f32 tensor always serialises");
         let name = format!(
             "shard-{:020}-{}.safetensors",
@@ -168,7 +187,9 @@ impl FeatureCache {
                 .map_or(0, |d| d.as_nanos()),
             std::process::id()
         );
-        crate::util::write_atomic(&self.dir.join(name), &serialized).map_err(io(&self.dir))?;
+        let path = self.dir.join(name);
+        crate::util::write_atomic(&path, &serialized)
+            .map_err(|source| CacheError::Write { path, source })?;
         self.keys.extend(fresh_keys);
         Ok(())
     }
@@ -203,6 +224,7 @@ fn read_shard(path: &Path) -> Result<(Vec<String>, Vec<f32>, usize), CacheError>
     let features = view
         .data()
         .chunks_exact(4)
+        // cannot fail: chunks_exact(4) yields 4-byte slices
         .map(|c| f32::from_le_bytes(c.try_into().expect("chunks_exact(4)")))
         .collect();
     Ok((keys, features, *dim))

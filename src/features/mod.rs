@@ -121,6 +121,7 @@ pub fn extract(
                 .features(batch)
                 .into_data()
                 .try_into_vec::<f32>()
+                // cannot fail: graft makes only f32 tensors (the default float dtype)
                 .expect("features are f32");
             cache.append(&keys, &features, dim)?;
             summary.extracted += keys.len();
@@ -210,10 +211,12 @@ pub fn features_of_view(
                 .features(batch)
                 .into_data()
                 .try_into_vec::<f32>()
+                // cannot fail: graft makes only f32 tensors (the default float dtype)
                 .expect("features are f32");
         }
         let mut next = rows.chunks_exact(dim);
         for result in decoded {
+            // cannot fail: `rows` has one row per Ok in `decoded`, the batch was built from them
             out.push(result.map(|_| next.next().expect("one row per decoded image").to_vec()));
         }
     }

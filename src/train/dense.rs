@@ -119,6 +119,7 @@ pub fn train_dense(
             let logits: Vec<f32> = logits
                 .into_data()
                 .try_to_vec::<f32>()
+                // cannot fail: graft makes only f32 tensors (the default float dtype)
                 .expect("logits are f32");
             correct += argmax_rows(&logits, classes)
                 .iter()

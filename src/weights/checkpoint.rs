@@ -146,11 +146,13 @@ fn floats_from_bytes(bytes: &[u8], f64_source: bool) -> Vec<f32> {
     if f64_source {
         bytes
             .chunks_exact(8)
+            // cannot fail: chunks_exact(8) yields 8-byte slices
             .map(|c| f64::from_le_bytes(c.try_into().expect("chunks_exact(8)")) as f32)
             .collect()
     } else {
         bytes
             .chunks_exact(4)
+            // cannot fail: chunks_exact(4) yields 4-byte slices
             .map(|c| f32::from_le_bytes(c.try_into().expect("chunks_exact(4)")))
             .collect()
     }
