@@ -5,6 +5,7 @@
 //! cache) -> [`train`] (a new [`head`] on the features) -> a [`run`] directory with [`metrics`].
 //! Weights are read by [`weights`], which also keeps the local model store.
 
+pub mod adapted;
 pub mod backbone;
 pub mod backend;
 pub mod data;

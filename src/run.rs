@@ -54,7 +54,7 @@ pub enum RunError {
     Weights(#[from] WeightsError),
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
     move |source| RunError::Io {
         path: path.to_path_buf(),
         source,
@@ -133,8 +133,11 @@ pub struct RunMetrics {
     pub val: Metrics,
 }
 
-fn write_json(path: &Path, value: &impl Serialize) -> Result<(), RunError> {
-    let text = serde_json::to_string_pretty(value).expect("plain data serialises");
+pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> Result<(), RunError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| RunError::Invalid {
+        path: path.to_path_buf(),
+        problem: e.to_string(),
+    })?;
     crate::util::write_atomic(path, text.as_bytes()).map_err(io(path))
 }
 
@@ -162,7 +165,7 @@ pub fn save(
     crate::util::write_atomic(&path, csv.as_bytes()).map_err(io(&path))
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, RunError> {
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, RunError> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
     serde_json::from_str(&text).map_err(|e| RunError::Invalid {
         path: path.to_path_buf(),
@@ -202,11 +205,12 @@ pub fn load_metrics(dir: &Path) -> Result<RunMetrics, RunError> {
     read_json(&dir.join(METRICS_FILE))
 }
 
-/// `<base>/<name>-<recipe>-<n>` for the first `n` not yet taken.
-pub fn fresh_dir(base: &Path, name: &str, recipe: Recipe) -> PathBuf {
+/// `<base>/<name>-<kind>-<n>` (kind: the recipe or method) for the first `n` not yet taken.
+pub fn fresh_dir(base: &Path, name: &str, kind: &str) -> PathBuf {
     (1..)
-        .map(|n| base.join(format!("{name}-{}-{n}", recipe.name())))
+        .map(|n| base.join(format!("{name}-{kind}-{n}")))
         .find(|p| !p.exists())
+        // cannot fail: `1..` never ends, and only finitely many folders exist
         .expect("some number is free")
 }
 
@@ -259,6 +263,17 @@ impl TrainedModel {
                     backbone.weights_id,
                     card.weights_id,
                     dir.display()
+                ),
+            ));
+        }
+        if head.dim() != backbone.config.feature_dim {
+            return Err(invalid(
+                &dir.join(HEAD_FILE),
+                format!(
+                    "takes rows of {} features, the {} backbone gives {}",
+                    head.dim(),
+                    card.backbone,
+                    backbone.config.feature_dim
                 ),
             ));
         }

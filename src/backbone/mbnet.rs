@@ -120,6 +120,7 @@ impl MbNet {
                 specs
                     .iter()
                     .rposition(|(s, _)| *s == stage)
+                    // cannot fail: every stage of the built-in architectures has blocks
                     .expect("every stage has at least one block")
             })
             .collect();
@@ -131,6 +132,13 @@ impl MbNet {
                 .then(|| LinearConfig::new(spec.head_channels, spec.num_classes).init(device)),
             stage_ends,
         }
+    }
+
+    /// The network on the autodiff `device`, ready to train. `fork` alone is not enough: a
+    /// module from a plain device keeps gradients off until `train()` enables them (burn 0.22),
+    /// and its backward pass would silently skip every backbone weight.
+    pub fn for_training(self, device: &Device) -> Self {
+        self.fork(device).train()
     }
 
     /// Fold every BatchNorm into its conv, for inference (see [`ConvBnAct::fold_batch_norm`]).

@@ -53,6 +53,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         &device,
     );
     let run_once = || {
+        // cannot fail: loaded with its top (Backbone::load requires the classifier's tensors)
         let logits = backbone.logits(input.clone()).expect("loaded with top");
         // Reading the result forces any lazy backend to finish the work.
         let _ = logits.into_data();
@@ -82,7 +83,7 @@ fn train_step(args: BenchArgs) -> Result<ExitCode> {
     use graft::train::finetune::{BnMode, new_model, set_trainable, train_step};
 
     let info = args.backbone.info()?;
-    let path = graft::weights::store::resolve(info, args.backbone.weights.as_deref())?;
+    let path = args.backbone.weights_path()?;
     let backbone = graft::backbone::Backbone::load(
         info,
         &path,

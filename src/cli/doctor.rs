@@ -62,7 +62,10 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
         ..DoctorOptions::default()
     };
     let model = match &args.model {
-        Some(dir) => Some(TrainedModel::open(dir, args.backbone.weights.as_deref())?),
+        Some(dir) => Some(TrainedModel::open(
+            dir,
+            args.backbone.weights_file()?.as_deref(),
+        )?),
         None => None,
     };
     // With a run, check the split it was trained on.
@@ -121,6 +124,7 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
     ));
     if let Some(m) = &model {
         let metrics = load_metrics(&m.dir)?;
+        // cannot fail: TrainedModel::open refused a card naming an unknown backbone
         let info = graft::backbone::find(&m.card.backbone).expect("opened above");
         findings.extend(run_findings(&m.card, &metrics, info));
     }

@@ -8,9 +8,9 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use graft::backbone::Backbone;
 use graft::backbone::export::save_safetensors;
 use graft::backbone::summary::summarize;
-use graft::backbone::{Backbone, LoadOptions};
 use graft::data::dataset::Dataset;
 use graft::run::{self, DataRecord, ModelCard, RunMetrics, TrainedModel};
 use graft::train::Recipe;
@@ -18,7 +18,6 @@ use graft::train::dense::train_dense;
 use graft::train::finetune::{
     Checkpoints, Examples, FinetuneOptions, finetune, group_learning_rate, plan_stages,
 };
-use graft::weights::store;
 
 use super::features::{features_of, open_cache, train_val_features};
 use super::train::{TrainArgs, data_name, predictions, score};
@@ -187,19 +186,16 @@ pub fn run(args: &TrainArgs, data: &Dataset) -> Result<ExitCode> {
 
     // 2. The plan.
     let info = args.backbone.info()?;
-    let weights = store::resolve(info, args.backbone.weights.as_deref())?;
-    let backbone = Backbone::load(
-        info,
-        &weights,
-        LoadOptions::default(),
-        &graft::backend::device(),
-    )
-    .with_context(|| format!("loading {} weights", info.name))?;
+    let backbone = args.backbone.load_trainable()?;
     let plan = make_plan(&backbone, &options, head_round.history.len(), classes.len());
     print_plan(&plan);
     let dir = match (&args.finetune.resume, &args.out) {
         (Some(dir), _) | (None, Some(dir)) => dir.clone(),
-        (None, None) => run::fresh_dir(Path::new("runs"), &data_name(&args.data), Recipe::Finetune),
+        (None, None) => run::fresh_dir(
+            Path::new("runs"),
+            &data_name(&args.data),
+            Recipe::Finetune.name(),
+        ),
     };
     let checkpoints = Checkpoints {
         dir: Some(dir.join(CHECKPOINT_DIR)),
@@ -230,6 +226,7 @@ pub fn run(args: &TrainArgs, data: &Dataset) -> Result<ExitCode> {
         ProgressStyle::with_template(
             "finetune {bar:30} step {pos}/{len}  {per_sec}  ETA {eta}  {msg}",
         )
+        // cannot fail: a fixed template that parses
         .expect("static template"),
     );
     let offset = head_round.history.len();
@@ -327,6 +324,7 @@ pub fn run(args: &TrainArgs, data: &Dataset) -> Result<ExitCode> {
         &[&data.val],
         args.cache.extract_batch_size,
     )?;
+    // cannot fail: features_of returns one matrix per group it is given
     let tuned_val = tuned.pop().expect("one group");
     let val_metrics = score(&model.head, &tuned_val, classes);
     let best = &history[offset + result.best_epoch - 1];

@@ -8,6 +8,7 @@ mod features;
 mod finetune;
 mod lr_find;
 mod predict;
+mod pretrain;
 mod report;
 mod summary;
 mod train;
@@ -42,6 +43,8 @@ pub enum Command {
     Extract(extract::ExtractArgs),
     /// Train on a labelled folder: a new head or classical ML on cached features, or fine-tuning.
     Train(train::TrainArgs),
+    /// Adapt a backbone to unlabelled images with self-supervised learning (SimCLR).
+    Pretrain(pretrain::PretrainArgs),
     /// LR range test for a new head: loss against an exponentially growing learning rate.
     LrFind(lr_find::LrFindArgs),
     /// Score a trained model on a labelled folder (accuracy, per-class metrics, confusion).
@@ -67,6 +70,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Train(args) => train::run(args),
         Command::Evaluate(args) => evaluate::run(args),
         Command::LrFind(args) => lr_find::run(args),
+        Command::Pretrain(args) => pretrain::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Report(args) => report::run(args),
         Command::Weights(command) => weights::run(command),
@@ -105,8 +109,10 @@ pub struct BackboneArgs {
     )]
     pub backbone: String,
 
-    /// Checkpoint to load instead of the store's (.pth legacy or zip, or .safetensors).
-    #[arg(long, value_name = "FILE")]
+    /// Weights to load instead of the store's: a checkpoint file (.pth legacy or zip, or
+    /// .safetensors), or the RUN_DIR of `graft pretrain` or `train --recipe finetune` (its
+    /// adapted backbone).
+    #[arg(long, visible_alias = "backbone-weights", value_name = "FILE|RUN_DIR")]
     pub weights: Option<PathBuf>,
 
     /// Override the padding convention of the weights (only for experiments: the weights'
@@ -120,10 +126,55 @@ impl BackboneArgs {
         find_backbone(&self.backbone)
     }
 
+    /// The checkpoint file `--weights` names (a run directory's backbone file), if given,
+    /// checked to belong to the `--backbone` chosen.
+    pub fn weights_file(&self) -> Result<Option<PathBuf>> {
+        let Some(path) = &self.weights else {
+            return Ok(None);
+        };
+        if !path.is_dir() {
+            return Ok(Some(path.clone()));
+        }
+        let (file, name) = graft::adapted::backbone_of_run(path)?;
+        let info = self.info()?;
+        if find_backbone(&name)?.name != info.name {
+            anyhow::bail!(
+                "{}: holds a {name} backbone, not {}; add `--backbone {name}`",
+                path.display(),
+                info.name
+            );
+        }
+        Ok(Some(file))
+    }
+
+    /// The checkpoint to load: `--weights` or the store's.
+    pub fn weights_path(&self) -> Result<PathBuf> {
+        Ok(store::resolve(
+            self.info()?,
+            self.weights_file()?.as_deref(),
+        )?)
+    }
+
+    /// Load for training (fine-tuning, pretraining): BatchNorm kept unfolded.
+    pub fn load_trainable(&self) -> Result<Backbone> {
+        let info = self.info()?;
+        let options = LoadOptions {
+            include_top: false,
+            padding: self.padding.map(Into::into),
+        };
+        Backbone::load(
+            info,
+            &self.weights_path()?,
+            options,
+            &graft::backend::device(),
+        )
+        .with_context(|| format!("loading {} weights", info.name))
+    }
+
     /// Load for inference (predict, extract, evaluate): BatchNorm folded into the convs.
     pub fn load(&self, include_top: bool) -> Result<Backbone> {
         let info = self.info()?;
-        let path = store::resolve(info, self.weights.as_deref())?;
+        let path = self.weights_path()?;
         let options = LoadOptions {
             include_top,
             padding: self.padding.map(Into::into),

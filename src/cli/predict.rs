@@ -46,7 +46,10 @@ pub struct PredictArgs {
 
 pub fn run(args: PredictArgs) -> Result<ExitCode> {
     let trained = match &args.model {
-        Some(dir) => Some(TrainedModel::open(dir, args.backbone.weights.as_deref())?),
+        Some(dir) => Some(TrainedModel::open(
+            dir,
+            args.backbone.weights_file()?.as_deref(),
+        )?),
         None => None,
     };
     let imagenet;
@@ -70,6 +73,7 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
     let bar = if args.images.len() > args.batch_size {
         ProgressBar::new(args.images.len() as u64).with_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} images {per_sec} ETA {eta}")
+                // cannot fail: a fixed template, shown by every run with more images than a batch
                 .expect("static template"),
         )
     } else {

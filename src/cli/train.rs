@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -216,6 +216,11 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         return super::finetune::run(&args, &data);
     }
     let backbone = args.backbone.load(false)?;
+    let explicit_weights = args.backbone.weights_file()?.map(|file| {
+        let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("bin");
+        let name = format!("backbone.{ext}");
+        (file, name)
+    });
     let (train, val, _) = train_val_features(&backbone, &data, &args.cache)?;
     let classes = &data.classes;
     eprintln!(
@@ -233,6 +238,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
             let options = args.dense_options();
             let bar = ProgressBar::new(options.epochs as u64).with_style(
                 ProgressStyle::with_template("train {bar:30} epoch {pos}/{len}  {msg}")
+                    // cannot fail: a fixed template that parses
                     .expect("static template"),
             );
             let result = train_dense(&train, &val, classes.len(), &options, |r| {
@@ -299,7 +305,8 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
             train.len(),
             val.len(),
         ),
-        backbone_file: None,
+        // A backbone from --weights travels with the run, so predict and evaluate find it.
+        backbone_file: explicit_weights.as_ref().map(|(_, name)| name.clone()),
     };
     let metrics = RunMetrics {
         train_size: train.len(),
@@ -308,12 +315,19 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         train_accuracy,
         val: val_metrics,
     };
-    let dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| run::fresh_dir(Path::new("runs"), &data_name(&args.data), args.recipe));
+    let dir = args.out.clone().unwrap_or_else(|| {
+        run::fresh_dir(
+            Path::new("runs"),
+            &data_name(&args.data),
+            args.recipe.name(),
+        )
+    });
     let predictions = predictions(&head, &val, classes);
     run::save(&dir, &card, &head, &metrics, &history, &predictions)?;
+    if let Some((file, name)) = &explicit_weights {
+        std::fs::copy(file, dir.join(name))
+            .with_context(|| format!("copying {} into {}", file.display(), dir.display()))?;
+    }
     println!("{}", metrics.val.table());
     println!(
         "train accuracy {:.4}; run saved in {}",

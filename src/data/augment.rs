@@ -113,6 +113,68 @@ pub fn augmented(
     normalize(&out, &config.normalization)
 }
 
+/// Hue rotation by `turn` of a full circle, in YIQ space (cheap and close to HSV's hue shift).
+fn rotate_hue(image: &mut RgbImage, turn: f32) {
+    let (sin, cos) = (turn * std::f32::consts::TAU).sin_cos();
+    for p in image.pixels_mut() {
+        let [r, g, b] = p.0.map(|c| c as f32);
+        let y = 0.299 * r + 0.587 * g + 0.114 * b;
+        let i = 0.596 * r - 0.274 * g - 0.322 * b;
+        let q = 0.211 * r - 0.523 * g + 0.312 * b;
+        let (i, q) = (i * cos - q * sin, i * sin + q * cos);
+        let rgb = [
+            y + 0.956 * i + 0.621 * q,
+            y - 0.272 * i - 0.647 * q,
+            y - 1.106 * i + 1.703 * q,
+        ];
+        p.0 = rgb.map(|c| c.round().clamp(0.0, 255.0) as u8);
+    }
+}
+
+fn to_grayscale(image: &mut RgbImage) {
+    for p in image.pixels_mut() {
+        let [r, g, b] = p.0.map(|c| c as f32);
+        let y = (0.299 * r + 0.587 * g + 0.114 * b)
+            .round()
+            .clamp(0.0, 255.0) as u8;
+        p.0 = [y; 3];
+    }
+}
+
+/// One SimCLR view (Chen et al. 2020, appendix A): a random resized crop of 8-100% of the area
+/// at `resolution`, a flip with p 0.5, colour jitter with p 0.8 (brightness, contrast and
+/// saturation +-80%, hue +-20%), grayscale with p 0.2, and, with `blur`, a Gaussian blur of
+/// sigma 0.1-2.0 (scaled to the resolution) with p 0.5. Returns the crop `(x, y, w, h)` in the
+/// original image and the normalised view.
+pub fn simclr_view(
+    image: &RgbImage,
+    config: &SourceConfig,
+    resolution: usize,
+    blur: bool,
+    rng: &mut ChaCha8Rng,
+) -> ((u32, u32, u32, u32), Chw) {
+    let rect = random_crop(image.width(), image.height(), (0.08, 1.0), rng);
+    let crop = image::imageops::crop_imm(image, rect.0, rect.1, rect.2, rect.3).to_image();
+    let side = resolution as u32;
+    let mut out = resize(&crop, side, side, config.resize_filter);
+    if rng.random_bool(0.5) {
+        image::imageops::flip_horizontal_in_place(&mut out);
+    }
+    if rng.random_bool(0.8) {
+        jitter(&mut out, 0.8, rng);
+        rotate_hue(&mut out, rng.random_range(-0.2..=0.2));
+    }
+    if rng.random_bool(0.2) {
+        to_grayscale(&mut out);
+    }
+    if blur && rng.random_bool(0.5) {
+        // SimCLR blurs 224 px views with sigma 0.1-2.0 (kernel 10% of the side).
+        let sigma = rng.random_range(0.1f32..=2.0) * resolution as f32 / 224.0;
+        out = image::imageops::blur(&out, sigma);
+    }
+    (rect, normalize(&out, &config.normalization))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +187,34 @@ mod tests {
             assert!(x + w <= 640 && y + h <= 480);
             let area = (w * h) as f64 / (640.0 * 480.0);
             assert!(area > 0.3 && area <= 1.0, "{area}");
+        }
+    }
+
+    #[test]
+    fn two_simclr_views_of_one_image_are_different_crops() {
+        let config = crate::backbone::find("efficientnet-lite0")
+            .unwrap()
+            .source_config(None);
+        let image = RgbImage::from_fn(320, 240, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
+        });
+        for index in 0..20 {
+            let (rect_a, a) =
+                simclr_view(&image, &config, 64, true, &mut image_rng(1, 1, 2 * index));
+            let (rect_b, b) = simclr_view(
+                &image,
+                &config,
+                64,
+                true,
+                &mut image_rng(1, 1, 2 * index + 1),
+            );
+            assert_ne!(rect_a, rect_b, "view pair {index} has the same crop");
+            assert_eq!(a.len(), 3 * 64 * 64);
+            assert_ne!(a, b, "view pair {index} has the same pixels");
+            // The same (seed, epoch, view) gives the same view: resuming replays the run.
+            let (rect_again, again) =
+                simclr_view(&image, &config, 64, true, &mut image_rng(1, 1, 2 * index));
+            assert_eq!((rect_a, &a), (rect_again, &again));
         }
     }
 

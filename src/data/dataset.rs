@@ -156,6 +156,16 @@ pub fn open(root: &Path, options: SplitOptions) -> Result<Dataset, DatasetError>
     }
 }
 
+/// Every image under `root` (a folder in any layout, searched recursively; sorted), for
+/// unlabelled uses such as self-supervised pretraining.
+pub fn list_images(root: &Path) -> Result<(Vec<PathBuf>, Skipped), DatasetError> {
+    let mut skipped = Skipped::default();
+    let mut files = Vec::new();
+    collect_images(root, &mut files, &mut skipped)?;
+    files.sort();
+    Ok((files, skipped))
+}
+
 /// Class name -> sorted image paths, from the sub-folders of `dir`.
 fn list_class_folders(
     dir: &Path,

@@ -2,6 +2,7 @@
 //! nothing fetched from the network) that a person opens in a browser.
 
 mod charts;
+pub mod pretrain;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -49,6 +50,9 @@ struct TtaResult {
 
 /// Write `RUN_DIR/report.html` and return its path.
 pub fn write_report(dir: &Path) -> Result<PathBuf, ReportError> {
+    if crate::adapted::is_pretrain_run(dir) {
+        return pretrain::write_report(dir);
+    }
     let card = run::load_card(dir)?;
     let metrics = run::load_metrics(dir)?;
     let history = run::load_history(dir)?;
@@ -397,7 +401,12 @@ fn render(
         let _ = write!(w, "</table>");
     }
 
-    Ok(format!(
+    Ok(page(&title, &body))
+}
+
+/// The HTML document around a report's `body`.
+fn page(title: &str, body: &str) -> String {
+    format!(
         r#"<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
@@ -419,6 +428,6 @@ window.addEventListener("load", () => {{
 </script>
 </body></html>
 "#,
-        title = escape(&title)
-    ))
+        title = escape(title)
+    )
 }

@@ -14,9 +14,11 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::EpochRecord;
+use super::checkpoint;
+pub use super::checkpoint::{CheckpointError, Checkpoints};
 use super::schedule::{Schedule, factor};
 use crate::backbone::blocks::{ConvBnAct, InvertedResidual};
 use crate::backbone::mbnet::MbNet;
@@ -147,6 +149,7 @@ fn block_group(net: &MbNet, block: usize) -> usize {
         .stage_ends
         .iter()
         .position(|&end| block <= end)
+        // cannot fail: block indices stop below the last stage end
         .expect("every block is in a stage")
 }
 
@@ -235,6 +238,7 @@ pub fn train_step(
     let logits = model.forward(x);
     let loss = loss_fn.forward(logits.clone(), y);
     let loss_value = loss.clone().into_scalar::<f32>() as f64;
+    // cannot fail: every tensor graft makes is f32
     let logits: Vec<f32> = logits.into_data().try_into_vec().expect("logits are f32");
     let mut grads = loss.backward();
     let top_grads = GradientsParams::from_module(&mut grads, &model.top);
@@ -255,7 +259,7 @@ pub fn train_step(
 pub fn new_model(net: MbNet, head: &Head, dropout: f64, device: &Device) -> FinetuneModel {
     let dim = net.head.out_channels();
     FinetuneModel {
-        net: net.fork(device),
+        net: net.for_training(device),
         dropout: DropoutConfig::new(dropout).init(),
         top: top_from_head(head, dim, device),
     }
@@ -350,6 +354,7 @@ fn validate(
             .forward(to_batch(&good, config.resolution, &device))
             .into_data()
             .try_into_vec()
+            // cannot fail: every tensor graft makes is f32
             .expect("logits are f32");
         loss += super::cross_entropy(&logits, &labels, classes) * labels.len() as f64;
         correct += argmax_rows(&logits, classes)
@@ -418,7 +423,7 @@ pub fn finetune(
     // finished; every random draw is keyed by (seed, epoch, step), so the rest replays exactly.
     let mut done = 0;
     if checkpoints.resume
-        && let Some(saved) = checkpoints.load(options)?
+        && let Some(saved) = load_checkpoint(checkpoints, options)?
     {
         done = saved.state.epochs_done;
         history = saved.state.history;
@@ -540,9 +545,9 @@ pub fn finetune(
             }
             if let Some((best_loss, best_epoch, best_model)) = &best {
                 checkpoints.save(
-                    &model,
+                    epoch,
+                    &[(MODULES[0], &model), (MODULES[1], best_model)],
                     &optimizer,
-                    best_model,
                     &CheckpointState {
                         options: options.clone(),
                         epochs_done: epoch,
@@ -569,22 +574,6 @@ pub fn finetune(
     })
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    #[error(
-        "stopped on request during epoch {}; the checkpoint of epoch {epochs_done} is kept",
-        epochs_done + 1
-    )]
-    Interrupted { epochs_done: usize },
-    #[error(
-        "the loss became NaN or infinite in epoch {epoch}: the learning rate is too high for \
-         these weights; lower --lr / --backbone-lr (the checkpoint of epoch {epochs_done} is kept)"
-    )]
-    Diverged { epoch: usize, epochs_done: usize },
-    #[error("{}: {problem}", path.display())]
-    Invalid { path: PathBuf, problem: String },
-}
-
 /// What a checkpoint holds besides tensors.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckpointState {
@@ -598,6 +587,9 @@ pub struct CheckpointState {
     pub group_lrs: Vec<Vec<f64>>,
 }
 
+/// The module names of a fine-tuning checkpoint: the model being trained and the best so far.
+const MODULES: [&str; 2] = ["model", "best"];
+
 struct Saved {
     state: CheckpointState,
     model: burn::store::ModuleRecord,
@@ -605,106 +597,31 @@ struct Saved {
     best: burn::store::ModuleRecord,
 }
 
-/// Where checkpoints go (`None`: nowhere) and whether to continue from the last one. After
-/// every epoch the model, the optimizer state and the best model so far are written under
-/// names carrying the epoch, then `state.json` (the commit point) is replaced atomically, then
-/// the previous epoch's files are removed: a kill at any moment leaves a whole checkpoint.
-#[derive(Debug, Clone, Default)]
-pub struct Checkpoints {
-    pub dir: Option<PathBuf>,
-    pub resume: bool,
-    /// Stop after this many epochs in all (tests use it to stand in for an interruption).
-    pub stop_after: Option<usize>,
-}
-
-const STATE_FILE: &str = "state.json";
-
-impl Checkpoints {
-    fn invalid(path: &Path, problem: impl ToString) -> CheckpointError {
-        CheckpointError::Invalid {
-            path: path.to_path_buf(),
-            problem: problem.to_string(),
-        }
+/// The last fine-tuning checkpoint, if there is one, checked against `options`.
+fn load_checkpoint(
+    checkpoints: &Checkpoints,
+    options: &FinetuneOptions,
+) -> Result<Option<Saved>, CheckpointError> {
+    let Some(loaded) = checkpoints.load::<CheckpointState>(&MODULES)? else {
+        return Ok(None);
+    };
+    if &loaded.state.options != options {
+        let dir = checkpoints.dir.as_deref().unwrap_or(Path::new("."));
+        return Err(checkpoint::invalid(
+            dir,
+            "the checkpoint was made with other fine-tuning options; rerun with the same ones",
+        ));
     }
-
-    fn files(dir: &Path, epoch: usize) -> [PathBuf; 3] {
-        [
-            dir.join(format!("model-{epoch}.bpk")),
-            dir.join(format!("optimizer-{epoch}.bin")),
-            dir.join(format!("best-{epoch}.bpk")),
-        ]
-    }
-
-    fn save(
-        &self,
-        model: &FinetuneModel,
-        optimizer: &ModuleOptimizer,
-        best: &FinetuneModel,
-        state: &CheckpointState,
-    ) -> Result<(), CheckpointError> {
-        let Some(dir) = &self.dir else {
-            return Ok(());
-        };
-        std::fs::create_dir_all(dir).map_err(|e| Self::invalid(dir, e))?;
-        let [model_file, optimizer_file, best_file] = Self::files(dir, state.epochs_done);
-        model
-            .clone()
-            .save_file(&model_file)
-            .map_err(|e| Self::invalid(&model_file, e))?;
-        best.clone()
-            .save_file(&best_file)
-            .map_err(|e| Self::invalid(&best_file, e))?;
-        let bytes = optimizer
-            .into_bytes()
-            .map_err(|e| Self::invalid(&optimizer_file, e))?;
-        crate::util::write_atomic(&optimizer_file, &bytes)
-            .map_err(|e| Self::invalid(&optimizer_file, e))?;
-        let state_path = dir.join(STATE_FILE);
-        let text = serde_json::to_string_pretty(state).expect("plain data serialises");
-        crate::util::write_atomic(&state_path, text.as_bytes())
-            .map_err(|e| Self::invalid(&state_path, e))?;
-        if state.epochs_done > 1 {
-            for old in Self::files(dir, state.epochs_done - 1) {
-                let _ = std::fs::remove_file(old);
-            }
-        }
-        Ok(())
-    }
-
-    /// The last checkpoint, if there is one.
-    fn load(&self, options: &FinetuneOptions) -> Result<Option<Saved>, CheckpointError> {
-        let Some(dir) = &self.dir else {
-            return Ok(None);
-        };
-        let state_path = dir.join(STATE_FILE);
-        let Ok(text) = std::fs::read_to_string(&state_path) else {
-            return Ok(None);
-        };
-        let state: CheckpointState =
-            serde_json::from_str(&text).map_err(|e| Self::invalid(&state_path, e))?;
-        if &state.options != options {
-            return Err(Self::invalid(
-                &state_path,
-                "the checkpoint was made with other fine-tuning options; rerun with the same ones",
-            ));
-        }
-        let [model_file, optimizer_file, best_file] = Self::files(dir, state.epochs_done);
-        let model = burn::store::ModuleRecord::load(&model_file)
-            .map_err(|e| Self::invalid(&model_file, e))?;
-        let best = burn::store::ModuleRecord::load(&best_file)
-            .map_err(|e| Self::invalid(&best_file, e))?;
-        let bytes =
-            std::fs::read(&optimizer_file).map_err(|e| Self::invalid(&optimizer_file, e))?;
-        let optimizer =
-            burn::optim::OptimizerRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-                .map_err(|e| Self::invalid(&optimizer_file, e))?;
-        Ok(Some(Saved {
-            state,
-            model,
-            optimizer,
-            best,
-        }))
-    }
+    let [model, best]: [burn::store::ModuleRecord; 2] = loaded
+        .modules
+        .try_into()
+        .map_err(|_| checkpoint::invalid(Path::new("."), "two module records expected"))?;
+    Ok(Some(Saved {
+        state: loaded.state,
+        model,
+        optimizer: loaded.optimizer,
+        best,
+    }))
 }
 
 #[cfg(test)]
@@ -716,10 +633,17 @@ mod tests {
 
     /// A randomly initialised EfficientNet-Lite0 with a 3-class top, on the autodiff device.
     fn model(trainable: &[usize], bn_mode: BnMode) -> (FinetuneModel, Device) {
+        // Built on the plain device, as `Backbone::load` does; `new_model` moves it.
         let device = crate::backend::device().autodiff();
         let info = crate::backbone::find("efficientnet-lite0").unwrap();
         let config = info.source_config(None);
-        let net = MbNet::init(&info.spec(), config.padding, config.bn_eps, false, &device);
+        let net = MbNet::init(
+            &info.spec(),
+            config.padding,
+            config.bn_eps,
+            false,
+            &crate::backend::device(),
+        );
         let head = Head::Linear {
             weight: vec![0.01; 3 * config.feature_dim],
             bias: vec![0.0; 3],

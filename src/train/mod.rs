@@ -1,10 +1,12 @@
 //! Training a new top on cached bottleneck features (recipe 2).
 
+pub mod checkpoint;
 pub mod classical;
 pub mod dense;
 pub mod finetune;
 pub mod lr_find;
 pub mod schedule;
+pub mod simclr;
 
 use serde::{Deserialize, Serialize};
 

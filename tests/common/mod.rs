@@ -122,3 +122,18 @@ pub fn argmax(v: &[f32]) -> usize {
         .map(|(i, _)| i)
         .unwrap()
 }
+
+/// Copy the first `per_class` photos (by name) of each flower class into `root/<class>/`.
+pub fn copy_flowers(root: &Path, per_class: usize) {
+    for class in ["daisy", "dandelion", "roses", "sunflowers", "tulips"] {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(shared().join("data/flowers").join(class))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for photo in names.iter().take(per_class) {
+            std::fs::copy(photo, root.join(class).join(photo.file_name().unwrap())).unwrap();
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! Self-supervised adaptation with SimCLR (Chen et al. 2020): two random views of every
+//! unlabelled image go through the backbone and a 2-layer projection head; the NT-Xent loss pulls
+//! the two views of an image together and pushes the 2(N-1) other views of the batch away. The
+//! backbone starts from its ImageNet weights (or from scratch) and is then used like any other.
+
+use std::path::PathBuf;
+
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{Linear, LinearConfig, Relu};
+use burn::optim::module_optimizer::ModuleOptimizer;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{CheckpointError, Checkpoints};
+use super::finetune::{BnMode, set_trainable};
+use super::schedule::{Schedule, factor};
+use crate::backbone::SourceConfig;
+use crate::backbone::mbnet::MbNet;
+use crate::data::augment::{image_rng, simclr_view};
+use crate::data::{Chw, DecodeLimits, decode_rgb, to_batch};
+use crate::metrics::argmax_rows;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimclrOptions {
+    pub epochs: usize,
+    /// Images per step (each gives two views, so the loss sees 2N embeddings).
+    pub batch_size: usize,
+    /// Peak learning rate of the projection head.
+    pub learning_rate: f64,
+    /// Peak learning rate of the backbone (low for ImageNet weights: adapt, do not overwrite).
+    pub backbone_learning_rate: f64,
+    pub weight_decay: f64,
+    /// NT-Xent temperature.
+    pub temperature: f64,
+    /// Width of the projection head's output (the space the loss compares in).
+    pub projection_dim: usize,
+    /// Side of the square views (lower than the source resolution trains faster).
+    pub resolution: usize,
+    /// Epochs of linear warm-up before the cosine decay.
+    pub warmup_epochs: usize,
+    pub bn_mode: BnMode,
+    /// Gaussian blur as a fifth augmentation.
+    pub blur: bool,
+    pub seed: u64,
+}
+
+impl Default for SimclrOptions {
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            batch_size: 32,
+            learning_rate: 1e-3,
+            backbone_learning_rate: 1e-4,
+            weight_decay: 1e-4,
+            temperature: 0.1,
+            projection_dim: 128,
+            resolution: 224,
+            warmup_epochs: 1,
+            bn_mode: BnMode::Frozen,
+            blur: false,
+            seed: 0,
+        }
+    }
+}
+
+/// The backbone and the projection head g(h) = W2 ReLU(W1 h).
+#[derive(Module, Debug)]
+pub struct SimclrModel {
+    pub net: MbNet,
+    pub hidden: Linear,
+    pub relu: Relu,
+    pub output: Linear,
+}
+
+impl SimclrModel {
+    pub fn new(net: MbNet, projection_dim: usize, device: &Device) -> Self {
+        let dim = net.head.out_channels();
+        Self {
+            net,
+            hidden: LinearConfig::new(dim, dim).init(device),
+            relu: Relu::new(),
+            output: LinearConfig::new(dim, projection_dim).init(device),
+        }
+    }
+
+    /// Projections `z` of a batch of views.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let h = self.net.forward_features(x);
+        self.output
+            .forward(self.relu.forward(self.hidden.forward(h)))
+    }
+}
+
+/// NT-Xent over `z` = `[2N, d]`, rows `i` and `i + N` being the two views of image `i`. Each
+/// of the 2N anchors is a (2N-1)-way classification: its positive against the 2(N-1) views of
+/// the other images, on cosine similarities divided by `temperature`. Returns the mean loss and
+/// the similarity logits (self-similarity masked out), `[2N, 2N]`.
+pub fn nt_xent(z: Tensor<2>, temperature: f64) -> (Tensor<1>, Tensor<2>) {
+    let device = z.device();
+    let [rows, _] = z.dims();
+    let n = rows / 2;
+    let norm = z
+        .clone()
+        .powf_scalar(2.0)
+        .sum_dim(1)
+        .sqrt()
+        .clamp_min(1e-12);
+    let z = z / norm;
+    let logits = z.clone().matmul(z.transpose()) / temperature;
+    let eye: Tensor<2, Bool> = Tensor::<2>::eye(rows, &device).equal_elem(1.0);
+    // exp(-1e9) is 0: an anchor is never its own negative.
+    let logits = logits.mask_fill(eye, -1e9);
+    let targets: Vec<i64> = (0..rows).map(|i| ((i + n) % rows) as i64).collect();
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [rows]), &device);
+    let loss = CrossEntropyLossConfig::new()
+        .init(&device)
+        .forward(logits.clone(), targets);
+    (loss, logits)
+}
+
+/// One line of the pretraining history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PretrainEpoch {
+    pub epoch: usize,
+    /// Mean NT-Xent loss over the epoch's steps.
+    pub loss: f64,
+    /// How often an anchor's most similar view was its positive (the contrastive task's
+    /// accuracy; chance is 1 / (2N-1)).
+    pub positive_accuracy: f64,
+    /// Backbone learning rate at the epoch's last step.
+    pub learning_rate: f64,
+    /// Images that failed to decode this epoch (left out of their batch).
+    pub skipped: usize,
+}
+
+impl PretrainEpoch {
+    pub const CSV_HEADER: &str = "epoch,loss,positive_accuracy,learning_rate,skipped";
+
+    pub fn csv_line(&self) -> String {
+        format!(
+            "{},{},{},{},{}",
+            self.epoch, self.loss, self.positive_accuracy, self.learning_rate, self.skipped
+        )
+    }
+}
+
+/// What a checkpoint holds besides tensors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    options: SimclrOptions,
+    epochs_done: usize,
+    global_step: u64,
+    history: Vec<PretrainEpoch>,
+}
+
+#[derive(Debug)]
+pub struct PretrainResult {
+    /// The adapted backbone (projection head dropped, as in the paper).
+    pub net: MbNet,
+    pub history: Vec<PretrainEpoch>,
+}
+
+/// Two views of every image of `batch` that decodes: `[2N, 3, r, r]`, first views then second
+/// views, and the number that did not decode.
+fn view_batch(
+    paths: &[PathBuf],
+    batch: &[usize],
+    config: &SourceConfig,
+    options: &SimclrOptions,
+    epoch: usize,
+    device: &Device,
+) -> (Option<Tensor<4>>, usize) {
+    let pairs: Vec<Option<(Chw, Chw)>> = batch
+        .par_iter()
+        .map(|&i| {
+            let rgb = decode_rgb(&paths[i], DecodeLimits::default()).ok()?;
+            let view = |v: usize| {
+                let mut rng = image_rng(options.seed, epoch, 2 * i + v);
+                simclr_view(&rgb, config, options.resolution, options.blur, &mut rng).1
+            };
+            Some((view(0), view(1)))
+        })
+        .collect();
+    let good: Vec<&(Chw, Chw)> = pairs.iter().flatten().collect();
+    let skipped = pairs.len() - good.len();
+    if good.len() < 2 {
+        // NT-Xent needs at least one negative.
+        return (None, skipped);
+    }
+    let views: Vec<&Chw> = good
+        .iter()
+        .map(|p| &p.0)
+        .chain(good.iter().map(|p| &p.1))
+        .collect();
+    (Some(to_batch(&views, options.resolution, device)), skipped)
+}
+
+/// One step: loss, backward, an AdamW update of the backbone at `backbone_lr` and of the
+/// projection head at `head_lr`. Returns the model, the loss and the positive accuracy.
+fn train_step(
+    model: SimclrModel,
+    optimizer: &mut ModuleOptimizer,
+    x: Tensor<4>,
+    temperature: f64,
+    (backbone_lr, head_lr): (f64, f64),
+) -> (SimclrModel, f64, f64) {
+    let (loss, logits) = nt_xent(model.forward(x), temperature);
+    let loss_value = loss.clone().into_scalar::<f32>() as f64;
+    let rows = logits.dims()[0];
+    let logits: Vec<f32> = logits
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec()
+        .unwrap_or_default();
+    let hits = argmax_rows(&logits, rows)
+        .iter()
+        .enumerate()
+        .filter(|(i, p)| **p == (i + rows / 2) % rows)
+        .count();
+    let mut grads = loss.backward();
+    let net = GradientsParams::from_module(&mut grads, &model.net);
+    let hidden = GradientsParams::from_module(&mut grads, &model.hidden);
+    let output = GradientsParams::from_module(&mut grads, &model.output);
+    let mut model = optimizer.step(backbone_lr, model, net);
+    model = optimizer.step(head_lr, model, hidden);
+    model = optimizer.step(head_lr, model, output);
+    (model, loss_value, hits as f64 / rows.max(1) as f64)
+}
+
+const MODULES: [&str; 1] = ["model"];
+
+/// Pretrain `net` (unfolded BatchNorm) on the images at `paths` with SimCLR.
+pub fn pretrain(
+    net: MbNet,
+    config: &SourceConfig,
+    paths: &[PathBuf],
+    options: &SimclrOptions,
+    checkpoints: &Checkpoints,
+    mut on_step: impl FnMut(usize, f64),
+    mut on_epoch: impl FnMut(&PretrainEpoch),
+) -> Result<PretrainResult, CheckpointError> {
+    let device = crate::backend::device().autodiff();
+    let groups = config.layer_groups.len();
+    let all: Vec<usize> = (0..groups).collect();
+    let net = set_trainable(net.for_training(&device), groups, &all, options.bn_mode);
+    // The projection head's initial weights come from the run's seed.
+    device.seed(options.seed);
+    let mut model = SimclrModel::new(net, options.projection_dim, &device);
+    let mut optimizer = AdamWConfig::new()
+        .with_weight_decay(options.weight_decay as f32)
+        .init();
+    let batch_size = options.batch_size.max(2);
+    let steps_per_epoch = paths.len().div_ceil(batch_size);
+    let total = options.epochs * steps_per_epoch;
+    let warmup = options.warmup_epochs * steps_per_epoch;
+    let mut history = Vec::new();
+    let mut global_step = 0u64;
+    if checkpoints.resume
+        && let Some(saved) = checkpoints.load::<State>(&MODULES)?
+    {
+        if saved.state.options != *options {
+            let dir = checkpoints.dir.clone().unwrap_or_default();
+            return Err(super::checkpoint::invalid(
+                &dir,
+                "the checkpoint was made with other pretraining options; rerun with the same ones",
+            ));
+        }
+        history = saved.state.history;
+        global_step = saved.state.global_step;
+        let record = saved.modules.into_iter().next().ok_or_else(|| {
+            super::checkpoint::invalid(&checkpoints.dir.clone().unwrap_or_default(), "no model")
+        })?;
+        model = model.load_record(record);
+        optimizer = optimizer.load_record(saved.optimizer);
+    }
+    for epoch in history.len() + 1..=options.epochs {
+        if checkpoints.stop_after.is_some_and(|n| epoch > n) {
+            break;
+        }
+        let mut order: Vec<usize> = (0..paths.len()).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+            options.seed ^ ((epoch as u64) << 40),
+        ));
+        let (mut loss_sum, mut accuracy_sum, mut steps, mut skipped) = (0.0, 0.0, 0usize, 0);
+        let mut backbone_lr = 0.0;
+        for batch in order.chunks(batch_size) {
+            let step = (epoch - 1) * steps_per_epoch + steps;
+            let f = factor(Schedule::Cosine, step, total, warmup);
+            backbone_lr = options.backbone_learning_rate * f;
+            let (x, bad) = view_batch(paths, batch, config, options, epoch, &device);
+            skipped += bad;
+            let Some(x) = x else {
+                on_step(batch.len(), f64::NAN);
+                continue;
+            };
+            let (next, loss, accuracy) = train_step(
+                model,
+                &mut optimizer,
+                x,
+                options.temperature,
+                (backbone_lr, options.learning_rate * f),
+            );
+            model = next;
+            steps += 1;
+            global_step += 1;
+            loss_sum += loss;
+            accuracy_sum += accuracy;
+            on_step(batch.len(), loss);
+            if !loss.is_finite() {
+                return Err(CheckpointError::Diverged {
+                    epoch,
+                    epochs_done: epoch - 1,
+                });
+            }
+            if crate::interrupt::requested() {
+                return Err(CheckpointError::Interrupted {
+                    epochs_done: epoch - 1,
+                });
+            }
+        }
+        let record = PretrainEpoch {
+            epoch,
+            loss: loss_sum / steps.max(1) as f64,
+            positive_accuracy: accuracy_sum / steps.max(1) as f64,
+            learning_rate: backbone_lr,
+            skipped,
+        };
+        on_epoch(&record);
+        history.push(record);
+        checkpoints.save(
+            epoch,
+            &[(MODULES[0], &model)],
+            &optimizer,
+            &State {
+                options: options.clone(),
+                epochs_done: epoch,
+                global_step,
+                history: history.clone(),
+            },
+        )?;
+    }
+    Ok(PretrainResult {
+        net: model.valid().net,
+        history,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loss_of(rows: &[[f32; 2]], temperature: f64) -> f64 {
+        let device = crate::backend::device();
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let z = Tensor::<2>::from_data(TensorData::new(flat, [rows.len(), 2]), &device);
+        nt_xent(z, temperature).0.into_scalar::<f32>() as f64
+    }
+
+    /// Unit vectors at `degrees` (not normalised on purpose: NT-Xent normalises).
+    fn at(degrees: f64, length: f64) -> [f32; 2] {
+        let r = degrees.to_radians();
+        [(length * r.cos()) as f32, (length * r.sin()) as f32]
+    }
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_into_vec().unwrap()
+    }
+
+    #[test]
+    fn a_step_trains_the_backbone_and_the_projection_head() {
+        // Built on the plain device, as `Backbone::load` does, then moved as `pretrain` does.
+        let plain = crate::backend::device();
+        let device = plain.clone().autodiff();
+        let info = crate::backbone::find("efficientnet-lite0").unwrap();
+        let config = info.source_config(None);
+        let net = MbNet::init(&info.spec(), config.padding, config.bn_eps, false, &plain)
+            .for_training(&device);
+        let groups = config.layer_groups.len();
+        let all: Vec<usize> = (0..groups).collect();
+        let net = set_trainable(net, groups, &all, BnMode::Frozen);
+        let model = SimclrModel::new(net, 16, &device);
+        let stem = values(model.net.stem.weight.val());
+        let head = values(model.net.head.weight.val());
+        let hidden = values(model.hidden.weight.val());
+        device.seed(0);
+        let x = Tensor::<4>::random(
+            [4, 3, 64, 64],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let mut optimizer = AdamWConfig::new().init();
+        let (model, loss, _) = train_step(model, &mut optimizer, x, 0.1, (1e-2, 1e-2));
+        assert!(loss.is_finite());
+        assert!(
+            values(model.net.stem.weight.val()) != stem,
+            "stem did not train"
+        );
+        assert!(
+            values(model.net.head.weight.val()) != head,
+            "head conv did not train"
+        );
+        assert!(
+            values(model.hidden.weight.val()) != hidden,
+            "projection did not train"
+        );
+    }
+
+    #[test]
+    fn nt_xent_matches_a_hand_computed_value() {
+        // Images a and b, two views each: rows [a1, b1, a2, b2] at 0, 90, 60 and 180 degrees.
+        // Cosines: a1.b1 0, a1.a2 0.5, a1.b2 -1, b1.a2 cos 30, b1.b2 0, a2.b2 -0.5.
+        // With t = 0.5 the loss of anchor i is -s(i, pos)/t + ln sum_{k != i} exp(s(i, k)/t):
+        let s3 = 3f64.sqrt();
+        let e = f64::exp;
+        let a1 = -1.0 + (e(0.0) + e(1.0) + e(-2.0)).ln();
+        let b1 = -0.0 + (e(0.0) + e(s3) + e(0.0)).ln();
+        let a2 = -1.0 + (e(1.0) + e(s3) + e(-1.0)).ln();
+        let b2 = -0.0 + (e(-2.0) + e(0.0) + e(-1.0)).ln();
+        let expected = (a1 + b1 + a2 + b2) / 4.0;
+        let rows = [at(0.0, 1.0), at(90.0, 2.0), at(60.0, 0.5), at(180.0, 3.0)];
+        let got = loss_of(&rows, 0.5);
+        assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
+    }
+
+    #[test]
+    fn every_anchor_sees_its_positive_and_all_2n_minus_2_negatives() {
+        // All embeddings equal: every logit is 1/t, so the loss is ln(2N - 1) exactly when the
+        // softmax runs over the positive and the 2(N-1) negatives and never over the anchor.
+        for n in [2usize, 3, 5] {
+            let rows = vec![[1.0f32, 1.0]; 2 * n];
+            let got = loss_of(&rows, 0.1);
+            let expected = ((2 * n - 1) as f64).ln();
+            assert!((got - expected).abs() < 1e-4, "N={n}: {got} vs {expected}");
+        }
+    }
+
+    #[test]
+    fn the_temperature_sharpens_the_loss() {
+        // Positives aligned, negatives orthogonal: a lower temperature gives a lower loss,
+        // ln(1 + 2(N-1) e^{-1/t}) for N = 2.
+        let rows = [at(0.0, 1.0), at(90.0, 1.0), at(0.0, 1.0), at(90.0, 1.0)];
+        for t in [0.1, 0.5, 1.0] {
+            let expected = (1.0 + 2.0 * f64::exp(-1.0 / t)).ln();
+            let got = loss_of(&rows, t);
+            assert!((got - expected).abs() < 1e-5, "t={t}: {got} vs {expected}");
+        }
+    }
+}
