@@ -176,13 +176,49 @@ fn assert_rows_match(
     }
 }
 
+/// Start `command` 5 times and SIGKILL it at a moment drawn from a seeded RNG over what is
+/// left of a run that takes `full` uninterrupted; after each kill every cached row must be
+/// unique and equal to `expected`'s. Returns the number of rows after each kill.
+fn kill_five_times(
+    command: impl Fn() -> Command,
+    full: Duration,
+    cache: &Path,
+    expected: &HashMap<String, (usize, Vec<f32>)>,
+    seed: u64,
+) -> Vec<usize> {
+    use rand::{Rng, SeedableRng};
+    let n = expected.len();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut partial_states = Vec::new();
+    for attempt in 0..5 {
+        let before = rows(cache).len();
+        // A moment within what is left of the run: the share of images not yet cached.
+        let left = full.mul_f64((n - before).max(1) as f64 / n as f64);
+        let wait = left.mul_f64(rng.random_range(0.0..1.0));
+        let mut child = command()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = child.kill(); // SIGKILL; harmless if it already finished
+        child.wait().unwrap();
+        let now = rows(cache);
+        assert_rows_match(&now, expected, &format!("after kill {}", attempt + 1));
+        assert!(now.len() >= before, "kill {} lost rows", attempt + 1);
+        partial_states.push(now.len());
+    }
+    partial_states
+}
+
 /// `kill -9` at 5 moments drawn from a seeded RNG over the extraction's duration, each time
 /// resuming with the same command, then one run to the end: the cache holds exactly one row
 /// per image, each equal to the row of an uninterrupted extraction.
 #[test]
 fn sigkill_at_five_random_moments_then_resume_gives_the_uninterrupted_rows() {
-    use rand::{Rng, SeedableRng};
-
     let dir = tempfile::tempdir().unwrap();
     let data = flowers(dir.path(), 30);
     let images = image_files(&data);
@@ -207,29 +243,13 @@ fn sigkill_at_five_random_moments_then_resume_gives_the_uninterrupted_rows() {
     assert_eq!(expected.keys().cloned().collect::<HashSet<_>>(), keys);
 
     let cache = dir.path().join("killed-cache");
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-    let mut partial_states = Vec::new();
-    for attempt in 0..5 {
-        let before = rows(&cache).len();
-        // A moment within what is left of the run: the share of images not yet cached.
-        let left = full.mul_f64((n - before).max(1) as f64 / n as f64);
-        let wait = left.mul_f64(rng.random_range(0.0..1.0));
-        let mut child = extract_cmd_batch(&data, &cache, batch)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + wait;
-        while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = child.kill(); // SIGKILL; harmless if it already finished
-        child.wait().unwrap();
-        let now = rows(&cache);
-        assert_rows_match(&now, &expected, &format!("after kill {}", attempt + 1));
-        assert!(now.len() >= before, "kill {} lost rows", attempt + 1);
-        partial_states.push(now.len());
-    }
+    let partial_states = kill_five_times(
+        || extract_cmd_batch(&data, &cache, batch),
+        full,
+        &cache,
+        &expected,
+        11,
+    );
     assert!(
         partial_states.iter().any(|&r| r > 0 && r < n),
         "no kill landed in the middle of the extraction (rows after each: {partial_states:?})"
@@ -249,6 +269,76 @@ fn sigkill_at_five_random_moments_then_resume_gives_the_uninterrupted_rows() {
         got.keys().cloned().collect::<HashSet<_>>(),
         keys,
         "one row per image, none missing"
+    );
+    eprintln!("rows after each kill: {partial_states:?}");
+}
+
+fn train_head_cmd(data: &Path, cache: &Path, out: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_graft"));
+    cmd.args([
+        "--threads",
+        "2",
+        "train",
+        "--recipe",
+        "head",
+        "--extract-batch-size",
+        "2",
+    ])
+    .arg("--cache-dir")
+    .arg(cache)
+    .arg("--out")
+    .arg(out)
+    .arg(data);
+    cmd
+}
+
+/// `graft train` (its extraction, then the head) killed at 5 random moments, rerun each time:
+/// the cache never holds a duplicate or a wrong row, and the final run trains the head of an
+/// uninterrupted run, bit for bit.
+#[test]
+fn sigkill_train_at_five_random_moments_then_the_rerun_trains_the_same_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = flowers(dir.path(), 30);
+    let reference_cache = dir.path().join("reference-cache");
+    let reference_run = dir.path().join("reference-run");
+    let started = Instant::now();
+    let out = train_head_cmd(&data, &reference_cache, &reference_run)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let full = started.elapsed();
+    let expected = rows(&reference_cache);
+    assert_eq!(expected.len(), 60);
+
+    let cache = dir.path().join("killed-cache");
+    let run = dir.path().join("killed-run");
+    let partial_states = kill_five_times(
+        || train_head_cmd(&data, &cache, &run),
+        full,
+        &cache,
+        &expected,
+        7,
+    );
+    assert!(
+        partial_states.iter().any(|&r| r > 0 && r < 60),
+        "no kill landed in the middle of the extraction (rows after each: {partial_states:?})"
+    );
+    let out = train_head_cmd(&data, &cache, &run).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_rows_match(&rows(&cache), &expected, "at the end");
+    assert_eq!(rows(&cache).len(), 60, "one row per image");
+    assert_eq!(
+        std::fs::read(run.join("head.safetensors")).unwrap(),
+        std::fs::read(reference_run.join("head.safetensors")).unwrap(),
+        "the head differs from the uninterrupted run's"
     );
     eprintln!("rows after each kill: {partial_states:?}");
 }
