@@ -30,21 +30,51 @@ pub fn crop_and_resize(image: &RgbImage, config: &SourceConfig) -> RgbImage {
             } else {
                 (((short as u64 * w as u64) / h as u64) as u32, short)
             };
-            let resized = resize(image, rw.max(res), rh.max(res), config.resize_filter);
-            let (rw, rh) = resized.dimensions();
+            let (rw, rh) = (rw.max(res), rh.max(res));
             let top = ((rh - res) as f64 / 2.0).round() as u32;
             let left = ((rw - res) as f64 / 2.0).round() as u32;
-            image::imageops::crop_imm(&resized, left, top, res, res).to_image()
+            if u64::from(rw) * u64::from(rh) <= MAX_RESIZED_AREA * u64::from(res * res) {
+                let resized = resize(image, rw, rh, config.resize_filter);
+                image::imageops::crop_imm(&resized, left, top, res, res).to_image()
+            } else {
+                // A very wide or tall image (10000 x 10 would resize to ~2.9M x 292, gigabytes):
+                // resample only the source region that lands in the crop. Same sampling
+                // positions and filter support, so the same pixels up to rounding.
+                let (sx, sy) = (f64::from(w) / f64::from(rw), f64::from(h) / f64::from(rh));
+                let region = (
+                    f64::from(left) * sx,
+                    f64::from(top) * sy,
+                    f64::from(res) * sx,
+                    f64::from(res) * sy,
+                );
+                resize_region(image, Some(region), res, res, config.resize_filter)
+            }
         }
     }
 }
 
+/// Above this many times the output's area, the resize-then-crop rule resamples only the
+/// region it keeps.
+const MAX_RESIZED_AREA: u64 = 16;
+
 /// Antialiased resize (Pillow-style convolution: support scaled by the downscale factor).
 pub fn resize(image: &RgbImage, width: u32, height: u32, filter: ResizeFilter) -> RgbImage {
-    let (w, h) = image.dimensions();
-    if (w, h) == (width, height) {
+    if image.dimensions() == (width, height) {
         return image.clone();
     }
+    resize_region(image, None, width, height, filter)
+}
+
+/// Resize the `(left, top, width, height)` region of `image` (all of it if `None`; fractional
+/// coordinates allowed) to `width x height`.
+fn resize_region(
+    image: &RgbImage,
+    region: Option<(f64, f64, f64, f64)>,
+    width: u32,
+    height: u32,
+    filter: ResizeFilter,
+) -> RgbImage {
+    let (w, h) = image.dimensions();
     let filter = match filter {
         ResizeFilter::Bicubic => FilterType::CatmullRom,
         ResizeFilter::Bilinear => FilterType::Bilinear,
@@ -53,13 +83,17 @@ pub fn resize(image: &RgbImage, width: u32, height: u32, filter: ResizeFilter) -
         // cannot fail: an RgbImage's buffer is exactly w * h * 3 bytes
         .expect("buffer length matches an RgbImage's dimensions");
     let mut dst = Image::new(width, height, PixelType::U8x3);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter));
     Resizer::new()
         .resize(
             &src,
             &mut dst,
-            &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter)),
+            &match region {
+                Some((left, top, cw, ch)) => options.crop(left, top, cw, ch),
+                None => options,
+            },
         )
-        // cannot fail: both images are U8x3, a supported type, and no crop box is given
+        // cannot fail: both images are U8x3, a supported type, and a crop box lies inside the image
         .expect("source and destination share the U8x3 pixel type");
     // cannot fail: `dst` was allocated as width x height U8x3
     RgbImage::from_raw(width, height, dst.into_vec()).expect("destination buffer is width*height*3")
@@ -92,6 +126,53 @@ pub fn hflip(chw: &mut [f32], side: usize) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn torchvision_config() -> SourceConfig {
+        crate::backbone::find("mobilenet-v2")
+            .unwrap()
+            .source_config(None)
+    }
+
+    fn pattern(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([
+                (x * 7 % 256) as u8,
+                (y * 13 % 256) as u8,
+                ((x ^ y) % 256) as u8,
+            ])
+        })
+    }
+
+    #[test]
+    fn a_very_wide_image_resamples_only_the_crop_and_gives_the_same_pixels() {
+        let config = torchvision_config();
+        let image = pattern(2400, 60);
+        // The rule done the long way: the whole image to 10240 x 256, then the centre 224.
+        let full = resize(&image, 10240, 256, config.resize_filter);
+        let left = ((10240 - 224) as f64 / 2.0).round() as u32;
+        let top = ((256 - 224) as f64 / 2.0).round() as u32;
+        let expected = image::imageops::crop_imm(&full, left, top, 224, 224).to_image();
+        let got = crop_and_resize(&image, &config);
+        let worst = got
+            .as_raw()
+            .iter()
+            .zip(expected.as_raw())
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(worst <= 1, "differs by {worst} grey levels");
+    }
+
+    #[test]
+    fn a_10000_by_1_image_is_cropped_without_a_giant_buffer() {
+        let config = torchvision_config();
+        for (w, h) in [(10000, 1), (1, 10000), (10000, 10)] {
+            let out = crop_and_resize(&pattern(w, h), &config);
+            assert_eq!(out.dimensions(), (224, 224), "{w}x{h}");
+        }
+    }
+
     #[test]
     fn hflip_mirrors_every_row_of_every_channel() {
         // 2 channels shown; side 2: [[1, 2], [3, 4]] per channel.
