@@ -5,27 +5,16 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
 use image::ImageEncoder;
 
-const CLASSES: [&str; 5] = ["daisy", "dandelion", "roses", "sunflowers", "tulips"];
-
-fn sorted_photos(class: &str) -> Vec<PathBuf> {
-    let mut names: Vec<PathBuf> = std::fs::read_dir(shared().join("data/flowers").join(class))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    names.sort();
-    names
-}
-
 /// `train/<class>/` with `train` photos and `val/<class>/` with the next `val` ones.
 fn split_folder(root: &Path, train: usize, val: usize) {
-    for class in CLASSES {
-        let photos = sorted_photos(class);
+    for class in FLOWER_CLASSES {
+        let photos = flower_photos(class);
         for (split, range) in [("train", 0..train), ("val", train..train + val)] {
             let dir = root.join(split).join(class);
             std::fs::create_dir_all(&dir).unwrap();
@@ -98,14 +87,14 @@ fn planted_leakage_is_found_and_the_clean_folder_has_none() {
     let leaky = dir.path().join("leaky");
     split_folder(&leaky, 16, 4);
     let mut planted = BTreeSet::new();
-    for (i, class) in CLASSES.iter().enumerate() {
-        let photo = &sorted_photos(class)[i];
+    for (i, class) in FLOWER_CLASSES.iter().enumerate() {
+        let photo = &flower_photos(class)[i];
         let copy = leaky.join("val").join(class).join(format!("copy-{i}.jpg"));
         std::fs::copy(photo, &copy).unwrap();
         planted.insert(copy);
     }
-    for (i, class) in CLASSES.iter().take(3).enumerate() {
-        let photo = &sorted_photos(class)[10 + i];
+    for (i, class) in FLOWER_CLASSES.iter().take(3).enumerate() {
+        let photo = &flower_photos(class)[10 + i];
         let copy = leaky
             .join("val")
             .join(class)
@@ -149,7 +138,7 @@ fn a_class_of_three_images_is_reported_as_imbalance() {
         ("tulips", 3),
     ] {
         std::fs::create_dir_all(data.join(class)).unwrap();
-        for photo in sorted_photos(class).iter().take(count) {
+        for photo in flower_photos(class).iter().take(count) {
             std::fs::copy(photo, data.join(class).join(photo.file_name().unwrap())).unwrap();
         }
     }

@@ -18,18 +18,7 @@ fn small_flowers(dir: &Path) -> PathBuf {
 /// 2 classes x `per_class` flower photos, copied into a fresh folder.
 fn flowers(dir: &Path, per_class: usize) -> PathBuf {
     let root = dir.join("flowers");
-    for class in ["daisy", "roses"] {
-        let src = shared().join("data/flowers").join(class);
-        let mut names: Vec<_> = std::fs::read_dir(&src)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        names.sort();
-        std::fs::create_dir_all(root.join(class)).unwrap();
-        for path in names.iter().take(per_class) {
-            std::fs::copy(path, root.join(class).join(path.file_name().unwrap())).unwrap();
-        }
-    }
+    copy_flowers(&root, &["daisy", "roses"], per_class);
     root
 }
 

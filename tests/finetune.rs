@@ -28,17 +28,7 @@ fn ok(output: Output) -> (String, String) {
 }
 
 fn small_flowers(root: &Path) {
-    for class in ["daisy", "dandelion", "roses", "sunflowers", "tulips"] {
-        let mut names: Vec<PathBuf> = std::fs::read_dir(shared().join("data/flowers").join(class))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        names.sort();
-        std::fs::create_dir_all(root.join(class)).unwrap();
-        for photo in names.iter().take(20) {
-            std::fs::copy(photo, root.join(class).join(photo.file_name().unwrap())).unwrap();
-        }
-    }
+    copy_flowers(root, &FLOWER_CLASSES, 20);
 }
 
 fn finetune(data: &Path, cache: &Path, out: &Path) -> (String, String) {
@@ -170,12 +160,11 @@ fn resume_from_a_checkpoint_equals_an_uninterrupted_run() {
         }
     };
     let photos = |class: &str, skip: usize, take: usize| -> Vec<PathBuf> {
-        let mut names: Vec<PathBuf> = std::fs::read_dir(shared().join("data/flowers").join(class))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        names.sort();
-        names.into_iter().skip(skip).take(take).collect()
+        flower_photos(class)
+            .into_iter()
+            .skip(skip)
+            .take(take)
+            .collect()
     };
     let examples = |skip: usize, take: usize| {
         let mut e = Examples::default();

@@ -60,7 +60,7 @@ fn pretrain_adapts_the_backbone_probes_it_and_resumes_to_the_same_weights() {
     store_weights("efficientnet-lite0");
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("flowers");
-    copy_flowers(&data, 8);
+    copy_flowers(&data, &FLOWER_CLASSES, 8);
     let cache = dir.path().join("cache");
 
     // Uninterrupted.

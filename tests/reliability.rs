@@ -127,12 +127,7 @@ fn corpus(root: &Path) -> BTreeMap<PathBuf, Expect> {
     }
     // Real photos, so that the two classes can be learned at all.
     for (class, dir) in [("daisy", &good), ("roses", &mixed)] {
-        let mut photos: Vec<PathBuf> = std::fs::read_dir(shared().join("data/flowers").join(class))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        photos.sort();
-        for photo in photos.iter().take(6) {
+        for photo in flower_photos(class).iter().take(6) {
             put(
                 &mut files,
                 dir.join(photo.file_name().unwrap()),
@@ -436,19 +431,11 @@ fn an_unreadable_file_is_named_and_the_others_processed() {
     };
     chmod(dir.path(), 0o755);
     let data = dir.path().join("data");
-    let photos = |class: &str| {
-        let mut photos: Vec<PathBuf> = std::fs::read_dir(shared().join("data/flowers").join(class))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        photos.sort();
-        photos
-    };
     let mut files = BTreeMap::new();
     for class in ["daisy", "roses"] {
         std::fs::create_dir_all(data.join(class)).unwrap();
         chmod(&data.join(class), 0o755);
-        for photo in photos(class).iter().take(4) {
+        for photo in flower_photos(class).iter().take(4) {
             let copy = data.join(class).join(photo.file_name().unwrap());
             std::fs::copy(photo, &copy).unwrap();
             chmod(&copy, 0o644);
@@ -458,7 +445,7 @@ fn an_unreadable_file_is_named_and_the_others_processed() {
     chmod(&data, 0o755);
     let locked = data.join("daisy/locked.jpg");
     // A photo of its own (the fifth rose), not a copy of a listed one.
-    std::fs::copy(&photos("roses")[4], &locked).unwrap();
+    std::fs::copy(&flower_photos("roses")[4], &locked).unwrap();
     chmod(&locked, 0o000);
     files.insert(locked.clone(), Expect::Fails);
 
@@ -554,13 +541,8 @@ fn a_head_that_does_not_fit_the_backbone_is_a_clear_error() {
     let data = dir.path().join("data");
     let mut photos = Vec::new();
     for class in ["daisy", "roses"] {
-        let mut all: Vec<PathBuf> = std::fs::read_dir(shared().join("data/flowers").join(class))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        all.sort();
         std::fs::create_dir_all(data.join(class)).unwrap();
-        for photo in all.iter().take(5) {
+        for photo in flower_photos(class).iter().take(5) {
             let copy = data.join(class).join(photo.file_name().unwrap());
             std::fs::copy(photo, &copy).unwrap();
             photos.push(copy);

@@ -123,16 +123,24 @@ pub fn argmax(v: &[f32]) -> usize {
         .unwrap()
 }
 
-/// Copy the first `per_class` photos (by name) of each flower class into `root/<class>/`.
-pub fn copy_flowers(root: &Path, per_class: usize) {
-    for class in ["daisy", "dandelion", "roses", "sunflowers", "tulips"] {
-        let mut names: Vec<PathBuf> = std::fs::read_dir(shared().join("data/flowers").join(class))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        names.sort();
+/// The five tf_flowers classes.
+pub const FLOWER_CLASSES: [&str; 5] = ["daisy", "dandelion", "roses", "sunflowers", "tulips"];
+
+/// The photos of one flower class in `../shared/data/flowers`, sorted by name.
+pub fn flower_photos(class: &str) -> Vec<PathBuf> {
+    let mut photos: Vec<PathBuf> = std::fs::read_dir(shared().join("data/flowers").join(class))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    photos.sort();
+    photos
+}
+
+/// Copy the first `per_class` photos of each of `classes` into `root/<class>/`.
+pub fn copy_flowers(root: &Path, classes: &[&str], per_class: usize) {
+    for class in classes {
         std::fs::create_dir_all(root.join(class)).unwrap();
-        for photo in names.iter().take(per_class) {
+        for photo in flower_photos(class).iter().take(per_class) {
             std::fs::copy(photo, root.join(class).join(photo.file_name().unwrap())).unwrap();
         }
     }
