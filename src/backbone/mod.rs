@@ -13,6 +13,7 @@ pub mod summary;
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
+use rayon::prelude::*;
 
 use crate::weights::loader::TensorSource;
 use crate::weights::{Checkpoint, LoadReport, WeightsError};
@@ -203,6 +204,9 @@ pub struct Backbone {
     pub weights_id: String,
 }
 
+/// Images per slice of an inference batch on the CPU (see `Backbone::sliced`).
+const CPU_SLICE: usize = 4;
+
 /// Options of [`Backbone::load`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoadOptions {
@@ -260,12 +264,43 @@ impl Backbone {
 
     /// Pooled features `[N, feature_dim]` of a preprocessed batch `[N, 3, H, W]`.
     pub fn features(&self, batch: Tensor<4>) -> Tensor<2> {
-        self.net.forward_features(batch)
+        self.sliced(batch, |net, slice| net.forward_features(slice))
     }
 
     /// ImageNet logits, or `None` when loaded without the top.
     pub fn logits(&self, batch: Tensor<4>) -> Option<Tensor<2>> {
-        self.net.forward_logits(batch)
+        self.net.classifier.as_ref()?;
+        Some(self.sliced(batch, |net, slice| {
+            // cannot fail: the classifier's presence was checked above
+            net.forward_logits(slice).expect("a classifier")
+        }))
+    }
+
+    /// `forward` over slices of `CPU_SLICE` images of the batch in parallel, one per worker
+    /// thread at a time, concatenated in order. On the CPU, burn-flex keeps only about 1.5 of
+    /// 2 cores busy inside one forward pass; independent slices keep them all busy and stay in
+    /// cache (`graft --threads 2 bench -b efficientnet-lite0`: 20.6 img/s as one batch of 32,
+    /// 45.3 img/s as 8 slices of 4, peak RSS 442 -> 173 MB). A GPU gets the whole batch.
+    fn sliced(
+        &self,
+        batch: Tensor<4>,
+        forward: impl Fn(&MbNet, Tensor<4>) -> Tensor<2> + Sync,
+    ) -> Tensor<2> {
+        let n = batch.dims()[0];
+        if cfg!(feature = "cuda") || n <= CPU_SLICE {
+            return forward(&self.net, batch);
+        }
+        let device = batch.device();
+        let outputs: Vec<Tensor<2>> = batch
+            .chunk(n.div_ceil(CPU_SLICE), 0)
+            .into_par_iter()
+            .map(|slice| {
+                // Reading the result here makes the slice's work happen on this thread even on a
+                // lazy backend; the copy is a few kilobytes.
+                Tensor::from_data(forward(&self.net, slice).into_data(), &device)
+            })
+            .collect();
+        Tensor::cat(outputs, 0)
     }
 }
 
@@ -305,4 +340,46 @@ fn fill(
         None => source.skip_prefix(&format!("{}.", layout.classifier())),
     }
     source.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn sliced_inference_equals_one_batch_in_order() {
+        let device = crate::backend::device();
+        let info = find("efficientnet-lite0").unwrap();
+        let config = info.source_config(None);
+        device.seed(3);
+        let net = MbNet::init(&info.spec(), config.padding, config.bn_eps, true, &device);
+        let backbone = Backbone {
+            config,
+            net,
+            weights_id: "random".into(),
+        };
+        // 10 images: slices of 4, 4 and 2.
+        let x = Tensor::<4>::random([10, 3, 64, 64], Distribution::Normal(0.0, 1.0), &device);
+        let whole: Vec<f32> = backbone
+            .net
+            .forward_logits(x.clone())
+            .unwrap()
+            .into_data()
+            .try_into_vec()
+            .unwrap();
+        let sliced: Vec<f32> = backbone
+            .logits(x)
+            .unwrap()
+            .into_data()
+            .try_into_vec()
+            .unwrap();
+        assert_eq!(whole.len(), sliced.len());
+        let worst = whole
+            .iter()
+            .zip(&sliced)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "sliced logits differ by {worst}");
+    }
 }
