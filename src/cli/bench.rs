@@ -35,6 +35,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     pub iters: usize,
 
+    /// train-step: slices the batch is split into across the cores (default: what fine-tuning
+    /// uses, batch / 8 on the CPU).
+    #[arg(long, value_name = "N")]
+    pub slices: Option<usize>,
+
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -80,7 +85,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
 
 fn train_step(args: BenchArgs) -> Result<ExitCode> {
     use burn::tensor::{Int, TensorData};
-    use graft::train::finetune::{BnMode, new_model, set_trainable, train_step};
+    use graft::train::finetune::{BnMode, new_model, set_trainable, train_step, training_slices};
 
     let info = args.backbone.info()?;
     let path = args.backbone.weights_path()?;
@@ -113,6 +118,9 @@ fn train_step(args: BenchArgs) -> Result<ExitCode> {
         .map(|i| i % classes as i64)
         .collect();
     let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [args.batch_size]), &device);
+    let slices = args
+        .slices
+        .unwrap_or_else(|| training_slices(args.batch_size, BnMode::Frozen));
     let mut run_once = |model| {
         train_step(
             model,
@@ -122,6 +130,7 @@ fn train_step(args: BenchArgs) -> Result<ExitCode> {
             y.clone(),
             &all,
             &lrs,
+            slices,
         )
         .0
     };

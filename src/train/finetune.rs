@@ -3,11 +3,11 @@
 //! from the top, discriminative learning rates, a per-step schedule, BatchNorm kept in
 //! inference mode, and on-the-fly augmentation.
 
-use burn::module::{Module, Param};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::optim::module_optimizer::ModuleOptimizer;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -201,31 +201,117 @@ pub fn set_trainable(net: MbNet, groups: usize, trainable: &[usize], bn_mode: Bn
     })
 }
 
-/// Gradients of the parameters of group `g`, one entry per module holding them.
-fn group_gradients(
-    model: &FinetuneModel,
-    g: usize,
-    grads: &mut burn::tensor::Gradients,
-) -> Vec<GradientsParams> {
-    let net = &model.net;
-    let head_group = net.stage_ends.len() + 1;
-    if g == 0 {
-        vec![GradientsParams::from_module(grads, &net.stem)]
-    } else if g == head_group {
-        vec![GradientsParams::from_module(grads, &net.head)]
-    } else {
-        net.blocks
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| block_group(net, *i) == g)
-            .map(|(_, b)| GradientsParams::from_module(grads, b))
-            .collect()
+/// Moves the gradients of a module's parameters out of a [`GradientsParams`].
+struct TakeGradients<'a> {
+    from: &'a mut GradientsParams,
+    into: GradientsParams,
+}
+
+impl ModuleVisitor for TakeGradients<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(grad) = self.from.remove::<D>(param.id) {
+            self.into.register::<D>(param.id, grad);
+        }
     }
 }
 
-/// One optimisation step: forward, loss, backward, then an AdamW update of the top (at
-/// `lrs[groups]`) and of each trainable backbone group `g` (at `lrs[g]`). Frozen groups get no
-/// gradient and no update. Returns the model, the loss and the logits.
+/// The gradients of group `g`'s parameters, moved out of the whole network's.
+fn group_gradients(net: &MbNet, g: usize, grads: &mut GradientsParams) -> GradientsParams {
+    let head_group = net.stage_ends.len() + 1;
+    let mut visitor = TakeGradients {
+        from: grads,
+        into: GradientsParams::new(),
+    };
+    if g == 0 {
+        net.stem.visit(&mut visitor);
+    } else if g == head_group {
+        net.head.visit(&mut visitor);
+    } else {
+        for (i, block) in net.blocks.iter().enumerate() {
+            if block_group(net, i) == g {
+                block.visit(&mut visitor);
+            }
+        }
+    }
+    visitor.into
+}
+
+/// Images per slice when a training batch is split across the CPU's cores.
+pub const CPU_SLICE: usize = 8;
+
+/// How many slices to split a training batch of `n` into: the CPU with frozen BatchNorm only
+/// (batch statistics would change with the slice), else 1.
+pub fn training_slices(n: usize, bn_mode: BnMode) -> usize {
+    if cfg!(feature = "cuda") || bn_mode != BnMode::Frozen {
+        1
+    } else {
+        n.div_ceil(CPU_SLICE).max(1)
+    }
+}
+
+/// Forward and backward of one batch in `slices` slices: each slice's backbone forward and
+/// backward run on their own worker thread on an independent copy of the parameters (burn's
+/// autodiff serialises graphs that share parameter nodes); dropout, the top and the loss run
+/// once on the whole batch's features, so the gradient is the whole batch's (chain rule:
+/// dL/dtheta = sum over slices of (df_s/dtheta)^T dL/df_s). Returns the loss, the logits and
+/// the gradients of the top and of the backbone.
+fn forward_backward(
+    model: &FinetuneModel,
+    loss_fn: &CrossEntropyLoss,
+    x: Tensor<4>,
+    y: Tensor<1, Int>,
+    slices: usize,
+) -> (Tensor<1>, Tensor<2>, GradientsParams, GradientsParams) {
+    if slices <= 1 {
+        let logits = model.forward(x);
+        let loss = loss_fn.forward(logits.clone(), y);
+        let mut grads = loss.backward();
+        let top = GradientsParams::from_module(&mut grads, &model.top);
+        let net = GradientsParams::from_module(&mut grads, &model.net);
+        return (loss, logits, top, net);
+    }
+    let device = x.device();
+    let parts: Vec<(MbNet, Tensor<2>)> = x
+        .chunk(slices, 0)
+        .into_par_iter()
+        .map(|xs| {
+            let net = model.net.valid().for_training(&device);
+            let features = net.forward_features(xs);
+            (net, features)
+        })
+        .collect();
+    let features =
+        Tensor::cat(parts.iter().map(|(_, f)| f.clone().detach()).collect(), 0).require_grad();
+    let logits = model.top.forward(model.dropout.forward(features.clone()));
+    let loss = loss_fn.forward(logits.clone(), y);
+    let mut grads = loss.backward();
+    let top = GradientsParams::from_module(&mut grads, &model.top);
+    let Some(d_features) = features.grad(&grads) else {
+        // Nothing below the top trains.
+        return (loss, logits, top, GradientsParams::new());
+    };
+    let sizes: Vec<usize> = parts.iter().map(|(_, f)| f.dims()[0]).collect();
+    let d_parts = d_features.split_with_sizes(sizes, 0);
+    let per_slice: Vec<GradientsParams> = parts
+        .into_par_iter()
+        .zip(d_parts)
+        .map(|((net, f), d)| {
+            let mut grads = (f * Tensor::from_inner(d)).sum().backward();
+            GradientsParams::from_module(&mut grads, &net)
+        })
+        .collect();
+    let mut sum = GradientsAccumulator::<MbNet>::new();
+    for g in per_slice {
+        sum.accumulate(&model.net, g);
+    }
+    (loss, logits, top, sum.grads())
+}
+
+/// One optimisation step: forward, loss, backward (in `slices` slices, see
+/// [`training_slices`]), then an AdamW update of the top (at `lrs[groups]`) and of each
+/// trainable backbone group `g` (at `lrs[g]`). Frozen groups get no gradient and no update.
+/// Returns the model, the loss and the logits.
+#[allow(clippy::too_many_arguments)]
 pub fn train_step(
     model: FinetuneModel,
     optimizer: &mut ModuleOptimizer,
@@ -234,20 +320,16 @@ pub fn train_step(
     y: Tensor<1, Int>,
     trainable: &[usize],
     lrs: &[f64],
+    slices: usize,
 ) -> (FinetuneModel, f64, Vec<f32>) {
-    let logits = model.forward(x);
-    let loss = loss_fn.forward(logits.clone(), y);
-    let loss_value = loss.clone().into_scalar::<f32>() as f64;
+    let (loss, logits, top_grads, mut net_grads) = forward_backward(&model, loss_fn, x, y, slices);
+    let loss_value = loss.into_scalar::<f32>() as f64;
     // cannot fail: every tensor graft makes is f32
     let logits: Vec<f32> = logits.into_data().try_into_vec().expect("logits are f32");
-    let mut grads = loss.backward();
-    let top_grads = GradientsParams::from_module(&mut grads, &model.top);
-    let mut per_group = Vec::new();
-    for &g in trainable {
-        for grads in group_gradients(&model, g, &mut grads) {
-            per_group.push((lrs[g], grads));
-        }
-    }
+    let per_group: Vec<(f64, GradientsParams)> = trainable
+        .iter()
+        .map(|&g| (lrs[g], group_gradients(&model.net, g, &mut net_grads)))
+        .collect();
     let mut model = optimizer.step(lrs[lrs.len() - 1], model, top_grads);
     for (lr, grads) in per_group {
         model = optimizer.step(lr, model, grads);
@@ -493,6 +575,7 @@ pub fn finetune(
                     y,
                     &stage.trainable,
                     &lrs,
+                    training_slices(batch.len(), options.bn_mode),
                 );
                 model = next;
                 loss_sum += loss_value * batch.len() as f64;
@@ -668,7 +751,7 @@ mod tests {
             .with_weight_decay(0.0)
             .with_epsilon(1e-20)
             .init();
-        train_step(model, &mut optimizer, &loss_fn, x, y, trainable, lrs).0
+        train_step(model, &mut optimizer, &loss_fn, x, y, trainable, lrs, 1).0
     }
 
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -684,6 +767,62 @@ mod tests {
             .filter(|d| *d > 0.0)
             .collect();
         moved.iter().sum::<f64>() / moved.len().max(1) as f64
+    }
+
+    #[test]
+    fn a_batch_in_slices_gives_the_gradients_of_the_whole_batch() {
+        let trainable = [GROUPS - 2, GROUPS - 1];
+        let (mut model, device) = model(&trainable, BnMode::Frozen);
+        model.dropout = DropoutConfig::new(0.2).init();
+        device.seed(1);
+        let x = Tensor::<4>::random([6, 3, 64, 64], Distribution::Normal(0.0, 1.0), &device);
+        let y =
+            Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 0, 1, 2], [6]), &device);
+        let loss_fn = CrossEntropyLossConfig::new().init(&device);
+        let run = |slices: usize| {
+            // The same dropout mask either way: it is drawn once, on the whole batch.
+            device.seed(5);
+            let (loss, _, top, net) =
+                forward_backward(&model, &loss_fn, x.clone(), y.clone(), slices);
+            (loss.into_scalar::<f32>(), top, net)
+        };
+        let (loss1, top1, net1) = run(1);
+        let (loss3, top3, net3) = run(3);
+        assert!((loss1 - loss3).abs() < 1e-5, "loss {loss1} vs {loss3}");
+        let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {
+            let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let worst = a
+                .iter()
+                .zip(&b)
+                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(scale > 0.0, "{what}: no gradient");
+            assert!(
+                worst <= 1e-4 * scale,
+                "{what}: differs by {worst} (scale {scale})"
+            );
+        };
+        let head = model.net.head.weight.id;
+        close(
+            values(net1.get::<4>(head).unwrap()),
+            values(net3.get::<4>(head).unwrap()),
+            "head conv",
+        );
+        let last = model.net.blocks.len() - 1;
+        let project = model.net.blocks[last].project.weight.id;
+        close(
+            values(net1.get::<4>(project).unwrap()),
+            values(net3.get::<4>(project).unwrap()),
+            "stage 7 projection",
+        );
+        let top = model.top.weight.id;
+        close(
+            values(top1.get::<2>(top).unwrap()),
+            values(top3.get::<2>(top).unwrap()),
+            "top",
+        );
+        // Frozen groups get no gradient in either form.
+        let stem = model.net.stem.weight.id;
+        assert!(net1.get::<4>(stem).is_none() && net3.get::<4>(stem).is_none());
     }
 
     #[test]
