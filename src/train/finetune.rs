@@ -7,7 +7,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::optim::module_optimizer::ModuleOptimizer;
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams};
+use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -20,6 +20,8 @@ use super::EpochRecord;
 use super::checkpoint;
 pub use super::checkpoint::{CheckpointError, Checkpoints};
 use super::schedule::{Schedule, factor};
+use super::sliced::backward_in_slices;
+pub use super::sliced::training_slices;
 use crate::backbone::blocks::{ConvBnAct, InvertedResidual};
 use crate::backbone::mbnet::MbNet;
 use crate::backbone::{Backbone, SourceConfig};
@@ -236,25 +238,9 @@ fn group_gradients(net: &MbNet, g: usize, grads: &mut GradientsParams) -> Gradie
     visitor.into
 }
 
-/// Images per slice when a training batch is split across the CPU's cores.
-pub const CPU_SLICE: usize = 8;
-
-/// How many slices to split a training batch of `n` into: the CPU with frozen BatchNorm only
-/// (batch statistics would change with the slice), else 1.
-pub fn training_slices(n: usize, bn_mode: BnMode) -> usize {
-    if cfg!(feature = "cuda") || bn_mode != BnMode::Frozen {
-        1
-    } else {
-        n.div_ceil(CPU_SLICE).max(1)
-    }
-}
-
-/// Forward and backward of one batch in `slices` slices: each slice's backbone forward and
-/// backward run on their own worker thread on an independent copy of the parameters (burn's
-/// autodiff serialises graphs that share parameter nodes); dropout, the top and the loss run
-/// once on the whole batch's features, so the gradient is the whole batch's (chain rule:
-/// dL/dtheta = sum over slices of (df_s/dtheta)^T dL/df_s). Returns the loss, the logits and
-/// the gradients of the top and of the backbone.
+/// Forward and backward of one batch (the backbone in `slices` slices, see
+/// [`super::sliced`]; dropout, the top and the loss once on the whole batch). Returns the loss,
+/// the logits and the gradients of the top and of the backbone.
 fn forward_backward(
     model: &FinetuneModel,
     loss_fn: &CrossEntropyLoss,
@@ -262,49 +248,12 @@ fn forward_backward(
     y: Tensor<1, Int>,
     slices: usize,
 ) -> (Tensor<1>, Tensor<2>, GradientsParams, GradientsParams) {
-    if slices <= 1 {
-        let logits = model.forward(x);
-        let loss = loss_fn.forward(logits.clone(), y);
-        let mut grads = loss.backward();
-        let top = GradientsParams::from_module(&mut grads, &model.top);
-        let net = GradientsParams::from_module(&mut grads, &model.net);
-        return (loss, logits, top, net);
-    }
-    let device = x.device();
-    let parts: Vec<(MbNet, Tensor<2>)> = x
-        .chunk(slices, 0)
-        .into_par_iter()
-        .map(|xs| {
-            let net = model.net.valid().for_training(&device);
-            let features = net.forward_features(xs);
-            (net, features)
-        })
-        .collect();
-    let features =
-        Tensor::cat(parts.iter().map(|(_, f)| f.clone().detach()).collect(), 0).require_grad();
-    let logits = model.top.forward(model.dropout.forward(features.clone()));
-    let loss = loss_fn.forward(logits.clone(), y);
-    let mut grads = loss.backward();
+    let (loss, logits, mut grads, net) = backward_in_slices(&model.net, x, slices, |features| {
+        let logits = model.top.forward(model.dropout.forward(features));
+        (loss_fn.forward(logits.clone(), y), logits)
+    });
     let top = GradientsParams::from_module(&mut grads, &model.top);
-    let Some(d_features) = features.grad(&grads) else {
-        // Nothing below the top trains.
-        return (loss, logits, top, GradientsParams::new());
-    };
-    let sizes: Vec<usize> = parts.iter().map(|(_, f)| f.dims()[0]).collect();
-    let d_parts = d_features.split_with_sizes(sizes, 0);
-    let per_slice: Vec<GradientsParams> = parts
-        .into_par_iter()
-        .zip(d_parts)
-        .map(|((net, f), d)| {
-            let mut grads = (f * Tensor::from_inner(d)).sum().backward();
-            GradientsParams::from_module(&mut grads, &net)
-        })
-        .collect();
-    let mut sum = GradientsAccumulator::<MbNet>::new();
-    for g in per_slice {
-        sum.accumulate(&model.net, g);
-    }
-    (loss, logits, top, sum.grads())
+    (loss, logits, top, net)
 }
 
 /// One optimisation step: forward, loss, backward (in `slices` slices, see

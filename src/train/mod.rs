@@ -7,6 +7,7 @@ pub mod finetune;
 pub mod lr_find;
 pub mod schedule;
 pub mod simclr;
+pub mod sliced;
 
 use serde::{Deserialize, Serialize};
 

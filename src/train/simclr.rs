@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{CheckpointError, Checkpoints};
 use super::finetune::{BnMode, set_trainable};
 use super::schedule::{Schedule, factor};
+use super::sliced::{backward_in_slices, training_slices};
 use crate::backbone::SourceConfig;
 use crate::backbone::mbnet::MbNet;
 use crate::data::augment::{image_rng, simclr_view};
@@ -91,7 +92,11 @@ impl SimclrModel {
 
     /// Projections `z` of a batch of views.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let h = self.net.forward_features(x);
+        self.project(self.net.forward_features(x))
+    }
+
+    /// Projections `z` of pooled features `h`.
+    pub fn project(&self, h: Tensor<2>) -> Tensor<2> {
         self.output
             .forward(self.relu.forward(self.hidden.forward(h)))
     }
@@ -201,16 +206,21 @@ fn view_batch(
     (Some(to_batch(&views, options.resolution, device)), skipped)
 }
 
-/// One step: loss, backward, an AdamW update of the backbone at `backbone_lr` and of the
-/// projection head at `head_lr`. Returns the model, the loss and the positive accuracy.
+/// One step: loss, backward (the backbone in `slices` slices, see [`super::sliced`]; the
+/// projection head and NT-Xent on the whole batch), an AdamW update of the backbone at
+/// `backbone_lr` and of the projection head at `head_lr`. Returns the model, the loss and the
+/// positive accuracy.
 fn train_step(
     model: SimclrModel,
     optimizer: &mut ModuleOptimizer,
     x: Tensor<4>,
     temperature: f64,
     (backbone_lr, head_lr): (f64, f64),
+    slices: usize,
 ) -> (SimclrModel, f64, f64) {
-    let (loss, logits) = nt_xent(model.forward(x), temperature);
+    let (loss, logits, mut grads, net) = backward_in_slices(&model.net, x, slices, |h| {
+        nt_xent(model.project(h), temperature)
+    });
     let loss_value = loss.clone().into_scalar::<f32>() as f64;
     let rows = logits.dims()[0];
     let logits: Vec<f32> = logits
@@ -223,8 +233,6 @@ fn train_step(
         .enumerate()
         .filter(|(i, p)| **p == (i + rows / 2) % rows)
         .count();
-    let mut grads = loss.backward();
-    let net = GradientsParams::from_module(&mut grads, &model.net);
     let hidden = GradientsParams::from_module(&mut grads, &model.hidden);
     let output = GradientsParams::from_module(&mut grads, &model.output);
     let mut model = optimizer.step(backbone_lr, model, net);
@@ -299,12 +307,14 @@ pub fn pretrain(
                 on_step(batch.len(), f64::NAN);
                 continue;
             };
+            let slices = training_slices(x.dims()[0], options.bn_mode);
             let (next, loss, accuracy) = train_step(
                 model,
                 &mut optimizer,
                 x,
                 options.temperature,
                 (backbone_lr, options.learning_rate * f),
+                slices,
             );
             model = next;
             steps += 1;
@@ -395,7 +405,8 @@ mod tests {
             &device,
         );
         let mut optimizer = AdamWConfig::new().init();
-        let (model, loss, _) = train_step(model, &mut optimizer, x, 0.1, (1e-2, 1e-2));
+        // In two slices, as pretraining runs on the CPU with frozen BatchNorm.
+        let (model, loss, _) = train_step(model, &mut optimizer, x, 0.1, (1e-2, 1e-2), 2);
         assert!(loss.is_finite());
         assert!(
             values(model.net.stem.weight.val()) != stem,
