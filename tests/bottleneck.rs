@@ -15,12 +15,6 @@ use graft::infer::{Top, classify};
 use graft::metrics::argmax_rows;
 use graft::run::{RunMetrics, TrainedModel};
 
-fn graft() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_graft"));
-    cmd.args(["--threads", "2"]);
-    cmd
-}
-
 /// Run to completion; the output and the child's own peak RSS in KiB (from wait4, so other
 /// tests' children running in parallel do not count).
 #[allow(clippy::zombie_processes)] // reaped by wait4, which std does not know about

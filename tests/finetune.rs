@@ -5,27 +5,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use common::*;
-
-fn graft() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_graft"));
-    cmd.args(["--threads", "2"]);
-    cmd
-}
-
-fn ok(output: Output) -> (String, String) {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 fn small_flowers(root: &Path) {
     copy_flowers(root, &FLOWER_CLASSES, 20);

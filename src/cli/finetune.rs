@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use graft::adapted::{BACKBONE_FILE, CHECKPOINT_DIR};
 use graft::backbone::Backbone;
 use graft::backbone::export::save_safetensors;
 use graft::backbone::summary::summarize;
@@ -23,8 +24,6 @@ use super::features::{features_of, open_cache, train_val_features};
 use super::train::{TrainArgs, data_name, predictions, score};
 
 pub const PLAN_FILE: &str = "plan.json";
-pub const BACKBONE_FILE: &str = "backbone.safetensors";
-pub const CHECKPOINT_DIR: &str = "checkpoint";
 
 /// One stage of the printed and saved plan.
 #[derive(Debug, Serialize)]
@@ -202,7 +201,7 @@ pub fn run(args: &TrainArgs, data: &Dataset) -> Result<ExitCode> {
         resume: args.finetune.resume.is_some(),
         stop_after: None,
     };
-    if checkpoints.resume && !dir.join(CHECKPOINT_DIR).join("state.json").is_file() {
+    if checkpoints.resume && !checkpoints.exists() {
         // Killed before its first epoch ended: nothing to lose, start over.
         eprintln!(
             "{}: no finished epoch to resume from; starting the fine-tuning from the beginning",
@@ -256,17 +255,7 @@ pub fn run(args: &TrainArgs, data: &Dataset) -> Result<ExitCode> {
         },
     );
     bar.finish_and_clear();
-    let result = match result {
-        Err(graft::train::finetune::CheckpointError::Interrupted { epochs_done }) => {
-            return Err(graft::interrupt::Interrupted(format!(
-                "{epochs_done} epochs are checkpointed in {}; continue with `--resume {}` and the same options",
-                dir.join(CHECKPOINT_DIR).display(),
-                dir.display()
-            ))
-            .into());
-        }
-        other => other?,
-    };
+    let result = super::checkpointed(result, &dir)?;
 
     // 4. Save: backbone in checkpoint layout, top, card; then score through the saved model.
     save_safetensors(&result.net, info.layout, &dir.join(BACKBONE_FILE))

@@ -193,3 +193,22 @@ pub fn find_backbone(name: &str) -> Result<&'static BackboneInfo> {
         )
     })
 }
+
+/// A checkpointed training's result, with Ctrl-C turned into the message that says how to
+/// continue the run in `dir`.
+pub fn checkpointed<T>(
+    result: Result<T, graft::train::checkpoint::CheckpointError>,
+    dir: &std::path::Path,
+) -> Result<T> {
+    match result {
+        Err(graft::train::checkpoint::CheckpointError::Interrupted { epochs_done }) => {
+            Err(graft::interrupt::Interrupted(format!(
+                "{epochs_done} epochs are checkpointed in {}; continue with `--resume {}` and the same options",
+                dir.join(graft::adapted::CHECKPOINT_DIR).display(),
+                dir.display()
+            ))
+            .into())
+        }
+        other => Ok(other?),
+    }
+}

@@ -17,7 +17,7 @@ use graft::backbone::export::save_safetensors;
 use graft::backbone::mbnet::MbNet;
 use graft::backbone::{Backbone, LoadOptions};
 use graft::data::dataset::{self, Dataset};
-use graft::train::checkpoint::{CheckpointError, Checkpoints};
+use graft::train::checkpoint::Checkpoints;
 use graft::train::classical::{self, ClassicalOptions};
 use graft::train::finetune::BnMode;
 use graft::train::simclr::{SimclrOptions, pretrain};
@@ -359,17 +359,7 @@ pub fn run(args: PretrainArgs) -> Result<ExitCode> {
         },
     );
     bar.finish_and_clear();
-    let result = match result {
-        Err(CheckpointError::Interrupted { epochs_done }) => {
-            return Err(graft::interrupt::Interrupted(format!(
-                "{epochs_done} epochs are checkpointed in {}; continue with `--resume {}` and the same options",
-                dir.join(CHECKPOINT_DIR).display(),
-                dir.display()
-            ))
-            .into());
-        }
-        other => other?,
-    };
+    let result = super::checkpointed(result, &dir)?;
     if result.history.len() < options.epochs {
         eprintln!(
             "stopped after {} of {} epochs; continue with `--resume {}`",

@@ -52,6 +52,25 @@ struct StateFile<S> {
     state: S,
 }
 
+impl CheckpointError {
+    /// After each optimisation step of `epoch`: stop on a NaN / infinite `loss` or on Ctrl-C,
+    /// keeping the checkpoint of the epoch before.
+    pub fn check_step(loss: f64, epoch: usize) -> Result<(), Self> {
+        if !loss.is_finite() {
+            return Err(Self::Diverged {
+                epoch,
+                epochs_done: epoch - 1,
+            });
+        }
+        if crate::interrupt::requested() {
+            return Err(Self::Interrupted {
+                epochs_done: epoch - 1,
+            });
+        }
+        Ok(())
+    }
+}
+
 pub fn invalid(path: &Path, problem: impl ToString) -> CheckpointError {
     CheckpointError::Invalid {
         path: path.to_path_buf(),

@@ -537,17 +537,7 @@ pub fn finetune(
                 step += 1;
                 global_step += 1;
                 on_step(batch.len(), loss_value);
-                if !loss_value.is_finite() {
-                    return Err(CheckpointError::Diverged {
-                        epoch,
-                        epochs_done: epoch - 1,
-                    });
-                }
-                if crate::interrupt::requested() {
-                    return Err(CheckpointError::Interrupted {
-                        epochs_done: epoch - 1,
-                    });
-                }
+                CheckpointError::check_step(loss_value, epoch)?;
             }
             let eval = model.valid();
             let (val_loss, val_accuracy) = validate(&eval, val, &config, 32);

@@ -322,17 +322,7 @@ pub fn pretrain(
             loss_sum += loss;
             accuracy_sum += accuracy;
             on_step(batch.len(), loss);
-            if !loss.is_finite() {
-                return Err(CheckpointError::Diverged {
-                    epoch,
-                    epochs_done: epoch - 1,
-                });
-            }
-            if crate::interrupt::requested() {
-                return Err(CheckpointError::Interrupted {
-                    epochs_done: epoch - 1,
-                });
-            }
+            CheckpointError::check_step(loss, epoch)?;
         }
         let record = PretrainEpoch {
             epoch,

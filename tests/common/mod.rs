@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use graft::backbone::{self, Backbone, LoadOptions, PaddingMode};
 
@@ -144,4 +145,24 @@ pub fn copy_flowers(root: &Path, classes: &[&str], per_class: usize) {
             std::fs::copy(photo, root.join(class).join(photo.file_name().unwrap())).unwrap();
         }
     }
+}
+
+/// The graft binary under test, on 2 threads.
+pub fn graft() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_graft"));
+    cmd.args(["--threads", "2"]);
+    cmd
+}
+
+/// Assert that a run succeeded (else show its stderr); its stdout and stderr.
+pub fn ok(output: Output) -> (String, String) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
