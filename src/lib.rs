@@ -14,6 +14,7 @@ pub mod features;
 pub mod head;
 pub mod infer;
 pub mod interrupt;
+pub mod kernels;
 pub mod labels;
 pub mod metrics;
 pub mod report;

@@ -134,11 +134,7 @@ fn resume_from_a_checkpoint_equals_an_uninterrupted_run() {
         // A fixed random initialisation: the same for both runs.
         device.seed(7);
         let net = MbNet::init(&info.spec(), config.padding, config.bn_eps, false, &device);
-        Backbone {
-            config,
-            net,
-            weights_id: "random".into(),
-        }
+        Backbone::new(config, net, "random".into())
     };
     let photos = |class: &str, skip: usize, take: usize| -> Vec<PathBuf> {
         flower_photos(class)

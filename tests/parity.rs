@@ -61,23 +61,57 @@ fn check_outputs(backbone: &Backbone, dir: &Path, logits_suffix: &str, check_fea
     }
 }
 
+/// The stem, stage and head activations of the first golden image, from the burn network and,
+/// when prepared for inference, from the fused CPU network (NHWC, transposed here).
 fn check_taps(backbone: &Backbone, dir: &Path, tolerance: f32) {
     let input = golden_inputs(dir, &backbone.config).swap_remove(0);
     let batch = to_batch(&[&input], 224, &graft::backend::device());
-    let taps = backbone.net.forward_taps(batch);
+    let taps: Vec<(String, Vec<usize>, Vec<f32>)> = backbone
+        .net
+        .forward_taps(batch)
+        .into_iter()
+        .map(|tap| {
+            let shape = tap.value.dims().to_vec();
+            (
+                tap.name,
+                shape,
+                tap.value.into_data().try_into_vec().unwrap(),
+            )
+        })
+        .collect();
+    compare_taps(&taps, dir, tolerance);
+    if let Some(fused) = backbone.fused() {
+        let taps: Vec<_> = fused
+            .forward_taps(&input, 224, 224)
+            .into_iter()
+            .map(|tap| {
+                let (h, w, c) = (tap.height, tap.width, tap.channels);
+                let mut nchw = vec![0.0; c * h * w];
+                for (pixel, values) in tap.values.chunks_exact(c).enumerate() {
+                    for (channel, v) in values.iter().enumerate() {
+                        nchw[channel * h * w + pixel] = *v;
+                    }
+                }
+                (format!("fused {}", tap.name), vec![1, c, h, w], nchw)
+            })
+            .collect();
+        compare_taps(&taps, dir, tolerance);
+    }
+}
+
+fn compare_taps(taps: &[(String, Vec<usize>, Vec<f32>)], dir: &Path, tolerance: f32) {
     assert_eq!(taps.len(), 9, "stem, 7 stages, head");
-    for tap in taps {
-        let (shape, expected) = read_npy(&dir.join(format!("bird_act_{}.npy", tap.name)));
-        assert_eq!(tap.value.dims().to_vec(), shape, "{}", tap.name);
-        let got = tap.value.into_data().try_into_vec::<f32>().unwrap();
-        let err = max_abs_diff(&got, &expected);
+    for (name, shape, got) in taps {
+        let golden_name = name.trim_start_matches("fused ");
+        let (expected_shape, expected) = read_npy(&dir.join(format!("bird_act_{golden_name}.npy")));
+        assert_eq!(shape, &expected_shape, "{name}");
+        let err = max_abs_diff(got, &expected);
         // Unbounded stage outputs (no activation after the projection) reach tens; hold them
         // to the same relative precision as the unit-scale maps.
         let scale = expected.iter().fold(1.0f32, |m, v| m.max(v.abs()));
         assert!(
             err < tolerance * scale.max(6.0) / 6.0,
-            "bird {}: activation differs by {err} (values up to {scale})",
-            tap.name
+            "bird {name}: activation differs by {err} (values up to {scale})"
         );
     }
 }
@@ -92,6 +126,11 @@ fn efficientnet_lite0_matches_pytorch_features_logits_and_activations() {
     );
     check_outputs(&backbone, &golden_lite0(), "logits", true);
     check_taps(&backbone, &golden_lite0(), 1e-4);
+    // The inference form (BatchNorm folded, fused CPU kernels) to the same precision.
+    let fused = backbone.for_inference();
+    assert_eq!(fused.fused().is_some(), !cfg!(feature = "cuda"));
+    check_outputs(&fused, &golden_lite0(), "logits", true);
+    check_taps(&fused, &golden_lite0(), 1e-4);
 }
 
 #[test]

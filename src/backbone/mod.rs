@@ -4,6 +4,7 @@
 pub mod blocks;
 pub mod efficientnet_lite;
 pub mod export;
+pub mod fused;
 pub mod mbnet;
 pub mod mobilenet_v2;
 pub mod names;
@@ -11,12 +12,14 @@ pub mod source_config;
 pub mod summary;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor};
 use rayon::prelude::*;
 
 use crate::weights::loader::TensorSource;
 use crate::weights::{Checkpoint, LoadReport, WeightsError};
+use fused::FusedNet;
 use mbnet::{MbNet, MbNetSpec};
 use names::{BlockPart, KeyLayout};
 pub use source_config::{
@@ -202,6 +205,8 @@ pub struct Backbone {
     pub net: MbNet,
     /// First 16 hex digits of the checkpoint's sha256: names the weights in caches and runs.
     pub weights_id: String,
+    /// The CPU inference form of `net`, made by [`Backbone::for_inference`].
+    fused: Option<Arc<FusedNet>>,
 }
 
 /// Images per slice of an inference batch on the CPU (see `Backbone::sliced`).
@@ -217,6 +222,16 @@ pub struct LoadOptions {
 }
 
 impl Backbone {
+    /// A backbone from a network built elsewhere (random initialisation, a training copy).
+    pub fn new(config: SourceConfig, net: MbNet, weights_id: String) -> Self {
+        Self {
+            config,
+            net,
+            weights_id,
+            fused: None,
+        }
+    }
+
     /// Build `info`'s network and fill it from the checkpoint at `path`.
     pub fn load(
         info: &BackboneInfo,
@@ -241,20 +256,26 @@ impl Backbone {
                 report: Box::new(report),
             });
         }
-        Ok(Self {
-            config,
-            net,
-            weights_id: crate::util::file_sha256(path).map_err(|e| WeightsError::io(path, e))?
-                [..16]
-                .to_string(),
-        })
+        let weights_id = crate::util::file_sha256(path).map_err(|e| WeightsError::io(path, e))?
+            [..16]
+            .to_string();
+        Ok(Self::new(config, net, weights_id))
     }
 
-    /// The same backbone prepared for inference only (BatchNorm folded into the convs).
-    /// Outputs are unchanged up to float rounding; it can no longer be fine-tuned.
+    /// The same backbone prepared for inference only: BatchNorm folded into the convs and, on
+    /// the CPU, `features` / `logits` run by the fused kernels of [`fused`]. Outputs are
+    /// unchanged up to float rounding; it can no longer be fine-tuned.
     pub fn for_inference(mut self) -> Self {
         self.net.fold_batch_norm();
+        if !cfg!(feature = "cuda") {
+            self.fused = Some(Arc::new(FusedNet::new(&self.net)));
+        }
         self
+    }
+
+    /// The fused CPU form, when prepared by [`Backbone::for_inference`].
+    pub fn fused(&self) -> Option<&FusedNet> {
+        self.fused.as_deref()
     }
 
     /// The device the weights live on; inputs must be created there.
@@ -264,12 +285,18 @@ impl Backbone {
 
     /// Pooled features `[N, feature_dim]` of a preprocessed batch `[N, 3, H, W]`.
     pub fn features(&self, batch: Tensor<4>) -> Tensor<2> {
+        if let Some(fused) = &self.fused {
+            return fused.features(batch);
+        }
         self.sliced(batch, |net, slice| net.forward_features(slice))
     }
 
     /// ImageNet logits, or `None` when loaded without the top.
     pub fn logits(&self, batch: Tensor<4>) -> Option<Tensor<2>> {
         self.net.classifier.as_ref()?;
+        if let Some(fused) = &self.fused {
+            return fused.logits(batch);
+        }
         Some(self.sliced(batch, |net, slice| {
             // cannot fail: the classifier's presence was checked above
             net.forward_logits(slice).expect("a classifier")
@@ -354,11 +381,7 @@ mod tests {
         let config = info.source_config(None);
         device.seed(3);
         let net = MbNet::init(&info.spec(), config.padding, config.bn_eps, true, &device);
-        let backbone = Backbone {
-            config,
-            net,
-            weights_id: "random".into(),
-        };
+        let backbone = Backbone::new(config, net, "random".into());
         // 10 images: slices of 4, 4 and 2.
         let x = Tensor::<4>::random([10, 3, 64, 64], Distribution::Normal(0.0, 1.0), &device);
         let whole: Vec<f32> = backbone
@@ -381,5 +404,35 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
         assert!(worst < 1e-5, "sliced logits differ by {worst}");
+    }
+
+    #[test]
+    fn fused_inference_equals_the_burn_network_on_odd_sizes() {
+        let device = crate::backend::device();
+        let info = find("efficientnet-lite0").unwrap();
+        for padding in [PaddingMode::TfSame, PaddingMode::Symmetric] {
+            let config = info.source_config(Some(padding));
+            device.seed(5);
+            let mut net = MbNet::init(&info.spec(), config.padding, config.bn_eps, true, &device);
+            // Non-trivial BatchNorm statistics, so that folding matters.
+            net.stem.bn.running_mean = burn::module::RunningState::new(Tensor::random(
+                [32],
+                Distribution::Normal(0.0, 0.5),
+                &device,
+            ));
+            net.stem.bn.running_var = burn::module::RunningState::new(Tensor::random(
+                [32],
+                Distribution::Uniform(0.5, 2.0),
+                &device,
+            ));
+            let x = Tensor::<4>::random([3, 3, 57, 70], Distribution::Normal(0.0, 1.0), &device);
+            let expected = net.forward_logits(x.clone()).unwrap();
+            let backbone = Backbone::new(config, net, "random".into()).for_inference();
+            assert!(backbone.fused().is_some() || cfg!(feature = "cuda"));
+            let got = backbone.logits(x.clone()).unwrap();
+            let diff: f32 = (got - expected).abs().max().into_scalar();
+            assert!(diff < 1e-4, "{padding:?}: fused logits differ by {diff}");
+            assert_eq!(backbone.features(x).dims(), [3, 1280]);
+        }
     }
 }

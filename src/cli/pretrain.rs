@@ -251,11 +251,7 @@ pub fn run(args: PretrainArgs) -> Result<ExitCode> {
         device.seed(args.split.seed);
         let config = info.source_config(args.backbone.padding.map(Into::into));
         let net = MbNet::init(&info.spec(), config.padding, config.bn_eps, false, &device);
-        Backbone {
-            config,
-            net,
-            weights_id: format!("random-init-seed-{}", args.split.seed),
-        }
+        Backbone::new(config, net, format!("random-init-seed-{}", args.split.seed))
     } else {
         args.backbone.load_trainable()?
     };
@@ -289,11 +285,11 @@ pub fn run(args: PretrainArgs) -> Result<ExitCode> {
     // 1. The probe before: features of the parent backbone (from the cache when there).
     let before = match &probe_data {
         Some(data) => {
-            let frozen = Backbone {
-                config: parent.config.clone(),
-                net: parent.net.clone(),
-                weights_id: parent.weights_id.clone(),
-            }
+            let frozen = Backbone::new(
+                parent.config.clone(),
+                parent.net.clone(),
+                parent.weights_id.clone(),
+            )
             .for_inference();
             let (scores, train, val) = probe_scores(&frozen, data, &args.cache)?;
             eprintln!(

@@ -1,0 +1,159 @@
+use super::*;
+use rand::{Rng, SeedableRng};
+
+fn random(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..len).map(|_| rng.random_range(-2.0f32..2.0)).collect()
+}
+
+fn worst(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn pointwise_equals_a_naive_product_with_bias_relu6_and_residual() {
+    // More rows than one tile, odd sizes.
+    let (m, k, n) = (ROW_TILE * 2 + 37, 19, 23);
+    let input = random(m * k, 1);
+    let weight = random(k * n, 2);
+    let bias = random(n, 3);
+    let residual = random(m * n, 4);
+    for (activation, res) in [
+        (Activation::None, None),
+        (Activation::Relu6, None),
+        (Activation::None, Some(&residual[..])),
+    ] {
+        let mut out = vec![f32::NAN; m * n];
+        pointwise(&input, m, k, &weight, &bias, activation, res, &mut out);
+        let mut expected = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut v = bias[j] + res.map_or(0.0, |r| r[i * n + j]);
+                for l in 0..k {
+                    v += input[i * k + l] * weight[l * n + j];
+                }
+                if activation == Activation::Relu6 {
+                    v = v.clamp(0.0, 6.0);
+                }
+                expected[i * n + j] = v;
+            }
+        }
+        let err = worst(&out, &expected);
+        assert!(
+            err < 1e-4,
+            "{activation:?} residual {}: {err}",
+            res.is_some()
+        );
+        let mut sums = vec![0.0; n];
+        let mut scratch = Vec::new();
+        if activation == Activation::Relu6 {
+            pointwise_relu6_sum(&input, m, k, &weight, &bias, &mut scratch, &mut sums);
+            let expected_sums: Vec<f32> = (0..n)
+                .map(|j| (0..m).map(|i| expected[i * n + j]).sum())
+                .collect();
+            let err = worst(&sums, &expected_sums);
+            assert!(err < 1e-2, "pooled head sums differ by {err}");
+        }
+    }
+}
+
+/// Direct NHWC convolution with explicit zero padding, one channel at a time.
+fn naive_depthwise(input: &[f32], g: ConvGeometry, weight: &[f32], bias: &[f32]) -> Vec<f32> {
+    let c = bias.len();
+    let mut out = vec![0.0; g.out_height * g.out_width * c];
+    for oy in 0..g.out_height {
+        for ox in 0..g.out_width {
+            for ch in 0..c {
+                let mut v = bias[ch];
+                for ky in 0..g.kernel {
+                    for kx in 0..g.kernel {
+                        let iy = (oy * g.stride + ky) as isize - g.pad_top as isize;
+                        let ix = (ox * g.stride + kx) as isize - g.pad_left as isize;
+                        if iy >= 0 && ix >= 0 && (iy as usize) < g.height && (ix as usize) < g.width
+                        {
+                            let x = input[(iy as usize * g.width + ix as usize) * c + ch];
+                            v += x * weight[(ky * g.kernel + kx) * c + ch];
+                        }
+                    }
+                }
+                out[(oy * g.out_width + ox) * c + ch] = v;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn depthwise_equals_a_naive_convolution_for_every_padding_and_stride() {
+    let c = 20;
+    // (side, kernel, stride, pad_top/left, out side): TF SAME odd/even, symmetric, 5x5.
+    for (side, kernel, stride, pad, out_side) in [
+        (9, 3, 1, 1, 9),
+        (10, 3, 2, 0, 5),
+        (9, 3, 2, 1, 5),
+        (15, 5, 2, 2, 8),
+        (14, 5, 2, 1, 7),
+        (7, 5, 1, 2, 7),
+    ] {
+        let g = ConvGeometry {
+            height: side,
+            width: side + 1,
+            kernel,
+            stride,
+            pad_top: pad,
+            pad_left: pad,
+            out_height: out_side,
+            out_width: (side + 1 + 2 * pad - kernel) / stride + 1,
+        };
+        let input = random(g.height * g.width * c, 5);
+        let weight = random(kernel * kernel * c, 6);
+        let bias = random(c, 7);
+        let expected = naive_depthwise(&input, g, &weight, &bias);
+        let mut out = vec![f32::NAN; expected.len()];
+        depthwise(&input, g, &weight, &bias, Activation::None, &mut out);
+        assert!(worst(&out, &expected) < 1e-4, "{g:?}");
+        depthwise(&input, g, &weight, &bias, Activation::Relu6, &mut out);
+        let clamped: Vec<f32> = expected.iter().map(|v| v.clamp(0.0, 6.0)).collect();
+        assert!(worst(&out, &clamped) < 1e-4, "{g:?} relu6");
+    }
+}
+
+#[test]
+fn im2col_rows_reproduce_the_padded_windows() {
+    let g = ConvGeometry {
+        height: 6,
+        width: 5,
+        kernel: 3,
+        stride: 2,
+        pad_top: 0,
+        pad_left: 1,
+        out_height: 3,
+        out_width: 3,
+    };
+    let image: Vec<f32> = (0..2 * 30).map(|v| v as f32 + 1.0).collect();
+    let mut rows = vec![f32::NAN; 9 * 18];
+    im2col_planar(&image, 2, g, 0, 9, &mut rows);
+    // Output pixel (1, 0): rows 2..5, columns -1..2 of each plane.
+    let row = &rows[3 * 18..4 * 18];
+    for ci in 0..2 {
+        for ky in 0..3 {
+            for kx in 0..3 {
+                let (iy, ix) = (2 + ky, kx as isize - 1);
+                let expected = if ix < 0 {
+                    0.0
+                } else {
+                    image[ci * 30 + iy * 5 + ix as usize]
+                };
+                assert_eq!(row[ci * 9 + ky * 3 + kx], expected, "c{ci} ky{ky} kx{kx}");
+            }
+        }
+    }
+    // A tail of rows starting mid-image equals the same rows of the whole matrix.
+    let mut tail = vec![f32::NAN; 4 * 18];
+    im2col_planar(&image, 2, g, 5, 4, &mut tail);
+    assert_eq!(tail, rows[5 * 18..]);
+}
