@@ -11,12 +11,16 @@ use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::blocks::{ConvBnAct, axis_padding, conv_output_size};
+use super::layer_profile::{LayerKind, timed};
 use super::mbnet::MbNet;
 use super::source_config::PaddingMode;
 use crate::kernels::{self, Activation, ConvGeometry};
 
 /// Rows of the stem's im2col matrix built at a time.
 const STEM_ROWS: usize = 256;
+
+/// Output pixels per strip of an MBConv block (see [`Block::forward`]).
+const STRIP_PIXELS: usize = 256;
 
 /// A convolution's folded weights in the layout its kernel reads.
 struct Layer {
@@ -108,6 +112,84 @@ struct Block {
     residual: bool,
 }
 
+impl Block {
+    /// The block on `input` (`[height * width, in]`, `g` its depthwise geometry) into `out`, in
+    /// horizontal strips of about `STRIP_PIXELS` output pixels: each strip expands only the
+    /// input rows it still needs (kept in `hidden` from the strip before), then runs the
+    /// depthwise conv and the projection, so the expanded map (6x the channels, megabytes at
+    /// full resolution) never leaves the cache.
+    fn forward(
+        &self,
+        input: &[f32],
+        g: ConvGeometry,
+        hidden: &mut Vec<f32>,
+        strip: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        let hid = self.depthwise.out_channels();
+        let in_c = input.len() / (g.height * g.width);
+        let out_c = self.project.out_channels();
+        let row_len = g.width * hid;
+        let strip_rows = STRIP_PIXELS.div_ceil(g.out_width).clamp(1, g.out_height);
+        // Expanded rows `[lo, hi)` of the image are in `hidden`, from its start.
+        let (mut lo, mut hi) = (0, 0);
+        for start in (0..g.out_height).step_by(strip_rows) {
+            let output = start..(start + strip_rows).min(g.out_height);
+            let (first, end) = kernels::Rows::needed(&g, &output);
+            let (expanded, input_first): (&[f32], usize) = match &self.expand {
+                Some(expand) => {
+                    // Drop the rows above this strip's window, keep the overlap, add the rest.
+                    let keep = first.max(lo).min(hi);
+                    let window = (end - first).max(hi - lo);
+                    let hidden_rows = grow(hidden, window * row_len);
+                    hidden_rows.copy_within(
+                        (keep - lo) * row_len..(hi - lo) * row_len,
+                        (keep - first) * row_len,
+                    );
+                    let new = hi.max(first);
+                    timed(LayerKind::Expand, || {
+                        expand.pointwise(
+                            &input[new * g.width * in_c..end * g.width * in_c],
+                            (end - new) * g.width,
+                            None,
+                            &mut hidden_rows[(new - first) * row_len..],
+                        )
+                    });
+                    (lo, hi) = (first, end);
+                    (&hidden[..(end - first) * row_len], first)
+                }
+                None => (input, 0),
+            };
+            let pixels = output.len() * g.out_width;
+            let strip = grow(strip, pixels * hid);
+            let rows = kernels::Rows {
+                input_first,
+                output: output.clone(),
+            };
+            timed(LayerKind::Depthwise, || {
+                kernels::depthwise(
+                    expanded,
+                    g,
+                    &self.depthwise.weight,
+                    &self.depthwise.bias,
+                    self.depthwise.activation,
+                    &rows,
+                    strip,
+                )
+            });
+            let at = output.start * g.out_width;
+            // A residual block keeps the resolution and channels: its input rows line up.
+            let residual = self
+                .residual
+                .then(|| &input[at * out_c..(at + pixels) * out_c]);
+            timed(LayerKind::Project, || {
+                self.project
+                    .pointwise(strip, pixels, residual, &mut out[at * out_c..])
+            });
+        }
+    }
+}
+
 /// Per-thread buffers, grown to the largest layer once and reused across images and batches.
 #[derive(Default)]
 struct Scratch {
@@ -195,9 +277,25 @@ impl FusedNet {
 
     /// Pooled features `[N, head_channels]` of a batch `[N, 3, H, W]`, images in parallel.
     pub fn features(&self, batch: Tensor<4>) -> Tensor<2> {
+        self.run(batch, None)
+    }
+
+    /// ImageNet logits `[N, classes]`, or `None` without the top.
+    pub fn logits(&self, batch: Tensor<4>) -> Option<Tensor<2>> {
+        let classifier = self.classifier.as_ref()?;
+        Some(self.run(batch, Some(classifier)))
+    }
+
+    /// Every image of `batch` through the backbone on the worker threads, one image at a time
+    /// each; then the whole batch through the `classifier` if given (`[features, classes]`
+    /// weight and bias: one product for the batch reads its 5 MB once, not once per image).
+    fn run(&self, batch: Tensor<4>, classifier: Option<&(Vec<f32>, Vec<f32>)>) -> Tensor<2> {
         let [n, _, h, w] = batch.dims();
         let device = batch.device();
-        let input = to_vec(batch);
+        // Borrow the batch's values rather than copying them out (a batch of 32 is 19 MB).
+        let data = batch.into_data();
+        // cannot fail: image batches are f32
+        let input: &[f32] = data.as_slice().expect("an f32 batch");
         let dim = self.head.out_channels();
         let image_len = input.len() / n.max(1);
         let mut features = vec![0.0; n * dim];
@@ -208,31 +306,26 @@ impl FusedNet {
                 SCRATCH
                     .with_borrow_mut(|scratch| self.forward_image(image, h, w, scratch, out, None))
             });
-        Tensor::from_data(burn::tensor::TensorData::new(features, [n, dim]), &device)
-    }
-
-    /// ImageNet logits `[N, classes]`, or `None` without the top.
-    pub fn logits(&self, batch: Tensor<4>) -> Option<Tensor<2>> {
-        let (weight, bias) = self.classifier.as_ref()?;
-        let features = self.features(batch);
-        let [n, dim] = features.dims();
-        let device = features.device();
-        let features = to_vec(features);
+        let Some((weight, bias)) = classifier else {
+            return Tensor::from_data(burn::tensor::TensorData::new(features, [n, dim]), &device);
+        };
         let mut logits = vec![0.0; n * bias.len()];
-        kernels::pointwise(
-            &features,
-            n,
-            dim,
-            weight,
-            bias,
-            Activation::None,
-            None,
-            &mut logits,
-        );
-        Some(Tensor::from_data(
+        timed(LayerKind::Classifier, || {
+            kernels::pointwise(
+                &features,
+                n,
+                dim,
+                weight,
+                bias,
+                Activation::None,
+                None,
+                &mut logits,
+            )
+        });
+        Tensor::from_data(
             burn::tensor::TensorData::new(logits, [n, bias.len()]),
             &device,
-        ))
+        )
     }
 
     /// The stem, the last block of each stage and the head conv (before pooling) of one image
@@ -290,48 +383,45 @@ impl FusedNet {
         let mut c = self.stem.out_channels();
         let cols = 3 * g.kernel * g.kernel;
         let stem_out = grow(x, h * w * c);
-        let columns = grow(columns, STEM_ROWS * cols);
-        for start in (0..h * w).step_by(STEM_ROWS) {
-            let rows = STEM_ROWS.min(h * w - start);
-            kernels::im2col_planar(image, 3, g, start, rows, columns);
-            self.stem.pointwise(
-                &columns[..rows * cols],
-                rows,
-                None,
-                &mut stem_out[start * c..],
-            );
-        }
+        timed(LayerKind::Stem, || {
+            let stem = &self.stem;
+            if kernels::conv_planar(
+                image,
+                3,
+                g,
+                &stem.weight,
+                &stem.bias,
+                stem.activation,
+                stem_out,
+            ) {
+                return;
+            }
+            let columns = grow(columns, STEM_ROWS * cols);
+            for start in (0..h * w).step_by(STEM_ROWS) {
+                let rows = STEM_ROWS.min(h * w - start);
+                kernels::im2col_planar(image, 3, g, start, rows, columns);
+                stem.pointwise(
+                    &columns[..rows * cols],
+                    rows,
+                    None,
+                    &mut stem_out[start * c..],
+                );
+            }
+        });
         record("stem".into(), &x[..h * w * c], h, w);
 
         for (index, block) in self.blocks.iter().enumerate() {
-            let input = &x[..h * w * c];
-            let expanded: &[f32] = match &block.expand {
-                Some(expand) => {
-                    let len = h * w * expand.out_channels();
-                    expand.pointwise(input, h * w, None, grow(hidden, len));
-                    &hidden[..len]
-                }
-                None => input,
-            };
-            let hid = block.depthwise.out_channels();
             let g = block.depthwise.geometry(self.padding, h, w);
-            let (oh, ow) = (g.out_height, g.out_width);
-            let dw = grow(depthwise, oh * ow * hid);
-            kernels::depthwise(
-                expanded,
-                g,
-                &block.depthwise.weight,
-                &block.depthwise.bias,
-                block.depthwise.activation,
-                dw,
-            );
             let oc = block.project.out_channels();
-            let residual = block.residual.then_some(input);
-            block
-                .project
-                .pointwise(dw, oh * ow, residual, grow(y, oh * ow * oc));
+            block.forward(
+                &x[..h * w * c],
+                g,
+                hidden,
+                depthwise,
+                grow(y, g.out_height * g.out_width * oc),
+            );
             std::mem::swap(x, y);
-            (h, w, c) = (oh, ow, oc);
+            (h, w, c) = (g.out_height, g.out_width, oc);
             if let Some(stage) = self.stage_ends.iter().position(|&end| end == index) {
                 record(format!("stage{}", stage + 1), &x[..h * w * c], h, w);
             }
@@ -340,15 +430,17 @@ impl FusedNet {
         // Head conv + ReLU6 summed into the pooled features.
         out.fill(0.0);
         let dim = self.head.out_channels();
-        kernels::pointwise_relu6_sum(
-            &x[..h * w * c],
-            h * w,
-            c,
-            &self.head.weight,
-            &self.head.bias,
-            head,
-            out,
-        );
+        timed(LayerKind::Head, || {
+            kernels::pointwise_relu6_sum(
+                &x[..h * w * c],
+                h * w,
+                c,
+                &self.head.weight,
+                &self.head.bias,
+                head,
+                out,
+            )
+        });
         let scale = 1.0 / (h * w) as f32;
         out.iter_mut().for_each(|v| *v *= scale);
         if want_taps {

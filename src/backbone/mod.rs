@@ -5,6 +5,7 @@ pub mod blocks;
 pub mod efficientnet_lite;
 pub mod export;
 pub mod fused;
+pub mod layer_profile;
 pub mod mbnet;
 pub mod mobilenet_v2;
 pub mod names;

@@ -43,6 +43,11 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+
+    /// forward: after the timed run, run the iterations again timing each layer type, and
+    /// print where the CPU time goes (to stderr).
+    #[arg(long)]
+    pub profile: bool,
 }
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
@@ -80,7 +85,37 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         wall,
         cpu,
     );
+    if args.profile {
+        print_layer_profile(&backbone, || {
+            for _ in 0..args.iters {
+                run_once();
+            }
+        });
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Run `work` with per-layer timing on and print the CPU time per layer type.
+fn print_layer_profile(backbone: &graft::backbone::Backbone, work: impl FnOnce()) {
+    use graft::backbone::layer_profile;
+    if backbone.fused().is_none() {
+        eprintln!("--profile: per-layer times come from the fused CPU network; not used here");
+        return;
+    }
+    layer_profile::start();
+    let t0 = Instant::now();
+    work();
+    let wall = t0.elapsed().as_secs_f64();
+    let times = layer_profile::stop();
+    let total: f64 = times.iter().map(|(_, s)| s).sum();
+    eprintln!("CPU time per layer type ({wall:.2} s wall, {total:.2} s in layers):");
+    for (kind, seconds) in times {
+        eprintln!(
+            "  {:<44} {seconds:>7.3} s  {:>5.1}%",
+            kind.name(),
+            100.0 * seconds / total.max(1e-12)
+        );
+    }
 }
 
 fn train_step(args: BenchArgs) -> Result<ExitCode> {

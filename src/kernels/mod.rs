@@ -8,6 +8,7 @@
 //! and add, and its depthwise convolution loops over the channels; the memory traffic, not the
 //! arithmetic, was the cost (`graft bench forward`, README).
 
+mod lanes;
 mod simd;
 
 use simd::dispatch;
@@ -37,16 +38,17 @@ pub fn pointwise(
 ) {
     let n = bias.len();
     assert!(input.len() >= m * k && weight.len() == k * n && out.len() >= m * n);
+    let relu = activation == Activation::Relu6;
     for start in (0..m).step_by(ROW_TILE) {
         let rows = ROW_TILE.min(m - start);
         let tile = &mut out[start * n..(start + rows) * n];
+        matmul(&input[start * k..][..rows * k], rows, k, weight, n, tile);
         match residual {
-            Some(residual) => dispatch!(add_rows(tile, &residual[start * n..][..rows * n], bias)),
-            None => dispatch!(fill_rows(tile, bias)),
-        }
-        matmul_accumulate(&input[start * k..][..rows * k], rows, k, weight, n, tile);
-        if activation == Activation::Relu6 {
-            dispatch!(relu6(tile));
+            Some(residual) => {
+                let residual = &residual[start * n..][..rows * n];
+                dispatch!(add_bias_residual_rows(tile, bias, residual, relu))
+            }
+            None => dispatch!(add_bias_rows(tile, bias, relu)),
         }
     }
 }
@@ -68,14 +70,13 @@ pub fn pointwise_relu6_sum(
     for start in (0..m).step_by(ROW_TILE) {
         let rows = ROW_TILE.min(m - start);
         let tile = &mut scratch[..rows * n];
-        dispatch!(fill_rows(tile, bias));
-        matmul_accumulate(&input[start * k..][..rows * k], rows, k, weight, n, tile);
-        dispatch!(relu6_sum_rows(tile, sums));
+        matmul(&input[start * k..][..rows * k], rows, k, weight, n, tile);
+        dispatch!(bias_relu6_sum_rows(tile, bias, sums));
     }
 }
 
-/// `dst[m, n] += lhs[m, k] @ rhs[k, n]`, all row-major, on the calling thread.
-fn matmul_accumulate(lhs: &[f32], m: usize, k: usize, rhs: &[f32], n: usize, dst: &mut [f32]) {
+/// `dst[m, n] = lhs[m, k] @ rhs[k, n]`, all row-major, on the calling thread.
+fn matmul(lhs: &[f32], m: usize, k: usize, rhs: &[f32], n: usize, dst: &mut [f32]) {
     assert!(lhs.len() == m * k && rhs.len() == k * n && dst.len() == m * n);
     // SAFETY: the three slices hold exactly the m x k, k x n and m x n row-major matrices
     // described by the sizes and strides, checked above; dst does not alias the inputs.
@@ -87,14 +88,14 @@ fn matmul_accumulate(lhs: &[f32], m: usize, k: usize, rhs: &[f32], n: usize, dst
             dst.as_mut_ptr(),
             1,
             n as isize,
-            true,
+            false,
             lhs.as_ptr(),
             1,
             k as isize,
             rhs.as_ptr(),
             1,
             n as isize,
-            1.0,
+            0.0,
             1.0,
             false,
             false,
@@ -118,29 +119,221 @@ pub struct ConvGeometry {
     pub out_width: usize,
 }
 
-/// Depthwise convolution, NHWC: `input` `[height * width, c]`, `weight` `[kernel * kernel, c]`
-/// (tap-major), `out` `[out_height * out_width, c]`, bias and optional ReLU6 fused.
+/// Which rows a depthwise call reads and writes: `input` holds the image rows from
+/// `input_first`, `out` the output rows `output` (so a block can run in horizontal strips
+/// while its expanded input stays in cache).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rows {
+    pub input_first: usize,
+    pub output: std::ops::Range<usize>,
+}
+
+impl Rows {
+    /// The whole image in, the whole output out.
+    pub fn all(geometry: &ConvGeometry) -> Self {
+        Self {
+            input_first: 0,
+            output: 0..geometry.out_height,
+        }
+    }
+
+    /// The input rows `[first, end)` that output rows `output` read (clipped to the image).
+    pub fn needed(geometry: &ConvGeometry, output: &std::ops::Range<usize>) -> (usize, usize) {
+        let g = geometry;
+        let first = (output.start * g.stride).saturating_sub(g.pad_top);
+        let end = ((output.end - 1) * g.stride + g.kernel)
+            .saturating_sub(g.pad_top)
+            .min(g.height);
+        (first, end)
+    }
+}
+
+/// Depthwise convolution, NHWC: `input` `[rows, width, c]`, `weight` `[kernel * kernel, c]`
+/// (tap-major), `out` `[rows, out_width, c]`, bias and optional ReLU6 fused; `rows` says which.
 pub fn depthwise(
     input: &[f32],
     geometry: ConvGeometry,
     weight: &[f32],
     bias: &[f32],
     activation: Activation,
+    rows: &Rows,
     out: &mut [f32],
 ) {
     let c = bias.len();
     let g = geometry;
-    assert!(input.len() >= g.height * g.width * c);
+    let (first, end) = Rows::needed(&g, &rows.output);
+    assert!(rows.input_first <= first && input.len() >= (end - rows.input_first) * g.width * c);
     assert!(weight.len() == g.kernel * g.kernel * c);
-    assert!(out.len() >= g.out_height * g.out_width * c);
-    dispatch!(depthwise_impl(
-        input,
+    assert!(rows.output.end <= g.out_height);
+    assert!(out.len() >= rows.output.len() * g.out_width * c);
+    let relu = activation == Activation::Relu6;
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+        fn avx512(
+            i: &[f32],
+            g: ConvGeometry,
+            w: &[f32],
+            b: &[f32],
+            r: bool,
+            s: &Rows,
+            o: &mut [f32],
+        ) {
+            depthwise_impl::<lanes::Avx512>(i, g, w, b, r, s, o)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2(
+            i: &[f32],
+            g: ConvGeometry,
+            w: &[f32],
+            b: &[f32],
+            r: bool,
+            s: &Rows,
+            o: &mut [f32],
+        ) {
+            depthwise_impl::<lanes::Avx2>(i, g, w, b, r, s, o)
+        }
+        if simd::has_avx512() {
+            // SAFETY: the CPU has the features (checked at run time).
+            return unsafe { avx512(input, g, weight, bias, relu, rows, out) };
+        }
+        if simd::has_avx2_fma() {
+            // SAFETY: as above.
+            return unsafe { avx2(input, g, weight, bias, relu, rows, out) };
+        }
+    }
+    depthwise_impl::<lanes::Scalar>(input, g, weight, bias, relu, rows, out)
+}
+
+/// Dense convolution of a planar image (`[channels, height, width]`, the network input) into
+/// NHWC `out` (`[out_height * out_width, n]`), `weight` `[channels * k * k, n]` with rows ordered
+/// (channel, ky, kx), bias and activation fused: the stem, without an im2col matrix. Returns
+/// `false` (and writes nothing) when `n` is not 16, 32 or 64 channels; use [`im2col_planar`] +
+/// [`pointwise`] then.
+pub fn conv_planar(
+    image: &[f32],
+    channels: usize,
+    geometry: ConvGeometry,
+    weight: &[f32],
+    bias: &[f32],
+    activation: Activation,
+    out: &mut [f32],
+) -> bool {
+    let g = geometry;
+    assert!(image.len() >= channels * g.height * g.width);
+    assert!(weight.len() == channels * g.kernel * g.kernel * bias.len());
+    assert!(out.len() >= g.out_height * g.out_width * bias.len());
+    let relu = activation == Activation::Relu6;
+    macro_rules! with_blocks {
+        ($lanes:ty, $n:expr, $($arg:expr),*) => {
+            match $n {
+                16 => conv_planar_impl::<$lanes, 1>($($arg),*),
+                32 => conv_planar_impl::<$lanes, 2>($($arg),*),
+                64 => conv_planar_impl::<$lanes, 4>($($arg),*),
+                _ => return false,
+            }
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+        fn avx512(
+            i: &[f32],
+            c: usize,
+            g: ConvGeometry,
+            w: &[f32],
+            bias: &[f32],
+            r: bool,
+            o: &mut [f32],
+        ) -> bool {
+            with_blocks!(lanes::Avx512, bias.len(), i, c, g, w, bias, r, o);
+            true
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2(
+            i: &[f32],
+            c: usize,
+            g: ConvGeometry,
+            w: &[f32],
+            bias: &[f32],
+            r: bool,
+            o: &mut [f32],
+        ) -> bool {
+            with_blocks!(lanes::Avx2, bias.len(), i, c, g, w, bias, r, o);
+            true
+        }
+        if simd::has_avx512() {
+            // SAFETY: the CPU has the features (checked at run time).
+            return unsafe { avx512(image, channels, g, weight, bias, relu, out) };
+        }
+        if simd::has_avx2_fma() {
+            // SAFETY: as above.
+            return unsafe { avx2(image, channels, g, weight, bias, relu, out) };
+        }
+    }
+    with_blocks!(
+        lanes::Scalar,
+        bias.len(),
+        image,
+        channels,
         g,
         weight,
         bias,
-        activation == Activation::Relu6,
+        relu,
         out
-    ));
+    );
+    true
+}
+
+/// `conv_planar` for `B` blocks of `LANES` output channels: one pixel at a time, every tap's
+/// input value broadcast against the `B` weight vectors of that tap.
+#[inline(always)]
+fn conv_planar_impl<L: lanes::Lanes, const B: usize>(
+    image: &[f32],
+    channels: usize,
+    g: ConvGeometry,
+    weight: &[f32],
+    bias: &[f32],
+    relu: bool,
+    out: &mut [f32],
+) {
+    let n = B * LANES;
+    let taps = g.kernel * g.kernel;
+    let plane = g.height * g.width;
+    let bias: [L; B] = std::array::from_fn(|b| L::load(&bias[b * LANES..][..LANES]));
+    for oy in 0..g.out_height {
+        for ox in 0..g.out_width {
+            let mut acc = bias;
+            for ky in 0..g.kernel {
+                let Some(iy) = (oy * g.stride + ky).checked_sub(g.pad_top) else {
+                    continue;
+                };
+                if iy >= g.height {
+                    continue;
+                }
+                for kx in 0..g.kernel {
+                    let Some(ix) = (ox * g.stride + kx).checked_sub(g.pad_left) else {
+                        continue;
+                    };
+                    if ix >= g.width {
+                        continue;
+                    }
+                    for ci in 0..channels {
+                        let x = L::splat(image[ci * plane + iy * g.width + ix]);
+                        let w = &weight[(ci * taps + ky * g.kernel + kx) * n..][..n];
+                        for (b, a) in acc.iter_mut().enumerate() {
+                            *a = a.mul_add(x, L::load(&w[b * LANES..][..LANES]));
+                        }
+                    }
+                }
+            }
+            let o = &mut out[(oy * g.out_width + ox) * n..][..n];
+            for (b, a) in acc.iter().enumerate() {
+                let a = if relu { a.relu6() } else { *a };
+                a.store(&mut o[b * LANES..][..LANES]);
+            }
+        }
+    }
 }
 
 /// Rows `[row_start, row_start + rows)` of the im2col matrix of a planar (`[channels, height,
@@ -179,21 +372,39 @@ pub fn im2col_planar(
     }
 }
 
-/// `out[row] = bias` for every row of `out`.
+// The passes over a product's output tile, while it is in cache. Each loop is simple enough
+// for LLVM to vectorise in the `dispatch!`ed variants; `copy_from_slice` is avoided on
+// purpose (a library call per row).
+
+/// `tile[row] = act(tile[row] + bias)`.
 #[inline(always)]
-fn fill_rows(out: &mut [f32], bias: &[f32]) {
-    for row in out.chunks_exact_mut(bias.len()) {
-        row.copy_from_slice(bias);
+fn add_bias_rows(tile: &mut [f32], bias: &[f32], relu: bool) {
+    for row in tile.chunks_exact_mut(bias.len()) {
+        for (o, b) in row.iter_mut().zip(bias) {
+            let v = *o + b;
+            *o = if relu { v.clamp(0.0, 6.0) } else { v };
+        }
     }
 }
 
-/// `out[row] = residual[row] + bias`.
+/// `tile[row] = act(tile[row] + bias + residual[row])`.
 #[inline(always)]
-fn add_rows(out: &mut [f32], residual: &[f32], bias: &[f32]) {
+fn add_bias_residual_rows(tile: &mut [f32], bias: &[f32], residual: &[f32], relu: bool) {
     let n = bias.len();
-    for (row, res) in out.chunks_exact_mut(n).zip(residual.chunks_exact(n)) {
+    for (row, res) in tile.chunks_exact_mut(n).zip(residual.chunks_exact(n)) {
         for ((o, r), b) in row.iter_mut().zip(res).zip(bias) {
-            *o = r + b;
+            let v = *o + b + r;
+            *o = if relu { v.clamp(0.0, 6.0) } else { v };
+        }
+    }
+}
+
+/// `sums[j] += sum over rows of relu6(tile[row, j] + bias[j])`.
+#[inline(always)]
+fn bias_relu6_sum_rows(tile: &[f32], bias: &[f32], sums: &mut [f32]) {
+    for row in tile.chunks_exact(sums.len()) {
+        for ((s, v), b) in sums.iter_mut().zip(row).zip(bias) {
+            *s += (v + b).clamp(0.0, 6.0);
         }
     }
 }
@@ -205,50 +416,174 @@ fn relu6(x: &mut [f32]) {
     }
 }
 
-/// `sums[j] += sum over rows of relu6(tile[row, j])`.
-#[inline(always)]
-fn relu6_sum_rows(tile: &mut [f32], sums: &mut [f32]) {
-    for row in tile.chunks_exact(sums.len()) {
-        for (s, v) in sums.iter_mut().zip(row) {
-            *s += v.clamp(0.0, 6.0);
-        }
-    }
-}
+/// Channels per vector block of the depthwise kernel (one AVX-512 register).
+const LANES: usize = 16;
+/// Output pixels computed together: independent accumulators that keep the FMA units busy.
+const PIXELS: usize = 8;
+/// Channel blocks computed together for a single pixel (borders), for the same reason.
+const CHANNEL_BLOCKS: usize = 4;
 
 #[inline(always)]
-fn depthwise_impl(
+fn depthwise_impl<L: lanes::Lanes>(
     input: &[f32],
     g: ConvGeometry,
     weight: &[f32],
     bias: &[f32],
     relu: bool,
+    rows: &Rows,
     out: &mut [f32],
 ) {
     let c = bias.len();
-    for oy in 0..g.out_height {
+    // Output columns whose whole window lies inside the image.
+    let interior_start = g.pad_left.div_ceil(g.stride).min(g.out_width);
+    let interior_end = if g.width + g.pad_left >= g.kernel {
+        ((g.width + g.pad_left - g.kernel) / g.stride + 1).clamp(interior_start, g.out_width)
+    } else {
+        interior_start
+    };
+    for oy in rows.output.clone() {
         // The kernel rows that fall inside the image for this output row.
-        let first_ky = g.pad_top.saturating_sub(oy * g.stride);
-        let last_ky = (g.height + g.pad_top - oy * g.stride).min(g.kernel);
-        for ox in 0..g.out_width {
-            let first_kx = g.pad_left.saturating_sub(ox * g.stride);
-            let last_kx = (g.width + g.pad_left - ox * g.stride).min(g.kernel);
-            let acc = &mut out[(oy * g.out_width + ox) * c..][..c];
-            acc.copy_from_slice(bias);
-            for ky in first_ky..last_ky {
-                let iy = oy * g.stride + ky - g.pad_top;
-                for kx in first_kx..last_kx {
-                    let ix = ox * g.stride + kx - g.pad_left;
-                    let x = &input[(iy * g.width + ix) * c..][..c];
-                    let w = &weight[(ky * g.kernel + kx) * c..][..c];
-                    for ((a, x), w) in acc.iter_mut().zip(x).zip(w) {
-                        *a = x.mul_add(*w, *a);
-                    }
-                }
+        let ky = g.pad_top.saturating_sub(oy * g.stride)
+            ..(g.height + g.pad_top - oy * g.stride).min(g.kernel);
+        let kx_of = |ox: usize| {
+            g.pad_left.saturating_sub(ox * g.stride)
+                ..(g.width + g.pad_left - ox * g.stride).min(g.kernel)
+        };
+        if !c.is_multiple_of(LANES) {
+            for ox in 0..g.out_width {
+                depthwise_pixel_any_width(
+                    (input, &g, weight, bias, relu, rows, 0, oy, &ky),
+                    ox,
+                    kx_of(ox),
+                    out,
+                );
             }
-            if relu {
-                relu6(acc);
+            continue;
+        }
+        let blocks = c / LANES;
+        // Interior pixels: 8 neighbours at a time, one channel block each. Pixels outside,
+        // channels inside: the windows of 8 pixels over all channels stay in L1 while the
+        // next 8 reuse their overlap.
+        let mut ox = interior_start;
+        while ox + PIXELS <= interior_end {
+            for block in 0..blocks {
+                let args = (input, &g, weight, bias, relu, rows, block * LANES, oy, &ky);
+                depthwise_pixels::<L, PIXELS, 1>(args, ox, 0..g.kernel, out);
+            }
+            ox += PIXELS;
+        }
+        // Border pixels and the interior's remainder: one pixel, 4 channel blocks at a time
+        // (independent accumulators again; on 7x7 and 14x14 maps these are a third of all).
+        let remainder = interior_start + (interior_end - interior_start) / PIXELS * PIXELS;
+        for ox in (0..interior_start).chain(remainder..g.out_width) {
+            let kx = kx_of(ox);
+            let mut block = 0;
+            while block + CHANNEL_BLOCKS <= blocks {
+                let args = (input, &g, weight, bias, relu, rows, block * LANES, oy, &ky);
+                depthwise_pixels::<L, 1, CHANNEL_BLOCKS>(args, ox, kx.clone(), out);
+                block += CHANNEL_BLOCKS;
+            }
+            for block in block..blocks {
+                let args = (input, &g, weight, bias, relu, rows, block * LANES, oy, &ky);
+                depthwise_pixels::<L, 1, 1>(args, ox, kx.clone(), out);
             }
         }
+    }
+}
+
+/// input, geometry, weight, bias, relu, rows, first channel, output row, kernel rows.
+type DepthwiseArgs<'a> = (
+    &'a [f32],
+    &'a ConvGeometry,
+    &'a [f32],
+    &'a [f32],
+    bool,
+    &'a Rows,
+    usize,
+    usize,
+    &'a std::ops::Range<usize>,
+);
+
+/// `P` neighbouring output pixels (from `ox0`) of `B` blocks of `LANES` channels (from
+/// `first`), accumulated in registers over the kernel taps `ky` x `kx` (the same for all).
+#[inline(always)]
+fn depthwise_pixels<L: lanes::Lanes, const P: usize, const B: usize>(
+    (input, g, weight, bias, relu, rows, first, oy, ky): DepthwiseArgs,
+    ox0: usize,
+    kx: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    let c = bias.len();
+    let mut acc = [[L::load(&bias[first..first + LANES]); B]; P];
+    for pixel in &mut acc {
+        for (b, a) in pixel.iter_mut().enumerate() {
+            *a = L::load(&bias[first + b * LANES..][..LANES]);
+        }
+    }
+    // Bounds are checked once here, not per load: the loads below stay inside the window,
+    // which the asserts put inside `input` and `weight` (this loop is the whole kernel's cost).
+    let (last_ky, last_kx) = (ky.end.max(1) - 1, kx.end.max(1) - 1);
+    assert!(ky.start <= last_ky && kx.start <= last_kx && last_ky < g.kernel && last_kx < g.kernel);
+    let last_iy = oy * g.stride + last_ky - g.pad_top - rows.input_first;
+    let last_ix = (ox0 + P - 1) * g.stride + last_kx - g.pad_left;
+    assert!(
+        last_ix < g.width && (last_iy * g.width + last_ix) * c + first + B * LANES <= input.len()
+    );
+    assert!((last_ky * g.kernel + last_kx) * c + first + B * LANES <= weight.len());
+    for ky in ky.clone() {
+        let iy = oy * g.stride + ky - g.pad_top - rows.input_first;
+        for kx in kx.clone() {
+            let taps = &weight[(ky * g.kernel + kx) * c + first..];
+            let w: [L; B] = std::array::from_fn(|b| L::load(&taps[b * LANES..][..LANES]));
+            let ix = ox0 * g.stride + kx - g.pad_left;
+            // SAFETY: in bounds by the asserts above (iy, ix and the channel blocks are at most
+            // the asserted last ones).
+            let mut x = unsafe { input.as_ptr().add((iy * g.width + ix) * c + first) };
+            for pixel in &mut acc {
+                for (b, a) in pixel.iter_mut().enumerate() {
+                    // SAFETY: as above.
+                    *a = a.mul_add(unsafe { L::load_ptr(x.add(b * LANES)) }, w[b]);
+                }
+                // SAFETY: as above; after the last pixel the pointer is not read.
+                x = x.wrapping_add(g.stride * c);
+            }
+        }
+    }
+    for (p, pixel) in acc.iter().enumerate() {
+        let at = ((oy - rows.output.start) * g.out_width + ox0 + p) * c + first;
+        for (b, a) in pixel.iter().enumerate() {
+            let a = if relu { a.relu6() } else { *a };
+            a.store(&mut out[at + b * LANES..][..LANES]);
+        }
+    }
+}
+
+/// One output pixel, all channels, for channel counts that are not a multiple of `LANES`.
+#[inline(always)]
+fn depthwise_pixel_any_width(
+    (input, g, weight, bias, relu, rows, _, oy, ky): DepthwiseArgs,
+    ox: usize,
+    kx: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    let c = bias.len();
+    let acc = &mut out[((oy - rows.output.start) * g.out_width + ox) * c..][..c];
+    for (a, b) in acc.iter_mut().zip(bias) {
+        *a = *b;
+    }
+    for ky in ky.clone() {
+        let iy = oy * g.stride + ky - g.pad_top - rows.input_first;
+        for kx in kx.clone() {
+            let ix = ox * g.stride + kx - g.pad_left;
+            let x = &input[(iy * g.width + ix) * c..][..c];
+            let w = &weight[(ky * g.kernel + kx) * c..][..c];
+            for ((a, x), w) in acc.iter_mut().zip(x).zip(w) {
+                *a = x.mul_add(*w, *a);
+            }
+        }
+    }
+    if relu {
+        relu6(acc);
     }
 }
 

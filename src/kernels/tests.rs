@@ -89,36 +89,60 @@ fn naive_depthwise(input: &[f32], g: ConvGeometry, weight: &[f32], bias: &[f32])
 
 #[test]
 fn depthwise_equals_a_naive_convolution_for_every_padding_and_stride() {
-    let c = 20;
-    // (side, kernel, stride, pad_top/left, out side): TF SAME odd/even, symmetric, 5x5.
-    for (side, kernel, stride, pad, out_side) in [
-        (9, 3, 1, 1, 9),
-        (10, 3, 2, 0, 5),
-        (9, 3, 2, 1, 5),
-        (15, 5, 2, 2, 8),
-        (14, 5, 2, 1, 7),
-        (7, 5, 1, 2, 7),
-    ] {
-        let g = ConvGeometry {
-            height: side,
-            width: side + 1,
-            kernel,
-            stride,
-            pad_top: pad,
-            pad_left: pad,
-            out_height: out_side,
-            out_width: (side + 1 + 2 * pad - kernel) / stride + 1,
-        };
-        let input = random(g.height * g.width * c, 5);
-        let weight = random(kernel * kernel * c, 6);
-        let bias = random(c, 7);
-        let expected = naive_depthwise(&input, g, &weight, &bias);
-        let mut out = vec![f32::NAN; expected.len()];
-        depthwise(&input, g, &weight, &bias, Activation::None, &mut out);
-        assert!(worst(&out, &expected) < 1e-4, "{g:?}");
-        depthwise(&input, g, &weight, &bias, Activation::Relu6, &mut out);
-        let clamped: Vec<f32> = expected.iter().map(|v| v.clamp(0.0, 6.0)).collect();
-        assert!(worst(&out, &clamped) < 1e-4, "{g:?} relu6");
+    // 32 channels take the register-blocked path, 20 the any-width one.
+    for c in [20, 32] {
+        // (side, kernel, stride, pad_top/left, out side): TF SAME odd/even, symmetric, 5x5.
+        for (side, kernel, stride, pad, out_side) in [
+            (9, 3, 1, 1, 9),
+            (10, 3, 2, 0, 5),
+            (9, 3, 2, 1, 5),
+            (15, 5, 2, 2, 8),
+            (14, 5, 2, 1, 7),
+            (7, 5, 1, 2, 7),
+        ] {
+            let g = ConvGeometry {
+                height: side,
+                width: 3 * side + 1,
+                kernel,
+                stride,
+                pad_top: pad,
+                pad_left: pad,
+                out_height: out_side,
+                out_width: (3 * side + 1 + 2 * pad - kernel) / stride + 1,
+            };
+            let input = random(g.height * g.width * c, 5);
+            let weight = random(kernel * kernel * c, 6);
+            let bias = random(c, 7);
+            let expected = naive_depthwise(&input, g, &weight, &bias);
+            let mut out = vec![f32::NAN; expected.len()];
+            let all = Rows::all(&g);
+            depthwise(&input, g, &weight, &bias, Activation::None, &all, &mut out);
+            assert!(worst(&out, &expected) < 1e-4, "{g:?}");
+            depthwise(&input, g, &weight, &bias, Activation::Relu6, &all, &mut out);
+            let clamped: Vec<f32> = expected.iter().map(|v| v.clamp(0.0, 6.0)).collect();
+            assert!(worst(&out, &clamped) < 1e-4, "{g:?} relu6");
+            // In strips of 2 output rows, each given only the input rows it needs.
+            let row = g.width * c;
+            let mut strips = vec![f32::NAN; expected.len()];
+            for start in (0..g.out_height).step_by(2) {
+                let output = start..(start + 2).min(g.out_height);
+                let (first, end) = Rows::needed(&g, &output);
+                let at = start * g.out_width * c;
+                depthwise(
+                    &input[first * row..end * row],
+                    g,
+                    &weight,
+                    &bias,
+                    Activation::None,
+                    &Rows {
+                        input_first: first,
+                        output,
+                    },
+                    &mut strips[at..],
+                );
+            }
+            assert!(worst(&strips, &expected) < 1e-4, "{g:?} in strips");
+        }
     }
 }
 
@@ -156,4 +180,71 @@ fn im2col_rows_reproduce_the_padded_windows() {
     let mut tail = vec![f32::NAN; 4 * 18];
     im2col_planar(&image, 2, g, 5, 4, &mut tail);
     assert_eq!(tail, rows[5 * 18..]);
+}
+
+#[test]
+fn planar_conv_equals_im2col_then_pointwise() {
+    // Both TF SAME (nothing before, the odd pixel after) and symmetric padding, odd sizes.
+    for (pad, height, width) in [(0, 17, 12), (1, 16, 13)] {
+        let g = ConvGeometry {
+            height,
+            width,
+            kernel: 3,
+            stride: 2,
+            pad_top: pad,
+            pad_left: pad,
+            out_height: height.div_ceil(2),
+            out_width: width.div_ceil(2),
+        };
+        let image = random(3 * height * width, 8);
+        for n in [16, 32, 64] {
+            let weight = random(27 * n, 9);
+            let bias = random(n, 10);
+            let pixels = g.out_height * g.out_width;
+            let mut columns = vec![0.0; pixels * 27];
+            im2col_planar(&image, 3, g, 0, pixels, &mut columns);
+            let mut expected = vec![0.0; pixels * n];
+            pointwise(
+                &columns,
+                pixels,
+                27,
+                &weight,
+                &bias,
+                Activation::Relu6,
+                None,
+                &mut expected,
+            );
+            let mut out = vec![f32::NAN; pixels * n];
+            assert!(conv_planar(
+                &image,
+                3,
+                g,
+                &weight,
+                &bias,
+                Activation::Relu6,
+                &mut out
+            ));
+            assert!(worst(&out, &expected) < 1e-4, "pad {pad}, {n} channels");
+        }
+    }
+    let g = ConvGeometry {
+        height: 4,
+        width: 4,
+        kernel: 3,
+        stride: 2,
+        pad_top: 0,
+        pad_left: 0,
+        out_height: 2,
+        out_width: 2,
+    };
+    let mut out = vec![0.0; 4 * 24];
+    assert!(!conv_planar(
+        &[0.0; 48],
+        3,
+        g,
+        &[0.0; 27 * 24],
+        &[0.0; 24],
+        Activation::None,
+        &mut out
+    ));
 }
