@@ -33,8 +33,11 @@ pub fn conv_output_size(mode: PaddingMode, size: usize, kernel: usize, stride: u
     (size + before + after - kernel) / stride + 1
 }
 
+/// `min(max(x, 0), 6)`. As ReLU then a clamp from above, not `clamp(0, 6)`: burn composes a
+/// two-sided clamp from two compare + mask passes forward and two mask passes backward, where
+/// ReLU is one native op each way.
 pub fn relu6(x: Tensor<4>) -> Tensor<4> {
-    x.clamp(0.0, 6.0)
+    burn::tensor::activation::relu(x).clamp_max(6.0)
 }
 
 /// Static shape of one convolution, as data.
@@ -109,9 +112,20 @@ impl ConvBnAct {
             [1, 1],
             self.groups,
         );
+        let batch_statistics = x.device().is_autodiff() && self.bn.training.is_enabled();
         let y = match &self.folded_bias {
             Some(bias) => conv2d(x, self.weight.val(), Some(bias.val()), options),
-            None => self.bn.forward(conv2d(x, self.weight.val(), None, options)),
+            None if batch_statistics => {
+                self.bn.forward(conv2d(x, self.weight.val(), None, options))
+            }
+            None => {
+                // BatchNorm on its running statistics (inference, or fine-tuning with BN
+                // frozen) is an affine map per channel: fold it into the conv's weight and
+                // bias here, on `[C]`-sized tensors, instead of a pass over the activation
+                // forward and another backward. Gradients reach weight, gamma and beta the same.
+                let (weight, bias) = self.folded();
+                conv2d(x, weight, Some(bias), options)
+            }
         };
         if self.activation { relu6(y) } else { y }
     }
@@ -123,13 +137,22 @@ impl ConvBnAct {
         if self.folded_bias.is_some() {
             return;
         }
-        let bn = &self.bn;
-        let scale = bn.gamma.val() / (bn.running_var.value() + bn.epsilon).sqrt();
-        let shift = bn.beta.val() - bn.running_mean.value() * scale.clone();
-        let [c] = scale.dims();
-        let weight = self.weight.val() * scale.reshape([c, 1, 1, 1]);
+        let (weight, bias) = self.folded();
         self.weight = Param::from_tensor(weight);
-        self.folded_bias = Some(Param::from_tensor(shift));
+        self.folded_bias = Some(Param::from_tensor(bias));
+    }
+
+    /// The conv weight and bias with inference-mode BatchNorm folded in (see
+    /// [`ConvBnAct::fold_batch_norm`]), as differentiable functions of weight, gamma and beta.
+    fn folded(&self) -> (Tensor<4>, Tensor<1>) {
+        let bn = &self.bn;
+        let device = self.weight.val().device();
+        let mean = bn.running_mean.value().to_device(&device);
+        let var = bn.running_var.value().to_device(&device);
+        let scale = bn.gamma.val() / (var + bn.epsilon).sqrt();
+        let shift = bn.beta.val() - mean * scale.clone();
+        let [c] = scale.dims();
+        (self.weight.val() * scale.reshape([c, 1, 1, 1]), shift)
     }
 
     pub fn out_channels(&self) -> usize {

@@ -15,7 +15,7 @@ use simd::dispatch;
 
 /// Rows of the output computed per matrix product call: the tile the bias, activation and
 /// residual are applied to while it is still in cache.
-const ROW_TILE: usize = 192;
+const ROW_TILE: usize = 256;
 
 /// What follows a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
