@@ -309,19 +309,27 @@ impl FusedNet {
         let Some((weight, bias)) = classifier else {
             return Tensor::from_data(burn::tensor::TensorData::new(features, [n, dim]), &device);
         };
-        let mut logits = vec![0.0; n * bias.len()];
-        timed(LayerKind::Classifier, || {
-            kernels::pointwise(
-                &features,
-                n,
-                dim,
-                weight,
-                bias,
-                Activation::None,
-                None,
-                &mut logits,
-            )
-        });
+        let classes = bias.len();
+        let mut logits = vec![0.0; n * classes];
+        // A share of the batch per worker thread, so that no core waits for this step.
+        let rows = n.div_ceil(rayon::current_num_threads()).max(1);
+        logits
+            .par_chunks_mut(rows * classes)
+            .zip(features.par_chunks(rows * dim))
+            .for_each(|(logits, features)| {
+                timed(LayerKind::Classifier, || {
+                    kernels::pointwise(
+                        features,
+                        features.len() / dim,
+                        dim,
+                        weight,
+                        bias,
+                        Activation::None,
+                        None,
+                        logits,
+                    )
+                })
+            });
         Tensor::from_data(
             burn::tensor::TensorData::new(logits, [n, bias.len()]),
             &device,
