@@ -286,6 +286,38 @@ impl FusedNet {
         Some(self.run(batch, Some(classifier)))
     }
 
+    /// The stem and the first `blocks` MBConv blocks of a batch `[N, 3, H, W]`: the feature map
+    /// `[N, C, h, w]` entering block `blocks`, on the batch's device, without gradient. For
+    /// fine-tuning, where the layers below the first trainable group are frozen: they need no
+    /// backward, so they can run here.
+    pub fn forward_prefix(&self, batch: Tensor<4>, blocks: usize) -> Tensor<4> {
+        let [n, _, h, w] = batch.dims();
+        let device = batch.device();
+        let data = batch.into_data();
+        // cannot fail: image batches are f32
+        let input: &[f32] = data.as_slice().expect("an f32 batch");
+        let image_len = input.len() / n.max(1);
+        let maps: Vec<(Vec<f32>, [usize; 3])> = input
+            .par_chunks(image_len.max(1))
+            .map(|image| {
+                SCRATCH.with_borrow_mut(|scratch| {
+                    let (oh, ow, c) = self.forward_trunk(image, h, w, blocks, scratch, None);
+                    // NHWC -> CHW for burn.
+                    let mut chw = vec![0.0; c * oh * ow];
+                    for (pixel, values) in scratch.x[..oh * ow * c].chunks_exact(c).enumerate() {
+                        for (channel, v) in values.iter().enumerate() {
+                            chw[channel * oh * ow + pixel] = *v;
+                        }
+                    }
+                    (chw, [c, oh, ow])
+                })
+            })
+            .collect();
+        let [c, oh, ow] = maps.first().map_or([0, 0, 0], |(_, shape)| *shape);
+        let flat: Vec<f32> = maps.into_iter().flat_map(|(chw, _)| chw).collect();
+        Tensor::from_data(burn::tensor::TensorData::new(flat, [n, c, oh, ow]), &device)
+    }
+
     /// Every image of `batch` through the backbone on the worker threads, one image at a time
     /// each; then the whole batch through the `classifier` if given (`[features, classes]`
     /// weight and bias: one product for the batch reads its 5 MB once, not once per image).
@@ -364,15 +396,63 @@ impl FusedNet {
         out: &mut [f32],
         mut taps: Option<&mut Vec<FusedTap>>,
     ) {
+        let (h, w, c) = self.forward_trunk(
+            image,
+            height,
+            width,
+            self.blocks.len(),
+            scratch,
+            taps.as_deref_mut(),
+        );
+        let x = &scratch.x[..h * w * c];
+        // Head conv + ReLU6 summed into the pooled features.
+        out.fill(0.0);
+        let dim = self.head.out_channels();
+        timed(LayerKind::Head, || {
+            kernels::pointwise_relu6_sum(
+                x,
+                h * w,
+                c,
+                &self.head.weight,
+                &self.head.bias,
+                &mut scratch.head,
+                out,
+            )
+        });
+        let scale = 1.0 / (h * w) as f32;
+        out.iter_mut().for_each(|v| *v *= scale);
+        if let Some(taps) = taps {
+            let mut map = vec![0.0; h * w * dim];
+            self.head.pointwise(x, h * w, None, &mut map);
+            taps.push(FusedTap {
+                name: "head".into(),
+                height: h,
+                width: w,
+                channels: dim,
+                values: map,
+            });
+        }
+    }
+
+    /// The stem and the first `blocks` blocks of one planar image; the result is left NHWC in
+    /// `scratch.x`, its `(height, width, channels)` returned.
+    fn forward_trunk(
+        &self,
+        image: &[f32],
+        height: usize,
+        width: usize,
+        blocks: usize,
+        scratch: &mut Scratch,
+        mut taps: Option<&mut Vec<FusedTap>>,
+    ) -> (usize, usize, usize) {
         let Scratch {
             x,
             y,
             hidden,
             depthwise,
             columns,
-            head,
+            head: _,
         } = scratch;
-        let want_taps = taps.is_some();
         let mut record = |name: String, values: &[f32], height: usize, width: usize| {
             if let Some(taps) = taps.as_mut() {
                 taps.push(FusedTap {
@@ -384,7 +464,6 @@ impl FusedNet {
                 });
             }
         };
-
         // Stem: im2col a band of output pixels at a time, then one product per band.
         let g = self.stem.geometry(self.padding, height, width);
         let (mut h, mut w) = (g.out_height, g.out_width);
@@ -418,7 +497,7 @@ impl FusedNet {
         });
         record("stem".into(), &x[..h * w * c], h, w);
 
-        for (index, block) in self.blocks.iter().enumerate() {
+        for (index, block) in self.blocks[..blocks].iter().enumerate() {
             let g = block.depthwise.geometry(self.padding, h, w);
             let oc = block.project.out_channels();
             block.forward(
@@ -434,28 +513,7 @@ impl FusedNet {
                 record(format!("stage{}", stage + 1), &x[..h * w * c], h, w);
             }
         }
-
-        // Head conv + ReLU6 summed into the pooled features.
-        out.fill(0.0);
-        let dim = self.head.out_channels();
-        timed(LayerKind::Head, || {
-            kernels::pointwise_relu6_sum(
-                &x[..h * w * c],
-                h * w,
-                c,
-                &self.head.weight,
-                &self.head.bias,
-                head,
-                out,
-            )
-        });
-        let scale = 1.0 / (h * w) as f32;
-        out.iter_mut().for_each(|v| *v *= scale);
-        if want_taps {
-            let mut map = vec![0.0; h * w * dim];
-            self.head.pointwise(&x[..h * w * c], h * w, None, &mut map);
-            record("head".into(), &map, h, w);
-        }
+        (h, w, c)
     }
 }
 

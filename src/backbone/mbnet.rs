@@ -78,6 +78,15 @@ impl MbNetSpec {
     }
 }
 
+/// Where a forward pass starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// From the preprocessed image: the stem, then every block.
+    Image,
+    /// From the feature map entering block `n` (the stem and blocks before it already run).
+    Block(usize),
+}
+
 /// A named intermediate activation, for parity checks and `summary`.
 pub struct Tap {
     pub name: String,
@@ -156,11 +165,39 @@ impl MbNet {
 
     /// Feature map before pooling, `[N, head_channels, h, w]`.
     pub fn forward_feature_map(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self
-            .blocks
+        self.forward_feature_map_from(Start::Image, x)
+    }
+
+    /// [`MbNet::forward_feature_map`] from `start`.
+    pub fn forward_feature_map_from(&self, start: Start, x: Tensor<4>) -> Tensor<4> {
+        let (x, first) = match start {
+            Start::Image => (self.stem.forward(x), 0),
+            Start::Block(first) => (x, first),
+        };
+        let x = self.blocks[first.min(self.blocks.len())..]
             .iter()
-            .fold(self.stem.forward(x), |x, b| b.forward(x));
+            .fold(x, |x, b| b.forward(x));
         self.head.forward(x)
+    }
+
+    /// Pooled features from `start` (see [`Start`]).
+    pub fn forward_features_from(&self, start: Start, x: Tensor<4>) -> Tensor<2> {
+        global_average_pool(self.forward_feature_map_from(start, x))
+    }
+
+    /// The first block whose group is in `trainable` (layer groups: stem, the stages, head):
+    /// where a forward pass needs to start tracking gradients. `None` when the stem trains.
+    pub fn first_trainable_block(&self, trainable: &[usize]) -> Option<usize> {
+        let first = *trainable.iter().min()?;
+        match first {
+            0 => None,
+            1 => Some(0),
+            g => Some(
+                self.stage_ends
+                    .get(g - 2)
+                    .map_or(self.blocks.len(), |end| end + 1),
+            ),
+        }
     }
 
     /// Pooled features ("bottlenecks"), `[N, head_channels]`.

@@ -166,6 +166,7 @@ fn train_step(args: BenchArgs) -> Result<ExitCode> {
             &all,
             &lrs,
             slices,
+            None,
         )
         .0
     };

@@ -23,6 +23,7 @@ use super::schedule::{Schedule, factor};
 use super::sliced::{backward_in_slices, training_slices};
 use crate::backbone::SourceConfig;
 use crate::backbone::mbnet::MbNet;
+use crate::backbone::mbnet::Start;
 use crate::data::augment::{image_rng, simclr_view};
 use crate::data::{Chw, DecodeLimits, decode_rgb, to_batch};
 use crate::metrics::argmax_rows;
@@ -218,9 +219,10 @@ fn train_step(
     (backbone_lr, head_lr): (f64, f64),
     slices: usize,
 ) -> (SimclrModel, f64, f64) {
-    let (loss, logits, mut grads, net) = backward_in_slices(&model.net, x, slices, |h| {
-        nt_xent(model.project(h), temperature)
-    });
+    let (loss, logits, mut grads, net) =
+        backward_in_slices(&model.net, Start::Image, x, slices, |h| {
+            nt_xent(model.project(h), temperature)
+        });
     let loss_value = loss.clone().into_scalar::<f32>() as f64;
     let rows = logits.dims()[0];
     let logits: Vec<f32> = logits

@@ -12,7 +12,7 @@ use burn::tensor::{Gradients, Tensor};
 use rayon::prelude::*;
 
 use super::finetune::BnMode;
-use crate::backbone::mbnet::MbNet;
+use crate::backbone::mbnet::{MbNet, Start};
 
 /// Images per slice when a training batch is split across the CPU's cores.
 pub const CPU_SLICE: usize = 8;
@@ -27,18 +27,20 @@ pub fn training_slices(n: usize, bn_mode: BnMode) -> usize {
     }
 }
 
-/// Forward `x` through `net` in `slices` slices, compute the loss on the pooled features with
+/// Forward `x` through `net` from `start` in `slices` slices, compute the loss on the pooled
+/// features with
 /// `loss_of`, and backward. Returns what `loss_of` returned, the gradients of everything
 /// `loss_of` used besides the features (take the top's with `GradientsParams::from_module`), and
 /// the gradients of `net`'s parameters.
 pub fn backward_in_slices<T>(
     net: &MbNet,
+    start: Start,
     x: Tensor<4>,
     slices: usize,
     loss_of: impl FnOnce(Tensor<2>) -> (Tensor<1>, T),
 ) -> (Tensor<1>, T, Gradients, GradientsParams) {
     if slices <= 1 {
-        let (loss, extra) = loss_of(net.forward_features(x));
+        let (loss, extra) = loss_of(net.forward_features_from(start, x));
         let mut grads = loss.backward();
         let net_grads = GradientsParams::from_module(&mut grads, net);
         return (loss, extra, grads, net_grads);
@@ -49,7 +51,7 @@ pub fn backward_in_slices<T>(
         .into_par_iter()
         .map(|xs| {
             let copy = net.valid().for_training(&device);
-            let features = copy.forward_features(xs);
+            let features = copy.forward_features_from(start, xs);
             (copy, features)
         })
         .collect();
