@@ -405,6 +405,8 @@ fn validate(
     }
     let device = crate::backend::device();
     let classes = model.top.weight.dims()[1];
+    // The backbone by the fused CPU kernels (BatchNorm on running statistics, as here).
+    let fused = (!cfg!(feature = "cuda")).then(|| FusedNet::new(&model.net));
     let (mut loss, mut correct) = (0.0f64, 0usize);
     for (chunk, labels) in examples
         .paths
@@ -422,8 +424,12 @@ fn validate(
         if good.is_empty() {
             continue;
         }
-        let logits: Vec<f32> = model
-            .forward(to_batch(&good, config.resolution, &device))
+        let batch = to_batch(&good, config.resolution, &device);
+        let logits = match &fused {
+            Some(fused) => model.top.forward(fused.features(batch)),
+            None => model.forward(batch),
+        };
+        let logits: Vec<f32> = logits
             .into_data()
             .try_into_vec()
             // cannot fail: every tensor graft makes is f32
