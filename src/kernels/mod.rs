@@ -181,42 +181,15 @@ pub fn depthwise(
     assert!(rows.output.end <= g.out_height);
     assert!(out.len() >= rows.output.len() * g.out_width * c);
     let relu = activation == Activation::Relu6;
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-        fn avx512(
-            i: &[f32],
-            g: ConvGeometry,
-            w: &[f32],
-            b: &[f32],
-            r: bool,
-            s: &Rows,
-            o: &mut [f32],
-        ) {
-            depthwise_impl::<lanes::Avx512>(i, g, w, b, r, s, o)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        fn avx2(
-            i: &[f32],
-            g: ConvGeometry,
-            w: &[f32],
-            b: &[f32],
-            r: bool,
-            s: &Rows,
-            o: &mut [f32],
-        ) {
-            depthwise_impl::<lanes::Avx2>(i, g, w, b, r, s, o)
-        }
-        if simd::has_avx512() {
-            // SAFETY: the CPU has the features (checked at run time).
-            return unsafe { avx512(input, g, weight, bias, relu, rows, out) };
-        }
-        if simd::has_avx2_fma() {
-            // SAFETY: as above.
-            return unsafe { avx2(input, g, weight, bias, relu, rows, out) };
-        }
-    }
-    depthwise_impl::<lanes::Scalar>(input, g, weight, bias, relu, rows, out)
+    dispatch!(depthwise_impl::<Lanes>(
+        input: &[f32],
+        g: ConvGeometry,
+        weight: &[f32],
+        bias: &[f32],
+        relu: bool,
+        rows: &Rows,
+        out: &mut [f32],
+    ) -> ())
 }
 
 /// Dense convolution of a planar image (`[channels, height, width]`, the network input) into
@@ -238,64 +211,35 @@ pub fn conv_planar(
     assert!(weight.len() == channels * g.kernel * g.kernel * bias.len());
     assert!(out.len() >= g.out_height * g.out_width * bias.len());
     let relu = activation == Activation::Relu6;
-    macro_rules! with_blocks {
-        ($lanes:ty, $n:expr, $($arg:expr),*) => {
-            match $n {
-                16 => conv_planar_impl::<$lanes, 1>($($arg),*),
-                32 => conv_planar_impl::<$lanes, 2>($($arg),*),
-                64 => conv_planar_impl::<$lanes, 4>($($arg),*),
-                _ => return false,
-            }
-        };
+    dispatch!(conv_planar_lanes::<Lanes>(
+        image: &[f32],
+        channels: usize,
+        g: ConvGeometry,
+        weight: &[f32],
+        bias: &[f32],
+        relu: bool,
+        out: &mut [f32],
+    ) -> bool)
+}
+
+/// `conv_planar` with the output channels as a whole number of `LANES` blocks, or `false`.
+#[inline(always)]
+fn conv_planar_lanes<L: lanes::Lanes>(
+    image: &[f32],
+    channels: usize,
+    g: ConvGeometry,
+    weight: &[f32],
+    bias: &[f32],
+    relu: bool,
+    out: &mut [f32],
+) -> bool {
+    let args = (image, channels, g, weight, bias, relu);
+    match bias.len() {
+        16 => conv_planar_impl::<L, 1>(args, out),
+        32 => conv_planar_impl::<L, 2>(args, out),
+        64 => conv_planar_impl::<L, 4>(args, out),
+        _ => return false,
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-        fn avx512(
-            i: &[f32],
-            c: usize,
-            g: ConvGeometry,
-            w: &[f32],
-            bias: &[f32],
-            r: bool,
-            o: &mut [f32],
-        ) -> bool {
-            with_blocks!(lanes::Avx512, bias.len(), i, c, g, w, bias, r, o);
-            true
-        }
-        #[target_feature(enable = "avx2,fma")]
-        fn avx2(
-            i: &[f32],
-            c: usize,
-            g: ConvGeometry,
-            w: &[f32],
-            bias: &[f32],
-            r: bool,
-            o: &mut [f32],
-        ) -> bool {
-            with_blocks!(lanes::Avx2, bias.len(), i, c, g, w, bias, r, o);
-            true
-        }
-        if simd::has_avx512() {
-            // SAFETY: the CPU has the features (checked at run time).
-            return unsafe { avx512(image, channels, g, weight, bias, relu, out) };
-        }
-        if simd::has_avx2_fma() {
-            // SAFETY: as above.
-            return unsafe { avx2(image, channels, g, weight, bias, relu, out) };
-        }
-    }
-    with_blocks!(
-        lanes::Scalar,
-        bias.len(),
-        image,
-        channels,
-        g,
-        weight,
-        bias,
-        relu,
-        out
-    );
     true
 }
 
@@ -303,12 +247,7 @@ pub fn conv_planar(
 /// input value broadcast against the `B` weight vectors of that tap.
 #[inline(always)]
 fn conv_planar_impl<L: lanes::Lanes, const B: usize>(
-    image: &[f32],
-    channels: usize,
-    g: ConvGeometry,
-    weight: &[f32],
-    bias: &[f32],
-    relu: bool,
+    (image, channels, g, weight, bias, relu): (&[f32], usize, ConvGeometry, &[f32], &[f32], bool),
     out: &mut [f32],
 ) {
     let n = B * LANES;
