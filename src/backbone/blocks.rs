@@ -143,8 +143,12 @@ impl ConvBnAct {
     }
 
     /// The conv weight and bias with inference-mode BatchNorm folded in (see
-    /// [`ConvBnAct::fold_batch_norm`]), as differentiable functions of weight, gamma and beta.
-    fn folded(&self) -> (Tensor<4>, Tensor<1>) {
+    /// [`ConvBnAct::fold_batch_norm`]), as differentiable functions of weight, gamma and beta;
+    /// the stored ones when the layer is folded already.
+    pub fn folded(&self) -> (Tensor<4>, Tensor<1>) {
+        if let Some(bias) = &self.folded_bias {
+            return (self.weight.val(), bias.val());
+        }
         let bn = &self.bn;
         let device = self.weight.val().device();
         let mean = bn.running_mean.value().to_device(&device);

@@ -33,17 +33,13 @@ struct Layer {
 }
 
 impl Layer {
-    /// Fold `layer`'s BatchNorm (on a copy) and transpose its weight for the kernels.
+    /// `layer` with its BatchNorm folded in, its weight transposed for the kernels.
     fn from_conv(layer: &ConvBnAct) -> Self {
-        let mut folded = layer.clone();
-        folded.fold_batch_norm();
-        let [out, per_group, kh, kw] = folded.weight.dims();
+        let (weight, bias) = layer.folded();
+        let [out, per_group, kh, kw] = weight.dims();
         let taps = kh * kw;
-        let w = to_vec(folded.weight.val());
-        let bias = folded
-            .folded_bias
-            .map(|b| to_vec(b.val()))
-            .unwrap_or_default();
+        let w = to_vec(weight);
+        let bias = to_vec(bias);
         // `[out, in/groups, k, k]` -> `[(in/groups) * k * k, out]`: rows are what the output
         // channel is summed over, so depthwise (one input per output) becomes `[tap, channel]`.
         let rows = per_group * taps;
@@ -269,10 +265,6 @@ impl FusedNet {
             stage_ends: net.stage_ends.clone(),
             padding: net.stem.padding,
         }
-    }
-
-    pub fn has_classifier(&self) -> bool {
-        self.classifier.is_some()
     }
 
     /// Pooled features `[N, head_channels]` of a batch `[N, 3, H, W]`, images in parallel.
