@@ -17,61 +17,70 @@ use super::source_config::PaddingMode;
 use crate::kernels::{self, Activation, ConvGeometry};
 
 /// Rows of the stem's im2col matrix built at a time.
-const STEM_ROWS: usize = 256;
+pub(super) const STEM_ROWS: usize = 256;
 
 /// Output pixels per strip of an MBConv block (see [`Block::forward`]).
 const STRIP_PIXELS: usize = 256;
 
 /// A convolution's folded weights in the layout its kernel reads.
-struct Layer {
+pub(super) struct Layer {
     /// 1x1: `[in, out]`; depthwise: `[kernel * kernel, channels]`; stem: `[in * k * k, out]`.
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-    kernel: usize,
-    stride: usize,
-    activation: Activation,
+    pub(super) weight: Vec<f32>,
+    pub(super) bias: Vec<f32>,
+    pub(super) kernel: usize,
+    pub(super) stride: usize,
+    pub(super) activation: Activation,
 }
 
 impl Layer {
     /// `layer` with its BatchNorm folded in, its weight transposed for the kernels.
     fn from_conv(layer: &ConvBnAct) -> Self {
         let (weight, bias) = layer.folded();
-        let [out, per_group, kh, kw] = weight.dims();
-        let taps = kh * kw;
-        let w = to_vec(weight);
-        let bias = to_vec(bias);
+        let dims = weight.dims();
+        let activation = if layer.activation {
+            Activation::Relu6
+        } else {
+            Activation::None
+        };
+        Self::from_burn_layout(
+            &to_vec(weight),
+            dims,
+            to_vec(bias),
+            (layer.kernel, layer.stride, activation),
+        )
+    }
+
+    /// A layer from its folded `weight` in burn's `[out, in/groups, k, k]` layout (`dims`),
+    /// its `bias`, and its `(kernel, stride, activation)`.
+    pub(super) fn from_burn_layout(
+        weight: &[f32],
+        dims: [usize; 4],
+        bias: Vec<f32>,
+        (kernel, stride, activation): (usize, usize, Activation),
+    ) -> Self {
+        let [out, per_group, kh, kw] = dims;
         // `[out, in/groups, k, k]` -> `[(in/groups) * k * k, out]`: rows are what the output
         // channel is summed over, so depthwise (one input per output) becomes `[tap, channel]`.
-        let rows = per_group * taps;
-        let mut weight = vec![0.0; rows * out];
-        for o in 0..out {
-            for r in 0..rows {
-                weight[r * out + o] = w[o * rows + r];
-            }
-        }
+        let rows = per_group * kh * kw;
         Self {
-            weight,
+            weight: transpose(weight, out, rows),
             bias,
-            kernel: layer.kernel,
-            stride: layer.stride,
-            activation: if layer.activation {
-                Activation::Relu6
-            } else {
-                Activation::None
-            },
+            kernel,
+            stride,
+            activation,
         }
     }
 
-    fn out_channels(&self) -> usize {
+    pub(super) fn out_channels(&self) -> usize {
         self.bias.len()
     }
 
     /// Rows of the weight matrix: input channels of a 1x1 conv, `in * k * k` for the stem.
-    fn rows(&self) -> usize {
+    pub(super) fn rows(&self) -> usize {
         self.weight.len() / self.out_channels()
     }
 
-    fn geometry(&self, padding: PaddingMode, height: usize, width: usize) -> ConvGeometry {
+    pub(super) fn geometry(&self, padding: PaddingMode, height: usize, width: usize) -> ConvGeometry {
         let (k, s) = (self.kernel, self.stride);
         ConvGeometry {
             height,
@@ -86,7 +95,7 @@ impl Layer {
     }
 
     /// 1x1 convolution of `pixels` NHWC rows.
-    fn pointwise(&self, input: &[f32], pixels: usize, residual: Option<&[f32]>, out: &mut [f32]) {
+    pub(super) fn pointwise(&self, input: &[f32], pixels: usize, residual: Option<&[f32]>, out: &mut [f32]) {
         let n = self.out_channels();
         kernels::pointwise(
             input,
@@ -98,6 +107,39 @@ impl Layer {
             residual,
             &mut out[..pixels * n],
         );
+    }
+}
+
+impl Layer {
+    /// The stem: this dense conv on a planar RGB image (`[3, H, W]`) into NHWC `out`; the
+    /// direct kernel when it takes the channel count, else im2col a band of output pixels at a
+    /// time into `columns` and one product per band.
+    pub(super) fn conv_image(
+        &self,
+        image: &[f32],
+        g: ConvGeometry,
+        columns: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        if kernels::conv_planar(
+            image,
+            3,
+            g,
+            &self.weight,
+            &self.bias,
+            self.activation,
+            out,
+        ) {
+            return;
+        }
+        let (cols, c) = (self.rows(), self.out_channels());
+        let columns = grow(columns, STEM_ROWS * cols);
+        let pixels = g.out_height * g.out_width;
+        for start in (0..pixels).step_by(STEM_ROWS) {
+            let rows = STEM_ROWS.min(pixels - start);
+            kernels::im2col_planar(image, 3, g, start, rows, columns);
+            self.pointwise(&columns[..rows * cols], rows, None, &mut out[start * c..]);
+        }
     }
 }
 
@@ -201,7 +243,7 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::default();
 }
 
-fn grow(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+pub(super) fn grow(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if buffer.len() < len {
         buffer.resize(len, 0.0);
     }
@@ -456,36 +498,12 @@ impl FusedNet {
                 });
             }
         };
-        // Stem: im2col a band of output pixels at a time, then one product per band.
         let g = self.stem.geometry(self.padding, height, width);
         let (mut h, mut w) = (g.out_height, g.out_width);
         let mut c = self.stem.out_channels();
-        let cols = 3 * g.kernel * g.kernel;
         let stem_out = grow(x, h * w * c);
         timed(LayerKind::Stem, || {
-            let stem = &self.stem;
-            if kernels::conv_planar(
-                image,
-                3,
-                g,
-                &stem.weight,
-                &stem.bias,
-                stem.activation,
-                stem_out,
-            ) {
-                return;
-            }
-            let columns = grow(columns, STEM_ROWS * cols);
-            for start in (0..h * w).step_by(STEM_ROWS) {
-                let rows = STEM_ROWS.min(h * w - start);
-                kernels::im2col_planar(image, 3, g, start, rows, columns);
-                stem.pointwise(
-                    &columns[..rows * cols],
-                    rows,
-                    None,
-                    &mut stem_out[start * c..],
-                );
-            }
+            self.stem.conv_image(image, g, columns, stem_out)
         });
         record("stem".into(), &x[..h * w * c], h, w);
 
@@ -507,6 +525,18 @@ impl FusedNet {
         }
         (h, w, c)
     }
+}
+
+/// The `[columns, rows]` transpose of the row-major `[rows, columns]` matrix `values`.
+pub(super) fn transpose(values: &[f32], rows: usize, columns: usize) -> Vec<f32> {
+    assert_eq!(values.len(), rows * columns);
+    let mut out = vec![0.0; values.len()];
+    for (r, row) in values.chunks_exact(columns.max(1)).enumerate() {
+        for (c, v) in row.iter().enumerate() {
+            out[c * rows + r] = *v;
+        }
+    }
+    out
 }
 
 fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {

@@ -5,6 +5,7 @@ pub mod blocks;
 pub mod efficientnet_lite;
 pub mod export;
 pub mod fused;
+pub mod fused_grad;
 pub mod layer_profile;
 pub mod mbnet;
 pub mod mobilenet_v2;

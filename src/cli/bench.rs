@@ -35,8 +35,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     pub iters: usize,
 
-    /// train-step: slices the batch is split into across the cores (default: what fine-tuning
-    /// uses, batch / 8 on the CPU).
+    /// train-step: run the backbone with burn's autodiff in N slices of the batch across the
+    /// cores, instead of what fine-tuning uses (the fused CPU kernels), to compare.
     #[arg(long, value_name = "N")]
     pub slices: Option<usize>,
 
@@ -126,7 +126,9 @@ fn print_layer_profile(backbone: &graft::backbone::Backbone, work: impl FnOnce()
 
 fn train_step(args: BenchArgs) -> Result<ExitCode> {
     use burn::tensor::{Int, TensorData};
-    use graft::train::finetune::{BnMode, new_model, set_trainable, train_step, training_slices};
+    use graft::train::finetune::{
+        BackbonePass, BnMode, new_model, set_trainable, train_step, training_pass,
+    };
 
     let info = args.backbone.info()?;
     let path = args.backbone.weights_path()?;
@@ -159,9 +161,9 @@ fn train_step(args: BenchArgs) -> Result<ExitCode> {
         .map(|i| i % classes as i64)
         .collect();
     let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [args.batch_size]), &device);
-    let slices = args
+    let pass = args
         .slices
-        .unwrap_or_else(|| training_slices(args.batch_size, BnMode::Frozen));
+        .map_or(training_pass(BnMode::Frozen), BackbonePass::Slices);
     let mut run_once = |model| {
         train_step(
             model,
@@ -171,7 +173,7 @@ fn train_step(args: BenchArgs) -> Result<ExitCode> {
             y.clone(),
             &all,
             &lrs,
-            slices,
+            pass,
             None,
         )
         .0

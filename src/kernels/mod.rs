@@ -8,8 +8,13 @@
 //! and add, and its depthwise convolution loops over the channels; the memory traffic, not the
 //! arithmetic, was the cost (`graft bench forward`, README).
 
+mod backward;
 mod lanes;
 mod simd;
+
+pub use backward::{
+    bias_gradient, depthwise_backward, input_gradient, relu6_backward, weight_gradient,
+};
 
 use simd::dispatch;
 
@@ -78,24 +83,86 @@ pub fn pointwise_relu6_sum(
 /// `dst[m, n] = lhs[m, k] @ rhs[k, n]`, all row-major, on the calling thread.
 fn matmul(lhs: &[f32], m: usize, k: usize, rhs: &[f32], n: usize, dst: &mut [f32]) {
     assert!(lhs.len() == m * k && rhs.len() == k * n && dst.len() == m * n);
-    // SAFETY: the three slices hold exactly the m x k, k x n and m x n row-major matrices
-    // described by the sizes and strides, checked above; dst does not alias the inputs.
+    product(
+        Matrix::row_major(dst, n),
+        MatrixRef::row_major(lhs, k),
+        MatrixRef::row_major(rhs, n),
+        [m, n, k],
+        false,
+    );
+}
+
+/// A matrix operand of [`product`]: values and the strides between rows and between columns.
+struct MatrixRef<'a> {
+    values: &'a [f32],
+    row_stride: usize,
+    column_stride: usize,
+}
+
+impl<'a> MatrixRef<'a> {
+    fn row_major(values: &'a [f32], columns: usize) -> Self {
+        Self {
+            values,
+            row_stride: columns,
+            column_stride: 1,
+        }
+    }
+
+    /// The transpose of the row-major matrix `values` with `columns` columns.
+    fn transposed(values: &'a [f32], columns: usize) -> Self {
+        Self {
+            values,
+            row_stride: 1,
+            column_stride: columns,
+        }
+    }
+
+    /// Whether every element of a `rows x columns` matrix lies inside `values`.
+    fn holds(&self, rows: usize, columns: usize) -> bool {
+        rows == 0
+            || columns == 0
+            || (rows - 1) * self.row_stride + (columns - 1) * self.column_stride < self.values.len()
+    }
+}
+
+/// The row-major destination of [`product`].
+struct Matrix<'a> {
+    values: &'a mut [f32],
+    row_stride: usize,
+}
+
+impl<'a> Matrix<'a> {
+    fn row_major(values: &'a mut [f32], columns: usize) -> Self {
+        Self {
+            values,
+            row_stride: columns,
+        }
+    }
+}
+
+/// `dst[m, n] (+)= lhs[m, k] @ rhs[k, n]` (added to `dst` when `accumulate`), on the calling
+/// thread, any strides: the one call into the `gemm` crate.
+fn product(dst: Matrix, lhs: MatrixRef, rhs: MatrixRef, [m, n, k]: [usize; 3], accumulate: bool) {
+    assert!(lhs.holds(m, k) && rhs.holds(k, n));
+    assert!(m == 0 || n == 0 || (m - 1) * dst.row_stride + n <= dst.values.len());
+    // SAFETY: every element the sizes and strides address lies inside its slice (checked
+    // above); dst is a unique borrow, so it does not alias the inputs.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst.values.as_mut_ptr(),
             1,
-            n as isize,
-            false,
-            lhs.as_ptr(),
-            1,
-            k as isize,
-            rhs.as_ptr(),
-            1,
-            n as isize,
-            0.0,
+            dst.row_stride as isize,
+            accumulate,
+            lhs.values.as_ptr(),
+            lhs.column_stride as isize,
+            lhs.row_stride as isize,
+            rhs.values.as_ptr(),
+            rhs.column_stride as isize,
+            rhs.row_stride as isize,
+            if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,

@@ -20,8 +20,8 @@ use super::EpochRecord;
 use super::checkpoint;
 pub use super::checkpoint::{CheckpointError, Checkpoints};
 use super::schedule::{Schedule, factor};
-use super::sliced::backward_in_slices;
-pub use super::sliced::training_slices;
+use super::sliced::backbone_backward;
+pub use super::sliced::{BackbonePass, training_pass};
 use crate::backbone::blocks::{ConvBnAct, InvertedResidual};
 use crate::backbone::fused::FusedNet;
 use crate::backbone::mbnet::{MbNet, Start};
@@ -239,15 +239,15 @@ fn group_gradients(net: &MbNet, g: usize, grads: &mut GradientsParams) -> Gradie
     visitor.into
 }
 
-/// Forward and backward of one batch (the backbone in `slices` slices, see
-/// [`super::sliced`]; dropout, the top and the loss once on the whole batch). Returns the loss,
+/// Forward and backward of one batch (the backbone as `pass` says, see [`super::sliced`];
+/// dropout, the top and the loss on the whole batch). Returns the loss,
 /// the logits and the gradients of the top and of the backbone.
 fn forward_backward(
     model: &FinetuneModel,
     loss_fn: &CrossEntropyLoss,
     x: Tensor<4>,
     y: Tensor<1, Int>,
-    slices: usize,
+    pass: BackbonePass,
     prefix: Option<&FrozenPrefix>,
 ) -> (Tensor<1>, Tensor<2>, GradientsParams, GradientsParams) {
     let (start, x) = match prefix {
@@ -255,7 +255,7 @@ fn forward_backward(
         None => (Start::Image, x),
     };
     let (loss, logits, mut grads, net) =
-        backward_in_slices(&model.net, start, x, slices, |features| {
+        backbone_backward(&model.net, start, x, pass, |features| {
             let logits = model.top.forward(model.dropout.forward(features));
             (loss_fn.forward(logits.clone(), y), logits)
         });
@@ -295,8 +295,8 @@ impl FrozenPrefix {
     }
 }
 
-/// One optimisation step: forward (from `prefix`'s output when given), loss, backward (in
-/// `slices` slices, see [`training_slices`]), then an AdamW update of the top (at `lrs[groups]`) and of each
+/// One optimisation step: forward (from `prefix`'s output when given), loss, backward (the
+/// backbone as `pass` says, see [`training_pass`]), then an AdamW update of the top (at `lrs[groups]`) and of each
 /// trainable backbone group `g` (at `lrs[g]`). Frozen groups get no gradient and no update.
 /// Returns the model, the loss and the logits.
 #[allow(clippy::too_many_arguments)]
@@ -308,11 +308,11 @@ pub fn train_step(
     y: Tensor<1, Int>,
     trainable: &[usize],
     lrs: &[f64],
-    slices: usize,
+    pass: BackbonePass,
     prefix: Option<&FrozenPrefix>,
 ) -> (FinetuneModel, f64, Vec<f32>) {
     let (loss, logits, top_grads, mut net_grads) =
-        forward_backward(&model, loss_fn, x, y, slices, prefix);
+        forward_backward(&model, loss_fn, x, y, pass, prefix);
     let loss_value = loss.into_scalar::<f32>() as f64;
     // cannot fail: every tensor graft makes is f32
     let logits: Vec<f32> = logits.into_data().try_into_vec().expect("logits are f32");
@@ -572,7 +572,7 @@ pub fn finetune(
                     y,
                     &stage.trainable,
                     &lrs,
-                    training_slices(batch.len(), options.bn_mode),
+                    training_pass(options.bn_mode),
                     prefix.as_ref(),
                 );
                 model = next;
@@ -747,7 +747,7 @@ mod tests {
             y,
             trainable,
             lrs,
-            1,
+            BackbonePass::Burn,
             None,
         )
         .0
@@ -764,8 +764,17 @@ mod tests {
         let x = Tensor::<4>::random([4, 3, 64, 64], Distribution::Normal(0.0, 1.0), &device);
         let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 2, 1, 0], [4]), &device);
         let loss_fn = CrossEntropyLossConfig::new().init(&device);
-        let (loss, _, top, net) = forward_backward(&model, &loss_fn, x.clone(), y.clone(), 1, None);
-        let (loss_p, _, top_p, net_p) = forward_backward(&model, &loss_fn, x, y, 2, Some(&prefix));
+        let (loss, _, top, net) = forward_backward(
+            &model,
+            &loss_fn,
+            x.clone(),
+            y.clone(),
+            BackbonePass::Burn,
+            None,
+        );
+        // The prefix's output continues on the fused kernels, as in fine-tuning on the CPU.
+        let (loss_p, _, top_p, net_p) =
+            forward_backward(&model, &loss_fn, x, y, BackbonePass::Fused, Some(&prefix));
         let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {
             let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
             let worst = a
@@ -825,15 +834,15 @@ mod tests {
         let y =
             Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 0, 1, 2], [6]), &device);
         let loss_fn = CrossEntropyLossConfig::new().init(&device);
-        let run = |slices: usize| {
+        let run = |pass: BackbonePass| {
             // The same dropout mask either way: it is drawn once, on the whole batch.
             device.seed(5);
             let (loss, _, top, net) =
-                forward_backward(&model, &loss_fn, x.clone(), y.clone(), slices, None);
+                forward_backward(&model, &loss_fn, x.clone(), y.clone(), pass, None);
             (loss.into_scalar::<f32>(), top, net)
         };
-        let (loss1, top1, net1) = run(1);
-        let (loss3, top3, net3) = run(3);
+        let (loss1, top1, net1) = run(BackbonePass::Burn);
+        let (loss3, top3, net3) = run(BackbonePass::Slices(3));
         assert!((loss1 - loss3).abs() < 1e-5, "loss {loss1} vs {loss3}");
         let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {
             let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));

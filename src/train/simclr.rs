@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{CheckpointError, Checkpoints};
 use super::finetune::{BnMode, set_trainable};
 use super::schedule::{Schedule, factor};
-use super::sliced::{backward_in_slices, training_slices};
+use super::sliced::{BackbonePass, backbone_backward, training_pass};
 use crate::backbone::SourceConfig;
 use crate::backbone::mbnet::MbNet;
 use crate::backbone::mbnet::Start;
@@ -207,7 +207,7 @@ fn view_batch(
     (Some(to_batch(&views, options.resolution, device)), skipped)
 }
 
-/// One step: loss, backward (the backbone in `slices` slices, see [`super::sliced`]; the
+/// One step: loss, backward (the backbone as `pass` says, see [`super::sliced`]; the
 /// projection head and NT-Xent on the whole batch), an AdamW update of the backbone at
 /// `backbone_lr` and of the projection head at `head_lr`. Returns the model, the loss and the
 /// positive accuracy.
@@ -217,10 +217,10 @@ fn train_step(
     x: Tensor<4>,
     temperature: f64,
     (backbone_lr, head_lr): (f64, f64),
-    slices: usize,
+    pass: BackbonePass,
 ) -> (SimclrModel, f64, f64) {
     let (loss, logits, mut grads, net) =
-        backward_in_slices(&model.net, Start::Image, x, slices, |h| {
+        backbone_backward(&model.net, Start::Image, x, pass, |h| {
             nt_xent(model.project(h), temperature)
         });
     let loss_value = loss.clone().into_scalar::<f32>() as f64;
@@ -309,14 +309,13 @@ pub fn pretrain(
                 on_step(batch.len(), f64::NAN);
                 continue;
             };
-            let slices = training_slices(x.dims()[0], options.bn_mode);
             let (next, loss, accuracy) = train_step(
                 model,
                 &mut optimizer,
                 x,
                 options.temperature,
                 (backbone_lr, options.learning_rate * f),
-                slices,
+                training_pass(options.bn_mode),
             );
             model = next;
             steps += 1;
@@ -397,8 +396,9 @@ mod tests {
             &device,
         );
         let mut optimizer = AdamWConfig::new().init();
-        // In two slices, as pretraining runs on the CPU with frozen BatchNorm.
-        let (model, loss, _) = train_step(model, &mut optimizer, x, 0.1, (1e-2, 1e-2), 2);
+        // As pretraining runs on the CPU with frozen BatchNorm.
+        let pass = training_pass(BnMode::Frozen);
+        let (model, loss, _) = train_step(model, &mut optimizer, x, 0.1, (1e-2, 1e-2), pass);
         assert!(loss.is_finite());
         assert!(
             values(model.net.stem.weight.val()) != stem,

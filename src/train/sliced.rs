@@ -12,39 +12,51 @@ use burn::tensor::{Gradients, Tensor};
 use rayon::prelude::*;
 
 use super::finetune::BnMode;
+use crate::backbone::fused_grad;
 use crate::backbone::mbnet::{MbNet, Start};
 
-/// Images per slice when a training batch is split across the CPU's cores.
-pub const CPU_SLICE: usize = 8;
+/// How a training step runs the backbone's forward and backward passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackbonePass {
+    /// burn's autodiff on the whole batch: on a GPU, or with BatchNorm on batch statistics.
+    Burn,
+    /// burn's autodiff in `n` slices of the batch, one per worker thread at a time (CPU, BN
+    /// frozen: batch statistics would change with the slice). Kept for `graft bench
+    /// train-step --slices`, to compare.
+    Slices(usize),
+    /// The fused CPU kernels with their own backward pass
+    /// ([`crate::backbone::fused_grad`]; CPU, BN frozen: it folds BatchNorm).
+    Fused,
+}
 
-/// How many slices to split a training batch of `n` into: on the CPU with frozen BatchNorm
-/// only (batch statistics would change with the slice), else 1.
-pub fn training_slices(n: usize, bn_mode: BnMode) -> usize {
+/// The pass a training step uses: [`BackbonePass::Fused`] on the CPU with frozen BatchNorm,
+/// else [`BackbonePass::Burn`].
+pub fn training_pass(bn_mode: BnMode) -> BackbonePass {
     if cfg!(feature = "cuda") || bn_mode != BnMode::Frozen {
-        1
+        BackbonePass::Burn
     } else {
-        n.div_ceil(CPU_SLICE).max(1)
+        BackbonePass::Fused
     }
 }
 
-/// Forward `x` through `net` from `start` in `slices` slices, compute the loss on the pooled
-/// features with
-/// `loss_of`, and backward. Returns what `loss_of` returned, the gradients of everything
-/// `loss_of` used besides the features (take the top's with `GradientsParams::from_module`), and
-/// the gradients of `net`'s parameters.
-pub fn backward_in_slices<T>(
+/// Forward `x` through `net` from `start` as `pass` says, compute the loss on the pooled
+/// features with `loss_of`, and backward. Returns what `loss_of` returned, the gradients of
+/// everything `loss_of` used besides the features (take the top's with
+/// `GradientsParams::from_module`), and the gradients of `net`'s parameters.
+pub fn backbone_backward<T>(
     net: &MbNet,
     start: Start,
     x: Tensor<4>,
-    slices: usize,
+    pass: BackbonePass,
     loss_of: impl FnOnce(Tensor<2>) -> (Tensor<1>, T),
 ) -> (Tensor<1>, T, Gradients, GradientsParams) {
-    if slices <= 1 {
-        let (loss, extra) = loss_of(net.forward_features_from(start, x));
-        let mut grads = loss.backward();
-        let net_grads = GradientsParams::from_module(&mut grads, net);
-        return (loss, extra, grads, net_grads);
-    }
+    let slices = match pass {
+        BackbonePass::Slices(n) if n > 1 => n,
+        BackbonePass::Fused => {
+            return whole_batch(net, fused_grad::features(net, start, x), loss_of);
+        }
+        _ => return whole_batch(net, net.forward_features_from(start, x), loss_of),
+    };
     let device = x.device();
     let parts: Vec<(MbNet, Tensor<2>)> = x
         .chunk(slices, 0)
@@ -77,4 +89,16 @@ pub fn backward_in_slices<T>(
         sum.accumulate(net, g);
     }
     (loss, extra, grads, sum.grads())
+}
+
+/// The loss of the whole batch's `features` and its gradients.
+fn whole_batch<T>(
+    net: &MbNet,
+    features: Tensor<2>,
+    loss_of: impl FnOnce(Tensor<2>) -> (Tensor<1>, T),
+) -> (Tensor<1>, T, Gradients, GradientsParams) {
+    let (loss, extra) = loss_of(features);
+    let mut grads = loss.backward();
+    let net_grads = GradientsParams::from_module(&mut grads, net);
+    (loss, extra, grads, net_grads)
 }

@@ -1,0 +1,823 @@
+//! The training form of the fused CPU network: the backbone's pooled features as one burn
+//! autodiff op with its own backward pass, for fine-tuning (and SimCLR) with BatchNorm frozen.
+//!
+//! burn differentiates the network op by op, NCHW, with a separate pass for every bias, clamp
+//! and add, and its depthwise-conv gradients loop over the channels; that made a training step
+//! 2x slower than PyTorch's (`bench/train_step.sh`). Here the forward runs the inference kernels
+//! (NHWC, one image per worker thread) and keeps every activation map; the backward runs
+//! [`crate::kernels`]' backward kernels on them: a 1x1 conv's gradients are two `gemm` products,
+//! a depthwise conv's weight and input gradients one pass over its output gradient, ReLU6 a
+//! mask from its saved output.
+//!
+//! The op's inputs are the image batch (a constant: no gradient flows into it) and one flat
+//! vector of every trained conv's BatchNorm-folded weight and bias, concatenated by burn in
+//! [`features`]; burn's autodiff carries the op's gradient of that vector back through the
+//! concatenation and the folding to the weights, gammas and betas.
+
+use std::sync::Arc;
+
+use burn::backend::autodiff::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::flex::{Flex, FlexTensor};
+use burn::backend::{Backend, Dispatch, backend_extension, tensor::FloatTensor};
+use burn::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
+
+use super::blocks::ConvBnAct;
+use super::fused::{Layer, STEM_ROWS, grow, transpose};
+use super::mbnet::{MbNet, Start};
+use super::source_config::PaddingMode;
+use crate::kernels::{self, Activation, ConvGeometry};
+
+/// Pooled features `[N, head_channels]` of `x` through `net` from `start` (the image batch, or
+/// the feature map entering block `n`), on the fused CPU kernels, differentiable with respect
+/// to every parameter of the layers it runs (BatchNorm on its running statistics, as in
+/// [`ConvBnAct::folded`]). Equals [`MbNet::forward_features_from`] to float rounding.
+pub fn features(net: &MbNet, start: Start, x: Tensor<4>) -> Tensor<2> {
+    let (plan, layers) = TrainPlan::new(net, start);
+    let params = Tensor::cat(
+        layers
+            .iter()
+            .flat_map(|layer| {
+                let (weight, bias) = layer.folded();
+                [weight.flatten::<1>(0, 3), bias]
+            })
+            .collect(),
+        0,
+    );
+    Tensor::from_dispatch(<Dispatch as FusedTrainOps>::mbnet_features(
+        x.into_dispatch(),
+        params.into_dispatch(),
+        Arc::new(plan),
+    ))
+}
+
+/// The op, as a burn backend extension: forward on the CPU backend, forward with saved
+/// activations and a handwritten backward under autodiff.
+#[backend_extension(Flex, Autodiff)]
+pub trait FusedTrainOps: Backend {
+    /// See [`features`]: `images` `[N, C, H, W]`, `params` the flat folded weights and biases.
+    fn mbnet_features(
+        images: FloatTensor<Self>,
+        params: FloatTensor<Self>,
+        plan: Arc<TrainPlan>,
+    ) -> FloatTensor<Self>;
+}
+
+impl FusedTrainOps for Flex {
+    fn mbnet_features(
+        images: FlexTensor,
+        params: FlexTensor,
+        plan: Arc<TrainPlan>,
+    ) -> FlexTensor {
+        forward_batch(plan, &images, &params, false).0
+    }
+}
+
+impl<C: CheckpointStrategy> FusedTrainOps for Autodiff<Flex, C> {
+    fn mbnet_features(
+        images: FloatTensor<Self>,
+        params: FloatTensor<Self>,
+        plan: Arc<TrainPlan>,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct FeaturesBackward;
+
+        impl Backward<Flex, 1> for FeaturesBackward {
+            type State = Arc<SavedBatch>;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let saved = ops.state;
+                unary::<Flex, _>(ops.parents, ops.node, grads, |d_features| {
+                    saved.backward(&d_features)
+                });
+            }
+        }
+
+        let params_node = params.node();
+        // The images are a constant of this op (the batch, or the frozen prefix's output).
+        let images = images.into_primitive();
+        let params = params.into_primitive();
+        match FeaturesBackward
+            .prepare::<C>([params_node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (features, saved) = forward_batch(plan, &images, &params, true);
+                // cannot fail: forward_batch saves when asked to
+                prep.finish(Arc::new(saved.expect("saved activations")), features)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(forward_batch(plan, &images, &params, false).0),
+        }
+    }
+}
+
+/// One conv of the plan: where its folded weight (burn layout) and then its bias sit in the
+/// flat parameter vector, and its shape.
+#[derive(Debug, Clone, Copy)]
+struct ConvSlot {
+    at: usize,
+    /// burn's `[out, in/groups, k, k]`.
+    dims: [usize; 4],
+    kernel: usize,
+    stride: usize,
+    activation: Activation,
+}
+
+impl ConvSlot {
+    fn weight_len(&self) -> usize {
+        self.dims.iter().product()
+    }
+
+    fn len(&self) -> usize {
+        self.weight_len() + self.dims[0]
+    }
+
+    /// This conv's kernel-layout weight and its bias in a vector laid out like the plan's.
+    fn split_mut<'a>(&self, values: &'a mut [f32]) -> (&'a mut [f32], &'a mut [f32]) {
+        values[self.at..][..self.len()].split_at_mut(self.weight_len())
+    }
+}
+
+/// Indices into [`TrainPlan::convs`] of one MBConv block's layers.
+#[derive(Debug, Clone, Copy)]
+struct BlockSlots {
+    expand: Option<usize>,
+    depthwise: usize,
+    project: usize,
+    residual: bool,
+}
+
+/// The layers the op runs, in the order of the flat parameter vector (see [`features`]).
+#[derive(Debug)]
+pub struct TrainPlan {
+    convs: Vec<ConvSlot>,
+    /// `None` when the op starts at a block (the stem is frozen and ran before).
+    stem: Option<usize>,
+    blocks: Vec<BlockSlots>,
+    head: usize,
+    padding: PaddingMode,
+    len: usize,
+}
+
+impl TrainPlan {
+    /// The plan for `net` from `start`, and its convs in parameter order.
+    fn new(net: &MbNet, start: Start) -> (Self, Vec<&ConvBnAct>) {
+        fn push<'a>(order: &mut Vec<&'a ConvBnAct>, layer: &'a ConvBnAct) -> usize {
+            order.push(layer);
+            order.len() - 1
+        }
+        let mut order = Vec::new();
+        let first = match start {
+            Start::Image => 0,
+            Start::Block(n) => n.min(net.blocks.len()),
+        };
+        let stem = (start == Start::Image).then(|| push(&mut order, &net.stem));
+        let mut blocks = Vec::new();
+        for b in &net.blocks[first..] {
+            let expand = b.expand.as_ref().map(|e| push(&mut order, e));
+            blocks.push(BlockSlots {
+                expand,
+                depthwise: push(&mut order, &b.depthwise),
+                project: push(&mut order, &b.project),
+                residual: b.residual,
+            });
+        }
+        let head = push(&mut order, &net.head);
+        let mut len = 0;
+        let convs = order
+            .iter()
+            .map(|layer| {
+                let slot = ConvSlot {
+                    at: len,
+                    dims: layer.weight.dims(),
+                    kernel: layer.kernel,
+                    stride: layer.stride,
+                    activation: if layer.activation {
+                        Activation::Relu6
+                    } else {
+                        Activation::None
+                    },
+                };
+                len += slot.len();
+                slot
+            })
+            .collect();
+        let plan = Self {
+            convs,
+            stem,
+            blocks,
+            head,
+            padding: net.stem.padding,
+            len,
+        };
+        (plan, order)
+    }
+
+    /// The convs' kernel-layout weights from the flat parameter vector.
+    fn layers(&self, params: &[f32]) -> Vec<Layer> {
+        assert_eq!(params.len(), self.len, "parameter vector of the plan's size");
+        self.convs
+            .iter()
+            .map(|s| {
+                let weight = &params[s.at..][..s.weight_len()];
+                let bias = params[s.at + s.weight_len()..][..s.dims[0]].to_vec();
+                Layer::from_burn_layout(weight, s.dims, bias, (s.kernel, s.stride, s.activation))
+            })
+            .collect()
+    }
+
+    /// Gradients laid out like the plan with kernel-layout weights -> burn's layout.
+    fn to_burn_layout(&self, mut grads: Vec<f32>) -> Vec<f32> {
+        for s in &self.convs {
+            let (weight, _) = s.split_mut(&mut grads);
+            let [out, per_group, kh, kw] = s.dims;
+            let burn = transpose(weight, per_group * kh * kw, out);
+            weight.copy_from_slice(&burn);
+        }
+        grads
+    }
+}
+
+/// One MBConv block's saved maps (NHWC) for the backward pass.
+struct SavedBlock {
+    geometry: ConvGeometry,
+    /// The expand conv's output (after ReLU6), when the block has one.
+    expanded: Option<Vec<f32>>,
+    /// The depthwise conv's output (after ReLU6).
+    depthwise: Vec<f32>,
+}
+
+/// What one image's forward pass keeps for its backward pass.
+struct SavedImage {
+    /// The input of each block and, last, of the head conv (the stem's output first when the
+    /// stem runs).
+    inputs: Vec<Vec<f32>>,
+    blocks: Vec<SavedBlock>,
+    /// The head conv's output (after ReLU6), before pooling.
+    head: Vec<f32>,
+}
+
+/// A batch's forward pass, kept by burn's autodiff graph until the backward pass.
+pub struct SavedBatch {
+    plan: Arc<TrainPlan>,
+    layers: Vec<Layer>,
+    /// The planar input images, for the stem's weight gradient (empty when the stem is frozen).
+    images: Vec<f32>,
+    image_shape: [usize; 3],
+    saved: Vec<SavedImage>,
+}
+
+impl std::fmt::Debug for SavedBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SavedBatch")
+            .field("images", &self.saved.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The features `[N, head_channels]` of a batch, and with `save` what the backward pass needs.
+fn forward_batch(
+    plan: Arc<TrainPlan>,
+    images: &FlexTensor,
+    params: &FlexTensor,
+    save: bool,
+) -> (FlexTensor, Option<SavedBatch>) {
+    let images = images.to_contiguous();
+    let params = params.to_contiguous();
+    let shape = images.layout().shape().to_vec();
+    let [n, c, h, w] = [shape[0], shape[1], shape[2], shape[3]];
+    // cannot fail: graft's tensors are f32
+    let images: &[f32] = images.as_slice().expect("f32 images");
+    let params: &[f32] = params.as_slice().expect("f32 parameters");
+    let layers = plan.layers(params);
+    let dim = layers[plan.head].out_channels();
+    let per_image: Vec<(Vec<f32>, SavedImage)> = images
+        .par_chunks((c * h * w).max(1))
+        .map(|image| forward_image(&plan, &layers, image, [c, h, w]))
+        .collect();
+    let mut features = Vec::with_capacity(n * dim);
+    let mut saved = Vec::with_capacity(n);
+    for (f, s) in per_image {
+        features.extend_from_slice(&f);
+        saved.push(s);
+    }
+    let features = FlexTensor::from_data(TensorData::new(features, [n, dim]));
+    let saved = save.then(|| SavedBatch {
+        images: if plan.stem.is_some() {
+            images.to_vec()
+        } else {
+            Vec::new()
+        },
+        plan,
+        layers,
+        image_shape: [c, h, w],
+        saved,
+    });
+    (features, saved)
+}
+
+/// One image (`[c, h, w]` planar) through the plan: its pooled features and saved maps.
+fn forward_image(
+    plan: &TrainPlan,
+    layers: &[Layer],
+    image: &[f32],
+    [c, mut h, mut w]: [usize; 3],
+) -> (Vec<f32>, SavedImage) {
+    let mut x = match plan.stem {
+        Some(stem) => {
+            let stem = &layers[stem];
+            let g = stem.geometry(plan.padding, h, w);
+            (h, w) = (g.out_height, g.out_width);
+            let mut out = vec![0.0; h * w * stem.out_channels()];
+            stem.conv_image(image, g, &mut Vec::new(), &mut out);
+            out
+        }
+        // The feature map entering the first block, CHW -> HWC.
+        None => transpose(image, c, h * w),
+    };
+    let mut inputs = Vec::with_capacity(plan.blocks.len() + 1);
+    let mut blocks = Vec::with_capacity(plan.blocks.len());
+    for b in &plan.blocks {
+        let expanded = b.expand.map(|e| {
+            let expand = &layers[e];
+            let mut out = vec![0.0; h * w * expand.out_channels()];
+            expand.pointwise(&x, h * w, None, &mut out);
+            out
+        });
+        let dw = &layers[b.depthwise];
+        let g = dw.geometry(plan.padding, h, w);
+        let pixels = g.out_height * g.out_width;
+        let mut depthwise = vec![0.0; pixels * dw.out_channels()];
+        kernels::depthwise(
+            expanded.as_deref().unwrap_or(&x),
+            g,
+            &dw.weight,
+            &dw.bias,
+            dw.activation,
+            &kernels::Rows::all(&g),
+            &mut depthwise,
+        );
+        let project = &layers[b.project];
+        let mut y = vec![0.0; pixels * project.out_channels()];
+        project.pointwise(&depthwise, pixels, b.residual.then_some(&x[..]), &mut y);
+        inputs.push(std::mem::replace(&mut x, y));
+        blocks.push(SavedBlock {
+            geometry: g,
+            expanded,
+            depthwise,
+        });
+        (h, w) = (g.out_height, g.out_width);
+    }
+    let head = &layers[plan.head];
+    let dim = head.out_channels();
+    let mut head_out = vec![0.0; h * w * dim];
+    head.pointwise(&x, h * w, None, &mut head_out);
+    let mut features = vec![0.0; dim];
+    kernels::bias_gradient(&head_out, &mut features);
+    let scale = 1.0 / (h * w).max(1) as f32;
+    features.iter_mut().for_each(|v| *v *= scale);
+    inputs.push(x);
+    let saved = SavedImage {
+        inputs,
+        blocks,
+        head: head_out,
+    };
+    (features, saved)
+}
+
+impl SavedBatch {
+    /// The gradient of the flat parameter vector from the features' gradient `[N, dim]`:
+    /// images on the worker threads, each thread summing into its own gradient vector.
+    fn backward(&self, d_features: &FlexTensor) -> FlexTensor {
+        let d_features = d_features.to_contiguous();
+        // cannot fail: graft's tensors are f32
+        let d_features: &[f32] = d_features.as_slice().expect("f32 gradient");
+        let n = self.saved.len();
+        let dim = d_features.len() / n.max(1);
+        let len = self.plan.len;
+        let image_len = self.image_shape.iter().product::<usize>();
+        let per_thread = n.div_ceil(rayon::current_num_threads()).max(1);
+        let grads = (0..n)
+            .into_par_iter()
+            .with_min_len(per_thread)
+            .fold(
+                || vec![0.0f32; len],
+                |mut grads, i| {
+                    let image = self.images.get(i * image_len..(i + 1) * image_len);
+                    self.backward_image(
+                        &self.saved[i],
+                        image.unwrap_or(&[]),
+                        &d_features[i * dim..][..dim],
+                        &mut grads,
+                    );
+                    grads
+                },
+            )
+            .reduce_with(|mut sum, other| {
+                sum.iter_mut().zip(&other).for_each(|(s, o)| *s += o);
+                sum
+            })
+            .unwrap_or_else(|| vec![0.0; len]);
+        let grads = self.plan.to_burn_layout(grads);
+        FlexTensor::from_data(TensorData::new(grads, [len]))
+    }
+
+    /// Adds one image's parameter gradients (kernel layout) into `grads`.
+    fn backward_image(
+        &self,
+        saved: &SavedImage,
+        image: &[f32],
+        d_features: &[f32],
+        grads: &mut [f32],
+    ) {
+        let plan = &*self.plan;
+        let layers = &self.layers;
+        // Head conv + global average pool.
+        let head = &layers[plan.head];
+        let dim = head.out_channels();
+        let pixels = saved.head.len() / dim;
+        let mut dz = vec![0.0; saved.head.len()];
+        let scale = 1.0 / pixels.max(1) as f32;
+        for row in dz.chunks_exact_mut(dim) {
+            for (d, g) in row.iter_mut().zip(d_features) {
+                *d = g * scale;
+            }
+        }
+        if head.activation == Activation::Relu6 {
+            kernels::relu6_backward(&mut dz, &saved.head);
+        }
+        let head_input = &saved.inputs[plan.blocks.len()];
+        let needs_input_grad = !plan.blocks.is_empty() || plan.stem.is_some();
+        let Some(mut dx) =
+            self.pointwise_backward(plan.head, head_input, pixels, dz, grads, needs_input_grad)
+        else {
+            return;
+        };
+        for (i, b) in plan.blocks.iter().enumerate().rev() {
+            let s = &saved.blocks[i];
+            let g = s.geometry;
+            let input = &saved.inputs[i];
+            let needs_input_grad = i > 0 || plan.stem.is_some();
+            // dx is the gradient of the block's output: the projection's output (linear in
+            // the built-in architectures), the residual added before any activation.
+            let out_pixels = g.out_height * g.out_width;
+            let project = &layers[b.project];
+            if project.activation == Activation::Relu6 {
+                kernels::relu6_backward(&mut dx, &saved.inputs[i + 1]);
+            }
+            let residual = b.residual.then(|| dx.clone());
+            let dd = self
+                .pointwise_backward(b.project, &s.depthwise, out_pixels, dx, grads, true)
+                // cannot fail: the projection's input gradient was asked for
+                .expect("projection input gradient");
+            debug_assert_eq!(dd.len(), out_pixels * project.rows());
+            let d_expanded = self.depthwise_backward(
+                b.depthwise,
+                s.expanded.as_deref().unwrap_or(input),
+                g,
+                &s.depthwise,
+                dd,
+                grads,
+                b.expand.is_some() || needs_input_grad,
+            );
+            let d_input = match (b.expand, d_expanded) {
+                (Some(e), Some(de)) => {
+                    // cannot fail: blocks with an expand conv save its output
+                    let expanded = s.expanded.as_deref().expect("saved expand output");
+                    let mut de = de;
+                    kernels::relu6_backward(&mut de, expanded);
+                    self.pointwise_backward(
+                        e,
+                        input,
+                        g.height * g.width,
+                        de,
+                        grads,
+                        needs_input_grad,
+                    )
+                }
+                (_, d) => d,
+            };
+            let Some(mut d_input) = d_input else {
+                return;
+            };
+            if let Some(residual) = residual {
+                d_input.iter_mut().zip(&residual).for_each(|(d, r)| *d += r);
+            }
+            dx = d_input;
+        }
+        if let Some(stem) = plan.stem {
+            self.stem_backward(stem, image, &saved.inputs[0], dx, grads);
+        }
+    }
+
+    /// Backward of a 1x1 conv from `dz`, the gradient of its output before the activation:
+    /// adds its weight and bias gradients; returns its input's gradient when `input_grad`.
+    fn pointwise_backward(
+        &self,
+        conv: usize,
+        input: &[f32],
+        pixels: usize,
+        dz: Vec<f32>,
+        grads: &mut [f32],
+        input_grad: bool,
+    ) -> Option<Vec<f32>> {
+        let layer = &self.layers[conv];
+        let (d_weight, d_bias) = self.plan.convs[conv].split_mut(grads);
+        kernels::weight_gradient(&input[..pixels * layer.rows()], pixels, &dz, d_weight);
+        kernels::bias_gradient(&dz, d_bias);
+        input_grad.then(|| {
+            let mut d_input = vec![0.0; pixels * layer.rows()];
+            kernels::input_gradient(&dz, pixels, &layer.weight, &mut d_input);
+            d_input
+        })
+    }
+
+    /// Backward of a depthwise conv with ReLU6 from its output's gradient `d_out`: adds its
+    /// weight and bias gradients; returns its input's gradient when `input_grad`.
+    #[allow(clippy::too_many_arguments)]
+    fn depthwise_backward(
+        &self,
+        conv: usize,
+        input: &[f32],
+        g: ConvGeometry,
+        output: &[f32],
+        mut d_out: Vec<f32>,
+        grads: &mut [f32],
+        input_grad: bool,
+    ) -> Option<Vec<f32>> {
+        let layer = &self.layers[conv];
+        if layer.activation == Activation::Relu6 {
+            kernels::relu6_backward(&mut d_out, output);
+        }
+        let (d_weight, d_bias) = self.plan.convs[conv].split_mut(grads);
+        kernels::bias_gradient(&d_out, d_bias);
+        let mut d_input = input_grad.then(|| vec![0.0; input.len()]);
+        kernels::depthwise_backward(
+            input,
+            g,
+            &layer.weight,
+            &d_out,
+            d_weight,
+            d_input.as_deref_mut(),
+        );
+        d_input
+    }
+
+    /// The stem's weight and bias gradients from its output's gradient `d_out`.
+    fn stem_backward(
+        &self,
+        stem: usize,
+        image: &[f32],
+        output: &[f32],
+        mut d_out: Vec<f32>,
+        grads: &mut [f32],
+    ) {
+        let layer = &self.layers[stem];
+        if layer.activation == Activation::Relu6 {
+            kernels::relu6_backward(&mut d_out, output);
+        }
+        let [_, h, w] = self.image_shape;
+        let g = layer.geometry(self.plan.padding, h, w);
+        let (cols, c) = (layer.rows(), layer.out_channels());
+        let (d_weight, d_bias) = self.plan.convs[stem].split_mut(grads);
+        kernels::bias_gradient(&d_out, d_bias);
+        let pixels = g.out_height * g.out_width;
+        let mut columns = Vec::new();
+        let columns = grow(&mut columns, STEM_ROWS * cols);
+        for start in (0..pixels).step_by(STEM_ROWS) {
+            let rows = STEM_ROWS.min(pixels - start);
+            kernels::im2col_planar(image, 3, g, start, rows, columns);
+            kernels::weight_gradient(
+                &columns[..rows * cols],
+                rows,
+                &d_out[start * c..(start + rows) * c],
+                d_weight,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backbone::mbnet::{MbNetSpec, StageSpec};
+    use crate::backbone::source_config::PaddingMode;
+    use crate::train::finetune::{BnMode, set_trainable};
+    use burn::module::{Module, ModuleVisitor, Param, RunningState};
+    use burn::optim::GradientsParams;
+    use burn::tensor::{Device, Distribution};
+
+    /// Random BatchNorm scale, shift and statistics, so that folding matters.
+    fn randomise_batch_norm(layer: &mut ConvBnAct, device: &Device) {
+        let [c, ..] = layer.weight.dims();
+        let random = |d| Tensor::<1>::random([c], d, device);
+        let bn = &mut layer.bn;
+        bn.gamma = Param::from_tensor(random(Distribution::Uniform(0.5, 1.5)));
+        bn.beta = Param::from_tensor(random(Distribution::Normal(0.0, 0.3)));
+        bn.running_mean = RunningState::new(random(Distribution::Normal(0.0, 0.3)));
+        bn.running_var = RunningState::new(random(Distribution::Uniform(0.5, 2.0)));
+    }
+
+    /// `spec` with random weights and BatchNorm, every layer trainable with BN frozen, on the
+    /// autodiff device.
+    fn random_net(spec: &MbNetSpec, padding: PaddingMode, groups: usize) -> MbNet {
+        let device = crate::backend::device();
+        device.seed(7);
+        let mut net = MbNet::init(spec, padding, 1e-3, false, &device);
+        randomise_batch_norm(&mut net.stem, &device);
+        for block in &mut net.blocks {
+            if let Some(expand) = &mut block.expand {
+                randomise_batch_norm(expand, &device);
+            }
+            randomise_batch_norm(&mut block.depthwise, &device);
+            randomise_batch_norm(&mut block.project, &device);
+        }
+        randomise_batch_norm(&mut net.head, &device);
+        let net = net.for_training(&device.autodiff());
+        let all: Vec<usize> = (0..groups).collect();
+        set_trainable(net, groups, &all, BnMode::Frozen)
+    }
+
+    /// Every float parameter's gradient under both computations, by parameter.
+    struct Compare<'a> {
+        burn: &'a GradientsParams,
+        fused: &'a GradientsParams,
+        compared: usize,
+    }
+
+    impl ModuleVisitor for Compare<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let (a, b) = (self.burn.get::<D>(param.id), self.fused.get::<D>(param.id));
+            let (a, b) = match (a, b) {
+                (Some(a), Some(b)) => (a, b),
+                (None, None) => return,
+                _ => panic!("{:?}: a gradient on one side only", param.shape()),
+            };
+            let (a, b) = (values(a), values(b));
+            let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let worst = a
+                .iter()
+                .zip(&b)
+                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(scale > 0.0, "{:?}: zero gradient", param.shape());
+            assert!(
+                worst <= 2e-3 * scale,
+                "{:?}: gradients differ by {worst} (scale {scale})",
+                param.shape()
+            );
+            self.compared += 1;
+        }
+    }
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_into_vec().unwrap()
+    }
+
+    /// The loss `sum(features * weights)` and every parameter's gradient, by burn's autodiff
+    /// of the network's modules or by the fused op.
+    fn gradients(
+        net: &MbNet,
+        start: Start,
+        x: Tensor<4>,
+        weights: &Tensor<2>,
+        fused: bool,
+    ) -> (f32, GradientsParams) {
+        let f = if fused {
+            features(net, start, x)
+        } else {
+            net.forward_features_from(start, x)
+        };
+        let loss = (f * weights.clone()).sum();
+        let value = loss.clone().into_scalar::<f32>();
+        let mut grads = loss.backward();
+        (value, GradientsParams::from_module(&mut grads, net))
+    }
+
+    fn assert_same_gradients(net: &MbNet, start: Start, x: Tensor<4>) {
+        let device = x.device();
+        device.seed(3);
+        let dim = net.head.out_channels();
+        let weights = Tensor::<2>::random([x.dims()[0], dim], Distribution::Normal(0.0, 1.0), &device);
+        let (loss, burn) = gradients(net, start, x.clone(), &weights, false);
+        let (loss_fused, fused) = gradients(net, start, x, &weights, true);
+        assert!(
+            (loss - loss_fused).abs() <= 1e-4 * loss.abs().max(1.0),
+            "loss {loss} vs {loss_fused}"
+        );
+        let mut compare = Compare {
+            burn: &burn,
+            fused: &fused,
+            compared: 0,
+        };
+        net.visit(&mut compare);
+        // conv weight, gamma and beta of every layer the pass runs.
+        let convs = TrainPlan::new(net, start).1.len();
+        assert_eq!(compare.compared, 3 * convs);
+    }
+
+    #[test]
+    fn fused_gradients_equal_burns_for_every_parameter() {
+        let info = crate::backbone::find("efficientnet-lite0").unwrap();
+        let groups = info.spec().stages.len() + 2;
+        let device = crate::backend::device().autodiff();
+        for (padding, [h, w]) in [(PaddingMode::Symmetric, [64, 64]), (PaddingMode::TfSame, [57, 70])]
+        {
+            let net = random_net(&info.spec(), padding, groups);
+            device.seed(1);
+            let x = Tensor::<4>::random([3, 3, h, w], Distribution::Normal(0.0, 1.0), &device);
+            assert_same_gradients(&net, Start::Image, x);
+        }
+        // From the block after stage 3 (the frozen prefix's output in fine-tuning).
+        let net = random_net(&info.spec(), PaddingMode::TfSame, groups);
+        let first = net.stage_ends[2] + 1;
+        let channels = net.blocks[first].expand.as_ref().unwrap().weight.dims()[1];
+        let x = Tensor::<4>::random([2, channels, 9, 11], Distribution::Normal(0.0, 1.0), &device);
+        assert_same_gradients(&net, Start::Block(first), x);
+    }
+
+    /// A network small enough for finite differences: a stem whose width takes the im2col
+    /// path, a block without expand conv (residual), a strided 5x5 block and a residual one.
+    fn tiny_spec() -> MbNetSpec {
+        let stage = |repeats, kernel, stride, expand_ratio, out_channels| StageSpec {
+            repeats,
+            kernel,
+            stride,
+            expand_ratio,
+            out_channels,
+        };
+        MbNetSpec {
+            stem_channels: 8,
+            stages: vec![stage(1, 3, 1, 1, 8), stage(2, 5, 2, 6, 8)],
+            head_channels: 24,
+            num_classes: 0,
+        }
+    }
+
+    #[test]
+    fn fused_gradients_match_finite_differences() {
+        let net = random_net(&tiny_spec(), PaddingMode::TfSame, 4);
+        let (plan, layers) = TrainPlan::new(&net, Start::Image);
+        let params: Vec<f32> = layers
+            .iter()
+            .flat_map(|l| {
+                let (w, b) = l.folded();
+                values(w.flatten::<1>(0, 3)).into_iter().chain(values(b))
+            })
+            .collect();
+        let plan = Arc::new(plan);
+        let device = crate::backend::device();
+        device.seed(2);
+        let images = Tensor::<4>::random([2, 3, 13, 11], Distribution::Normal(0.0, 1.0), &device);
+        let images = FlexTensor::from_data(images.into_data());
+        let weights: Vec<f32> = (0..2 * 24).map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0).collect();
+        let loss = |params: &[f32]| -> f64 {
+            let params = FlexTensor::from_data(TensorData::new(params.to_vec(), [params.len()]));
+            let (f, _) = forward_batch(plan.clone(), &images, &params, false);
+            let f: &[f32] = f.as_slice().unwrap();
+            f.iter().zip(&weights).map(|(a, b)| (a * b) as f64).sum()
+        };
+        let flat = FlexTensor::from_data(TensorData::new(params.clone(), [params.len()]));
+        let (_, saved) = forward_batch(plan.clone(), &images, &flat, true);
+        let d_features = FlexTensor::from_data(TensorData::new(weights.clone(), [2, 24]));
+        let grad = saved.unwrap().backward(&d_features);
+        let grad: &[f32] = grad.as_slice().unwrap();
+        // Every conv's weight and bias: their largest gradient entries.
+        let mut checked = 0;
+        for slot in &plan.convs {
+            for range in [
+                slot.at..slot.at + slot.weight_len(),
+                slot.at + slot.weight_len()..slot.at + slot.len(),
+            ] {
+                let i = range
+                    .max_by(|&a, &b| grad[a].abs().total_cmp(&grad[b].abs()))
+                    .unwrap();
+                let h = 1e-3;
+                let mut p = params.clone();
+                p[i] += h;
+                let up = loss(&p);
+                p[i] -= 2.0 * h;
+                let down = loss(&p);
+                let numeric = (up - down) / (2.0 * h as f64);
+                let analytic = grad[i] as f64;
+                // f32 features and ReLU6's kinks leave the difference quotient within about
+                // 1% here; a wrong gradient is off by far more (a dropped residual path: 10x).
+                assert!(
+                    (numeric - analytic).abs() <= 3e-2 * analytic.abs().max(1e-2),
+                    "parameter {i}: finite difference {numeric}, gradient {analytic}"
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 2 * plan.convs.len());
+    }
+}
