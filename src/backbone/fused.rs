@@ -37,16 +37,11 @@ impl Layer {
     fn from_conv(layer: &ConvBnAct) -> Self {
         let (weight, bias) = layer.folded();
         let dims = weight.dims();
-        let activation = if layer.activation {
-            Activation::Relu6
-        } else {
-            Activation::None
-        };
         Self::from_burn_layout(
             &to_vec(weight),
             dims,
             to_vec(bias),
-            (layer.kernel, layer.stride, activation),
+            (layer.kernel, layer.stride, activation_of(layer)),
         )
     }
 
@@ -80,7 +75,12 @@ impl Layer {
         self.weight.len() / self.out_channels()
     }
 
-    pub(super) fn geometry(&self, padding: PaddingMode, height: usize, width: usize) -> ConvGeometry {
+    pub(super) fn geometry(
+        &self,
+        padding: PaddingMode,
+        height: usize,
+        width: usize,
+    ) -> ConvGeometry {
         let (k, s) = (self.kernel, self.stride);
         ConvGeometry {
             height,
@@ -95,7 +95,13 @@ impl Layer {
     }
 
     /// 1x1 convolution of `pixels` NHWC rows.
-    pub(super) fn pointwise(&self, input: &[f32], pixels: usize, residual: Option<&[f32]>, out: &mut [f32]) {
+    pub(super) fn pointwise(
+        &self,
+        input: &[f32],
+        pixels: usize,
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
         let n = self.out_channels();
         kernels::pointwise(
             input,
@@ -121,15 +127,7 @@ impl Layer {
         columns: &mut Vec<f32>,
         out: &mut [f32],
     ) {
-        if kernels::conv_planar(
-            image,
-            3,
-            g,
-            &self.weight,
-            &self.bias,
-            self.activation,
-            out,
-        ) {
+        if kernels::conv_planar(image, 3, g, &self.weight, &self.bias, self.activation, out) {
             return;
         }
         let (cols, c) = (self.rows(), self.out_channels());
@@ -524,6 +522,15 @@ impl FusedNet {
             }
         }
         (h, w, c)
+    }
+}
+
+/// What follows `layer`'s convolution, for the kernels.
+pub(super) fn activation_of(layer: &ConvBnAct) -> Activation {
+    if layer.activation {
+        Activation::Relu6
+    } else {
+        Activation::None
     }
 }
 

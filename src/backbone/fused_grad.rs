@@ -27,7 +27,7 @@ use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::blocks::ConvBnAct;
-use super::fused::{Layer, STEM_ROWS, grow, transpose};
+use super::fused::{Layer, STEM_ROWS, activation_of, grow, transpose};
 use super::mbnet::{MbNet, Start};
 use super::source_config::PaddingMode;
 use crate::kernels::{self, Activation, ConvGeometry};
@@ -68,11 +68,7 @@ pub trait FusedTrainOps: Backend {
 }
 
 impl FusedTrainOps for Flex {
-    fn mbnet_features(
-        images: FlexTensor,
-        params: FlexTensor,
-        plan: Arc<TrainPlan>,
-    ) -> FlexTensor {
+    fn mbnet_features(images: FlexTensor, params: FlexTensor, plan: Arc<TrainPlan>) -> FlexTensor {
         forward_batch(plan, &images, &params, false).0
     }
 }
@@ -202,11 +198,7 @@ impl TrainPlan {
                     dims: layer.weight.dims(),
                     kernel: layer.kernel,
                     stride: layer.stride,
-                    activation: if layer.activation {
-                        Activation::Relu6
-                    } else {
-                        Activation::None
-                    },
+                    activation: activation_of(layer),
                 };
                 len += slot.len();
                 slot
@@ -225,7 +217,11 @@ impl TrainPlan {
 
     /// The convs' kernel-layout weights from the flat parameter vector.
     fn layers(&self, params: &[f32]) -> Vec<Layer> {
-        assert_eq!(params.len(), self.len, "parameter vector of the plan's size");
+        assert_eq!(
+            params.len(),
+            self.len,
+            "parameter vector of the plan's size"
+        );
         self.convs
             .iter()
             .map(|s| {
@@ -707,7 +703,8 @@ mod tests {
         let device = x.device();
         device.seed(3);
         let dim = net.head.out_channels();
-        let weights = Tensor::<2>::random([x.dims()[0], dim], Distribution::Normal(0.0, 1.0), &device);
+        let weights =
+            Tensor::<2>::random([x.dims()[0], dim], Distribution::Normal(0.0, 1.0), &device);
         let (loss, burn) = gradients(net, start, x.clone(), &weights, false);
         let (loss_fused, fused) = gradients(net, start, x, &weights, true);
         assert!(
@@ -730,8 +727,10 @@ mod tests {
         let info = crate::backbone::find("efficientnet-lite0").unwrap();
         let groups = info.spec().stages.len() + 2;
         let device = crate::backend::device().autodiff();
-        for (padding, [h, w]) in [(PaddingMode::Symmetric, [64, 64]), (PaddingMode::TfSame, [57, 70])]
-        {
+        for (padding, [h, w]) in [
+            (PaddingMode::Symmetric, [64, 64]),
+            (PaddingMode::TfSame, [57, 70]),
+        ] {
             let net = random_net(&info.spec(), padding, groups);
             device.seed(1);
             let x = Tensor::<4>::random([3, 3, h, w], Distribution::Normal(0.0, 1.0), &device);
@@ -741,7 +740,11 @@ mod tests {
         let net = random_net(&info.spec(), PaddingMode::TfSame, groups);
         let first = net.stage_ends[2] + 1;
         let channels = net.blocks[first].expand.as_ref().unwrap().weight.dims()[1];
-        let x = Tensor::<4>::random([2, channels, 9, 11], Distribution::Normal(0.0, 1.0), &device);
+        let x = Tensor::<4>::random(
+            [2, channels, 9, 11],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
         assert_same_gradients(&net, Start::Block(first), x);
     }
 
@@ -779,7 +782,9 @@ mod tests {
         device.seed(2);
         let images = Tensor::<4>::random([2, 3, 13, 11], Distribution::Normal(0.0, 1.0), &device);
         let images = FlexTensor::from_data(images.into_data());
-        let weights: Vec<f32> = (0..2 * 24).map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0).collect();
+        let weights: Vec<f32> = (0..2 * 24)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0)
+            .collect();
         let loss = |params: &[f32]| -> f64 {
             let params = FlexTensor::from_data(TensorData::new(params.to_vec(), [params.len()]));
             let (f, _) = forward_batch(plan.clone(), &images, &params, false);

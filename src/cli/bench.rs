@@ -35,10 +35,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     pub iters: usize,
 
-    /// train-step: run the backbone with burn's autodiff in N slices of the batch across the
-    /// cores, instead of what fine-tuning uses (the fused CPU kernels), to compare.
-    #[arg(long, value_name = "N")]
-    pub slices: Option<usize>,
+    /// train-step: run the backbone with burn's autodiff over its modules instead of what
+    /// fine-tuning uses on the CPU (the fused kernels with their own backward), to compare.
+    #[arg(long)]
+    pub burn_autodiff: bool,
 
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -161,9 +161,11 @@ fn train_step(args: BenchArgs) -> Result<ExitCode> {
         .map(|i| i % classes as i64)
         .collect();
     let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [args.batch_size]), &device);
-    let pass = args
-        .slices
-        .map_or(training_pass(BnMode::Frozen), BackbonePass::Slices);
+    let pass = if args.burn_autodiff {
+        BackbonePass::Burn
+    } else {
+        training_pass(BnMode::Frozen)
+    };
     let mut run_once = |model| {
         train_step(
             model,

@@ -17,11 +17,11 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 use super::EpochRecord;
+use super::backbone_pass::backbone_backward;
+pub use super::backbone_pass::{BackbonePass, training_pass};
 use super::checkpoint;
 pub use super::checkpoint::{CheckpointError, Checkpoints};
 use super::schedule::{Schedule, factor};
-use super::sliced::backbone_backward;
-pub use super::sliced::{BackbonePass, training_pass};
 use crate::backbone::blocks::{ConvBnAct, InvertedResidual};
 use crate::backbone::fused::FusedNet;
 use crate::backbone::mbnet::{MbNet, Start};
@@ -239,7 +239,7 @@ fn group_gradients(net: &MbNet, g: usize, grads: &mut GradientsParams) -> Gradie
     visitor.into
 }
 
-/// Forward and backward of one batch (the backbone as `pass` says, see [`super::sliced`];
+/// Forward and backward of one batch (the backbone as `pass` says, see [`super::backbone_pass`];
 /// dropout, the top and the loss on the whole batch). Returns the loss,
 /// the logits and the gradients of the top and of the backbone.
 fn forward_backward(
@@ -822,62 +822,6 @@ mod tests {
             .filter(|d| *d > 0.0)
             .collect();
         moved.iter().sum::<f64>() / moved.len().max(1) as f64
-    }
-
-    #[test]
-    fn a_batch_in_slices_gives_the_gradients_of_the_whole_batch() {
-        let trainable = [GROUPS - 2, GROUPS - 1];
-        let (mut model, device) = model(&trainable, BnMode::Frozen);
-        model.dropout = DropoutConfig::new(0.2).init();
-        device.seed(1);
-        let x = Tensor::<4>::random([6, 3, 64, 64], Distribution::Normal(0.0, 1.0), &device);
-        let y =
-            Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 0, 1, 2], [6]), &device);
-        let loss_fn = CrossEntropyLossConfig::new().init(&device);
-        let run = |pass: BackbonePass| {
-            // The same dropout mask either way: it is drawn once, on the whole batch.
-            device.seed(5);
-            let (loss, _, top, net) =
-                forward_backward(&model, &loss_fn, x.clone(), y.clone(), pass, None);
-            (loss.into_scalar::<f32>(), top, net)
-        };
-        let (loss1, top1, net1) = run(BackbonePass::Burn);
-        let (loss3, top3, net3) = run(BackbonePass::Slices(3));
-        assert!((loss1 - loss3).abs() < 1e-5, "loss {loss1} vs {loss3}");
-        let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {
-            let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let worst = a
-                .iter()
-                .zip(&b)
-                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-            assert!(scale > 0.0, "{what}: no gradient");
-            assert!(
-                worst <= 1e-4 * scale,
-                "{what}: differs by {worst} (scale {scale})"
-            );
-        };
-        let head = model.net.head.weight.id;
-        close(
-            values(net1.get::<4>(head).unwrap()),
-            values(net3.get::<4>(head).unwrap()),
-            "head conv",
-        );
-        let last = model.net.blocks.len() - 1;
-        let project = model.net.blocks[last].project.weight.id;
-        close(
-            values(net1.get::<4>(project).unwrap()),
-            values(net3.get::<4>(project).unwrap()),
-            "stage 7 projection",
-        );
-        let top = model.top.weight.id;
-        close(
-            values(top1.get::<2>(top).unwrap()),
-            values(top3.get::<2>(top).unwrap()),
-            "top",
-        );
-        // Frozen groups get no gradient in either form.
-        let stem = model.net.stem.weight.id;
-        assert!(net1.get::<4>(stem).is_none() && net3.get::<4>(stem).is_none());
     }
 
     #[test]

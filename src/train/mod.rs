@@ -1,5 +1,6 @@
 //! Training a new top on cached bottleneck features (recipe 2).
 
+pub mod backbone_pass;
 pub mod checkpoint;
 pub mod classical;
 pub mod dense;
@@ -7,7 +8,6 @@ pub mod finetune;
 pub mod lr_find;
 pub mod schedule;
 pub mod simclr;
-pub mod sliced;
 
 use serde::{Deserialize, Serialize};
 

@@ -17,10 +17,10 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::backbone_pass::{BackbonePass, backbone_backward, training_pass};
 use super::checkpoint::{CheckpointError, Checkpoints};
 use super::finetune::{BnMode, set_trainable};
 use super::schedule::{Schedule, factor};
-use super::sliced::{BackbonePass, backbone_backward, training_pass};
 use crate::backbone::SourceConfig;
 use crate::backbone::mbnet::MbNet;
 use crate::backbone::mbnet::Start;
@@ -207,7 +207,7 @@ fn view_batch(
     (Some(to_batch(&views, options.resolution, device)), skipped)
 }
 
-/// One step: loss, backward (the backbone as `pass` says, see [`super::sliced`]; the
+/// One step: loss, backward (the backbone as `pass` says, see [`super::backbone_pass`]; the
 /// projection head and NT-Xent on the whole batch), an AdamW update of the backbone at
 /// `backbone_lr` and of the projection head at `head_lr`. Returns the model, the loss and the
 /// positive accuracy.
