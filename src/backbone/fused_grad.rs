@@ -27,6 +27,7 @@ use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::blocks::ConvBnAct;
+use super::buffer_pool;
 use super::fused::{Layer, STEM_ROWS, activation_of, grow, transpose};
 use super::mbnet::{MbNet, Start};
 use super::source_config::PaddingMode;
@@ -53,6 +54,12 @@ pub fn features(net: &MbNet, start: Start, x: Tensor<4>) -> Tensor<2> {
         params.into_dispatch(),
         Arc::new(plan),
     ))
+}
+
+/// Free the buffers each training step keeps for the next one (see
+/// [`super::buffer_pool`]); for when training ends.
+pub fn release_buffers() {
+    buffer_pool::clear();
 }
 
 /// The op, as a burn backend extension: forward on the CPU backend, forward with saved
@@ -334,7 +341,7 @@ fn forward_image(
             let stem = &layers[stem];
             let g = stem.geometry(plan.padding, h, w);
             (h, w) = (g.out_height, g.out_width);
-            let mut out = vec![0.0; h * w * stem.out_channels()];
+            let mut out = buffer_pool::take(h * w * stem.out_channels());
             stem.conv_image(image, g, &mut Vec::new(), &mut out);
             out
         }
@@ -346,14 +353,14 @@ fn forward_image(
     for b in &plan.blocks {
         let expanded = b.expand.map(|e| {
             let expand = &layers[e];
-            let mut out = vec![0.0; h * w * expand.out_channels()];
+            let mut out = buffer_pool::take(h * w * expand.out_channels());
             expand.pointwise(&x, h * w, None, &mut out);
             out
         });
         let dw = &layers[b.depthwise];
         let g = dw.geometry(plan.padding, h, w);
         let pixels = g.out_height * g.out_width;
-        let mut depthwise = vec![0.0; pixels * dw.out_channels()];
+        let mut depthwise = buffer_pool::take(pixels * dw.out_channels());
         kernels::depthwise(
             expanded.as_deref().unwrap_or(&x),
             g,
@@ -364,7 +371,7 @@ fn forward_image(
             &mut depthwise,
         );
         let project = &layers[b.project];
-        let mut y = vec![0.0; pixels * project.out_channels()];
+        let mut y = buffer_pool::take(pixels * project.out_channels());
         project.pointwise(&depthwise, pixels, b.residual.then_some(&x[..]), &mut y);
         inputs.push(std::mem::replace(&mut x, y));
         blocks.push(SavedBlock {
@@ -376,7 +383,7 @@ fn forward_image(
     }
     let head = &layers[plan.head];
     let dim = head.out_channels();
-    let mut head_out = vec![0.0; h * w * dim];
+    let mut head_out = buffer_pool::take(h * w * dim);
     head.pointwise(&x, h * w, None, &mut head_out);
     let mut features = vec![0.0; dim];
     kernels::bias_gradient(&head_out, &mut features);
@@ -407,7 +414,7 @@ impl SavedBatch {
             .into_par_iter()
             .with_min_len(per_thread)
             .fold(
-                || vec![0.0f32; len],
+                || buffer_pool::zeroed(len),
                 |mut grads, i| {
                     let image = self.images.get(i * image_len..(i + 1) * image_len);
                     self.backward_image(
@@ -421,6 +428,7 @@ impl SavedBatch {
             )
             .reduce_with(|mut sum, other| {
                 sum.iter_mut().zip(&other).for_each(|(s, o)| *s += o);
+                buffer_pool::give(other);
                 sum
             })
             .unwrap_or_else(|| vec![0.0; len]);
@@ -442,7 +450,7 @@ impl SavedBatch {
         let head = &layers[plan.head];
         let dim = head.out_channels();
         let pixels = saved.head.len() / dim;
-        let mut dz = vec![0.0; saved.head.len()];
+        let mut dz = buffer_pool::take(saved.head.len());
         let scale = 1.0 / pixels.max(1) as f32;
         for row in dz.chunks_exact_mut(dim) {
             for (d, g) in row.iter_mut().zip(d_features) {
@@ -471,7 +479,11 @@ impl SavedBatch {
             if project.activation == Activation::Relu6 {
                 kernels::relu6_backward(&mut dx, &saved.inputs[i + 1]);
             }
-            let residual = b.residual.then(|| dx.clone());
+            let residual = b.residual.then(|| {
+                let mut copy = buffer_pool::take(dx.len());
+                copy.copy_from_slice(&dx);
+                copy
+            });
             let dd = self
                 .pointwise_backward(b.project, &s.depthwise, out_pixels, dx, grads, true)
                 // cannot fail: the projection's input gradient was asked for
@@ -508,6 +520,7 @@ impl SavedBatch {
             };
             if let Some(residual) = residual {
                 d_input.iter_mut().zip(&residual).for_each(|(d, r)| *d += r);
+                buffer_pool::give(residual);
             }
             dx = d_input;
         }
@@ -531,11 +544,13 @@ impl SavedBatch {
         let (d_weight, d_bias) = self.plan.convs[conv].split_mut(grads);
         kernels::weight_gradient(&input[..pixels * layer.rows()], pixels, &dz, d_weight);
         kernels::bias_gradient(&dz, d_bias);
-        input_grad.then(|| {
-            let mut d_input = vec![0.0; pixels * layer.rows()];
+        let d_input = input_grad.then(|| {
+            let mut d_input = buffer_pool::take(pixels * layer.rows());
             kernels::input_gradient(&dz, pixels, &layer.weight, &mut d_input);
             d_input
-        })
+        });
+        buffer_pool::give(dz);
+        d_input
     }
 
     /// Backward of a depthwise conv with ReLU6 from its output's gradient `d_out`: adds its
@@ -557,7 +572,7 @@ impl SavedBatch {
         }
         let (d_weight, d_bias) = self.plan.convs[conv].split_mut(grads);
         kernels::bias_gradient(&d_out, d_bias);
-        let mut d_input = input_grad.then(|| vec![0.0; input.len()]);
+        let mut d_input = input_grad.then(|| buffer_pool::zeroed(input.len()));
         kernels::depthwise_backward(
             input,
             g,
@@ -566,6 +581,7 @@ impl SavedBatch {
             d_weight,
             d_input.as_deref_mut(),
         );
+        buffer_pool::give(d_out);
         d_input
     }
 
@@ -599,6 +615,21 @@ impl SavedBatch {
                 &d_out[start * c..(start + rows) * c],
                 d_weight,
             );
+        }
+        buffer_pool::give(d_out);
+    }
+}
+
+impl Drop for SavedImage {
+    /// The maps go back to the pool for the next step's forward pass.
+    fn drop(&mut self) {
+        let blocks = self.blocks.drain(..);
+        let maps = blocks.flat_map(|b| b.expanded.into_iter().chain([b.depthwise]));
+        for map in maps
+            .chain(self.inputs.drain(..))
+            .chain([std::mem::take(&mut self.head)])
+        {
+            buffer_pool::give(map);
         }
     }
 }

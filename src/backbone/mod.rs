@@ -2,6 +2,7 @@
 //! config (preprocessing, padding, labels) the weights were trained with.
 
 pub mod blocks;
+mod buffer_pool;
 pub mod efficientnet_lite;
 pub mod export;
 pub mod fused;

@@ -632,6 +632,7 @@ pub fn finetune(
             }
         }
     }
+    crate::backbone::fused_grad::release_buffers();
     // A stage that an early stop skipped entirely never started.
     stage_starts.retain(|&start| start <= history.len());
     let (_, best_epoch, best_model) = best.unwrap_or_else(|| (f64::NAN, 0, model.valid()));

@@ -346,6 +346,7 @@ pub fn pretrain(
             },
         )?;
     }
+    crate::backbone::fused_grad::release_buffers();
     Ok(PretrainResult {
         net: model.valid().net,
         history,
