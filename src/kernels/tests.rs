@@ -248,3 +248,121 @@ fn planar_conv_equals_im2col_then_pointwise() {
         &mut out
     ));
 }
+
+#[test]
+fn pointwise_gradients_equal_naive_products() {
+    let (m, k, n) = (ROW_TILE + 37, 19, 23);
+    let input = random(m * k, 11);
+    let d_out = random(m * n, 12);
+    let weight = random(k * n, 13);
+    // The weight gradient adds to what is there.
+    let before = random(k * n, 14);
+    let mut d_weight = before.clone();
+    weight_gradient(&input, m, &d_out, &mut d_weight);
+    let mut expected = before;
+    for l in 0..k {
+        for j in 0..n {
+            expected[l * n + j] += (0..m)
+                .map(|i| input[i * k + l] * d_out[i * n + j])
+                .sum::<f32>();
+        }
+    }
+    assert!(worst(&d_weight, &expected) < 1e-3);
+    let mut d_input = vec![f32::NAN; m * k];
+    input_gradient(&d_out, m, &weight, &mut d_input);
+    let mut expected = vec![0.0; m * k];
+    for i in 0..m {
+        for l in 0..k {
+            expected[i * k + l] = (0..n).map(|j| d_out[i * n + j] * weight[l * n + j]).sum();
+        }
+    }
+    assert!(worst(&d_input, &expected) < 1e-4);
+    let mut sums = vec![1.0; n];
+    bias_gradient(&d_out, &mut sums);
+    let expected: Vec<f32> = (0..n)
+        .map(|j| 1.0 + (0..m).map(|i| d_out[i * n + j]).sum::<f32>())
+        .collect();
+    assert!(worst(&sums, &expected) < 1e-4);
+}
+
+#[test]
+fn relu6_backward_passes_the_gradient_strictly_inside_0_to_6() {
+    let out = [-1.0, 0.0, 0.5, 5.9, 6.0, 7.0];
+    let mut d = [1.0; 6];
+    relu6_backward(&mut d, &out);
+    assert_eq!(d, [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]);
+}
+
+#[test]
+fn depthwise_gradients_equal_naive_loops_for_every_padding_and_stride() {
+    // Channel widths that are and are not a multiple of the vector width.
+    for c in [20, 32] {
+        for (side, kernel, stride, pad, out_side) in [
+            (9, 3, 1, 1, 9),
+            (10, 3, 2, 0, 5),
+            (9, 3, 2, 1, 5),
+            (15, 5, 2, 2, 8),
+            (14, 5, 2, 1, 7),
+            (7, 5, 1, 2, 7),
+            (8, 7, 1, 3, 8),
+        ] {
+            let width = 3 * side + 1;
+            let g = ConvGeometry {
+                height: side,
+                width,
+                kernel,
+                stride,
+                pad_top: pad,
+                pad_left: pad,
+                out_height: out_side,
+                out_width: (width + 2 * pad - kernel) / stride + 1,
+            };
+            let input = random(g.height * g.width * c, 15);
+            let weight = random(kernel * kernel * c, 16);
+            let d_out = random(g.out_height * g.out_width * c, 17);
+            // Both gradients add to what is there.
+            let before = random(weight.len(), 18);
+            let before_input = random(input.len(), 19);
+            let mut expected_weight = before.clone();
+            let mut expected_input = before_input.clone();
+            for oy in 0..g.out_height {
+                for ox in 0..g.out_width {
+                    for ky in 0..kernel {
+                        for kx in 0..kernel {
+                            let iy = (oy * stride + ky) as isize - pad as isize;
+                            let ix = (ox * stride + kx) as isize - pad as isize;
+                            if iy < 0 || ix < 0 || iy as usize >= g.height || ix as usize >= width {
+                                continue;
+                            }
+                            let i = (iy as usize * width + ix as usize) * c;
+                            let o = (oy * g.out_width + ox) * c;
+                            let t = (ky * kernel + kx) * c;
+                            for ch in 0..c {
+                                expected_weight[t + ch] += d_out[o + ch] * input[i + ch];
+                                expected_input[i + ch] += d_out[o + ch] * weight[t + ch];
+                            }
+                        }
+                    }
+                }
+            }
+            let mut d_weight = before;
+            let mut d_input = before_input;
+            depthwise_backward(
+                &input,
+                g,
+                &weight,
+                &d_out,
+                &mut d_weight,
+                Some(&mut d_input),
+            );
+            assert!(
+                worst(&d_weight, &expected_weight) < 1e-3,
+                "{g:?} weight, {c} channels"
+            );
+            assert!(
+                worst(&d_input, &expected_input) < 1e-4,
+                "{g:?} input, {c} channels"
+            );
+        }
+    }
+}
