@@ -725,10 +725,12 @@ mod tests {
         (model, device)
     }
 
+    /// One training step as fine-tuning runs it with `bn_mode` (on the CPU with BatchNorm
+    /// frozen: the fused op).
     fn step(
         model: FinetuneModel,
         device: &Device,
-        trainable: &[usize],
+        (trainable, bn_mode): (&[usize], BnMode),
         lrs: &[f64],
     ) -> FinetuneModel {
         device.seed(0);
@@ -748,7 +750,7 @@ mod tests {
             y,
             trainable,
             lrs,
-            BackbonePass::Burn,
+            training_pass(bn_mode),
             None,
         )
         .0
@@ -838,7 +840,7 @@ mod tests {
         let mut lrs = vec![0.0; GROUPS + 1];
         lrs[GROUPS - 1] = 1e-2;
         lrs[GROUPS] = 1e-2;
-        let model = step(model, &device, &trainable, &lrs);
+        let model = step(model, &device, (&trainable, BnMode::Frozen), &lrs);
         let bn = &model.net.head.bn;
         assert!(
             values(bn.running_mean.value_sync()) == mean,
@@ -858,7 +860,7 @@ mod tests {
         let mean = values(model.net.head.bn.running_mean.value());
         let mut lrs = vec![0.0; GROUPS + 1];
         lrs[GROUPS - 1] = 1e-2;
-        let model = step(model, &device, &trainable, &lrs);
+        let model = step(model, &device, (&trainable, BnMode::Train), &lrs);
         let after = values(model.net.head.bn.running_mean.value_sync());
         assert!(after != mean, "running mean did not move in train mode");
     }
@@ -870,7 +872,7 @@ mod tests {
         let stem = values(model.net.stem.weight.val());
         let head = values(model.net.head.weight.val());
         let lrs = vec![1e-2; GROUPS + 1];
-        let model = step(model, &device, &trainable, &lrs);
+        let model = step(model, &device, (&trainable, BnMode::Frozen), &lrs);
         assert!(
             values(model.net.stem.weight.val()) == stem,
             "frozen stem changed"
@@ -887,7 +889,12 @@ mod tests {
         let (model, device) = model(&trainable, BnMode::Frozen);
         let stem = values(model.net.stem.weight.val());
         let depthwise = values(model.net.blocks[0].depthwise.weight.val());
-        let model = step(model, &device, &trainable, &[1e-2; GROUPS + 1]);
+        let model = step(
+            model,
+            &device,
+            (&trainable, BnMode::Frozen),
+            &[1e-2; GROUPS + 1],
+        );
         assert!(
             values(model.net.stem.weight.val()) != stem,
             "stem did not train"
@@ -922,7 +929,7 @@ mod tests {
         let before_head = values(model.net.head.weight.val());
         let last = model.net.blocks.len() - 1;
         let before_stage7 = values(model.net.blocks[last].project.weight.val());
-        let model = step(model, &device, &trainable, &lrs);
+        let model = step(model, &device, (&trainable, BnMode::Frozen), &lrs);
         let moved_head = mean_abs_change(&before_head, &values(model.net.head.weight.val()));
         let moved_stage7 = mean_abs_change(
             &before_stage7,
