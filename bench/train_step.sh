@@ -41,12 +41,14 @@ done
 "$PYTHON" - "$RESULTS" > "$OUT_DIR/train_step.md" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
-print("| model | graft img/s | PyTorch img/s | graft/PyTorch | graft CPU/wall | PyTorch CPU/wall |")
-print("|---|---:|---:|---:|---:|---:|")
+print("| model | graft img/s | PyTorch img/s | graft/PyTorch | graft CPU/wall | PyTorch CPU/wall "
+      "| graft peak RSS MB | PyTorch peak RSS MB |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for model in dict.fromkeys(r["backbone"] for r in rows):
     g = next(r for r in rows if r["backbone"] == model and r["tool"] == "graft")
     t = next(r for r in rows if r["backbone"] == model and r["tool"] == "pytorch")
     print(f"| {model} | {g['images_per_sec']:.2f} | {t['images_per_sec']:.2f} | "
-          f"{g['images_per_sec'] / t['images_per_sec']:.2f} | {g['cpu_over_wall']:.2f} | {t['cpu_over_wall']:.2f} |")
+          f"{g['images_per_sec'] / t['images_per_sec']:.2f} | {g['cpu_over_wall']:.2f} | {t['cpu_over_wall']:.2f} | "
+          f"{g['peak_rss_mb']:.0f} | {t['peak_rss_mb']:.0f} |")
 PY
 cat "$OUT_DIR/train_step.md"
