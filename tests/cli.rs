@@ -156,3 +156,45 @@ fn weights_list_shows_installed_checkpoints() {
         .unwrap();
     assert!(lite0.contains("installed ("), "{stdout}");
 }
+
+#[test]
+fn a_train_step_runs_every_layer_type_forward_and_backward_on_the_fused_kernels() {
+    let run = |extra: &[&str]| {
+        let out = graft()
+            .args([
+                "--threads",
+                "2",
+                "bench",
+                "train-step",
+                "-b",
+                "efficientnet-lite0",
+            ])
+            .args(["--batch-size", "2", "--iters", "1", "--profile", "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["what"], "train-step");
+        assert!(json["images_per_sec"].as_f64().unwrap() > 0.0);
+        stderr
+    };
+    // Fine-tuning's path on the CPU with frozen BatchNorm: every layer's backward is timed.
+    let profile = run(&[]);
+    for layer in [
+        "stem conv 3x3",
+        "depthwise conv (+ bias + ReLU6)",
+        "backward: head conv",
+        "backward: project conv 1x1",
+        "backward: depthwise conv",
+        "backward: expand conv 1x1",
+        "backward: stem conv",
+    ] {
+        assert!(profile.contains(layer), "no `{layer}` in:\n{profile}");
+    }
+    // burn's autodiff of the modules runs none of them.
+    let profile = run(&["--burn-autodiff"]);
+    assert!(profile.contains("not used here"), "{profile}");
+    assert!(!profile.contains("backward:"), "{profile}");
+}

@@ -29,6 +29,7 @@ use rayon::prelude::*;
 use super::blocks::ConvBnAct;
 use super::buffer_pool;
 use super::fused::{Layer, STEM_ROWS, activation_of, grow, transpose};
+use super::layer_profile::{LayerKind, timed};
 use super::mbnet::{MbNet, Start};
 use super::source_config::PaddingMode;
 use crate::kernels::{self, Activation, ConvGeometry};
@@ -342,7 +343,9 @@ fn forward_image(
             let g = stem.geometry(plan.padding, h, w);
             (h, w) = (g.out_height, g.out_width);
             let mut out = buffer_pool::take(h * w * stem.out_channels());
-            stem.conv_image(image, g, &mut Vec::new(), &mut out);
+            timed(LayerKind::Stem, || {
+                stem.conv_image(image, g, &mut Vec::new(), &mut out)
+            });
             out
         }
         // The feature map entering the first block, CHW -> HWC.
@@ -354,25 +357,31 @@ fn forward_image(
         let expanded = b.expand.map(|e| {
             let expand = &layers[e];
             let mut out = buffer_pool::take(h * w * expand.out_channels());
-            expand.pointwise(&x, h * w, None, &mut out);
+            timed(LayerKind::Expand, || {
+                expand.pointwise(&x, h * w, None, &mut out)
+            });
             out
         });
         let dw = &layers[b.depthwise];
         let g = dw.geometry(plan.padding, h, w);
         let pixels = g.out_height * g.out_width;
         let mut depthwise = buffer_pool::take(pixels * dw.out_channels());
-        kernels::depthwise(
-            expanded.as_deref().unwrap_or(&x),
-            g,
-            &dw.weight,
-            &dw.bias,
-            dw.activation,
-            &kernels::Rows::all(&g),
-            &mut depthwise,
-        );
+        timed(LayerKind::Depthwise, || {
+            kernels::depthwise(
+                expanded.as_deref().unwrap_or(&x),
+                g,
+                &dw.weight,
+                &dw.bias,
+                dw.activation,
+                &kernels::Rows::all(&g),
+                &mut depthwise,
+            )
+        });
         let project = &layers[b.project];
         let mut y = buffer_pool::take(pixels * project.out_channels());
-        project.pointwise(&depthwise, pixels, b.residual.then_some(&x[..]), &mut y);
+        timed(LayerKind::Project, || {
+            project.pointwise(&depthwise, pixels, b.residual.then_some(&x[..]), &mut y)
+        });
         inputs.push(std::mem::replace(&mut x, y));
         blocks.push(SavedBlock {
             geometry: g,
@@ -384,9 +393,11 @@ fn forward_image(
     let head = &layers[plan.head];
     let dim = head.out_channels();
     let mut head_out = buffer_pool::take(h * w * dim);
-    head.pointwise(&x, h * w, None, &mut head_out);
     let mut features = vec![0.0; dim];
-    kernels::bias_gradient(&head_out, &mut features);
+    timed(LayerKind::Head, || {
+        head.pointwise(&x, h * w, None, &mut head_out);
+        kernels::bias_gradient(&head_out, &mut features);
+    });
     let scale = 1.0 / (h * w).max(1) as f32;
     features.iter_mut().for_each(|v| *v *= scale);
     inputs.push(x);
@@ -450,21 +461,22 @@ impl SavedBatch {
         let head = &layers[plan.head];
         let dim = head.out_channels();
         let pixels = saved.head.len() / dim;
-        let mut dz = buffer_pool::take(saved.head.len());
-        let scale = 1.0 / pixels.max(1) as f32;
-        for row in dz.chunks_exact_mut(dim) {
-            for (d, g) in row.iter_mut().zip(d_features) {
-                *d = g * scale;
-            }
-        }
-        if head.activation == Activation::Relu6 {
-            kernels::relu6_backward(&mut dz, &saved.head);
-        }
         let head_input = &saved.inputs[plan.blocks.len()];
         let needs_input_grad = !plan.blocks.is_empty() || plan.stem.is_some();
-        let Some(mut dx) =
+        let d_head_input = timed(LayerKind::HeadBackward, || {
+            let mut dz = buffer_pool::take(saved.head.len());
+            let scale = 1.0 / pixels.max(1) as f32;
+            for row in dz.chunks_exact_mut(dim) {
+                for (d, g) in row.iter_mut().zip(d_features) {
+                    *d = g * scale;
+                }
+            }
+            if head.activation == Activation::Relu6 {
+                kernels::relu6_backward(&mut dz, &saved.head);
+            }
             self.pointwise_backward(plan.head, head_input, pixels, dz, grads, needs_input_grad)
-        else {
+        });
+        let Some(mut dx) = d_head_input else {
             return;
         };
         for (i, b) in plan.blocks.iter().enumerate().rev() {
@@ -476,33 +488,37 @@ impl SavedBatch {
             // the built-in architectures), the residual added before any activation.
             let out_pixels = g.out_height * g.out_width;
             let project = &layers[b.project];
-            if project.activation == Activation::Relu6 {
-                kernels::relu6_backward(&mut dx, &saved.inputs[i + 1]);
-            }
-            let residual = b.residual.then(|| {
-                let mut copy = buffer_pool::take(dx.len());
-                copy.copy_from_slice(&dx);
-                copy
+            let (dd, residual) = timed(LayerKind::ProjectBackward, || {
+                if project.activation == Activation::Relu6 {
+                    kernels::relu6_backward(&mut dx, &saved.inputs[i + 1]);
+                }
+                let residual = b.residual.then(|| {
+                    let mut copy = buffer_pool::take(dx.len());
+                    copy.copy_from_slice(&dx);
+                    copy
+                });
+                let dd = self
+                    .pointwise_backward(b.project, &s.depthwise, out_pixels, dx, grads, true)
+                    // cannot fail: the projection's input gradient was asked for
+                    .expect("projection input gradient");
+                (dd, residual)
             });
-            let dd = self
-                .pointwise_backward(b.project, &s.depthwise, out_pixels, dx, grads, true)
-                // cannot fail: the projection's input gradient was asked for
-                .expect("projection input gradient");
             debug_assert_eq!(dd.len(), out_pixels * project.rows());
-            let d_expanded = self.depthwise_backward(
-                b.depthwise,
-                s.expanded.as_deref().unwrap_or(input),
-                g,
-                &s.depthwise,
-                dd,
-                grads,
-                b.expand.is_some() || needs_input_grad,
-            );
+            let d_expanded = timed(LayerKind::DepthwiseBackward, || {
+                self.depthwise_backward(
+                    b.depthwise,
+                    s.expanded.as_deref().unwrap_or(input),
+                    g,
+                    &s.depthwise,
+                    dd,
+                    grads,
+                    b.expand.is_some() || needs_input_grad,
+                )
+            });
             let d_input = match (b.expand, d_expanded) {
-                (Some(e), Some(de)) => {
+                (Some(e), Some(mut de)) => timed(LayerKind::ExpandBackward, || {
                     // cannot fail: blocks with an expand conv save its output
                     let expanded = s.expanded.as_deref().expect("saved expand output");
-                    let mut de = de;
                     kernels::relu6_backward(&mut de, expanded);
                     self.pointwise_backward(
                         e,
@@ -512,20 +528,24 @@ impl SavedBatch {
                         grads,
                         needs_input_grad,
                     )
-                }
+                }),
                 (_, d) => d,
             };
             let Some(mut d_input) = d_input else {
                 return;
             };
             if let Some(residual) = residual {
-                d_input.iter_mut().zip(&residual).for_each(|(d, r)| *d += r);
+                timed(LayerKind::ProjectBackward, || {
+                    d_input.iter_mut().zip(&residual).for_each(|(d, r)| *d += r)
+                });
                 buffer_pool::give(residual);
             }
             dx = d_input;
         }
         if let Some(stem) = plan.stem {
-            self.stem_backward(stem, image, &saved.inputs[0], dx, grads);
+            timed(LayerKind::StemBackward, || {
+                self.stem_backward(stem, image, &saved.inputs[0], dx, grads)
+            });
         }
     }
 

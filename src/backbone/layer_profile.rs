@@ -1,5 +1,6 @@
-//! CPU time per layer type of the fused inference network, for `graft bench forward --profile`.
-//! Off unless started: then timing costs one relaxed atomic load per layer.
+//! CPU time per layer type of the fused CPU network, forward and backward, for `graft bench
+//! forward --profile` and `graft bench train-step --profile`. Off unless started: then timing
+//! costs one relaxed atomic load per layer.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
@@ -19,16 +20,31 @@ pub enum LayerKind {
     Head,
     /// The ImageNet classifier.
     Classifier,
+    /// Backward of the head conv and the pool: ReLU6 mask, weight and input gradients.
+    HeadBackward,
+    /// Backward of the 1x1 projections: weight and input gradients (+ residual).
+    ProjectBackward,
+    /// Backward of the depthwise convs: ReLU6 mask, weight and input gradients.
+    DepthwiseBackward,
+    /// Backward of the 1x1 expansions: ReLU6 mask, weight and input gradients.
+    ExpandBackward,
+    /// Backward of the stem: ReLU6 mask, im2col, weight gradient.
+    StemBackward,
 }
 
 impl LayerKind {
-    pub const ALL: [LayerKind; 6] = [
+    pub const ALL: [LayerKind; 11] = [
         LayerKind::Stem,
         LayerKind::Expand,
         LayerKind::Depthwise,
         LayerKind::Project,
         LayerKind::Head,
         LayerKind::Classifier,
+        LayerKind::HeadBackward,
+        LayerKind::ProjectBackward,
+        LayerKind::DepthwiseBackward,
+        LayerKind::ExpandBackward,
+        LayerKind::StemBackward,
     ];
 
     pub fn name(self) -> &'static str {
@@ -39,12 +55,18 @@ impl LayerKind {
             LayerKind::Project => "project conv 1x1 (gemm + bias + residual)",
             LayerKind::Head => "head conv 1x1 + ReLU6 + pool",
             LayerKind::Classifier => "classifier (gemm)",
+            LayerKind::HeadBackward => "backward: head conv + pool (mask, 2 gemm)",
+            LayerKind::ProjectBackward => "backward: project conv 1x1 (2 gemm)",
+            LayerKind::DepthwiseBackward => "backward: depthwise conv (mask + kernel)",
+            LayerKind::ExpandBackward => "backward: expand conv 1x1 (mask, 2 gemm)",
+            LayerKind::StemBackward => "backward: stem conv (mask, im2col + gemm)",
         }
     }
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static NANOS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+static NANOS: [AtomicU64; LayerKind::ALL.len()] =
+    [const { AtomicU64::new(0) }; LayerKind::ALL.len()];
 
 /// Start timing, from zero.
 pub fn start() {

@@ -44,8 +44,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// forward: after the timed run, run the iterations again timing each layer type, and
-    /// print where the CPU time goes (to stderr).
+    /// After the timed run, run the iterations again timing each layer type of the fused CPU
+    /// network (forward; train-step: forward and backward), and print where the CPU time goes
+    /// (to stderr).
     #[arg(long)]
     pub profile: bool,
 }
@@ -92,7 +93,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         cpu,
     );
     if args.profile {
-        print_layer_profile(&backbone, || {
+        print_layer_profile(backbone.fused().is_some(), || {
             for _ in 0..args.iters {
                 run_once();
             }
@@ -101,25 +102,32 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Run `work` with per-layer timing on and print the CPU time per layer type.
-fn print_layer_profile(backbone: &graft::backbone::Backbone, work: impl FnOnce()) {
+/// Run `work` with per-layer timing on and print the CPU time per layer type of the fused CPU
+/// network (`fused`: whether it runs at all), and the CPU time spent outside it.
+fn print_layer_profile(fused: bool, work: impl FnOnce()) {
     use graft::backbone::layer_profile;
-    if backbone.fused().is_none() {
+    if !fused {
         eprintln!("--profile: per-layer times come from the fused CPU network; not used here");
         return;
     }
     layer_profile::start();
-    let t0 = Instant::now();
+    let (t0, cpu0) = (Instant::now(), process_cpu_seconds());
     work();
-    let wall = t0.elapsed().as_secs_f64();
+    let (wall, cpu) = (t0.elapsed().as_secs_f64(), process_cpu_seconds() - cpu0);
     let times = layer_profile::stop();
     let total: f64 = times.iter().map(|(_, s)| s).sum();
-    eprintln!("CPU time per layer type ({wall:.2} s wall, {total:.2} s in layers):");
-    for (kind, seconds) in times {
+    eprintln!(
+        "CPU time per layer type ({wall:.2} s wall, {cpu:.2} s CPU, {total:.2} s in layers):"
+    );
+    let rows = times.iter().map(|(kind, s)| (kind.name(), *s));
+    let outside = (
+        "outside the layers (burn, data, threads waiting)",
+        cpu - total,
+    );
+    for (name, seconds) in rows.chain([outside]).filter(|(_, s)| *s > 0.0) {
         eprintln!(
-            "  {:<44} {seconds:>7.3} s  {:>5.1}%",
-            kind.name(),
-            100.0 * seconds / total.max(1e-12)
+            "  {name:<48} {seconds:>7.3} s  {:>5.1}%",
+            100.0 * seconds / cpu.max(1e-12)
         );
     }
 }
@@ -188,7 +196,6 @@ fn train_step(args: BenchArgs) -> Result<ExitCode> {
     }
     let wall = t0.elapsed().as_secs_f64();
     let cpu = process_cpu_seconds() - cpu0;
-    drop(model);
     print_result(
         &args,
         "train-step",
@@ -198,6 +205,13 @@ fn train_step(args: BenchArgs) -> Result<ExitCode> {
         wall,
         cpu,
     );
+    if args.profile {
+        print_layer_profile(pass == BackbonePass::Fused, move || {
+            for _ in 0..args.iters {
+                model = run_once(model);
+            }
+        });
+    }
     Ok(ExitCode::SUCCESS)
 }
 
