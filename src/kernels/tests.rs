@@ -87,31 +87,43 @@ fn naive_depthwise(input: &[f32], g: ConvGeometry, weight: &[f32], bias: &[f32])
     out
 }
 
+/// Depthwise geometries on wide images: TF SAME odd/even, symmetric, 5x5 and 7x7, strides 1 and
+/// 2.
+fn depthwise_geometries() -> Vec<ConvGeometry> {
+    // (side, kernel, stride, pad_top/left, out side)
+    [
+        (9, 3, 1, 1, 9),
+        (10, 3, 2, 0, 5),
+        (9, 3, 2, 1, 5),
+        (15, 5, 2, 2, 8),
+        (14, 5, 2, 1, 7),
+        (7, 5, 1, 2, 7),
+        (8, 7, 1, 3, 8),
+    ]
+    .into_iter()
+    .map(|(side, kernel, stride, pad, out_side)| {
+        let width = 3 * side + 1;
+        ConvGeometry {
+            height: side,
+            width,
+            kernel,
+            stride,
+            pad_top: pad,
+            pad_left: pad,
+            out_height: out_side,
+            out_width: (width + 2 * pad - kernel) / stride + 1,
+        }
+    })
+    .collect()
+}
+
 #[test]
 fn depthwise_equals_a_naive_convolution_for_every_padding_and_stride() {
     // 32 channels take the register-blocked path, 20 the any-width one.
     for c in [20, 32] {
-        // (side, kernel, stride, pad_top/left, out side): TF SAME odd/even, symmetric, 5x5.
-        for (side, kernel, stride, pad, out_side) in [
-            (9, 3, 1, 1, 9),
-            (10, 3, 2, 0, 5),
-            (9, 3, 2, 1, 5),
-            (15, 5, 2, 2, 8),
-            (14, 5, 2, 1, 7),
-            (7, 5, 1, 2, 7),
-        ] {
-            let g = ConvGeometry {
-                height: side,
-                width: 3 * side + 1,
-                kernel,
-                stride,
-                pad_top: pad,
-                pad_left: pad,
-                out_height: out_side,
-                out_width: (3 * side + 1 + 2 * pad - kernel) / stride + 1,
-            };
+        for g in depthwise_geometries() {
             let input = random(g.height * g.width * c, 5);
-            let weight = random(kernel * kernel * c, 6);
+            let weight = random(g.kernel * g.kernel * c, 6);
             let bias = random(c, 7);
             let expected = naive_depthwise(&input, g, &weight, &bias);
             let mut out = vec![f32::NAN; expected.len()];
@@ -297,26 +309,8 @@ fn relu6_backward_passes_the_gradient_strictly_inside_0_to_6() {
 fn depthwise_gradients_equal_naive_loops_for_every_padding_and_stride() {
     // Channel widths that are and are not a multiple of the vector width.
     for c in [20, 32] {
-        for (side, kernel, stride, pad, out_side) in [
-            (9, 3, 1, 1, 9),
-            (10, 3, 2, 0, 5),
-            (9, 3, 2, 1, 5),
-            (15, 5, 2, 2, 8),
-            (14, 5, 2, 1, 7),
-            (7, 5, 1, 2, 7),
-            (8, 7, 1, 3, 8),
-        ] {
-            let width = 3 * side + 1;
-            let g = ConvGeometry {
-                height: side,
-                width,
-                kernel,
-                stride,
-                pad_top: pad,
-                pad_left: pad,
-                out_height: out_side,
-                out_width: (width + 2 * pad - kernel) / stride + 1,
-            };
+        for g in depthwise_geometries() {
+            let (kernel, stride, pad, width) = (g.kernel, g.stride, g.pad_top, g.width);
             let input = random(g.height * g.width * c, 15);
             let weight = random(kernel * kernel * c, 16);
             let d_out = random(g.out_height * g.out_width * c, 17);
