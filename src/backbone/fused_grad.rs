@@ -396,7 +396,7 @@ fn forward_image(
     let mut features = vec![0.0; dim];
     timed(LayerKind::Head, || {
         head.pointwise(&x, h * w, None, &mut head_out);
-        kernels::bias_gradient(&head_out, &mut features);
+        kernels::add_column_sums(&head_out, &mut features);
     });
     let scale = 1.0 / (h * w).max(1) as f32;
     features.iter_mut().for_each(|v| *v *= scale);
@@ -563,7 +563,7 @@ impl SavedBatch {
         let layer = &self.layers[conv];
         let (d_weight, d_bias) = self.plan.convs[conv].split_mut(grads);
         kernels::weight_gradient(&input[..pixels * layer.rows()], pixels, &dz, d_weight);
-        kernels::bias_gradient(&dz, d_bias);
+        kernels::add_column_sums(&dz, d_bias);
         let d_input = input_grad.then(|| {
             let mut d_input = buffer_pool::take(pixels * layer.rows());
             kernels::input_gradient(&dz, pixels, &layer.weight, &mut d_input);
@@ -591,7 +591,7 @@ impl SavedBatch {
             kernels::relu6_backward(&mut d_out, output);
         }
         let (d_weight, d_bias) = self.plan.convs[conv].split_mut(grads);
-        kernels::bias_gradient(&d_out, d_bias);
+        kernels::add_column_sums(&d_out, d_bias);
         let mut d_input = input_grad.then(|| buffer_pool::zeroed(input.len()));
         kernels::depthwise_backward(
             input,
@@ -622,7 +622,7 @@ impl SavedBatch {
         let g = layer.geometry(self.plan.padding, h, w);
         let (cols, c) = (layer.rows(), layer.out_channels());
         let (d_weight, d_bias) = self.plan.convs[stem].split_mut(grads);
-        kernels::bias_gradient(&d_out, d_bias);
+        kernels::add_column_sums(&d_out, d_bias);
         let pixels = g.out_height * g.out_width;
         let mut columns = Vec::new();
         let columns = grow(&mut columns, STEM_ROWS * cols);

@@ -1,7 +1,7 @@
 //! The backward kernels of the training form of the fused network
 //! ([`crate::backbone::fused_grad`]): the two products of a 1x1 conv's gradient, a depthwise
-//! conv's weight and input gradients in one pass over its output gradient, ReLU6's mask and a
-//! bias's column sums. NHWC, one image per call, like the forward kernels.
+//! conv's weight and input gradients in one pass over its output gradient, ReLU6's mask and
+//! column sums (a bias's gradient). NHWC, one image per call, like the forward kernels.
 
 use super::simd::dispatch;
 use super::{ConvGeometry, Matrix, MatrixRef, product};
@@ -41,10 +41,11 @@ pub fn relu6_backward(d_out: &mut [f32], out: &[f32]) {
     dispatch!(relu6_mask(d_out, out))
 }
 
-/// `d_bias[j] += sum over rows of d_out[row, j]`.
-pub fn bias_gradient(d_out: &[f32], d_bias: &mut [f32]) {
-    assert!(d_bias.is_empty() || d_out.len().is_multiple_of(d_bias.len()));
-    dispatch!(column_sums(d_out, d_bias))
+/// `sums[j] += sum over rows of rows[row, j]`: a bias's gradient from its output's, or the
+/// sum a global average pool divides.
+pub fn add_column_sums(rows: &[f32], sums: &mut [f32]) {
+    assert!(sums.is_empty() || rows.len().is_multiple_of(sums.len()));
+    dispatch!(column_sums(rows, sums))
 }
 
 /// Gradients of a depthwise conv (NHWC, whole image, weight `[kernel * kernel, c]` as in

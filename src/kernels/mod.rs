@@ -13,7 +13,7 @@ mod lanes;
 mod simd;
 
 pub use backward::{
-    bias_gradient, depthwise_backward, input_gradient, relu6_backward, weight_gradient,
+    add_column_sums, depthwise_backward, input_gradient, relu6_backward, weight_gradient,
 };
 
 use simd::dispatch;

@@ -290,7 +290,7 @@ fn pointwise_gradients_equal_naive_products() {
     }
     assert!(worst(&d_input, &expected) < 1e-4);
     let mut sums = vec![1.0; n];
-    bias_gradient(&d_out, &mut sums);
+    add_column_sums(&d_out, &mut sums);
     let expected: Vec<f32> = (0..n)
         .map(|j| 1.0 + (0..m).map(|i| d_out[i * n + j]).sum::<f32>())
         .collect();
