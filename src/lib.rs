@@ -18,6 +18,7 @@ pub mod kernels;
 pub mod labels;
 pub mod metrics;
 pub mod report;
+pub mod rng;
 pub mod run;
 pub mod train;
 pub mod util;

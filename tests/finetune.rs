@@ -132,8 +132,15 @@ fn resume_from_a_checkpoint_equals_an_uninterrupted_run() {
         let config = info.source_config(None);
         let device = graft::backend::device();
         // A fixed random initialisation: the same for both runs.
-        device.seed(7);
-        let net = MbNet::init(&info.spec(), config.padding, config.bn_eps, false, &device);
+        let mut rng = graft::rng::run_rng(7, 0);
+        let net = MbNet::init(
+            &info.spec(),
+            config.padding,
+            config.bn_eps,
+            false,
+            &mut rng,
+            &device,
+        );
         Backbone::new(config, net, "random".into())
     };
     let photos = |class: &str, skip: usize, take: usize| -> Vec<PathBuf> {

@@ -9,6 +9,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 
 use super::source_config::PaddingMode;
+use crate::rng::{RunRng, random_tensor};
 
 /// `(before, after)` padding of one spatial axis.
 pub fn axis_padding(
@@ -80,12 +81,19 @@ pub struct ConvBnAct {
 
 impl ConvBnAct {
     /// A layer with random conv weights and identity BatchNorm, to be overwritten by a loader.
-    pub fn init(spec: ConvSpec, padding: PaddingMode, bn_eps: f64, device: &Device) -> Self {
+    pub fn init(
+        spec: ConvSpec,
+        padding: PaddingMode,
+        bn_eps: f64,
+        rng: &mut RunRng,
+        device: &Device,
+    ) -> Self {
         let fan_in = (spec.in_channels / spec.groups * spec.kernel * spec.kernel) as f64;
         let bound = (1.0 / fan_in).sqrt();
-        let weight = Tensor::random(
+        let weight = random_tensor(
             spec.weight_shape(),
             burn::tensor::Distribution::Uniform(-bound, bound),
+            rng,
             device,
         );
         Self {

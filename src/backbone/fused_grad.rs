@@ -659,15 +659,16 @@ mod tests {
     use super::*;
     use crate::backbone::mbnet::{MbNetSpec, StageSpec};
     use crate::backbone::source_config::PaddingMode;
+    use crate::rng::{RunRng, random_tensor, run_rng, sample};
     use crate::train::finetune::{BnMode, set_trainable};
     use burn::module::{Module, ModuleVisitor, Param, RunningState};
     use burn::optim::GradientsParams;
     use burn::tensor::{Device, Distribution};
 
     /// Random BatchNorm scale, shift and statistics, so that folding matters.
-    fn randomise_batch_norm(layer: &mut ConvBnAct, device: &Device) {
+    fn randomise_batch_norm(layer: &mut ConvBnAct, rng: &mut RunRng, device: &Device) {
         let [c, ..] = layer.weight.dims();
-        let random = |d| Tensor::<1>::random([c], d, device);
+        let mut random = |d| random_tensor::<1>([c], d, rng, device);
         let bn = &mut layer.bn;
         bn.gamma = Param::from_tensor(random(Distribution::Uniform(0.5, 1.5)));
         bn.beta = Param::from_tensor(random(Distribution::Normal(0.0, 0.3)));
@@ -675,30 +676,36 @@ mod tests {
         bn.running_var = RunningState::new(random(Distribution::Uniform(0.5, 2.0)));
     }
 
-    /// `spec` with random weights and BatchNorm, every layer trainable with BN frozen, on the
-    /// autodiff device.
-    fn random_net(spec: &MbNetSpec, padding: PaddingMode, groups: usize) -> MbNet {
+    /// `spec` with random weights and BatchNorm drawn from `rng`, every layer trainable with
+    /// BN frozen, on the autodiff device.
+    fn random_net(
+        spec: &MbNetSpec,
+        padding: PaddingMode,
+        groups: usize,
+        rng: &mut RunRng,
+    ) -> MbNet {
         let device = crate::backend::device();
-        device.seed(7);
-        let mut net = MbNet::init(spec, padding, 1e-3, false, &device);
-        randomise_batch_norm(&mut net.stem, &device);
+        let mut net = MbNet::init(spec, padding, 1e-3, false, rng, &device);
+        randomise_batch_norm(&mut net.stem, rng, &device);
         for block in &mut net.blocks {
             if let Some(expand) = &mut block.expand {
-                randomise_batch_norm(expand, &device);
+                randomise_batch_norm(expand, rng, &device);
             }
-            randomise_batch_norm(&mut block.depthwise, &device);
-            randomise_batch_norm(&mut block.project, &device);
+            randomise_batch_norm(&mut block.depthwise, rng, &device);
+            randomise_batch_norm(&mut block.project, rng, &device);
         }
-        randomise_batch_norm(&mut net.head, &device);
+        randomise_batch_norm(&mut net.head, rng, &device);
         let net = net.for_training(&device.autodiff());
         let all: Vec<usize> = (0..groups).collect();
         set_trainable(net, groups, &all, BnMode::Frozen)
     }
 
-    /// Every float parameter's gradient under both computations, by parameter.
+    /// Every float parameter's gradient under both computations, by parameter: the largest
+    /// difference may be `tolerance` times the parameter's largest gradient.
     struct Compare<'a> {
         burn: &'a GradientsParams,
         fused: &'a GradientsParams,
+        tolerance: f32,
         compared: usize,
     }
 
@@ -718,7 +725,7 @@ mod tests {
                 .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
             assert!(scale > 0.0, "{:?}: zero gradient", param.shape());
             assert!(
-                worst <= 2e-3 * scale,
+                worst <= self.tolerance * scale,
                 "{:?}: gradients differ by {worst} (scale {scale})",
                 param.shape()
             );
@@ -750,12 +757,19 @@ mod tests {
         (value, GradientsParams::from_module(&mut grads, net))
     }
 
-    fn assert_same_gradients(net: &MbNet, start: Start, x: Tensor<4>) {
+    /// The fused op's loss and gradients equal burn's autodiff of the modules, for the loss
+    /// `sum(features * weights)` with random `weights`.
+    fn assert_same_gradients(
+        net: &MbNet,
+        start: Start,
+        x: Tensor<4>,
+        tolerance: f32,
+        rng: &mut RunRng,
+    ) {
         let device = x.device();
-        device.seed(3);
         let dim = net.head.out_channels();
-        let weights =
-            Tensor::<2>::random([x.dims()[0], dim], Distribution::Normal(0.0, 1.0), &device);
+        let normal = Distribution::Normal(0.0, 1.0);
+        let weights = random_tensor::<2>([x.dims()[0], dim], normal, rng, &device);
         let (loss, burn) = gradients(net, start, x.clone(), &weights, false);
         let (loss_fused, fused) = gradients(net, start, x, &weights, true);
         assert!(
@@ -765,6 +779,7 @@ mod tests {
         let mut compare = Compare {
             burn: &burn,
             fused: &fused,
+            tolerance,
             compared: 0,
         };
         net.visit(&mut compare);
@@ -778,25 +793,22 @@ mod tests {
         let info = crate::backbone::find("efficientnet-lite0").unwrap();
         let groups = info.spec().stages.len() + 2;
         let device = crate::backend::device().autodiff();
+        let mut rng = run_rng(7, 0);
+        let normal = Distribution::Normal(0.0, 1.0);
         for (padding, [h, w]) in [
             (PaddingMode::Symmetric, [64, 64]),
             (PaddingMode::TfSame, [57, 70]),
         ] {
-            let net = random_net(&info.spec(), padding, groups);
-            device.seed(1);
-            let x = Tensor::<4>::random([3, 3, h, w], Distribution::Normal(0.0, 1.0), &device);
-            assert_same_gradients(&net, Start::Image, x);
+            let net = random_net(&info.spec(), padding, groups, &mut rng);
+            let x = random_tensor::<4>([3, 3, h, w], normal, &mut rng, &device);
+            assert_same_gradients(&net, Start::Image, x, 2e-3, &mut rng);
         }
         // From the block after stage 3 (the frozen prefix's output in fine-tuning).
-        let net = random_net(&info.spec(), PaddingMode::TfSame, groups);
+        let net = random_net(&info.spec(), PaddingMode::TfSame, groups, &mut rng);
         let first = net.stage_ends[2] + 1;
         let channels = net.blocks[first].expand.as_ref().unwrap().weight.dims()[1];
-        let x = Tensor::<4>::random(
-            [2, channels, 9, 11],
-            Distribution::Normal(0.0, 1.0),
-            &device,
-        );
-        assert_same_gradients(&net, Start::Block(first), x);
+        let x = random_tensor::<4>([2, channels, 9, 11], normal, &mut rng, &device);
+        assert_same_gradients(&net, Start::Block(first), x, 2e-3, &mut rng);
     }
 
     /// A network small enough for finite differences: a stem whose width takes the im2col
@@ -818,8 +830,61 @@ mod tests {
     }
 
     #[test]
+    fn fused_gradients_equal_burns_on_a_tiny_network() {
+        let device = crate::backend::device().autodiff();
+        let mut rng = run_rng(11, 0);
+        for padding in [PaddingMode::TfSame, PaddingMode::Symmetric] {
+            let net = random_net(&tiny_spec(), padding, 4, &mut rng);
+            let x = random_tensor::<4>(
+                [2, 3, 13, 11],
+                Distribution::Normal(0.0, 1.0),
+                &mut rng,
+                &device,
+            );
+            assert_same_gradients(&net, Start::Image, x, 1e-4, &mut rng);
+        }
+    }
+
+    /// The slope of `loss` along parameter `i` by differences, with its uncertainty: the loss is
+    /// piecewise smooth (every ReLU6 of every pixel downstream is a kink), so the one-sided
+    /// slopes over steps of 1e-2, 3e-3 and 1e-3 are averages over slightly different pieces.
+    /// Returns the central difference at 3e-3 and the spread (largest minus smallest) of the
+    /// six one-sided slopes, or `None` when the spread exceeds 10% of the slope: a kink close
+    /// to the current value, or f32 round-off large against the step.
+    fn difference_quotient(
+        loss: &dyn Fn(&[f32]) -> f64,
+        params: &[f32],
+        i: usize,
+    ) -> Option<(f64, f64)> {
+        let at = |delta: f32| {
+            let mut p = params.to_vec();
+            p[i] += delta;
+            // The step actually taken in f32, not the one asked for.
+            (loss(&p), (p[i] - params[i]) as f64)
+        };
+        let (centre, _) = at(0.0);
+        let mut slopes = Vec::new();
+        let mut central = 0.0;
+        for h in [1e-2f32, 3e-3, 1e-3] {
+            let ((up, h_up), (down, h_down)) = (at(h), at(-h));
+            slopes.extend([(up - centre) / h_up, (down - centre) / h_down]);
+            if h == 3e-3 {
+                central = (up - down) / (h_up - h_down);
+            }
+        }
+        let (low, high) = slopes
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), &s| (l.min(s), h.max(s)));
+        (high - low <= 0.1 * central.abs()).then_some((central, high - low))
+    }
+
+    /// A sanity check independent of burn: central differences of the fused forward pass agree
+    /// with the fused gradient at every conv's largest weight and bias entry. The inputs come
+    /// from the test's own generator, so the entries checked never depend on other tests.
+    #[test]
     fn fused_gradients_match_finite_differences() {
-        let net = random_net(&tiny_spec(), PaddingMode::TfSame, 4);
+        let mut rng = run_rng(2, 0);
+        let net = random_net(&tiny_spec(), PaddingMode::TfSame, 4, &mut rng);
         let (plan, layers) = TrainPlan::new(&net, Start::Image);
         let params: Vec<f32> = layers
             .iter()
@@ -829,26 +894,24 @@ mod tests {
             })
             .collect();
         let plan = Arc::new(plan);
-        let device = crate::backend::device();
-        device.seed(2);
-        let images = Tensor::<4>::random([2, 3, 13, 11], Distribution::Normal(0.0, 1.0), &device);
-        let images = FlexTensor::from_data(images.into_data());
-        let weights: Vec<f32> = (0..2 * 24)
-            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0)
-            .collect();
+        let images = sample(Distribution::Normal(0.0, 1.0), 2 * 3 * 13 * 11, &mut rng);
+        let images = FlexTensor::from_data(TensorData::new(images, [2, 3, 13, 11]));
+        let weights = sample(Distribution::Normal(0.0, 1.0), 2 * 24, &mut rng);
         let loss = |params: &[f32]| -> f64 {
             let params = FlexTensor::from_data(TensorData::new(params.to_vec(), [params.len()]));
             let (f, _) = forward_batch(plan.clone(), &images, &params, false);
             let f: &[f32] = f.as_slice().unwrap();
-            f.iter().zip(&weights).map(|(a, b)| (a * b) as f64).sum()
+            f.iter()
+                .zip(&weights)
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum()
         };
         let flat = FlexTensor::from_data(TensorData::new(params.clone(), [params.len()]));
         let (_, saved) = forward_batch(plan.clone(), &images, &flat, true);
         let d_features = FlexTensor::from_data(TensorData::new(weights.clone(), [2, 24]));
         let grad = saved.unwrap().backward(&d_features);
         let grad: &[f32] = grad.as_slice().unwrap();
-        // Every conv's weight and bias: their largest gradient entries.
-        let mut checked = 0;
+        let (mut checked, mut skipped) = (0, 0);
         for slot in &plan.convs {
             for range in [
                 slot.at..slot.at + slot.weight_len(),
@@ -857,23 +920,26 @@ mod tests {
                 let i = range
                     .max_by(|&a, &b| grad[a].abs().total_cmp(&grad[b].abs()))
                     .unwrap();
-                let h = 1e-3;
-                let mut p = params.clone();
-                p[i] += h;
-                let up = loss(&p);
-                p[i] -= 2.0 * h;
-                let down = loss(&p);
-                let numeric = (up - down) / (2.0 * h as f64);
+                let Some((numeric, spread)) = difference_quotient(&loss, &params, i) else {
+                    skipped += 1;
+                    continue;
+                };
                 let analytic = grad[i] as f64;
-                // f32 features and ReLU6's kinks leave the difference quotient within about
-                // 1% here; a wrong gradient is off by far more (a dropped residual path: 10x).
+                // The gradient is the slope at the current value, which the quotients bracket
+                // up to their spread; a wrong gradient is off by far more (a dropped residual
+                // path: 10x).
                 assert!(
-                    (numeric - analytic).abs() <= 3e-2 * analytic.abs().max(1e-2),
-                    "parameter {i}: finite difference {numeric}, gradient {analytic}"
+                    (numeric - analytic).abs() <= spread + 1e-2 * analytic.abs().max(1e-2),
+                    "parameter {i}: finite difference {numeric} (spread {spread}), gradient {analytic}"
                 );
                 checked += 1;
             }
         }
-        assert_eq!(checked, 2 * plan.convs.len());
+        eprintln!("finite differences: {checked} entries checked, {skipped} skipped near a kink");
+        assert!(
+            2 * checked >= checked + skipped,
+            "{skipped} of {} entries sit at a kink",
+            checked + skipped
+        );
     }
 }

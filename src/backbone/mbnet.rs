@@ -3,11 +3,12 @@
 //! their stage table (data) and in the names their checkpoints give the tensors.
 
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
 
 use super::blocks::{BlockSpec, ConvBnAct, ConvSpec, InvertedResidual};
 use super::source_config::PaddingMode;
+use crate::rng::RunRng;
 
 /// One stage: `repeats` blocks, the first with `stride` and the channel change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,25 +106,29 @@ pub struct MbNet {
 }
 
 impl MbNet {
-    /// Randomly initialised network; a weight loader overwrites every tensor.
+    /// A network with weights drawn from `rng` (a weight loader then overwrites every tensor,
+    /// or it trains from scratch).
     pub fn init(
         spec: &MbNetSpec,
         padding: PaddingMode,
         bn_eps: f64,
         include_top: bool,
+        rng: &mut RunRng,
         device: &Device,
     ) -> Self {
-        let layer = |conv: ConvSpec| ConvBnAct::init(conv, padding, bn_eps, device);
+        let mut layer = |conv: ConvSpec| ConvBnAct::init(conv, padding, bn_eps, rng, device);
+        let stem = layer(spec.stem());
         let specs = spec.blocks();
         let blocks = specs
             .iter()
             .map(|(_, b)| InvertedResidual {
-                expand: b.expand().map(layer),
+                expand: b.expand().map(&mut layer),
                 depthwise: layer(b.depthwise()),
                 project: layer(b.project()),
                 residual: b.has_residual(),
             })
             .collect();
+        let head = layer(spec.head());
         let stage_ends = (0..spec.stages.len())
             .map(|stage| {
                 specs
@@ -134,11 +139,11 @@ impl MbNet {
             })
             .collect();
         Self {
-            stem: layer(spec.stem()),
+            stem,
             blocks,
-            head: layer(spec.head()),
+            head,
             classifier: include_top
-                .then(|| LinearConfig::new(spec.head_channels, spec.num_classes).init(device)),
+                .then(|| crate::rng::linear(spec.head_channels, spec.num_classes, rng, device)),
             stage_ends,
         }
     }

@@ -249,6 +249,8 @@ impl Backbone {
             config.padding,
             config.bn_eps,
             options.include_top,
+            // Every tensor is overwritten by the checkpoint.
+            &mut crate::rng::run_rng(0, 0),
             device,
         );
         let report = fill(&mut net, &checkpoint, info.layout, device);
@@ -375,6 +377,7 @@ fn fill(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::{random_tensor, run_rng};
     use burn::tensor::Distribution;
 
     #[test]
@@ -382,11 +385,23 @@ mod tests {
         let device = crate::backend::device();
         let info = find("efficientnet-lite0").unwrap();
         let config = info.source_config(None);
-        device.seed(3);
-        let net = MbNet::init(&info.spec(), config.padding, config.bn_eps, true, &device);
+        let mut rng = run_rng(3, 0);
+        let net = MbNet::init(
+            &info.spec(),
+            config.padding,
+            config.bn_eps,
+            true,
+            &mut rng,
+            &device,
+        );
         let backbone = Backbone::new(config, net, "random".into());
         // 10 images: slices of 4, 4 and 2.
-        let x = Tensor::<4>::random([10, 3, 64, 64], Distribution::Normal(0.0, 1.0), &device);
+        let x = random_tensor::<4>(
+            [10, 3, 64, 64],
+            Distribution::Normal(0.0, 1.0),
+            &mut rng,
+            &device,
+        );
         let whole: Vec<f32> = backbone
             .net
             .forward_logits(x.clone())
@@ -415,20 +430,34 @@ mod tests {
         let info = find("efficientnet-lite0").unwrap();
         for padding in [PaddingMode::TfSame, PaddingMode::Symmetric] {
             let config = info.source_config(Some(padding));
-            device.seed(5);
-            let mut net = MbNet::init(&info.spec(), config.padding, config.bn_eps, true, &device);
+            let mut rng = run_rng(5, 0);
+            let mut net = MbNet::init(
+                &info.spec(),
+                config.padding,
+                config.bn_eps,
+                true,
+                &mut rng,
+                &device,
+            );
             // Non-trivial BatchNorm statistics, so that folding matters.
-            net.stem.bn.running_mean = burn::module::RunningState::new(Tensor::random(
+            net.stem.bn.running_mean = burn::module::RunningState::new(random_tensor(
                 [32],
                 Distribution::Normal(0.0, 0.5),
+                &mut rng,
                 &device,
             ));
-            net.stem.bn.running_var = burn::module::RunningState::new(Tensor::random(
+            net.stem.bn.running_var = burn::module::RunningState::new(random_tensor(
                 [32],
                 Distribution::Uniform(0.5, 2.0),
+                &mut rng,
                 &device,
             ));
-            let x = Tensor::<4>::random([3, 3, 57, 70], Distribution::Normal(0.0, 1.0), &device);
+            let x = random_tensor::<4>(
+                [3, 3, 57, 70],
+                Distribution::Normal(0.0, 1.0),
+                &mut rng,
+                &device,
+            );
             let expected = net.forward_logits(x.clone()).unwrap();
             let backbone = Backbone::new(config, net, "random".into()).for_inference();
             assert!(backbone.fused().is_some() || cfg!(feature = "cuda"));

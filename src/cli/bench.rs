@@ -7,6 +7,7 @@ use anyhow::Result;
 use burn::tensor::{Distribution, Tensor};
 use clap::{Args, ValueEnum};
 
+use graft::rng::{random_tensor, run_rng};
 use graft::util::{peak_rss_bytes, process_cpu_seconds};
 
 use super::BackboneArgs;
@@ -58,9 +59,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let backbone = args.backbone.load(true)?;
     let r = backbone.config.resolution;
     let device = graft::backend::device();
-    let input = Tensor::<4>::random(
+    let input = random_tensor::<4>(
         [args.batch_size, 3, r, r],
         Distribution::Uniform(-1.0, 1.0),
+        &mut run_rng(0, 0),
         &device,
     )
     .into_data();
@@ -160,9 +162,11 @@ fn train_step(args: BenchArgs) -> Result<ExitCode> {
     let mut optimizer = burn::optim::AdamWConfig::new().init();
     let loss_fn = burn::nn::loss::CrossEntropyLossConfig::new().init(&device);
     let lrs = vec![1e-4; groups + 1];
-    let x = Tensor::<4>::random(
+    let mut rng = run_rng(0, 0);
+    let x = random_tensor::<4>(
         [args.batch_size, 3, r, r],
         Distribution::Uniform(-1.0, 1.0),
+        &mut rng,
         &device,
     );
     let labels: Vec<i64> = (0..args.batch_size as i64)
@@ -185,6 +189,7 @@ fn train_step(args: BenchArgs) -> Result<ExitCode> {
             &lrs,
             pass,
             None,
+            &mut rng,
         )
         .0
     };

@@ -248,9 +248,15 @@ pub fn run(args: PretrainArgs) -> Result<ExitCode> {
     let info = args.backbone.info()?;
     let device = graft::backend::device();
     let parent = if args.from_scratch {
-        device.seed(args.split.seed);
         let config = info.source_config(args.backbone.padding.map(Into::into));
-        let net = MbNet::init(&info.spec(), config.padding, config.bn_eps, false, &device);
+        let net = MbNet::init(
+            &info.spec(),
+            config.padding,
+            config.bn_eps,
+            false,
+            &mut graft::rng::run_rng(args.split.seed, 0),
+            &device,
+        );
         Backbone::new(config, net, format!("random-init-seed-{}", args.split.seed))
     } else {
         args.backbone.load_trainable()?

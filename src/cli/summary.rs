@@ -35,6 +35,7 @@ pub fn run(args: SummaryArgs) -> Result<ExitCode> {
         config.padding,
         config.bn_eps,
         !args.no_top,
+        &mut graft::rng::run_rng(0, 0),
         &graft::backend::device(),
     );
     println!("{}", summarize(info.name, &net, config.resolution));

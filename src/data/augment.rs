@@ -3,9 +3,9 @@
 //! (run seed, epoch, image index), so a run is reproducible and resumable whatever the thread
 //! schedule. Validation never goes through here: it uses the source config's eval preprocessing.
 
+use crate::rng::{RunRng, run_rng};
 use image::RgbImage;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::preprocess::{Chw, normalize, resize};
@@ -44,10 +44,8 @@ impl Augment {
 }
 
 /// The RNG of image `index` in `epoch`.
-pub fn image_rng(seed: u64, epoch: usize, index: usize) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(((epoch as u64) << 32) | index as u64);
-    rng
+pub fn image_rng(seed: u64, epoch: usize, index: usize) -> RunRng {
+    run_rng(seed, ((epoch as u64) << 32) | index as u64)
 }
 
 /// `(x, y, width, height)` of a random crop covering `area` of the image with an aspect ratio
@@ -93,12 +91,7 @@ fn jitter(image: &mut RgbImage, strength: f32, rng: &mut impl Rng) {
 
 /// The network input for one training image: augmented, resized to the source resolution,
 /// normalised as the source config says.
-pub fn augmented(
-    image: &RgbImage,
-    config: &SourceConfig,
-    level: Augment,
-    rng: &mut ChaCha8Rng,
-) -> Chw {
+pub fn augmented(image: &RgbImage, config: &SourceConfig, level: Augment, rng: &mut RunRng) -> Chw {
     let Some(ranges) = level.ranges() else {
         return super::preprocess(image, config);
     };
@@ -151,7 +144,7 @@ pub fn simclr_view(
     config: &SourceConfig,
     resolution: usize,
     blur: bool,
-    rng: &mut ChaCha8Rng,
+    rng: &mut RunRng,
 ) -> ((u32, u32, u32, u32), Chw) {
     let rect = random_crop(image.width(), image.height(), (0.08, 1.0), rng);
     let crop = image::imageops::crop_imm(image, rect.0, rect.1, rect.2, rect.3).to_image();

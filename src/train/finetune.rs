@@ -5,7 +5,7 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
-use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::optim::module_optimizer::ModuleOptimizer;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -30,6 +30,7 @@ use crate::data::augment::{Augment, augmented, image_rng};
 use crate::data::{DecodeLimits, decode_rgb, load_images, to_batch};
 use crate::head::Head;
 use crate::metrics::argmax_rows;
+use crate::rng::{RunRng, dropout, run_rng};
 
 /// How the backbone is unfrozen after the head round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -109,9 +110,9 @@ pub struct FinetuneModel {
 }
 
 impl FinetuneModel {
+    /// Inference: class logits, no dropout (training applies it in [`train_step`]).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        self.top
-            .forward(self.dropout.forward(self.net.forward_features(x)))
+        self.top.forward(self.net.forward_features(x))
     }
 }
 
@@ -240,15 +241,15 @@ fn group_gradients(net: &MbNet, g: usize, grads: &mut GradientsParams) -> Gradie
 }
 
 /// Forward and backward of one batch (the backbone as `pass` says, see [`super::backbone_pass`];
-/// dropout, the top and the loss on the whole batch). Returns the loss,
+/// dropout with masks from `rng`, the top and the loss on the whole batch). Returns the loss,
 /// the logits and the gradients of the top and of the backbone.
 fn forward_backward(
     model: &FinetuneModel,
     loss_fn: &CrossEntropyLoss,
-    x: Tensor<4>,
-    y: Tensor<1, Int>,
+    (x, y): (Tensor<4>, Tensor<1, Int>),
     pass: BackbonePass,
     prefix: Option<&FrozenPrefix>,
+    rng: &mut RunRng,
 ) -> (Tensor<1>, Tensor<2>, GradientsParams, GradientsParams) {
     let (start, x) = match prefix {
         Some(prefix) => prefix.forward(x),
@@ -256,7 +257,9 @@ fn forward_backward(
     };
     let (loss, logits, mut grads, net) =
         backbone_backward(&model.net, start, x, pass, |features| {
-            let logits = model.top.forward(model.dropout.forward(features));
+            let logits = model
+                .top
+                .forward(dropout(features, model.dropout.prob, rng));
             (loss_fn.forward(logits.clone(), y), logits)
         });
     let top = GradientsParams::from_module(&mut grads, &model.top);
@@ -298,7 +301,7 @@ impl FrozenPrefix {
 /// One optimisation step: forward (from `prefix`'s output when given), loss, backward (the
 /// backbone as `pass` says, see [`training_pass`]), then an AdamW update of the top (at `lrs[groups]`) and of each
 /// trainable backbone group `g` (at `lrs[g]`). Frozen groups get no gradient and no update.
-/// Returns the model, the loss and the logits.
+/// Dropout masks come from `rng`. Returns the model, the loss and the logits.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
     model: FinetuneModel,
@@ -310,9 +313,10 @@ pub fn train_step(
     lrs: &[f64],
     pass: BackbonePass,
     prefix: Option<&FrozenPrefix>,
+    rng: &mut RunRng,
 ) -> (FinetuneModel, f64, Vec<f32>) {
     let (loss, logits, top_grads, mut net_grads) =
-        forward_backward(&model, loss_fn, x, y, pass, prefix);
+        forward_backward(&model, loss_fn, (x, y), pass, prefix, rng);
     let loss_value = loss.into_scalar::<f32>() as f64;
     // cannot fail: every tensor graft makes is f32
     let logits: Vec<f32> = logits.into_data().try_into_vec().expect("logits are f32");
@@ -451,7 +455,9 @@ fn top_from_head(head: &Head, dim: usize, device: &Device) -> Linear {
         panic!("fine-tuning starts from a linear head")
     };
     let classes = bias.len();
-    let mut top = LinearConfig::new(dim, classes).init(device);
+    let mut top = LinearConfig::new(dim, classes)
+        .with_initializer(Initializer::Zeros)
+        .init(device);
     let mut w = vec![0.0f32; dim * classes];
     for c in 0..classes {
         for d in 0..dim {
@@ -561,8 +567,6 @@ pub fn finetune(
                 lrs[groups] = options.head_learning_rate * f;
                 lr_sums.iter_mut().zip(&lrs).for_each(|(s, lr)| *s += lr);
                 steps_in_epoch += 1;
-                // Dropout masks from the run's seed and the step, so a run is reproducible.
-                device.seed(options.seed.wrapping_add(global_step));
                 let (x, y) = training_batch(train, batch, &config, options, epoch, &device);
                 let (next, loss_value, logits) = train_step(
                     model,
@@ -574,6 +578,9 @@ pub fn finetune(
                     &lrs,
                     training_pass(options.bn_mode),
                     prefix.as_ref(),
+                    // Dropout masks from the run's seed and the step, so a run (resumed or
+                    // not) is reproducible whatever else runs in the process.
+                    &mut run_rng(options.seed, global_step),
                 );
                 model = next;
                 loss_sum += loss_value * batch.len() as f64;
@@ -699,6 +706,7 @@ fn load_checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::random_tensor;
     use burn::tensor::Distribution;
 
     const GROUPS: usize = 9;
@@ -714,6 +722,7 @@ mod tests {
             config.padding,
             config.bn_eps,
             false,
+            &mut run_rng(0, 0),
             &crate::backend::device(),
         );
         let head = Head::Linear {
@@ -733,8 +742,13 @@ mod tests {
         (trainable, bn_mode): (&[usize], BnMode),
         lrs: &[f64],
     ) -> FinetuneModel {
-        device.seed(0);
-        let x = Tensor::<4>::random([2, 3, 64, 64], Distribution::Normal(0.0, 1.0), device);
+        let mut rng = run_rng(0, 1);
+        let x = random_tensor::<4>(
+            [2, 3, 64, 64],
+            Distribution::Normal(0.0, 1.0),
+            &mut rng,
+            device,
+        );
         let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 2], [2]), device);
         let loss_fn = CrossEntropyLossConfig::new().init(device);
         // A tiny epsilon makes AdamW's first step exactly +-lr for every weight with a gradient.
@@ -752,6 +766,7 @@ mod tests {
             lrs,
             training_pass(bn_mode),
             None,
+            &mut rng,
         )
         .0
     }
@@ -763,21 +778,32 @@ mod tests {
         let (model, device) = model(&trainable, BnMode::Frozen);
         let prefix = FrozenPrefix::for_stage(&model.net, &trainable, BnMode::Frozen).unwrap();
         assert_eq!(prefix.blocks, model.net.stage_ends[5] + 1);
-        device.seed(1);
-        let x = Tensor::<4>::random([4, 3, 64, 64], Distribution::Normal(0.0, 1.0), &device);
+        let mut rng = run_rng(1, 0);
+        let x = random_tensor::<4>(
+            [4, 3, 64, 64],
+            Distribution::Normal(0.0, 1.0),
+            &mut rng,
+            &device,
+        );
         let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 2, 1, 0], [4]), &device);
         let loss_fn = CrossEntropyLossConfig::new().init(&device);
         let (loss, _, top, net) = forward_backward(
             &model,
             &loss_fn,
-            x.clone(),
-            y.clone(),
+            (x.clone(), y.clone()),
             BackbonePass::Burn,
             None,
+            &mut run_rng(2, 0),
         );
         // The prefix's output continues on the fused kernels, as in fine-tuning on the CPU.
-        let (loss_p, _, top_p, net_p) =
-            forward_backward(&model, &loss_fn, x, y, BackbonePass::Fused, Some(&prefix));
+        let (loss_p, _, top_p, net_p) = forward_backward(
+            &model,
+            &loss_fn,
+            (x, y),
+            BackbonePass::Fused,
+            Some(&prefix),
+            &mut run_rng(2, 0),
+        );
         let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {
             let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
             let worst = a

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::{Linear, LinearConfig, Relu};
+use burn::nn::{Linear, Relu};
 use burn::optim::module_optimizer::ModuleOptimizer;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
@@ -27,6 +27,7 @@ use crate::backbone::mbnet::Start;
 use crate::data::augment::{image_rng, simclr_view};
 use crate::data::{Chw, DecodeLimits, decode_rgb, to_batch};
 use crate::metrics::argmax_rows;
+use crate::rng::{RunRng, run_rng};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SimclrOptions {
@@ -81,13 +82,14 @@ pub struct SimclrModel {
 }
 
 impl SimclrModel {
-    pub fn new(net: MbNet, projection_dim: usize, device: &Device) -> Self {
+    /// `net` with a new projection head whose initial weights come from `rng`.
+    pub fn new(net: MbNet, projection_dim: usize, rng: &mut RunRng, device: &Device) -> Self {
         let dim = net.head.out_channels();
         Self {
             net,
-            hidden: LinearConfig::new(dim, dim).init(device),
+            hidden: crate::rng::linear(dim, dim, rng, device),
             relu: Relu::new(),
-            output: LinearConfig::new(dim, projection_dim).init(device),
+            output: crate::rng::linear(dim, projection_dim, rng, device),
         }
     }
 
@@ -260,8 +262,12 @@ pub fn pretrain(
     let all: Vec<usize> = (0..groups).collect();
     let net = set_trainable(net.for_training(&device), groups, &all, options.bn_mode);
     // The projection head's initial weights come from the run's seed.
-    device.seed(options.seed);
-    let mut model = SimclrModel::new(net, options.projection_dim, &device);
+    let mut model = SimclrModel::new(
+        net,
+        options.projection_dim,
+        &mut run_rng(options.seed, u64::MAX),
+        &device,
+    );
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(options.weight_decay as f32)
         .init();
@@ -381,19 +387,27 @@ mod tests {
         let device = plain.clone().autodiff();
         let info = crate::backbone::find("efficientnet-lite0").unwrap();
         let config = info.source_config(None);
-        let net = MbNet::init(&info.spec(), config.padding, config.bn_eps, false, &plain)
-            .for_training(&device);
+        let mut rng = run_rng(0, 0);
+        let net = MbNet::init(
+            &info.spec(),
+            config.padding,
+            config.bn_eps,
+            false,
+            &mut rng,
+            &plain,
+        )
+        .for_training(&device);
         let groups = config.layer_groups.len();
         let all: Vec<usize> = (0..groups).collect();
         let net = set_trainable(net, groups, &all, BnMode::Frozen);
-        let model = SimclrModel::new(net, 16, &device);
+        let model = SimclrModel::new(net, 16, &mut rng, &device);
         let stem = values(model.net.stem.weight.val());
         let head = values(model.net.head.weight.val());
         let hidden = values(model.hidden.weight.val());
-        device.seed(0);
-        let x = Tensor::<4>::random(
+        let x = crate::rng::random_tensor::<4>(
             [4, 3, 64, 64],
             burn::tensor::Distribution::Normal(0.0, 1.0),
+            &mut rng,
             &device,
         );
         let mut optimizer = AdamWConfig::new().init();
