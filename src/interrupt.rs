@@ -17,6 +17,17 @@ pub fn install() -> Result<(), ctrlc::Error> {
     })
 }
 
+/// Ask the running loops to stop at their next safe point, as Ctrl-C does (for hosts that
+/// catch the interrupt themselves, like the Python package).
+pub fn request() {
+    REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// Forget a request once the interrupted call has returned, so the next call runs.
+pub fn clear() {
+    REQUESTED.store(false, Ordering::SeqCst);
+}
+
 /// Whether the user asked to stop.
 pub fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst)

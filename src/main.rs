@@ -14,6 +14,7 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     let args = cli::Cli::parse();
     if let Some(threads) = args.threads {
         // burn's flex backend and the decode pipeline both run on rayon's global pool.
@@ -29,7 +30,7 @@ fn main() -> ExitCode {
     }
     match cli::run(args.command) {
         Ok(code) => code,
-        Err(e) if e.downcast_ref::<graft::interrupt::Interrupted>().is_some() => {
+        Err(e) if interrupted(&e) => {
             eprintln!("{e}");
             ExitCode::from(130)
         }
@@ -38,6 +39,28 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Output into a closed pipe (`graft predict DIR | head`) ends the process quietly, as it
+/// does for other Unix tools: Rust ignores SIGPIPE, which turns every later `println!` into a
+/// panic (exit 101); the default action ends the process with the conventional status 141.
+fn restore_sigpipe() {
+    // SAFETY: resetting a signal to its default action before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Whether the run stopped on Ctrl-C (exit code 130).
+fn interrupted(error: &anyhow::Error) -> bool {
+    use graft::recipe::RecipeError;
+    error
+        .downcast_ref::<graft::interrupt::Interrupted>()
+        .is_some()
+        || matches!(
+            error.downcast_ref::<RecipeError>(),
+            Some(RecipeError::Interrupted(_))
+        )
 }
 
 /// The error and its causes on one line, `a: b: c`, leaving out a cause whose text the line

@@ -198,3 +198,105 @@ fn a_train_step_runs_every_layer_type_forward_and_backward_on_the_fused_kernels(
     assert!(profile.contains("not used here"), "{profile}");
     assert!(!profile.contains("backward:"), "{profile}");
 }
+
+/// `graft ARGS | head -1` in bash: (stdout, stderr, graft's exit status).
+fn into_head(args: &str) -> (String, String, i32) {
+    let script = format!(
+        "set -o pipefail; \"$0\" --threads 2 {args} | head -1; echo \"status ${{PIPESTATUS[0]}}\" >&2"
+    );
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .arg(env!("CARGO_BIN_EXE_graft"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let status = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("status "))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(-1);
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+        status,
+    )
+}
+
+#[test]
+fn predict_into_a_closed_pipe_ends_quietly() {
+    // As a user types it.
+    let daisy = shared().join("data/flowers/daisy");
+    let (stdout, stderr, status) = into_head(&format!("predict '{}'/*.jpg", daisy.display()));
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        status == 0 || status == 141,
+        "exit status {status}: {stderr}"
+    );
+    // Output far larger than the pipe's buffer, so that graft surely writes after `head` has
+    // gone: the conventional SIGPIPE status, no panic and no error message.
+    let (stdout, stderr, status) = into_head(&format!(
+        "predict --top 1000 '{}'",
+        golden_source("parrot").display()
+    ));
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert_eq!(status, 141, "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("error"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn predict_searches_folders_and_writes_a_csv_row_per_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("photos");
+    std::fs::create_dir_all(images.join("nested")).unwrap();
+    std::fs::copy(golden_source("parrot"), images.join("parrot.jpg")).unwrap();
+    std::fs::copy(
+        golden_source("hot_dog"),
+        images.join("nested/hot dog, \"lunch\".jpg"),
+    )
+    .unwrap();
+    std::fs::write(images.join("nested/broken.png"), b"not a png").unwrap();
+    let csv = dir.path().join("out.csv");
+    let out = graft()
+        .args(["predict", "--top", "2", "--csv"])
+        .arg(&csv)
+        .arg(&images)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "one image is broken");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("macaw"), "{stdout}");
+    assert!(stdout.contains("hotdog"), "{stdout}");
+    let mut reader = csv_reader(&csv);
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(
+        header,
+        [
+            "path",
+            "label_1",
+            "probability_1",
+            "label_2",
+            "probability_2",
+            "error"
+        ]
+    );
+    let rows: Vec<Vec<String>> = reader
+        .records()
+        .map(|r| r.unwrap().iter().map(String::from).collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let row = |name: &str| rows.iter().find(|r| r[0].ends_with(name)).unwrap();
+    assert_eq!(row("parrot.jpg")[1], "macaw");
+    assert!(row("parrot.jpg")[2].parse::<f64>().unwrap() > 0.5);
+    assert_eq!(row("\"lunch\".jpg")[1], "hotdog, hot dog, red hot");
+    let broken = row("broken.png");
+    assert!(broken[1].is_empty() && !broken[5].is_empty(), "{broken:?}");
+}
+
+fn csv_reader(path: &std::path::Path) -> csv::Reader<std::fs::File> {
+    csv::Reader::from_path(path).unwrap()
+}

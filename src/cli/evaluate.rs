@@ -14,7 +14,7 @@ use graft::metrics::{Metrics, argmax_rows};
 use graft::run::TrainedModel;
 
 use super::features::{CacheArgs, features_of, open_cache, report_listing};
-use super::train::score;
+use graft::recipe::bottleneck::score;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Split {

@@ -11,7 +11,8 @@ use graft::data::dataset::{self, SplitOptions};
 use graft::features::extract;
 
 use super::BackboneArgs;
-use super::features::{open_cache, progress_bar, report_listing};
+use super::features::{open_cache, report_listing};
+use super::progress::progress_bar;
 
 #[derive(Debug, Args)]
 pub struct ExtractArgs {

@@ -4,14 +4,14 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use graft::backbone::Backbone;
-use graft::data::DecodeLimits;
 use graft::data::dataset::{Dataset, Sample, SplitOptions};
 use graft::features::cache::FeatureCache;
-use graft::features::{ExtractSummary, FeatureMatrix, labelled_features};
-use graft::weights::store::graft_home;
+use graft::features::{ExtractSummary, FeatureMatrix};
+use graft::recipe::bottleneck;
+
+use super::progress::Bars;
 
 /// Where cached features live and how they are computed.
 #[derive(Debug, Clone, Args)]
@@ -55,27 +55,8 @@ impl SplitArgs {
 
 /// Open the cache of `backbone`, warning about shards that failed their checksum.
 pub fn open_cache(backbone: &Backbone, dir: Option<&PathBuf>) -> Result<FeatureCache> {
-    let root = dir
-        .cloned()
-        .unwrap_or_else(|| graft_home().join("features"));
-    let cache = FeatureCache::open(&root, backbone)?;
-    for shard in &cache.quarantined {
-        eprintln!(
-            "warning: {}: checksum failed; set aside, its rows will be recomputed",
-            shard.display()
-        );
-    }
-    Ok(cache)
-}
-
-pub fn progress_bar(len: usize, what: &str) -> ProgressBar {
-    ProgressBar::new(len as u64).with_style(
-        ProgressStyle::with_template(&format!(
-            "{what} {{bar:30}} {{pos}}/{{len}} images  {{per_sec}}  ETA {{eta}}"
-        ))
-        // cannot fail: a fixed template, shown by every run with a progress bar
-        .expect("static template"),
-    )
+    let dir = dir.map(PathBuf::as_path);
+    Ok(bottleneck::open_cache(backbone, dir, &mut Bars::default())?)
 }
 
 /// Print what listing the dataset left out.
@@ -91,54 +72,17 @@ pub fn report_listing(data: &Dataset) {
     }
 }
 
-/// Features of each group of samples, extracting what the cache lacks under one progress bar.
-/// Unreadable images are reported (one line each) and left out. The summary's keys follow the
-/// samples of all groups in order.
+/// Features of each group of samples, extracting what the cache lacks under one progress bar
+/// (see [`bottleneck::features`]).
 pub fn features_of(
     backbone: &Backbone,
     cache: &mut FeatureCache,
     groups: &[&[Sample]],
     batch_size: usize,
 ) -> Result<(Vec<FeatureMatrix>, ExtractSummary)> {
-    let total: usize = groups.iter().map(|g| g.len()).sum();
-    let bar = progress_bar(total, "features");
-    let mut matrices = Vec::new();
-    let mut all = ExtractSummary::default();
-    for samples in groups {
-        let (matrix, summary) = labelled_features(
-            backbone,
-            cache,
-            samples,
-            batch_size,
-            DecodeLimits::default(),
-            |n| bar.inc(n as u64),
-        )?;
-        if summary.interrupted {
-            bar.finish_and_clear();
-            return Err(graft::interrupt::Interrupted(format!(
-                "{} feature rows are safely in {}; run the same command again to continue",
-                cache.len(),
-                cache.dir().display()
-            ))
-            .into());
-        }
-        matrices.push(matrix);
-        all.extracted += summary.extracted;
-        all.reused += summary.reused;
-        all.skipped.extend(summary.skipped);
-        all.keys.extend(summary.keys);
-    }
-    bar.finish_and_clear();
-    for e in &all.skipped {
-        eprintln!("error: {e} (skipped)");
-    }
-    eprintln!(
-        "features: {total} images (extracted {}, reused {}, skipped {})",
-        all.extracted,
-        all.reused,
-        all.skipped.len()
-    );
-    Ok((matrices, all))
+    let mut bars = Bars::default();
+    bottleneck::features(backbone, cache, groups, batch_size, &mut bars)
+        .map_err(super::recipe_error)
 }
 
 /// Features of `data`'s training and validation images through `backbone`'s cache.

@@ -21,7 +21,8 @@ use graft::train::finetune::{
 };
 
 use super::features::{features_of, open_cache, train_val_features};
-use super::train::{TrainArgs, data_name, predictions, score};
+use super::train::TrainArgs;
+use graft::recipe::bottleneck::{data_name, predictions, score};
 
 pub const PLAN_FILE: &str = "plan.json";
 

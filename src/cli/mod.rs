@@ -9,6 +9,7 @@ mod finetune;
 mod lr_find;
 mod predict;
 mod pretrain;
+mod progress;
 mod report;
 mod summary;
 mod train;
@@ -17,11 +18,11 @@ mod weights;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use graft::backbone::{self, Backbone, BackboneInfo, LoadOptions, PaddingMode};
-use graft::weights::store;
+use graft::backbone::{Backbone, BackboneInfo, PaddingMode};
+use graft::recipe::{BackboneChoice, RecipeError};
 
 /// Transfer learning for image classification on pretrained CNN backbones.
 #[derive(Debug, Parser)]
@@ -122,76 +123,58 @@ pub struct BackboneArgs {
 }
 
 impl BackboneArgs {
+    /// The library's description of this choice.
+    pub fn choice(&self) -> BackboneChoice {
+        BackboneChoice {
+            name: self.backbone.clone(),
+            weights: self.weights.clone(),
+            padding: self.padding.map(Into::into),
+        }
+    }
+
     pub fn info(&self) -> Result<&'static BackboneInfo> {
-        find_backbone(&self.backbone)
+        Ok(self.choice().info()?)
     }
 
     /// The checkpoint file `--weights` names (a run directory's backbone file), if given,
     /// checked to belong to the `--backbone` chosen.
     pub fn weights_file(&self) -> Result<Option<PathBuf>> {
-        let Some(path) = &self.weights else {
-            return Ok(None);
-        };
-        if !path.is_dir() {
-            return Ok(Some(path.clone()));
-        }
-        let (file, name) = graft::adapted::backbone_of_run(path)?;
-        let info = self.info()?;
-        if find_backbone(&name)?.name != info.name {
-            anyhow::bail!(
-                "{}: holds a {name} backbone, not {}; add `--backbone {name}`",
-                path.display(),
-                info.name
-            );
-        }
-        Ok(Some(file))
+        Ok(self.choice().weights_file()?)
     }
 
     /// The checkpoint to load: `--weights` or the store's.
     pub fn weights_path(&self) -> Result<PathBuf> {
-        Ok(store::resolve(
-            self.info()?,
-            self.weights_file()?.as_deref(),
-        )?)
+        Ok(self.choice().weights_path()?)
     }
 
     /// Load for training (fine-tuning, pretraining): BatchNorm kept unfolded.
     pub fn load_trainable(&self) -> Result<Backbone> {
         let info = self.info()?;
-        let options = LoadOptions {
-            include_top: false,
-            padding: self.padding.map(Into::into),
-        };
-        Backbone::load(
-            info,
-            &self.weights_path()?,
-            options,
-            &graft::backend::device(),
-        )
-        .with_context(|| format!("loading {} weights", info.name))
+        self.choice()
+            .load_trainable()
+            .with_context(|| format!("loading {} weights", info.name))
     }
 
     /// Load for inference (predict, extract, evaluate): BatchNorm folded into the convs.
     pub fn load(&self, include_top: bool) -> Result<Backbone> {
         let info = self.info()?;
-        let path = self.weights_path()?;
-        let options = LoadOptions {
-            include_top,
-            padding: self.padding.map(Into::into),
-        };
-        Backbone::load(info, &path, options, &graft::backend::device())
-            .map(Backbone::for_inference)
+        self.choice()
+            .load(include_top)
             .with_context(|| format!("loading {} weights", info.name))
     }
 }
 
 pub fn find_backbone(name: &str) -> Result<&'static BackboneInfo> {
-    backbone::find(name).ok_or_else(|| {
-        anyhow!(
-            "unknown backbone `{name}`; known backbones: {}",
-            backbone::known_names()
-        )
-    })
+    Ok(BackboneChoice::new(name).info()?)
+}
+
+/// A library error as the command line reports it: an interruption becomes
+/// [`graft::interrupt::Interrupted`], which `main` turns into exit code 130.
+pub fn recipe_error(error: RecipeError) -> anyhow::Error {
+    match error {
+        RecipeError::Interrupted(interrupted) => interrupted.into(),
+        other => other.into(),
+    }
 }
 
 /// A checkpointed training's result, with Ctrl-C turned into the message that says how to

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -15,8 +15,8 @@ use super::BackboneArgs;
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
-    /// Image files (JPEG, PNG, BMP, GIF, WebP).
-    #[arg(required = true, value_name = "IMAGE")]
+    /// Image files (JPEG, PNG, BMP, GIF, WebP), or folders searched recursively for them.
+    #[arg(required = true, value_name = "IMAGE|DIR")]
     pub images: Vec<PathBuf>,
 
     #[command(flatten)]
@@ -35,6 +35,11 @@ pub struct PredictArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Also write one CSV row per image to FILE: path, then label and probability of each of
+    /// the top classes, then the error for an image that could not be classified.
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+
     /// Images per forward pass.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
@@ -45,6 +50,7 @@ pub struct PredictArgs {
 }
 
 pub fn run(args: PredictArgs) -> Result<ExitCode> {
+    let images = expand_folders(&args.images)?;
     let trained = match &args.model {
         Some(dir) => Some(TrainedModel::open(
             dir,
@@ -70,8 +76,8 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
         max_pixels: args.max_pixels,
         ..DecodeLimits::default()
     };
-    let bar = if args.images.len() > args.batch_size {
-        ProgressBar::new(args.images.len() as u64).with_style(
+    let bar = if images.len() > args.batch_size {
+        ProgressBar::new(images.len() as u64).with_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} images {per_sec} ETA {eta}")
                 // cannot fail: a fixed template, shown by every run with more images than a batch
                 .expect("static template"),
@@ -82,7 +88,7 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
     let results = classify(
         backbone,
         top,
-        &args.images,
+        &images,
         args.top,
         args.batch_size,
         limits,
@@ -91,6 +97,10 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
     bar.finish_and_clear();
 
     let failed = results.iter().filter(|c| c.result.is_err()).count();
+    if let Some(file) = &args.csv {
+        write_csv(file, &results, args.top)
+            .with_context(|| format!("writing {}", file.display()))?;
+    }
     if args.json {
         println!(
             "{}",
@@ -152,4 +162,53 @@ fn to_json(model: &str, results: &[Classified]) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({ "model": model, "images": images })
+}
+
+/// The files to classify: each argument, a folder replaced by the images under it (sorted).
+fn expand_folders(arguments: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut images = Vec::new();
+    for path in arguments {
+        if path.is_dir() {
+            let (found, _) = graft::data::dataset::list_images(path)?;
+            if found.is_empty() {
+                eprintln!("warning: {}: no images in this folder", path.display());
+            }
+            images.extend(found);
+        } else {
+            images.push(path.clone());
+        }
+    }
+    Ok(images)
+}
+
+/// `path,label_1,probability_1,...,label_k,probability_k,error`, one row per image.
+fn write_csv(file: &std::path::Path, results: &[Classified], k: usize) -> Result<()> {
+    let mut writer = csv::Writer::from_path(file)?;
+    let mut header = vec!["path".to_string()];
+    for rank in 1..=k {
+        header.push(format!("label_{rank}"));
+        header.push(format!("probability_{rank}"));
+    }
+    header.push("error".into());
+    writer.write_record(&header)?;
+    for c in results {
+        let mut row = vec![c.path.to_string_lossy().into_owned()];
+        let predictions = c.result.as_deref().unwrap_or_default();
+        for rank in 0..k {
+            match predictions.get(rank) {
+                Some(p) => row.extend([p.label.clone(), format!("{:.6}", p.probability)]),
+                None => row.extend([String::new(), String::new()]),
+            }
+        }
+        row.push(
+            c.result
+                .as_ref()
+                .err()
+                .map(|e| e.reason.clone())
+                .unwrap_or_default(),
+        );
+        writer.write_record(&row)?;
+    }
+    writer.flush()?;
+    Ok(())
 }

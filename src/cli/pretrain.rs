@@ -24,7 +24,7 @@ use graft::train::simclr::{SimclrOptions, pretrain};
 
 use super::BackboneArgs;
 use super::features::{CacheArgs, SplitArgs, train_val_features};
-use super::train::{data_name, score};
+use graft::recipe::bottleneck::{data_name, score};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Method {

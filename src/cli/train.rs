@@ -4,24 +4,21 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use graft::data::augment::Augment;
-use graft::data::dataset;
-use graft::features::FeatureMatrix;
-use graft::head::Head;
-use graft::metrics::{Metrics, argmax_rows};
-use graft::run::{self, DataRecord, ModelCard, PredictionRecord, RunMetrics};
-use graft::train::classical::{self, ClassicalOptions};
-use graft::train::dense::{DenseOptions, train_dense};
+use graft::recipe::bottleneck::{self, BottleneckOptions};
+use graft::run;
+use graft::train::Recipe;
+use graft::train::classical::ClassicalOptions;
+use graft::train::dense::DenseOptions;
 use graft::train::finetune::{BnMode, Unfreeze};
 use graft::train::schedule::Schedule;
-use graft::train::{EpochRecord, Recipe, cross_entropy};
 
 use super::BackboneArgs;
-use super::features::{CacheArgs, SplitArgs, report_listing, train_val_features};
+use super::features::{CacheArgs, SplitArgs};
+use super::progress::Bars;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ClassWeights {
@@ -194,6 +191,19 @@ impl TrainArgs {
         }
     }
 
+    /// The library's options of recipe 2.
+    pub fn bottleneck_options(&self) -> Result<BottleneckOptions> {
+        Ok(BottleneckOptions {
+            recipe: self.recipe,
+            backbone: self.backbone.choice(),
+            split: self.split.options()?,
+            dense: self.dense_options(),
+            classical: self.classical_options(),
+            cache_dir: self.cache.cache_dir.clone(),
+            extract_batch_size: self.cache.extract_batch_size,
+        })
+    }
+
     fn classical_options(&self) -> ClassicalOptions {
         ClassicalOptions {
             logreg_alpha: self.alpha,
@@ -207,131 +217,25 @@ impl TrainArgs {
 
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
     args.check()?;
-    let data = dataset::open(&args.data, args.split.options()?)?;
-    report_listing(&data);
-    if data.train.is_empty() {
-        bail!("{}: no training images", args.data.display());
-    }
     if args.recipe == Recipe::Finetune {
+        let mut bars = Bars::default();
+        let data = bottleneck::open_dataset(&args.data, args.split.options()?, &mut bars)?;
         return super::finetune::run(&args, &data);
     }
-    let backbone = args.backbone.load(false)?;
-    let explicit_weights = args.backbone.weights_file()?.map(|file| {
-        let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("bin");
-        let name = format!("backbone.{ext}");
-        (file, name)
-    });
-    let (train, val, _) = train_val_features(&backbone, &data, &args.cache)?;
-    let classes = &data.classes;
-    eprintln!(
-        "recipe {}: {} train / {} val images, {} classes, {}-d features of {}",
-        args.recipe.name(),
-        train.len(),
-        val.len(),
-        classes.len(),
-        train.dim,
-        backbone.config.name
-    );
-
-    let (head, history, best_epoch, hyperparameters) = match args.recipe {
-        Recipe::Head => {
-            let options = args.dense_options();
-            let bar = ProgressBar::new(options.epochs as u64).with_style(
-                ProgressStyle::with_template("train {bar:30} epoch {pos}/{len}  {msg}")
-                    // cannot fail: a fixed template that parses
-                    .expect("static template"),
-            );
-            let result = train_dense(&train, &val, classes.len(), &options, |r| {
-                bar.set_message(format!(
-                    "loss {:.4} acc {:.3} | val loss {:.4} acc {:.3}",
-                    r.train_loss, r.train_accuracy, r.val_loss, r.val_accuracy
-                ));
-                bar.inc(1);
-            });
-            bar.finish_and_clear();
-            if let Some(epoch) = result.diverged_at {
-                eprintln!(
-                    "warning: the loss became NaN or infinite in epoch {epoch}; training stopped \
-                     there and kept the best earlier epoch. Lower --lr (now {:e}).",
-                    args.lr
-                );
-                if result.history.is_empty() {
-                    bail!("no epoch finished before the loss diverged: lower --lr");
-                }
-            }
-            eprintln!(
-                "trained {} epochs, kept epoch {} (lowest validation loss)",
-                result.history.len(),
-                result.best_epoch
-            );
-            (
-                result.head,
-                result.history,
-                Some(result.best_epoch),
-                serde_json::to_value(&options)?,
-            )
-        }
-        recipe => {
-            let options = args.classical_options();
-            let started = std::time::Instant::now();
-            let head = match recipe {
-                Recipe::Logreg => classical::fit_logreg(&train, classes, &options)?,
-                Recipe::Svm => classical::fit_svm(&train, classes, &options)?,
-                Recipe::Knn => classical::fit_knn(&train, classes, &options)?,
-                Recipe::Head | Recipe::Finetune => unreachable!("handled above"),
-            };
-            eprintln!("fitted in {:.1} s", started.elapsed().as_secs_f64());
-            let history = vec![final_record(&head, &train, &val)];
-            (head, history, None, serde_json::to_value(&options)?)
-        }
-    };
-
-    let val_metrics = score(&head, &val, classes);
-    let train_accuracy = score(&head, &train, classes).accuracy;
-    let card = ModelCard {
-        graft_version: env!("CARGO_PKG_VERSION").into(),
-        recipe: args.recipe,
-        backbone: backbone.config.name.clone(),
-        weights_id: backbone.weights_id.clone(),
-        source: backbone.config.clone(),
-        preprocessing: backbone.config.preprocessing_id(),
-        feature_dim: backbone.config.feature_dim,
-        classes: classes.clone(),
-        hyperparameters,
-        data: DataRecord::new(
-            &args.data,
-            &data.split,
-            args.split.seed,
-            train.len(),
-            val.len(),
-        ),
-        // A backbone from --weights travels with the run, so predict and evaluate find it.
-        backbone_file: explicit_weights.as_ref().map(|(_, name)| name.clone()),
-    };
-    let metrics = RunMetrics {
-        train_size: train.len(),
-        val_size: val.len(),
-        best_epoch,
-        train_accuracy,
-        val: val_metrics,
-    };
+    let options = args.bottleneck_options()?;
     let dir = args.out.clone().unwrap_or_else(|| {
         run::fresh_dir(
             Path::new("runs"),
-            &data_name(&args.data),
+            &bottleneck::data_name(&args.data),
             args.recipe.name(),
         )
     });
-    let predictions = predictions(&head, &val, classes);
-    run::save(&dir, &card, &head, &metrics, &history, &predictions)?;
-    if let Some((file, name)) = &explicit_weights {
-        std::fs::copy(file, dir.join(name))
-            .with_context(|| format!("copying {} into {}", file.display(), dir.display()))?;
-    }
-    println!("{}", metrics.val.table());
+    let trained = bottleneck::train(&args.data, &dir, &options, &mut Bars::default())
+        .map_err(super::recipe_error)?;
+    println!("{}", trained.metrics.val.table());
     println!(
         "train accuracy {:.4}; run saved in {}",
-        metrics.train_accuracy,
+        trained.metrics.train_accuracy,
         dir.display()
     );
     // The model is saved; a report that cannot be drawn is worth a warning, not a failure.
@@ -340,69 +244,4 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         Err(e) => eprintln!("warning: no report: {e}"),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Metrics of `head` on `data`.
-pub fn score(head: &Head, data: &FeatureMatrix, classes: &[String]) -> Metrics {
-    let scores = head.scores(&data.rows, data.dim);
-    Metrics::compute(&data.labels, &argmax_rows(&scores, classes.len()), classes)
-}
-
-/// The verdict on every row of `data`.
-pub fn predictions(head: &Head, data: &FeatureMatrix, classes: &[String]) -> Vec<PredictionRecord> {
-    let scores = head.scores(&data.rows, data.dim);
-    let k = classes.len();
-    argmax_rows(&scores, k)
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| PredictionRecord {
-            path: data.paths[i].clone(),
-            truth: classes[data.labels[i]].clone(),
-            predicted: classes[p].clone(),
-            probability: scores[i * k + p],
-        })
-        .collect()
-}
-
-/// The one history line of a model fitted in one go.
-fn final_record(head: &Head, train: &FeatureMatrix, val: &FeatureMatrix) -> EpochRecord {
-    let loss_and_accuracy = |data: &FeatureMatrix| {
-        if data.is_empty() {
-            return (f64::NAN, f64::NAN);
-        }
-        let scores = head.scores(&data.rows, data.dim);
-        let logs: Vec<f32> = scores.iter().map(|p| p.max(1e-12).ln()).collect();
-        let predicted = argmax_rows(&scores, head.classes());
-        let correct = predicted
-            .iter()
-            .zip(&data.labels)
-            .filter(|(p, t)| p == t)
-            .count();
-        (
-            cross_entropy(&logs, &data.labels, head.classes()),
-            correct as f64 / data.len() as f64,
-        )
-    };
-    let (train_loss, train_accuracy) = loss_and_accuracy(train);
-    let (val_loss, val_accuracy) = loss_and_accuracy(val);
-    EpochRecord {
-        epoch: 1,
-        train_loss,
-        train_accuracy,
-        val_loss,
-        val_accuracy,
-        learning_rate: 0.0,
-    }
-}
-
-/// A short name for DATA: its folder or file stem.
-pub fn data_name(data: &Path) -> String {
-    data.canonicalize()
-        .ok()
-        .as_deref()
-        .unwrap_or(data)
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("data")
-        .to_string()
 }

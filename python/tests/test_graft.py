@@ -1,0 +1,191 @@
+"""The Python package against the command line, on the shared flower photos.
+
+Needs the `graft` binary (GRAFT_BIN, default target/release/graft), the EfficientNet-Lite0
+weights in the store, and ../shared beside the repository, as the Rust tests do."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import graft
+
+REPO = Path(__file__).resolve().parents[2]
+FLOWERS = REPO.parent / "shared" / "data" / "flowers"
+GRAFT_BIN = os.environ.get("GRAFT_BIN", str(REPO / "target" / "release" / "graft"))
+
+
+def cli(*args):
+    """Run the graft binary; its stdout."""
+    out = subprocess.run([GRAFT_BIN, *map(str, args)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def read_cache(cache_dir):
+    """sha256 of the image file -> feature row, from the cache's safetensors shards (the
+    documented format, read without graft)."""
+    rows = {}
+    for shard in Path(cache_dir).rglob("shard-*.safetensors"):
+        raw = shard.read_bytes()
+        size = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8 : 8 + size])
+        meta = header["features"]
+        start, end = meta["data_offsets"]
+        data = np.frombuffer(raw[8 + size + start : 8 + size + end], dtype="<f4")
+        matrix = data.reshape(meta["shape"])
+        for key, row in zip(json.loads(header["__metadata__"]["keys"]), matrix):
+            rows[key] = row
+    return rows
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def photos(count_per_class):
+    return [
+        path
+        for cls in sorted(p.name for p in FLOWERS.iterdir() if p.is_dir())
+        for path in sorted((FLOWERS / cls).iterdir())[:count_per_class]
+    ]
+
+
+@pytest.fixture(scope="module")
+def cli_cache(tmp_path_factory):
+    """The shared flowers extracted by `graft extract` into a fresh cache."""
+    cache = tmp_path_factory.mktemp("cli-cache")
+    cli("extract", FLOWERS, "--cache-dir", cache)
+    return cache
+
+
+def test_features_equal_the_cli_cache_bit_for_bit(cli_cache, tmp_path):
+    cached = read_cache(cli_cache)
+    assert len(cached) >= 1400
+    # Backbone.features on every photo, computed afresh.
+    all_photos = photos(10_000)
+    rows = graft.Backbone("efficientnet-lite0").features([str(p) for p in all_photos])
+    assert rows.dtype == np.float32 and rows.shape == (len(all_photos), 1280)
+    for path, row in zip(all_photos, rows):
+        assert np.array_equal(row, cached[sha256(path)]), path
+    # graft.extract through a cache of its own.
+    features, labels, paths = graft.extract(FLOWERS, cache_dir=tmp_path, progress=False)
+    assert features.shape == (len(all_photos), 1280)
+    for path, label, row in zip(paths, labels, features):
+        assert Path(path).parent.name == label
+        assert np.array_equal(row, cached[sha256(path)]), path
+
+
+def test_arrays_are_images_too():
+    backbone = graft.Backbone()
+    pixels = np.random.default_rng(0).integers(0, 256, size=(3, 150, 200, 3), dtype=np.uint8)
+    together = backbone.features(pixels)
+    assert together.shape == (3, 1280)
+    for i in range(3):
+        assert np.array_equal(backbone.features(pixels[i]), together[i : i + 1])
+    assert not np.array_equal(together[0], together[1])
+    with pytest.raises(ValueError, match="HxWx3"):
+        backbone.features(np.zeros((10, 10), dtype=np.uint8))
+
+
+def test_sklearn_on_extracted_features_matches_the_logreg_recipe(cli_cache, tmp_path):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    run = tmp_path / "logreg"
+    cli("train", FLOWERS, "--recipe", "logreg", "--cache-dir", cli_cache, "--out", run)
+    recipe_accuracy = json.loads((run / "metrics.json").read_text())["val"]["accuracy"]
+
+    x_train, y_train, _ = graft.extract(FLOWERS, split="train", cache_dir=cli_cache, progress=False)
+    x_val, y_val, _ = graft.extract(FLOWERS, split="val", cache_dir=cli_cache, progress=False)
+    scaler = StandardScaler().fit(x_train)
+    # linfa's objective is sum(log-loss) + alpha/2 |W|^2 (intercept free) with alpha 1:
+    # scikit-learn's C = 1, solved to convergence (its default tol stops 16 iterations in).
+    classifier = LogisticRegression(C=1.0, tol=1e-6, max_iter=2000)
+    classifier.fit(scaler.transform(x_train), y_train)
+    accuracy = classifier.score(scaler.transform(x_val), y_val)
+    assert abs(accuracy - recipe_accuracy) <= 0.005, (accuracy, recipe_accuracy)
+
+
+def test_model_predict_equals_graft_predict(cli_cache, tmp_path):
+    run = tmp_path / "head"
+    model = graft.train(FLOWERS, recipe="head", out=run, cache_dir=cli_cache, progress=False)
+    assert model.classes == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+    assert (run / "model.json").is_file() and model.recipe == "head"
+    fifty = photos(10)
+    ours = model.predict([str(p) for p in fifty], top=3)
+    theirs = json.loads(cli("predict", "--model", run, "--json", "--top", "3", *fifty))
+    assert len(ours) == len(theirs["images"]) == 50
+    for mine, image in zip(ours, theirs["images"]):
+        assert [p["label"] for p in mine] == [p["label"] for p in image["predictions"]]
+        for p, q in zip(mine, image["predictions"]):
+            assert np.float32(p["probability"]) == np.float32(q["probability"])
+    # graft.open reads the same run directory.
+    reopened = graft.open(run)
+    assert reopened.predict(str(fifty[0]), top=3) == ours[:1]
+    metrics = reopened.evaluate(FLOWERS)
+    assert 0.8 < metrics["accuracy"] <= 1.0
+
+
+def test_a_bad_image_raises_an_error_that_names_it(cli_cache, tmp_path):
+    run = tmp_path / "knn"
+    model = graft.train(FLOWERS, recipe="knn", out=run, cache_dir=cli_cache, progress=False)
+    bad = tmp_path / "truncated.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    good = [str(p) for p in photos(1)[:2]]
+    with pytest.raises(graft.ImageError) as caught:
+        model.predict([good[0], str(bad), good[1]])
+    error = caught.value
+    assert "truncated.jpg" in str(error)
+    assert error.paths == [str(bad)]
+    assert error.results[1] is None
+    assert error.results[0] == model.predict(good[0])[0]
+    assert error.results[2] == model.predict(good[1])[0]
+    assert isinstance(error, graft.GraftError)
+
+
+def test_ctrl_c_stops_extract_and_a_rerun_resumes(tmp_path):
+    data = tmp_path / "flowers"
+    for path in photos(16):
+        (data / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, data / path.parent.name / path.name)
+    cache = tmp_path / "cache"
+    script = textwrap.dedent(
+        f"""
+        import os, signal, graft
+        notes, batches = [], []
+        def progress(event, *args):
+            if event == "advance":
+                batches.append(args[0])
+                if len(batches) == 3:
+                    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C after two batches
+            if event == "note":
+                notes.append(args[0])
+        try:
+            graft.extract({str(data)!r}, cache_dir={str(cache)!r}, batch_size=8, progress=progress)
+            print("finished")
+        except KeyboardInterrupt:
+            print("interrupted")
+        notes.clear()
+        features, labels, paths = graft.extract({str(data)!r}, cache_dir={str(cache)!r}, batch_size=8, progress=progress)
+        print(len(paths))
+        print(notes[-1])
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "interrupted", out.stdout
+    assert lines[1] == "80"
+    summary = lines[2]
+    assert summary.startswith("features: 80 images (extracted "), summary
+    extracted = int(summary.split("extracted ")[1].split(",")[0])
+    reused = int(summary.split("reused ")[1].split(",")[0])
+    assert extracted + reused == 80 and 0 < reused < 80, summary

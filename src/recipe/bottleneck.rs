@@ -1,0 +1,428 @@
+//! Recipe 2 from a labelled folder to a run directory: the frozen backbone's pooled features
+//! (extracted once into the content-addressed cache, reused after), then a new top on them.
+//!
+//! ```no_run
+//! use graft::progress::Silent;
+//! use graft::recipe::bottleneck::{self, BottleneckOptions};
+//!
+//! let run = bottleneck::train(
+//!     "../shared/data/flowers".as_ref(),
+//!     "runs/flowers-head".as_ref(),
+//!     &BottleneckOptions::default(),
+//!     &mut Silent,
+//! )?;
+//! println!("validation accuracy {:.4}", run.metrics.val.accuracy);
+//! # Ok::<(), graft::recipe::RecipeError>(())
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use crate::backbone::Backbone;
+use crate::data::DecodeLimits;
+use crate::data::dataset::{self, Dataset, Sample, SplitOptions};
+use crate::features::cache::FeatureCache;
+use crate::features::{ExtractSummary, FeatureMatrix, labelled_features};
+use crate::head::Head;
+use crate::metrics::{Metrics, argmax_rows};
+use crate::progress::Progress;
+use crate::run::{self, DataRecord, ModelCard, PredictionRecord, RunMetrics};
+use crate::train::classical::{self, ClassicalOptions};
+use crate::train::dense::{DenseOptions, train_dense};
+use crate::train::{EpochRecord, Recipe, cross_entropy};
+
+use super::{BackboneChoice, RecipeError, cache_root};
+
+/// Everything recipe 2 needs besides the data. The defaults are the documented ones (those of
+/// `graft train`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BottleneckOptions {
+    /// `Head` (default), `Logreg`, `Svm` or `Knn`.
+    pub recipe: Recipe,
+    pub backbone: BackboneChoice,
+    /// The split used when the data has no `train/` and `val/` of its own.
+    pub split: SplitOptions,
+    /// The dense head's options (its seed is the split's).
+    pub dense: DenseOptions,
+    pub classical: ClassicalOptions,
+    /// Feature cache root (default `$GRAFT_HOME/features`).
+    pub cache_dir: Option<PathBuf>,
+    /// Images per forward pass while extracting.
+    pub extract_batch_size: usize,
+}
+
+impl Default for BottleneckOptions {
+    fn default() -> Self {
+        Self {
+            recipe: Recipe::Head,
+            backbone: BackboneChoice::default(),
+            split: SplitOptions::default(),
+            dense: DenseOptions::default(),
+            classical: ClassicalOptions::default(),
+            cache_dir: None,
+            extract_batch_size: 32,
+        }
+    }
+}
+
+/// A finished training, as saved in its run directory.
+#[derive(Debug, Clone)]
+pub struct TrainedRun {
+    pub dir: PathBuf,
+    pub card: ModelCard,
+    pub head: Head,
+    pub metrics: RunMetrics,
+    pub history: Vec<EpochRecord>,
+    /// The epoch whose loss became NaN or infinite, when one did (the best earlier epoch kept).
+    pub diverged_at: Option<usize>,
+}
+
+/// A top fitted on features, before it is saved.
+#[derive(Debug, Clone)]
+pub struct FittedTop {
+    pub head: Head,
+    pub history: Vec<EpochRecord>,
+    /// The epoch whose weights were kept (`None` for the models fitted in one go).
+    pub best_epoch: Option<usize>,
+    pub diverged_at: Option<usize>,
+    /// The options as the run directory records them.
+    pub hyperparameters: serde_json::Value,
+}
+
+/// Recipe 2 on the labelled images under `data` (a folder of class folders, or a CSV of
+/// `path,label`), saved in `out`.
+pub fn train(
+    data: &Path,
+    out: &Path,
+    options: &BottleneckOptions,
+    progress: &mut dyn Progress,
+) -> Result<TrainedRun, RecipeError> {
+    let dataset = open_dataset(data, options.split, progress)?;
+    let backbone = options.backbone.load(false)?;
+    let mut cache = open_cache(&backbone, options.cache_dir.as_deref(), progress)?;
+    let (mut matrices, _) = features(
+        &backbone,
+        &mut cache,
+        &[&dataset.train, &dataset.val],
+        options.extract_batch_size,
+        progress,
+    )?;
+    // cannot fail: two groups in, two matrices out
+    let val = matrices.pop().expect("two matrices");
+    let train = matrices.pop().expect("two matrices");
+    train_on_features(
+        (data, &dataset),
+        &backbone,
+        (&train, &val),
+        out,
+        options,
+        progress,
+    )
+}
+
+/// The labelled images under `data`, with what listing left out noted; an error when there
+/// is nothing to train on.
+pub fn open_dataset(
+    data: &Path,
+    split: SplitOptions,
+    progress: &mut dyn Progress,
+) -> Result<Dataset, RecipeError> {
+    let dataset = dataset::open(data, split)?;
+    if dataset.skipped.hidden + dataset.skipped.not_image > 0 {
+        progress.note(&format!(
+            "skipped {} hidden and {} non-image files",
+            dataset.skipped.hidden, dataset.skipped.not_image
+        ));
+    }
+    for class in &dataset.empty_classes {
+        progress.note(&format!("warning: class `{class}` has no images"));
+    }
+    if dataset.train.is_empty() {
+        return Err(RecipeError::Invalid(format!(
+            "{}: no training images",
+            data.display()
+        )));
+    }
+    Ok(dataset)
+}
+
+/// `backbone`'s feature cache under `dir` (default `$GRAFT_HOME/features`), noting the shards
+/// that failed their checksum and were set aside.
+pub fn open_cache(
+    backbone: &Backbone,
+    dir: Option<&Path>,
+    progress: &mut dyn Progress,
+) -> Result<FeatureCache, RecipeError> {
+    let cache = FeatureCache::open(&cache_root(dir), backbone)?;
+    for shard in &cache.quarantined {
+        progress.note(&format!(
+            "warning: {}: checksum failed; set aside, its rows will be recomputed",
+            shard.display()
+        ));
+    }
+    Ok(cache)
+}
+
+/// Features of each group of samples, one matrix per group, extracting what the cache lacks
+/// (one progress phase). Unreadable images are noted, one line each, and left out; the
+/// summary's keys follow the samples of all groups in order. Ctrl-C stops after the batch in
+/// flight with [`RecipeError::Interrupted`], every finished batch kept in the cache.
+pub fn features(
+    backbone: &Backbone,
+    cache: &mut FeatureCache,
+    groups: &[&[Sample]],
+    batch_size: usize,
+    progress: &mut dyn Progress,
+) -> Result<(Vec<FeatureMatrix>, ExtractSummary), RecipeError> {
+    let total: usize = groups.iter().map(|g| g.len()).sum();
+    progress.start("features", total, "images");
+    let mut all = ExtractSummary::default();
+    let mut matrices = Vec::with_capacity(groups.len());
+    for samples in groups {
+        let (matrix, summary) = labelled_features(
+            backbone,
+            cache,
+            samples,
+            batch_size,
+            DecodeLimits::default(),
+            |n| progress.advance(n),
+        )?;
+        if summary.interrupted {
+            progress.finish();
+            return Err(crate::interrupt::Interrupted(format!(
+                "{} feature rows are safely in {}; run the same command again to continue",
+                cache.len(),
+                cache.dir().display()
+            ))
+            .into());
+        }
+        matrices.push(matrix);
+        all.extracted += summary.extracted;
+        all.reused += summary.reused;
+        all.skipped.extend(summary.skipped);
+        all.keys.extend(summary.keys);
+    }
+    progress.finish();
+    for e in &all.skipped {
+        progress.note(&format!("error: {e} (skipped)"));
+    }
+    progress.note(&format!(
+        "features: {total} images (extracted {}, reused {}, skipped {})",
+        all.extracted,
+        all.reused,
+        all.skipped.len()
+    ));
+    Ok((matrices, all))
+}
+
+/// Fit `options.recipe`'s top on `train`, early-stopping on `val` (the dense head).
+pub fn fit_top(
+    train: &FeatureMatrix,
+    val: &FeatureMatrix,
+    classes: &[String],
+    options: &BottleneckOptions,
+    progress: &mut dyn Progress,
+) -> Result<FittedTop, RecipeError> {
+    let serialized = |value: Result<serde_json::Value, serde_json::Error>| {
+        value.map_err(|e| RecipeError::Invalid(format!("recording the options: {e}")))
+    };
+    if options.recipe == Recipe::Head {
+        let dense = &options.dense;
+        progress.start("train", dense.epochs, "epochs");
+        let result = train_dense(train, val, classes.len(), dense, |r| {
+            progress.status(&format!(
+                "loss {:.4} acc {:.3} | val loss {:.4} acc {:.3}",
+                r.train_loss, r.train_accuracy, r.val_loss, r.val_accuracy
+            ));
+            progress.advance(1);
+        });
+        progress.finish();
+        if let Some(epoch) = result.diverged_at {
+            progress.note(&format!(
+                "warning: the loss became NaN or infinite in epoch {epoch}; training stopped \
+                 there and kept the best earlier epoch. Lower the learning rate (now {:e}).",
+                dense.learning_rate
+            ));
+            if result.history.is_empty() {
+                return Err(RecipeError::Invalid(format!(
+                    "no epoch finished before the loss diverged: lower the learning rate (now {:e})",
+                    dense.learning_rate
+                )));
+            }
+        }
+        progress.note(&format!(
+            "trained {} epochs, kept epoch {} (lowest validation loss)",
+            result.history.len(),
+            result.best_epoch
+        ));
+        return Ok(FittedTop {
+            head: result.head,
+            history: result.history,
+            best_epoch: Some(result.best_epoch),
+            diverged_at: result.diverged_at,
+            hyperparameters: serialized(serde_json::to_value(dense))?,
+        });
+    }
+    let started = std::time::Instant::now();
+    let classical_options = &options.classical;
+    let head = match options.recipe {
+        Recipe::Logreg => classical::fit_logreg(train, classes, classical_options)?,
+        Recipe::Svm => classical::fit_svm(train, classes, classical_options)?,
+        Recipe::Knn => classical::fit_knn(train, classes, classical_options)?,
+        Recipe::Head | Recipe::Finetune => {
+            return Err(RecipeError::Invalid(format!(
+                "recipe {} is not fitted on cached features alone",
+                options.recipe.name()
+            )));
+        }
+    };
+    progress.note(&format!(
+        "fitted in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+    let history = vec![final_record(&head, train, val)];
+    Ok(FittedTop {
+        head,
+        history,
+        best_epoch: None,
+        diverged_at: None,
+        hyperparameters: serialized(serde_json::to_value(classical_options))?,
+    })
+}
+
+/// Recipe 2 on features already extracted: fit, score, save in `out`.
+pub fn train_on_features(
+    (data, dataset): (&Path, &Dataset),
+    backbone: &Backbone,
+    (train, val): (&FeatureMatrix, &FeatureMatrix),
+    out: &Path,
+    options: &BottleneckOptions,
+    progress: &mut dyn Progress,
+) -> Result<TrainedRun, RecipeError> {
+    let classes = &dataset.classes;
+    progress.note(&format!(
+        "recipe {}: {} train / {} val images, {} classes, {}-d features of {}",
+        options.recipe.name(),
+        train.len(),
+        val.len(),
+        classes.len(),
+        train.dim,
+        backbone.config.name
+    ));
+    let fitted = fit_top(train, val, classes, options, progress)?;
+    // A backbone from explicit weights travels with the run, so predict and evaluate find it.
+    let explicit_weights = options.backbone.weights_file()?.map(|file| {
+        let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("bin");
+        (file.clone(), format!("backbone.{ext}"))
+    });
+    let card = ModelCard {
+        graft_version: env!("CARGO_PKG_VERSION").into(),
+        recipe: options.recipe,
+        backbone: backbone.config.name.clone(),
+        weights_id: backbone.weights_id.clone(),
+        source: backbone.config.clone(),
+        preprocessing: backbone.config.preprocessing_id(),
+        feature_dim: backbone.config.feature_dim,
+        classes: classes.clone(),
+        hyperparameters: fitted.hyperparameters,
+        data: DataRecord::new(
+            data,
+            &dataset.split,
+            options.split.seed,
+            train.len(),
+            val.len(),
+        ),
+        backbone_file: explicit_weights.as_ref().map(|(_, name)| name.clone()),
+    };
+    let metrics = RunMetrics {
+        train_size: train.len(),
+        val_size: val.len(),
+        best_epoch: fitted.best_epoch,
+        train_accuracy: score(&fitted.head, train, classes).accuracy,
+        val: score(&fitted.head, val, classes),
+    };
+    let predictions = predictions(&fitted.head, val, classes);
+    run::save(
+        out,
+        &card,
+        &fitted.head,
+        &metrics,
+        &fitted.history,
+        &predictions,
+    )?;
+    if let Some((file, name)) = &explicit_weights {
+        std::fs::copy(file, out.join(name)).map_err(crate::run::io(file))?;
+    }
+    Ok(TrainedRun {
+        dir: out.to_path_buf(),
+        card,
+        head: fitted.head,
+        metrics,
+        history: fitted.history,
+        diverged_at: fitted.diverged_at,
+    })
+}
+
+/// Metrics of `head` on `data`.
+pub fn score(head: &Head, data: &FeatureMatrix, classes: &[String]) -> Metrics {
+    let scores = head.scores(&data.rows, data.dim);
+    Metrics::compute(&data.labels, &argmax_rows(&scores, classes.len()), classes)
+}
+
+/// The verdict on every row of `data`.
+pub fn predictions(head: &Head, data: &FeatureMatrix, classes: &[String]) -> Vec<PredictionRecord> {
+    let scores = head.scores(&data.rows, data.dim);
+    let k = classes.len();
+    argmax_rows(&scores, k)
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| PredictionRecord {
+            path: data.paths[i].clone(),
+            truth: classes[data.labels[i]].clone(),
+            predicted: classes[p].clone(),
+            probability: scores[i * k + p],
+        })
+        .collect()
+}
+
+/// The one history line of a model fitted in one go.
+fn final_record(head: &Head, train: &FeatureMatrix, val: &FeatureMatrix) -> EpochRecord {
+    let loss_and_accuracy = |data: &FeatureMatrix| {
+        if data.is_empty() {
+            return (f64::NAN, f64::NAN);
+        }
+        let scores = head.scores(&data.rows, data.dim);
+        let logs: Vec<f32> = scores.iter().map(|p| p.max(1e-12).ln()).collect();
+        let predicted = argmax_rows(&scores, head.classes());
+        let correct = predicted
+            .iter()
+            .zip(&data.labels)
+            .filter(|(p, t)| p == t)
+            .count();
+        (
+            cross_entropy(&logs, &data.labels, head.classes()),
+            correct as f64 / data.len() as f64,
+        )
+    };
+    let (train_loss, train_accuracy) = loss_and_accuracy(train);
+    let (val_loss, val_accuracy) = loss_and_accuracy(val);
+    EpochRecord {
+        epoch: 1,
+        train_loss,
+        train_accuracy,
+        val_loss,
+        val_accuracy,
+        learning_rate: 0.0,
+    }
+}
+
+/// A short name for a data path: its folder or file stem.
+pub fn data_name(data: &Path) -> String {
+    data.canonicalize()
+        .ok()
+        .as_deref()
+        .unwrap_or(data)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("data")
+        .to_string()
+}

@@ -1,0 +1,140 @@
+//! The recipes as library calls: everything the command line does between parsing its flags
+//! and printing the result, so a Rust program (or the Python package) runs the same recipe
+//! without spawning `graft`.
+//!
+//! - [`BackboneChoice`]: a backbone name and, optionally, weights other than the store's.
+//! - [`bottleneck::train`]: recipe 2 (a new head, logistic regression, linear SVM or kNN on
+//!   the frozen backbone's cached features), from a labelled folder to a run directory.
+//! - [`crate::run::TrainedModel`]: a run directory opened again, to predict or evaluate.
+//!
+//! Progress goes to a [`Progress`](crate::progress::Progress); errors name files and values,
+//! never command-line flags.
+
+pub mod bottleneck;
+mod model;
+
+use std::path::{Path, PathBuf};
+
+use crate::backbone::{self, Backbone, BackboneInfo, LoadOptions, PaddingMode};
+use crate::data::dataset::DatasetError;
+use crate::features::cache::CacheError;
+use crate::run::RunError;
+use crate::train::classical::FitError;
+use crate::weights::{WeightsError, store};
+
+/// Why a recipe stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    #[error("unknown backbone `{0}`; known backbones: {known}", known = backbone::known_names())]
+    UnknownBackbone(String),
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    Fit(#[from] FitError),
+    /// Stopped on request (Ctrl-C); everything finished so far is kept and a rerun resumes.
+    #[error(transparent)]
+    Interrupted(#[from] crate::interrupt::Interrupted),
+    /// Options or data that the recipe cannot work with; the message says which.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Which pretrained backbone, and which weights for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackboneChoice {
+    /// A registry name (`efficientnet-lite0`, `mobilenet-v2`, ...).
+    pub name: String,
+    /// Weights instead of the store's: a checkpoint file, or the run directory of
+    /// `graft pretrain` or a fine-tuning (its adapted backbone).
+    pub weights: Option<PathBuf>,
+    /// Override of the weights' padding convention (experiments only).
+    pub padding: Option<PaddingMode>,
+}
+
+impl Default for BackboneChoice {
+    fn default() -> Self {
+        Self::new("efficientnet-lite0")
+    }
+}
+
+impl BackboneChoice {
+    /// `name` with the store's weights.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            weights: None,
+            padding: None,
+        }
+    }
+
+    /// The registry entry of the name.
+    pub fn info(&self) -> Result<&'static BackboneInfo, RecipeError> {
+        backbone::find(&self.name).ok_or_else(|| RecipeError::UnknownBackbone(self.name.clone()))
+    }
+
+    /// The checkpoint file `weights` names (a run directory's backbone file), if any, checked
+    /// to hold this backbone.
+    pub fn weights_file(&self) -> Result<Option<PathBuf>, RecipeError> {
+        let Some(path) = &self.weights else {
+            return Ok(None);
+        };
+        if !path.is_dir() {
+            return Ok(Some(path.clone()));
+        }
+        let (file, name) = crate::adapted::backbone_of_run(path)?;
+        let info = self.info()?;
+        let held =
+            backbone::find(&name).ok_or_else(|| RecipeError::UnknownBackbone(name.clone()))?;
+        if held.name != info.name {
+            return Err(RecipeError::Invalid(format!(
+                "{}: holds a {name} backbone, not {}; choose backbone {name}",
+                path.display(),
+                info.name
+            )));
+        }
+        Ok(Some(file))
+    }
+
+    /// The checkpoint to load: the given weights or the store's.
+    pub fn weights_path(&self) -> Result<PathBuf, RecipeError> {
+        Ok(store::resolve(
+            self.info()?,
+            self.weights_file()?.as_deref(),
+        )?)
+    }
+
+    /// Load for inference (predict, extract, evaluate): BatchNorm folded into the convs.
+    pub fn load(&self, include_top: bool) -> Result<Backbone, RecipeError> {
+        Ok(self.load_unfolded(include_top)?.for_inference())
+    }
+
+    /// Load for training (fine-tuning, pretraining): BatchNorm kept as its own layer.
+    pub fn load_trainable(&self) -> Result<Backbone, RecipeError> {
+        self.load_unfolded(false)
+    }
+
+    fn load_unfolded(&self, include_top: bool) -> Result<Backbone, RecipeError> {
+        let options = LoadOptions {
+            include_top,
+            padding: self.padding,
+        };
+        let path = self.weights_path()?;
+        Ok(Backbone::load(
+            self.info()?,
+            &path,
+            options,
+            &crate::backend::device(),
+        )?)
+    }
+}
+
+/// The feature cache root: `dir`, or `$GRAFT_HOME/features`.
+pub fn cache_root(dir: Option<&Path>) -> PathBuf {
+    dir.map_or_else(|| store::graft_home().join("features"), Path::to_path_buf)
+}

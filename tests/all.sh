@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Every test of graft: the weights the tests need, the Rust suites (unit, integration, doc
+# examples, examples/), then the Python package built as a wheel, installed into a fresh
+# virtual environment and tested with pytest against the command line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo run --release -q -- weights fetch efficientnet-lite0 efficientnet-lite1 efficientnet-lite2
+cargo test --release
+
+venv=target/python-venv
+rm -rf "$venv"
+python3 -m venv "$venv"
+"$venv/bin/pip" install -q --upgrade pip
+"$venv/bin/pip" install -q "maturin>=1.5,<2" numpy pytest scikit-learn tqdm
+rm -rf target/wheels
+"$venv/bin/maturin" build --release -q -m python/Cargo.toml -o target/wheels
+"$venv/bin/pip" install -q target/wheels/graft-*.whl
+GRAFT_BIN="$PWD/target/release/graft" "$venv/bin/pytest" -q python/tests
