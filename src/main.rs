@@ -25,6 +25,15 @@ fn main() -> ExitCode {
             eprintln!("warning: cannot set --threads {threads}: {e}");
         }
     }
+    // Before any work: every model and tensor lives on the device picked here.
+    match graft::backend::set_device_choice(args.device.into()) {
+        Ok(Some(note)) => eprintln!("{note}"),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("error: --device {}: {e}", args.device.name());
+            return ExitCode::from(2);
+        }
+    }
     if let Err(e) = graft::interrupt::install() {
         eprintln!("warning: Ctrl-C will not stop cleanly: {e}");
     }

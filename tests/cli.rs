@@ -299,4 +299,57 @@ fn predict_searches_folders_and_writes_a_csv_row_per_image() {
 
 fn csv_reader(path: &std::path::Path) -> csv::Reader<std::fs::File> {
     csv::Reader::from_path(path).unwrap()
+
+/// Whether this test binary's graft was built with a GPU backend (then a GPU may be found).
+const GPU_BUILD: bool = cfg!(any(feature = "vulkan", feature = "wgpu", feature = "cuda"));
+
+#[test]
+fn device_auto_without_a_gpu_says_so_in_one_line_and_uses_the_cpu() {
+    let out = graft()
+        .args(["--device", "auto", "summary", "--no-top"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Total params"));
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].starts_with("device: auto "), "{stderr}");
+    if !GPU_BUILD {
+        assert!(lines[0].contains("no usable GPU"), "{stderr}");
+        assert!(lines[0].contains("built without a GPU backend"), "{stderr}");
+        assert!(lines[0].ends_with("using the CPU"), "{stderr}");
+    }
+}
+
+#[test]
+fn device_gpu_without_a_gpu_fails_with_one_line_and_exit_code_2() {
+    if GPU_BUILD {
+        return; // a GPU build may find one; this is the GPU-less build's contract
+    }
+    let out = graft()
+        .args(["--device", "gpu", "predict"])
+        .arg(golden_lite0().join("bird.bmp"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing classified");
+    assert_eq!(
+        stderr.trim_end(),
+        "error: --device gpu: this graft was built without a GPU backend \
+         (rebuild with --features vulkan)"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn device_cpu_is_the_default_and_prints_nothing() {
+    let out = graft().args(["summary", "--no-top"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

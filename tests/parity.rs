@@ -128,7 +128,7 @@ fn efficientnet_lite0_matches_pytorch_features_logits_and_activations() {
     check_taps(&backbone, &golden_lite0(), 1e-4);
     // The inference form (BatchNorm folded, fused CPU kernels) to the same precision.
     let fused = backbone.for_inference();
-    assert_eq!(fused.fused().is_some(), !cfg!(feature = "cuda"));
+    assert_eq!(fused.fused().is_some(), graft::backend::fused_cpu());
     check_outputs(&fused, &golden_lite0(), "logits", true);
     check_taps(&fused, &golden_lite0(), 1e-4);
 }

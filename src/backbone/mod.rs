@@ -272,7 +272,7 @@ impl Backbone {
     /// unchanged up to float rounding; it can no longer be fine-tuned.
     pub fn for_inference(mut self) -> Self {
         self.net.fold_batch_norm();
-        if !cfg!(feature = "cuda") {
+        if crate::backend::fused_cpu() {
             self.fused = Some(Arc::new(FusedNet::new(&self.net)));
         }
         self
@@ -319,7 +319,7 @@ impl Backbone {
         forward: impl Fn(&MbNet, Tensor<4>) -> Tensor<2> + Sync,
     ) -> Tensor<2> {
         let n = batch.dims()[0];
-        if cfg!(feature = "cuda") || n <= CPU_SLICE {
+        if !crate::backend::fused_cpu() || n <= CPU_SLICE {
             return forward(&self.net, batch);
         }
         let device = batch.device();
@@ -460,7 +460,7 @@ mod tests {
             );
             let expected = net.forward_logits(x.clone()).unwrap();
             let backbone = Backbone::new(config, net, "random".into()).for_inference();
-            assert!(backbone.fused().is_some() || cfg!(feature = "cuda"));
+            assert_eq!(backbone.fused().is_some(), crate::backend::fused_cpu());
             let got = backbone.logits(x.clone()).unwrap();
             let diff: f32 = (got - expected).abs().max().into_scalar();
             assert!(diff < 1e-4, "{padding:?}: fused logits differ by {diff}");

@@ -32,6 +32,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
 
+    /// Where the network runs: `cpu` (graft's fused CPU kernels), `gpu` (fails when there is
+    /// none), or `auto` (a GPU when one is usable, else the CPU; says which on stderr). A GPU
+    /// needs a build with `--features vulkan` (or `wgpu`, `cuda`).
+    #[arg(long, global = true, value_enum, default_value_t = DeviceArg::Cpu, value_name = "DEVICE")]
+    pub device: DeviceArg,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -76,6 +82,35 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Report(args) => report::run(args),
         Command::Weights(command) => weights::run(command),
         Command::Bench(args) => bench::run(args),
+    }
+}
+
+/// `--device`: see [`graft::backend::DeviceChoice`].
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+    Gpu,
+    Auto,
+}
+
+impl DeviceArg {
+    /// The value as typed, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceArg::Cpu => "cpu",
+            DeviceArg::Gpu => "gpu",
+            DeviceArg::Auto => "auto",
+        }
+    }
+}
+
+impl From<DeviceArg> for graft::backend::DeviceChoice {
+    fn from(d: DeviceArg) -> Self {
+        match d {
+            DeviceArg::Cpu => Self::Cpu,
+            DeviceArg::Gpu => Self::Gpu,
+            DeviceArg::Auto => Self::Auto,
+        }
     }
 }
 

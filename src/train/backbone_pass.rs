@@ -25,7 +25,7 @@ pub enum BackbonePass {
 /// The pass a training step uses: [`BackbonePass::Fused`] on the CPU with frozen BatchNorm,
 /// else [`BackbonePass::Burn`].
 pub fn training_pass(bn_mode: BnMode) -> BackbonePass {
-    if cfg!(feature = "cuda") || bn_mode != BnMode::Frozen {
+    if !crate::backend::fused_cpu() || bn_mode != BnMode::Frozen {
         BackbonePass::Burn
     } else {
         BackbonePass::Fused

@@ -279,7 +279,7 @@ impl FrozenPrefix {
     /// The prefix for a stage training `trainable`; `None` when the stem trains, on a GPU, or
     /// with BatchNorm on batch statistics.
     pub fn for_stage(net: &MbNet, trainable: &[usize], bn_mode: BnMode) -> Option<Self> {
-        if cfg!(feature = "cuda") || bn_mode != BnMode::Frozen {
+        if !crate::backend::fused_cpu() || bn_mode != BnMode::Frozen {
             return None;
         }
         let blocks = net.first_trainable_block(trainable)?;
@@ -410,7 +410,7 @@ fn validate(
     let device = crate::backend::device();
     let classes = model.top.weight.dims()[1];
     // The backbone by the fused CPU kernels (BatchNorm on running statistics, as here).
-    let fused = (!cfg!(feature = "cuda")).then(|| FusedNet::new(&model.net));
+    let fused = crate::backend::fused_cpu().then(|| FusedNet::new(&model.net));
     let (mut loss, mut correct) = (0.0f64, 0usize);
     for (chunk, labels) in examples
         .paths
