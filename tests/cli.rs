@@ -299,6 +299,7 @@ fn predict_searches_folders_and_writes_a_csv_row_per_image() {
 
 fn csv_reader(path: &std::path::Path) -> csv::Reader<std::fs::File> {
     csv::Reader::from_path(path).unwrap()
+}
 
 /// Whether this test binary's graft was built with a GPU backend (then a GPU may be found).
 const GPU_BUILD: bool = cfg!(any(feature = "vulkan", feature = "wgpu", feature = "cuda"));
