@@ -445,6 +445,9 @@ fn open(py: Python<'_>, run_dir: PathBuf, weights: Option<PathBuf>) -> PyResult<
     Ok(Model { inner })
 }
 
+/// `(features [N, dim] float32, labels, paths)`.
+type Extracted<'py> = (Bound<'py, PyArray2<f32>>, Vec<String>, Vec<PathBuf>);
+
 /// Cached features of a labelled folder: `(features [N, dim] float32, labels, paths)`.
 #[pyfunction]
 #[pyo3(signature = (folder, backbone = "efficientnet-lite0", weights = None, cache_dir = None, split = "all", val_fraction = 0.2, seed = 0, batch_size = 32, progress = None))]
@@ -460,7 +463,7 @@ fn extract<'py>(
     seed: u64,
     batch_size: usize,
     progress: Option<Py<PyAny>>,
-) -> PyResult<(Bound<'py, PyArray2<f32>>, Vec<String>, Vec<PathBuf>)> {
+) -> PyResult<Extracted<'py>> {
     if !matches!(split, "all" | "train" | "val") {
         return Err(PyValueError::new_err(format!(
             "split must be \"all\", \"train\" or \"val\", got {split:?}"
