@@ -61,15 +61,7 @@ pub fn open_cache(backbone: &Backbone, dir: Option<&PathBuf>) -> Result<FeatureC
 
 /// Print what listing the dataset left out.
 pub fn report_listing(data: &Dataset) {
-    if data.skipped.hidden + data.skipped.not_image > 0 {
-        eprintln!(
-            "skipped {} hidden and {} non-image files",
-            data.skipped.hidden, data.skipped.not_image
-        );
-    }
-    for class in &data.empty_classes {
-        eprintln!("warning: class `{class}` has no images");
-    }
+    bottleneck::note_listing(data, &mut Bars::default());
 }
 
 /// Features of each group of samples, extracting what the cache lacks under one progress bar

@@ -127,6 +127,18 @@ pub fn open_dataset(
     progress: &mut dyn Progress,
 ) -> Result<Dataset, RecipeError> {
     let dataset = dataset::open(data, split)?;
+    note_listing(&dataset, progress);
+    if dataset.train.is_empty() {
+        return Err(RecipeError::Invalid(format!(
+            "{}: no training images",
+            data.display()
+        )));
+    }
+    Ok(dataset)
+}
+
+/// Note what listing the dataset left out: hidden and non-image files, empty classes.
+pub fn note_listing(dataset: &Dataset, progress: &mut dyn Progress) {
     if dataset.skipped.hidden + dataset.skipped.not_image > 0 {
         progress.note(&format!(
             "skipped {} hidden and {} non-image files",
@@ -136,13 +148,6 @@ pub fn open_dataset(
     for class in &dataset.empty_classes {
         progress.note(&format!("warning: class `{class}` has no images"));
     }
-    if dataset.train.is_empty() {
-        return Err(RecipeError::Invalid(format!(
-            "{}: no training images",
-            data.display()
-        )));
-    }
-    Ok(dataset)
 }
 
 /// `backbone`'s feature cache under `dir` (default `$GRAFT_HOME/features`), noting the shards
