@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backbone::SourceConfig;
 use crate::run::{RunError, io, read_json, write_json};
-use crate::train::simclr::PretrainEpoch;
+use crate::train::simclr::{PretrainEpoch, SimclrOptions};
 
 pub const PRETRAIN_FILE: &str = "pretrain.json";
 pub const BACKBONE_FILE: &str = "backbone.safetensors";
@@ -28,6 +28,9 @@ pub const CHECKPOINT_DIR: &str = "checkpoint";
 /// `pretrain.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PretrainCard {
+    /// See [`crate::run::SCHEMA_VERSION`].
+    #[serde(default = "crate::run::schema_1")]
+    pub schema_version: u32,
     pub graft_version: String,
     pub method: String,
     pub backbone: String,
@@ -37,7 +40,7 @@ pub struct PretrainCard {
     pub parent_weights_id: Option<String>,
     /// The parent's source config: the adapted backbone is fed exactly like it.
     pub source: SourceConfig,
-    pub options: serde_json::Value,
+    pub options: SimclrOptions,
     #[serde(serialize_with = "crate::util::lossy_path")]
     pub data: PathBuf,
     /// Images pretrained on.
@@ -90,10 +93,10 @@ pub fn save(dir: &Path, card: &PretrainCard, metrics: &PretrainMetrics) -> Resul
 
 /// The card and metrics of the pretraining run in `dir`.
 pub fn load(dir: &Path) -> Result<(PretrainCard, PretrainMetrics), RunError> {
-    Ok((
-        read_json(&dir.join(PRETRAIN_FILE))?,
-        read_json(&dir.join(crate::run::METRICS_FILE))?,
-    ))
+    let path = dir.join(PRETRAIN_FILE);
+    let card: PretrainCard = read_json(&path)?;
+    crate::run::check_schema(&path, card.schema_version)?;
+    Ok((card, read_json(&dir.join(crate::run::METRICS_FILE))?))
 }
 
 /// Whether `dir` is a pretraining run.

@@ -3,18 +3,28 @@
 //!
 //! ```text
 //! RUN_DIR/
-//!   model.json      backbone, weights id, source config (preprocessing), classes, recipe,
-//!                   hyper-parameters, data split, graft version
+//!   model.json      schema version, backbone, weights id, source config (preprocessing),
+//!                   classes, recipe, hyper-parameters (`hyper`), data split, graft version
 //!   head.safetensors  the trained top (see `head`)
 //!   metrics.json    validation metrics and split sizes
 //!   history.csv     one line per epoch
 //!   predictions.json  every validation image: path, true and predicted class, probability
+//!   plan.json       fine-tuning only: the stages and their rates (`train::plan::Plan`)
+//!   backbone.safetensors  fine-tuning only: the fine-tuned backbone
+//!   evaluate-*.json `graft evaluate`'s results (`evaluation`)
 //!   report.html     what `graft report` makes of all this
 //! ```
+
+pub mod evaluation;
+pub mod hyper;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::train::plan::{PLAN_FILE, Plan};
+pub use evaluation::EvaluationRecord;
+pub use hyper::{FinetuneRecord, GroupRateHistory, Hyperparameters};
 
 use crate::backbone::{Backbone, LoadOptions, SourceConfig};
 use crate::head::{Head, HeadError};
@@ -27,6 +37,30 @@ pub const HEAD_FILE: &str = "head.safetensors";
 pub const METRICS_FILE: &str = "metrics.json";
 pub const HISTORY_FILE: &str = "history.csv";
 pub const PREDICTIONS_FILE: &str = "predictions.json";
+
+/// The version of the run directory's records that this graft writes. Run directories written
+/// before the field existed (graft 0.1.0) have the same records and read as version 1; a
+/// higher version, from a newer graft, is refused with a message rather than misread.
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub(crate) fn schema_1() -> u32 {
+    1
+}
+
+/// An error for a record whose schema is newer than this graft reads.
+pub(crate) fn check_schema(path: &Path, version: u32) -> Result<(), RunError> {
+    if version > SCHEMA_VERSION {
+        return Err(RunError::Invalid {
+            path: path.to_path_buf(),
+            problem: format!(
+                "written by a newer graft (run directory schema {version}; this graft {} reads \
+                 up to {SCHEMA_VERSION})",
+                env!("CARGO_PKG_VERSION")
+            ),
+        });
+    }
+    Ok(())
+}
 
 /// The model's verdict on one validation image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,14 +95,23 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
     }
 }
 
+/// How a dataset was split into training and validation images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitKind {
+    /// The dataset's own `train/` and `val/` folders.
+    Folders,
+    /// A stratified random split (`val_fraction`, `seed`).
+    Stratified,
+}
+
 /// How the training data was split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataRecord {
-    /// The DATA argument as given.
+    /// The data path as the user gave it (relative paths stay relative).
     #[serde(serialize_with = "crate::util::lossy_path")]
     pub source: PathBuf,
-    /// `folders` (the dataset's own train/val) or `stratified`.
-    pub split: String,
+    pub split: SplitKind,
     pub val_fraction: f64,
     pub seed: u64,
     pub train_images: usize,
@@ -86,16 +129,29 @@ impl DataRecord {
     ) -> Self {
         use crate::data::dataset::SplitSource;
         let (name, val_fraction) = match split {
-            SplitSource::Folders => ("folders", 0.0),
-            SplitSource::Stratified { val_fraction, .. } => ("stratified", *val_fraction),
+            SplitSource::Folders => (SplitKind::Folders, 0.0),
+            SplitSource::Stratified { val_fraction, .. } => (SplitKind::Stratified, *val_fraction),
         };
         Self {
             source: source.to_path_buf(),
-            split: name.into(),
+            split: name,
             val_fraction,
             seed,
             train_images,
             val_images,
+        }
+    }
+
+    /// The split options that reproduce this split on the same data (a stratified split's
+    /// fraction and seed; the defaults for a dataset with its own folders, which ignores them).
+    pub fn split_options(&self) -> crate::data::dataset::SplitOptions {
+        let defaults = crate::data::dataset::SplitOptions::default();
+        crate::data::dataset::SplitOptions {
+            val_fraction: match self.split {
+                SplitKind::Stratified => self.val_fraction,
+                SplitKind::Folders => defaults.val_fraction,
+            },
+            seed: self.seed,
         }
     }
 }
@@ -103,6 +159,9 @@ impl DataRecord {
 /// `model.json`: what a trained model is and how it was made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelCard {
+    /// See [`SCHEMA_VERSION`].
+    #[serde(default = "schema_1")]
+    pub schema_version: u32,
     pub graft_version: String,
     pub recipe: Recipe,
     pub backbone: String,
@@ -113,7 +172,7 @@ pub struct ModelCard {
     pub preprocessing: String,
     pub feature_dim: usize,
     pub classes: Vec<String>,
-    pub hyperparameters: serde_json::Value,
+    pub hyperparameters: Hyperparameters,
     pub data: DataRecord,
     /// A fine-tuned backbone saved in the run directory (checkpoint key layout); `weights_id`
     /// is then that file's. `None`: the registry's pretrained weights.
@@ -121,12 +180,40 @@ pub struct ModelCard {
     pub backbone_file: Option<String>,
 }
 
+impl ModelCard {
+    /// The card of a `recipe` run on `backbone`'s features (the store's weights; a run with
+    /// its own backbone file sets `weights_id` and `backbone_file` after).
+    pub fn new(
+        recipe: Recipe,
+        backbone: &Backbone,
+        classes: &[String],
+        hyperparameters: Hyperparameters,
+        data: DataRecord,
+    ) -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION,
+            graft_version: env!("CARGO_PKG_VERSION").into(),
+            recipe,
+            backbone: backbone.config.name.clone(),
+            weights_id: backbone.weights_id.clone(),
+            source: backbone.config.clone(),
+            preprocessing: backbone.config.preprocessing_id(),
+            feature_dim: backbone.config.feature_dim,
+            classes: classes.to_vec(),
+            hyperparameters,
+            data,
+            backbone_file: None,
+        }
+    }
+}
+
 /// `metrics.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunMetrics {
     pub train_size: usize,
     pub val_size: usize,
-    /// Epoch whose weights were kept (dense head only).
+    /// Epoch whose weights were kept (the dense head and fine-tuning; `None` for the models
+    /// fitted in one go).
     pub best_epoch: Option<usize>,
     pub train_accuracy: f64,
     /// Scores on the validation split.
@@ -175,7 +262,28 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
 
 /// The `model.json` of a run directory.
 pub fn load_card(dir: &Path) -> Result<ModelCard, RunError> {
-    read_json(&dir.join(MODEL_FILE))
+    let path = dir.join(MODEL_FILE);
+    let card: ModelCard = read_json(&path)?;
+    check_schema(&path, card.schema_version)?;
+    if !card.hyperparameters.matches(card.recipe) {
+        return Err(RunError::Invalid {
+            path,
+            problem: format!(
+                "the hyper-parameters are not those of recipe {}",
+                card.recipe.name()
+            ),
+        });
+    }
+    Ok(card)
+}
+
+/// The `plan.json` of a fine-tuning run directory; `None` for the other recipes.
+pub fn load_plan(dir: &Path) -> Result<Option<Plan>, RunError> {
+    let path = dir.join(PLAN_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    read_json(&path).map(Some)
 }
 
 /// The `predictions.json` of a run directory.

@@ -172,12 +172,14 @@ fn resume_from_a_checkpoint_equals_an_uninterrupted_run() {
         ..FinetuneOptions::default()
     };
     let dir = tempfile::tempdir().unwrap();
+    let plan = graft::train::plan::Plan::new(&backbone().net, (info.name, 224), &options, 0, 2);
     let run = |checkpoints: Checkpoints| {
         finetune(
             backbone(),
             &head,
             (&train, &val),
             &options,
+            &plan,
             &checkpoints,
             |_, _| {},
             |_| {},

@@ -185,7 +185,21 @@ fn the_examples_run() {
     assert!(stdout.contains(": sunflowers"), "{stdout}");
     assert!(out.join(run::MODEL_FILE).is_file());
 
-    let (stdout, _) = ok(example("finetune").arg(&data).output().unwrap());
-    assert!(stdout.contains("epoch 1: loss"), "{stdout}");
-    assert!(stdout.contains("kept epoch 1"), "{stdout}");
+    let tuned = root.path().join("tuned");
+    let (stdout, _) = ok(example("finetune")
+        .arg(&data)
+        .arg(&tuned)
+        .env("GRAFT_HOME", graft::weights::store::graft_home())
+        .output()
+        .unwrap());
+    assert!(stdout.contains("plan: head round"), "{stdout}");
+    assert!(stdout.contains("trains head + top"), "{stdout}");
+    assert!(stdout.contains("fine-tuned:"), "{stdout}");
+    // The run directory it wrote opens through the same typed records.
+    let model = run::TrainedModel::open(&tuned, None).unwrap();
+    assert_eq!(model.card.recipe, graft::train::Recipe::Finetune);
+    let record = model.card.hyperparameters.finetune().unwrap();
+    assert_eq!(record.stage_starts.len(), 1);
+    let plan = run::load_plan(&tuned).unwrap().unwrap();
+    assert_eq!(plan.stages[0].trainable_groups, ["head"]);
 }

@@ -190,21 +190,6 @@ impl MbNet {
         global_average_pool(self.forward_feature_map_from(start, x))
     }
 
-    /// The first block whose group is in `trainable` (layer groups: stem, the stages, head):
-    /// where a forward pass needs to start tracking gradients. `None` when the stem trains.
-    pub fn first_trainable_block(&self, trainable: &[usize]) -> Option<usize> {
-        let first = *trainable.iter().min()?;
-        match first {
-            0 => None,
-            1 => Some(0),
-            g => Some(
-                self.stage_ends
-                    .get(g - 2)
-                    .map_or(self.blocks.len(), |end| end + 1),
-            ),
-        }
-    }
-
     /// Pooled features ("bottlenecks"), `[N, head_channels]`.
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
         global_average_pool(self.forward_feature_map(x))

@@ -7,6 +7,7 @@ pub mod efficientnet_lite;
 pub mod export;
 pub mod fused;
 pub mod fused_grad;
+pub mod groups;
 pub mod layer_profile;
 pub mod mbnet;
 pub mod mobilenet_v2;
@@ -181,9 +182,7 @@ impl BackboneInfo {
     /// The source config, with `padding` overriding the weights' own convention if given.
     pub fn source_config(&self, padding: Option<PaddingMode>) -> SourceConfig {
         let spec = self.spec();
-        let mut layer_groups = vec!["stem".to_string()];
-        layer_groups.extend((1..=spec.stages.len()).map(|s| format!("stage{s}")));
-        layer_groups.push("head".into());
+        let layer_groups = groups::names(spec.stages.len());
         SourceConfig {
             name: self.name.into(),
             resolution: self.resolution,

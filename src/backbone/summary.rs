@@ -48,11 +48,13 @@ fn conv_out(layer: &ConvBnAct, side: usize) -> usize {
 
 /// Build the summary of `net` for square inputs of side `resolution`.
 pub fn summarize(model: &str, net: &MbNet, resolution: usize) -> Summary {
+    // One row per layer group (see `groups`), then the pool and the classifier.
+    let groups = net.group_names();
     let mut rows = Vec::new();
     let mut side = conv_out(&net.stem, resolution);
     let (t, n) = conv_params(&net.stem);
     rows.push(SummaryRow {
-        group: "stem".into(),
+        group: groups[0].clone(),
         layers: format!(
             "conv {0}x{0}/{1}, bn, relu6",
             net.stem.kernel, net.stem.stride
@@ -78,7 +80,7 @@ pub fn summarize(model: &str, net: &MbNet, resolution: usize) -> Summary {
         }
         let first = &net.blocks[start];
         rows.push(SummaryRow {
-            group: format!("stage{}", stage + 1),
+            group: groups[stage + 1].clone(),
             layers: format!(
                 "{} x MBConv k{}{}",
                 end + 1 - start,
@@ -97,7 +99,7 @@ pub fn summarize(model: &str, net: &MbNet, resolution: usize) -> Summary {
     }
     let (t, n) = conv_params(&net.head);
     rows.push(SummaryRow {
-        group: "head".into(),
+        group: groups[groups.len() - 1].clone(),
         layers: "conv 1x1, bn, relu6".into(),
         output_shape: vec![net.head.out_channels(), side, side],
         trainable: t,

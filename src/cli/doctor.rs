@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::Args;
 
 use graft::data::DecodeLimits;
-use graft::data::dataset::{self, SplitOptions};
+use graft::data::dataset;
 use graft::doctor::images::{image_findings, probe_all};
 use graft::doctor::leakage::{leakage_findings, perceptual_hashes};
 use graft::doctor::run_checks::run_findings;
@@ -70,10 +70,9 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
     };
     // With a run, check the split it was trained on.
     let split = match &model {
-        Some(m) if m.card.data.split == "stratified" => SplitOptions {
-            val_fraction: m.card.data.val_fraction,
-            seed: m.card.data.seed,
-        },
+        Some(m) if m.card.data.split == graft::run::SplitKind::Stratified => {
+            m.card.data.split_options()
+        }
         _ => args.split.options()?,
     };
     let data = dataset::open(&args.data, split)?;

@@ -7,11 +7,12 @@ use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 
 use graft::data::DecodeLimits;
-use graft::data::dataset::{self, Sample, SplitOptions};
+use graft::data::dataset::{self, Sample};
 use graft::data::preprocess::hflip;
 use graft::features::{FeatureMatrix, features_of_view};
 use graft::metrics::{Metrics, argmax_rows};
-use graft::run::TrainedModel;
+use graft::run::evaluation::TtaRecord;
+use graft::run::{EvaluationRecord, TrainedModel};
 
 use super::features::{CacheArgs, features_of, open_cache, report_listing};
 use graft::recipe::bottleneck::score;
@@ -60,15 +61,7 @@ pub struct EvaluateArgs {
 pub fn run(args: EvaluateArgs) -> Result<ExitCode> {
     let model = TrainedModel::open(&args.model, args.weights.as_deref())?;
     let card = &model.card;
-    let split = SplitOptions {
-        val_fraction: if card.data.split == "stratified" {
-            card.data.val_fraction
-        } else {
-            SplitOptions::default().val_fraction
-        },
-        seed: card.data.seed,
-    };
-    let data = dataset::open(&args.data, split)?;
+    let data = dataset::open(&args.data, card.data.split_options())?;
     report_listing(&data);
     // The model's class indices, looked up by name.
     let mut to_model = Vec::with_capacity(data.classes.len());
@@ -115,27 +108,21 @@ pub fn run(args: EvaluateArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    let output = args.output.clone().unwrap_or_else(|| {
-        let name = args
-            .data
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("data");
-        let split = format!("{:?}", args.split).to_lowercase();
-        model.dir.join(format!("evaluate-{name}-{split}.json"))
-    });
-    let report = serde_json::json!({
-        "data": args.data.to_string_lossy(),
-        "split": format!("{:?}", args.split).to_lowercase(),
-        "metrics": metrics,
-        "tta": tta.as_ref().map(|m| serde_json::json!({
-            "views": ["original", "horizontal flip"],
-            "metrics": m,
-        })),
-    });
-    let text = serde_json::to_string_pretty(&report)?;
-    graft::util::write_atomic(&output, text.as_bytes())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", output.display()))?;
+    let split = format!("{:?}", args.split).to_lowercase();
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| EvaluationRecord::default_path(&model.dir, &args.data, &split));
+    let record = EvaluationRecord {
+        data: args.data.clone(),
+        split,
+        metrics: metrics.clone(),
+        tta: tta.clone().map(|metrics| TtaRecord {
+            views: vec!["original".into(), "horizontal flip".into()],
+            metrics,
+        }),
+    };
+    record.save(&output)?;
     println!("{}", metrics.table());
     if let Some(tta) = &tta {
         println!(

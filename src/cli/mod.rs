@@ -182,14 +182,6 @@ impl BackboneArgs {
         Ok(self.choice().weights_path()?)
     }
 
-    /// Load for training (fine-tuning, pretraining): BatchNorm kept unfolded.
-    pub fn load_trainable(&self) -> Result<Backbone> {
-        let info = self.info()?;
-        self.choice()
-            .load_trainable()
-            .with_context(|| format!("loading {} weights", info.name))
-    }
-
     /// Load for inference (predict, extract, evaluate): BatchNorm folded into the convs.
     pub fn load(&self, include_top: bool) -> Result<Backbone> {
         let info = self.info()?;
@@ -209,24 +201,5 @@ pub fn recipe_error(error: RecipeError) -> anyhow::Error {
     match error {
         RecipeError::Interrupted(interrupted) => interrupted.into(),
         other => other.into(),
-    }
-}
-
-/// A checkpointed training's result, with Ctrl-C turned into the message that says how to
-/// continue the run in `dir`.
-pub fn checkpointed<T>(
-    result: Result<T, graft::train::checkpoint::CheckpointError>,
-    dir: &std::path::Path,
-) -> Result<T> {
-    match result {
-        Err(graft::train::checkpoint::CheckpointError::Interrupted { epochs_done }) => {
-            Err(graft::interrupt::Interrupted(format!(
-                "{epochs_done} epochs are checkpointed in {}; continue with `--resume {}` and the same options",
-                dir.join(graft::adapted::CHECKPOINT_DIR).display(),
-                dir.display()
-            ))
-            .into())
-        }
-        other => Ok(other?),
     }
 }

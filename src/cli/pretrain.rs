@@ -1,30 +1,22 @@
 //! `graft pretrain DATA --method simclr`: adapt a backbone to unlabelled images, probe it
 //! before and after, and save it where `--weights RUN_DIR` finds it.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 
-use graft::adapted::{
-    self, BACKBONE_FILE, CHECKPOINT_DIR, PretrainCard, PretrainMetrics, Probe, ProbeScores,
-};
-use graft::backbone::export::save_safetensors;
-use graft::backbone::mbnet::MbNet;
-use graft::backbone::{Backbone, LoadOptions};
-use graft::data::dataset::{self, Dataset};
-use graft::train::checkpoint::Checkpoints;
-use graft::train::classical::{self, ClassicalOptions};
+use graft::adapted::BACKBONE_FILE;
+use graft::recipe::RecipeError;
+use graft::recipe::bottleneck::data_name;
+use graft::recipe::simclr::{self, SimclrRecipe};
 use graft::train::finetune::BnMode;
-use graft::train::simclr::{SimclrOptions, pretrain};
+use graft::train::simclr::SimclrOptions;
 
 use super::BackboneArgs;
-use super::features::{CacheArgs, SplitArgs, train_val_features};
-use graft::recipe::bottleneck::{data_name, score};
+use super::features::{CacheArgs, SplitArgs};
+use super::progress::Bars;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Method {
@@ -129,7 +121,8 @@ pub struct PretrainArgs {
 }
 
 impl PretrainArgs {
-    fn options(&self, default_resolution: usize) -> SimclrOptions {
+    /// The method's options (resolution 0: the backbone's own).
+    fn options(&self) -> SimclrOptions {
         SimclrOptions {
             epochs: self.epochs,
             batch_size: self.batch_size,
@@ -142,7 +135,7 @@ impl PretrainArgs {
             weight_decay: self.weight_decay,
             temperature: self.temperature,
             projection_dim: self.projection_dim,
-            resolution: self.resolution.unwrap_or(default_resolution),
+            resolution: self.resolution.unwrap_or(0),
             warmup_epochs: self.warmup_epochs,
             bn_mode: self.bn_mode.unwrap_or(if self.from_scratch {
                 BnMode::Train
@@ -171,249 +164,48 @@ impl PretrainArgs {
     }
 }
 
-/// Logistic-regression and kNN accuracy on the probe's validation split.
-fn probe_scores(
-    backbone: &Backbone,
-    data: &Dataset,
-    cache: &CacheArgs,
-) -> Result<(ProbeScores, usize, usize)> {
-    let (train, val, _) = train_val_features(backbone, data, cache)?;
-    let options = ClassicalOptions::default();
-    let logreg = classical::fit_logreg(&train, &data.classes, &options)?;
-    let knn = classical::fit_knn(&train, &data.classes, &options)?;
-    Ok((
-        ProbeScores {
-            logreg_accuracy: score(&logreg, &val, &data.classes).accuracy,
-            knn_accuracy: score(&knn, &val, &data.classes).accuracy,
-        },
-        train.len(),
-        val.len(),
-    ))
-}
-
-/// The real paths of `data`'s validation images.
-fn validation_paths(data: &Dataset) -> HashSet<PathBuf> {
-    data.val
-        .iter()
-        .map(|s| s.path.canonicalize().unwrap_or_else(|_| s.path.clone()))
-        .collect()
-}
-
-/// The images to pretrain on: everything under DATA except the probe's validation images.
-fn pretraining_images(
-    args: &PretrainArgs,
-    probe: Option<&Dataset>,
-) -> Result<(Vec<PathBuf>, usize)> {
-    let (mut paths, skipped) = dataset::list_images(&args.data)?;
-    if skipped.not_image > 0 {
-        eprintln!(
-            "{}: {} files without an image extension ignored",
-            args.data.display(),
-            skipped.not_image
-        );
-    }
-    let before = paths.len();
-    if let Some(probe) = probe {
-        let held_out = validation_paths(probe);
-        paths.retain(|p| !held_out.contains(&p.canonicalize().unwrap_or_else(|_| p.clone())));
-    }
-    let excluded = before - paths.len();
-    if let Some(max) = args.max_images
-        && paths.len() > max
-    {
-        use rand::SeedableRng;
-        use rand::seq::SliceRandom;
-        paths.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(args.split.seed));
-        paths.truncate(max);
-        paths.sort();
-    }
-    if paths.len() < 2 {
-        bail!(
-            "{}: {} usable images; SimCLR needs at least 2",
-            args.data.display(),
-            paths.len()
-        );
-    }
-    Ok((paths, excluded))
-}
-
 pub fn run(args: PretrainArgs) -> Result<ExitCode> {
     args.check()?;
-    let started = Instant::now();
-    let probe_data = match &args.probe {
-        Some(dir) => Some(dataset::open(dir, args.split.options()?)?),
-        None => None,
+    let options = SimclrRecipe {
+        backbone: args.backbone.choice(),
+        from_scratch: args.from_scratch,
+        simclr: args.options(),
+        probe: args.probe.clone(),
+        probe_split: args.split.options()?,
+        max_images: args.max_images,
+        cache_dir: args.cache.cache_dir.clone(),
+        extract_batch_size: args.cache.extract_batch_size,
+        resume: args.resume.is_some(),
+        stop_after_epochs: args.stop_after_epochs,
     };
-    let (paths, excluded) = pretraining_images(&args, probe_data.as_ref())?;
-    let info = args.backbone.info()?;
-    let device = graft::backend::device();
-    let parent = if args.from_scratch {
-        let config = info.source_config(args.backbone.padding.map(Into::into));
-        let net = MbNet::init(
-            &info.spec(),
-            config.padding,
-            config.bn_eps,
-            false,
-            &mut graft::rng::run_rng(args.split.seed, 0),
-            &device,
-        );
-        Backbone::new(config, net, format!("random-init-seed-{}", args.split.seed))
-    } else {
-        args.backbone.load_trainable()?
-    };
-    let options = args.options(parent.config.resolution);
-    eprintln!(
-        "pretrain {} ({}) on {} images{}: {} epochs of {} steps, {} px views, batch {} (2x{} views), \
-         temperature {}, backbone lr {:e}, head lr {:e}, BatchNorm {:?}",
-        info.name,
-        if args.from_scratch {
-            "from scratch"
-        } else {
-            "from ImageNet weights"
-        },
-        paths.len(),
-        if excluded > 0 {
-            format!(" ({excluded} of the probe's validation images left out)")
-        } else {
-            String::new()
-        },
-        options.epochs,
-        paths.len().div_ceil(options.batch_size),
-        options.resolution,
-        options.batch_size,
-        options.batch_size,
-        options.temperature,
-        options.backbone_learning_rate,
-        options.learning_rate,
-        options.bn_mode
-    );
-
-    // 1. The probe before: features of the parent backbone (from the cache when there).
-    let before = match &probe_data {
-        Some(data) => {
-            let frozen = Backbone::new(
-                parent.config.clone(),
-                parent.net.clone(),
-                parent.weights_id.clone(),
-            )
-            .for_inference();
-            let (scores, train, val) = probe_scores(&frozen, data, &args.cache)?;
-            eprintln!(
-                "probe before: logistic regression {:.4}, kNN {:.4} ({train} train / {val} val images)",
-                scores.logreg_accuracy, scores.knn_accuracy
-            );
-            Some((scores, train, val))
-        }
-        None => None,
-    };
-
-    // 2. Pretraining, checkpointed every epoch.
     let dir = match (&args.resume, &args.out) {
         (Some(dir), _) | (None, Some(dir)) => dir.clone(),
         (None, None) => graft::run::fresh_dir(Path::new("runs"), &data_name(&args.data), "simclr"),
     };
-    let checkpoints = Checkpoints {
-        dir: Some(dir.join(CHECKPOINT_DIR)),
-        resume: args.resume.is_some(),
-        stop_after: args.stop_after_epochs,
-    };
-    if checkpoints.resume && !checkpoints.exists() {
-        eprintln!(
-            "{}: no finished epoch to resume from; starting from the beginning",
+    let resume_hint = |done: String| {
+        format!(
+            "{done}; continue with `--resume {}` and the same options",
             dir.display()
-        );
-    }
-    std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
-    let steps = options.epochs * paths.len().div_ceil(options.batch_size);
-    let bar = ProgressBar::new(steps as u64).with_style(
-        ProgressStyle::with_template(
-            "simclr {bar:30} step {pos}/{len} [{elapsed_precise}<{eta_precise}]  {msg}",
         )
-        // cannot fail: a fixed template that parses
-        .expect("static template"),
-    );
-    let config = parent.config.clone();
-    let result = pretrain(
-        parent.net,
-        &config,
-        &paths,
-        &options,
-        &checkpoints,
-        |_, loss| {
-            bar.set_message(format!("loss {loss:.4}"));
-            bar.inc(1);
-        },
-        |r| {
-            bar.suspend(|| {
-                eprintln!(
-                    "epoch {}: NT-Xent loss {:.4}, positive pair found {:.3}, backbone lr {:.2e}{}",
-                    r.epoch,
-                    r.loss,
-                    r.positive_accuracy,
-                    r.learning_rate,
-                    if r.skipped > 0 {
-                        format!(", {} images did not decode", r.skipped)
-                    } else {
-                        String::new()
-                    }
-                )
-            });
-        },
-    );
-    bar.finish_and_clear();
-    let result = super::checkpointed(result, &dir)?;
-    if result.history.len() < options.epochs {
+    };
+    let run = match simclr::pretrain(&args.data, &dir, &options, &mut Bars::default()) {
+        Err(RecipeError::Interrupted(interrupted)) => {
+            return Err(graft::interrupt::Interrupted(resume_hint(interrupted.0)).into());
+        }
+        other => other.map_err(super::recipe_error)?,
+    };
+    if !run.is_complete() {
         eprintln!(
-            "stopped after {} of {} epochs; continue with `--resume {}`",
-            result.history.len(),
-            options.epochs,
-            dir.display()
+            "{}",
+            resume_hint(format!(
+                "stopped after {} of {} epochs",
+                run.metrics.history.len(),
+                args.epochs
+            ))
         );
         return Ok(ExitCode::SUCCESS);
     }
-
-    // 3. Save the adapted backbone, then load it back as every other command will.
-    let file = dir.join(BACKBONE_FILE);
-    save_safetensors(&result.net, info.layout, &file)
-        .with_context(|| file.display().to_string())?;
-    let options_for_load = LoadOptions {
-        include_top: false,
-        padding: Some(config.padding),
-    };
-    let adapted = Backbone::load(info, &file, options_for_load, &device)?.for_inference();
-
-    // 4. The probe after.
-    let probe = match (&probe_data, before) {
-        (Some(data), Some((before, train_size, val_size))) => {
-            let (after, _, _) = probe_scores(&adapted, data, &args.cache)?;
-            Some(Probe {
-                data: args.probe.clone().unwrap_or_default(),
-                train_size,
-                val_size,
-                before,
-                after,
-            })
-        }
-        _ => None,
-    };
-    let card = PretrainCard {
-        graft_version: env!("CARGO_PKG_VERSION").into(),
-        method: "simclr".into(),
-        backbone: info.name.into(),
-        weights_id: adapted.weights_id.clone(),
-        parent_weights_id: (!args.from_scratch).then(|| parent.weights_id.clone()),
-        source: config.clone(),
-        options: serde_json::to_value(&options)?,
-        data: args.data.clone(),
-        images: paths.len(),
-        excluded_probe_val: excluded,
-    };
-    let metrics = PretrainMetrics {
-        history: result.history,
-        seconds: started.elapsed().as_secs_f64(),
-        probe,
-    };
-    adapted::save(&dir, &card, &metrics)?;
+    let metrics = &run.metrics;
     if let Some(probe) = &metrics.probe {
         println!(
             "linear probe on {} ({} val images):",
@@ -438,7 +230,7 @@ pub fn run(args: PretrainArgs) -> Result<ExitCode> {
     }
     println!(
         "adapted backbone saved in {}; use it with `--weights {}`",
-        file.display(),
+        dir.join(BACKBONE_FILE).display(),
         dir.display()
     );
     match graft::report::write_report(&dir) {

@@ -218,9 +218,7 @@ impl TrainArgs {
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
     args.check()?;
     if args.recipe == Recipe::Finetune {
-        let mut bars = Bars::default();
-        let data = bottleneck::open_dataset(&args.data, args.split.options()?, &mut bars)?;
-        return super::finetune::run(&args, &data);
+        return super::finetune::run(&args);
     }
     let options = args.bottleneck_options()?;
     let dir = args.out.clone().unwrap_or_else(|| {

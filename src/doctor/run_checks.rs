@@ -4,7 +4,7 @@
 use super::{Finding, Severity};
 use crate::backbone::BackboneInfo;
 use crate::run::{ModelCard, RunMetrics};
-use crate::train::Recipe;
+use crate::train::finetune::BnMode;
 
 /// Learning rates below this are low for a freshly initialised head.
 pub const LOW_HEAD_LR: f64 = 1e-4;
@@ -54,10 +54,11 @@ pub fn run_findings(card: &ModelCard, metrics: &RunMetrics, info: &BackboneInfo)
             "retrain without overriding the backbone's preprocessing or padding",
         ));
     }
-    let hyper = &card.hyperparameters;
-    let number = |key: &str| hyper.get(key).and_then(|v| v.as_f64());
-    if card.recipe == Recipe::Head
-        && let Some(lr) = number("learning_rate").filter(|lr| *lr < LOW_HEAD_LR)
+    if let Some(lr) = card
+        .hyperparameters
+        .head()
+        .map(|h| h.learning_rate)
+        .filter(|lr| *lr < LOW_HEAD_LR)
     {
         findings.push(finding(
             Severity::Warning,
@@ -67,35 +68,36 @@ pub fn run_findings(card: &ModelCard, metrics: &RunMetrics, info: &BackboneInfo)
             "use the default --lr 1e-3 for heads (or run an LR range test)",
         ));
     }
-    if let Some(lr) = number("backbone_learning_rate").filter(|lr| *lr > HIGH_BACKBONE_LR) {
-        findings.push(finding(
-            Severity::Warning,
-            "finetune-lr-high",
-            format!("the backbone was fine-tuned with learning rate {lr:e} (above {HIGH_BACKBONE_LR:e})"),
-            "large steps destroy the pretrained features the run is meant to reuse",
-            "fine-tune the backbone 10-100x below the head's rate (e.g. 1e-4), with discriminative rates per layer group",
-        ));
-    }
-    let batch = hyper.get("batch_size").and_then(|v| v.as_u64());
-    if hyper.get("bn_mode").and_then(|v| v.as_str()) == Some("train")
-        && let Some(batch) = batch.filter(|b| *b < SMALL_BN_BATCH)
-    {
-        findings.push(finding(
-            Severity::Warning,
-            "batchnorm-train-small-batch",
-            format!("BatchNorm ran in training mode with batches of {batch}"),
-            "batch statistics of a few images are noisy and overwrite the pretrained running statistics",
-            "keep BatchNorm in inference mode (graft's default), or use batches of 32 or more",
-        ));
-    }
-    if hyper.get("head_epochs").and_then(|v| v.as_u64()) == Some(0) {
-        findings.push(finding(
-            Severity::Warning,
-            "no-head-round",
-            "the backbone was unfrozen without a round of head-only training first".into(),
-            "the gradients of a random head are large and noisy, and they wreck the pretrained weights in the first steps",
-            "train the head on the frozen backbone first (graft's default flow), then unfreeze",
-        ));
+    if let Some(tuning) = card.hyperparameters.finetune().map(|r| &r.options) {
+        let lr = tuning.backbone_learning_rate;
+        if lr > HIGH_BACKBONE_LR {
+            findings.push(finding(
+                Severity::Warning,
+                "finetune-lr-high",
+                format!("the backbone was fine-tuned with learning rate {lr:e} (above {HIGH_BACKBONE_LR:e})"),
+                "large steps destroy the pretrained features the run is meant to reuse",
+                "fine-tune the backbone 10-100x below the head's rate (e.g. 1e-4), with discriminative rates per layer group",
+            ));
+        }
+        let batch = tuning.batch_size;
+        if tuning.bn_mode == BnMode::Train && batch < SMALL_BN_BATCH as usize {
+            findings.push(finding(
+                Severity::Warning,
+                "batchnorm-train-small-batch",
+                format!("BatchNorm ran in training mode with batches of {batch}"),
+                "batch statistics of a few images are noisy and overwrite the pretrained running statistics",
+                "keep BatchNorm in inference mode (graft's default), or use batches of 32 or more",
+            ));
+        }
+        if tuning.head_epochs == 0 {
+            findings.push(finding(
+                Severity::Warning,
+                "no-head-round",
+                "the backbone was unfrozen without a round of head-only training first".into(),
+                "the gradients of a random head are large and noisy, and they wreck the pretrained weights in the first steps",
+                "train the head on the frozen backbone first (graft's default flow), then unfreeze",
+            ));
+        }
     }
     let (train, val) = (metrics.train_accuracy, metrics.val.accuracy);
     if metrics.val_size > 0 && val > train + 0.05 {

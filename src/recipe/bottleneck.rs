@@ -25,7 +25,7 @@ use crate::features::{ExtractSummary, FeatureMatrix, labelled_features};
 use crate::head::Head;
 use crate::metrics::{Metrics, argmax_rows};
 use crate::progress::Progress;
-use crate::run::{self, DataRecord, ModelCard, PredictionRecord, RunMetrics};
+use crate::run::{self, DataRecord, Hyperparameters, ModelCard, PredictionRecord, RunMetrics};
 use crate::train::classical::{self, ClassicalOptions};
 use crate::train::dense::{DenseOptions, train_dense};
 use crate::train::{EpochRecord, Recipe, cross_entropy};
@@ -85,7 +85,7 @@ pub struct FittedTop {
     pub best_epoch: Option<usize>,
     pub diverged_at: Option<usize>,
     /// The options as the run directory records them.
-    pub hyperparameters: serde_json::Value,
+    pub hyperparameters: Hyperparameters,
 }
 
 /// Recipe 2 on the labelled images under `data` (a folder of class folders, or a CSV of
@@ -227,45 +227,8 @@ pub fn fit_top(
     options: &BottleneckOptions,
     progress: &mut dyn Progress,
 ) -> Result<FittedTop, RecipeError> {
-    let serialized = |value: Result<serde_json::Value, serde_json::Error>| {
-        value.map_err(|e| RecipeError::Invalid(format!("recording the options: {e}")))
-    };
     if options.recipe == Recipe::Head {
-        let dense = &options.dense;
-        progress.start("train", dense.epochs, "epochs");
-        let result = train_dense(train, val, classes.len(), dense, |r| {
-            progress.status(&format!(
-                "loss {:.4} acc {:.3} | val loss {:.4} acc {:.3}",
-                r.train_loss, r.train_accuracy, r.val_loss, r.val_accuracy
-            ));
-            progress.advance(1);
-        });
-        progress.finish();
-        if let Some(epoch) = result.diverged_at {
-            progress.note(&format!(
-                "warning: the loss became NaN or infinite in epoch {epoch}; training stopped \
-                 there and kept the best earlier epoch. Lower the learning rate (now {:e}).",
-                dense.learning_rate
-            ));
-            if result.history.is_empty() {
-                return Err(RecipeError::Invalid(format!(
-                    "no epoch finished before the loss diverged: lower the learning rate (now {:e})",
-                    dense.learning_rate
-                )));
-            }
-        }
-        progress.note(&format!(
-            "trained {} epochs, kept epoch {} (lowest validation loss)",
-            result.history.len(),
-            result.best_epoch
-        ));
-        return Ok(FittedTop {
-            head: result.head,
-            history: result.history,
-            best_epoch: Some(result.best_epoch),
-            diverged_at: result.diverged_at,
-            hyperparameters: serialized(serde_json::to_value(dense))?,
-        });
+        return train_head(train, val, classes, &options.dense, progress);
     }
     let started = std::time::Instant::now();
     let classical_options = &options.classical;
@@ -290,7 +253,52 @@ pub fn fit_top(
         history,
         best_epoch: None,
         diverged_at: None,
-        hyperparameters: serialized(serde_json::to_value(classical_options))?,
+        hyperparameters: Hyperparameters::Classical(classical_options.clone()),
+    })
+}
+
+/// A dense head trained on `train`, early-stopping on `val`'s loss with the best epoch's
+/// weights kept; an error when no epoch finished before the loss diverged.
+pub fn train_head(
+    train: &FeatureMatrix,
+    val: &FeatureMatrix,
+    classes: &[String],
+    dense: &DenseOptions,
+    progress: &mut dyn Progress,
+) -> Result<FittedTop, RecipeError> {
+    progress.start("train", dense.epochs, "epochs");
+    let result = train_dense(train, val, classes.len(), dense, |r| {
+        progress.status(&format!(
+            "loss {:.4} acc {:.3} | val loss {:.4} acc {:.3}",
+            r.train_loss, r.train_accuracy, r.val_loss, r.val_accuracy
+        ));
+        progress.advance(1);
+    });
+    progress.finish();
+    if let Some(epoch) = result.diverged_at {
+        progress.note(&format!(
+            "warning: the loss became NaN or infinite in epoch {epoch}; training stopped \
+             there and kept the best earlier epoch. Lower the learning rate (now {:e}).",
+            dense.learning_rate
+        ));
+        if result.history.is_empty() {
+            return Err(RecipeError::Invalid(format!(
+                "no epoch finished before the loss diverged: lower the learning rate (now {:e})",
+                dense.learning_rate
+            )));
+        }
+    }
+    progress.note(&format!(
+        "trained {} epochs, kept epoch {} (lowest validation loss)",
+        result.history.len(),
+        result.best_epoch
+    ));
+    Ok(FittedTop {
+        head: result.head,
+        history: result.history,
+        best_epoch: Some(result.best_epoch),
+        diverged_at: result.diverged_at,
+        hyperparameters: Hyperparameters::Head(dense.clone()),
     })
 }
 
@@ -319,25 +327,20 @@ pub fn train_on_features(
         let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("bin");
         (file.clone(), format!("backbone.{ext}"))
     });
-    let card = ModelCard {
-        graft_version: env!("CARGO_PKG_VERSION").into(),
-        recipe: options.recipe,
-        backbone: backbone.config.name.clone(),
-        weights_id: backbone.weights_id.clone(),
-        source: backbone.config.clone(),
-        preprocessing: backbone.config.preprocessing_id(),
-        feature_dim: backbone.config.feature_dim,
-        classes: classes.clone(),
-        hyperparameters: fitted.hyperparameters,
-        data: DataRecord::new(
+    let mut card = ModelCard::new(
+        options.recipe,
+        backbone,
+        classes,
+        fitted.hyperparameters,
+        DataRecord::new(
             data,
             &dataset.split,
             options.split.seed,
             train.len(),
             val.len(),
         ),
-        backbone_file: explicit_weights.as_ref().map(|(_, name)| name.clone()),
-    };
+    );
+    card.backbone_file = explicit_weights.as_ref().map(|(_, name)| name.clone());
     let metrics = RunMetrics {
         train_size: train.len(),
         val_size: val.len(),

@@ -5,13 +5,19 @@
 //! - [`BackboneChoice`]: a backbone name and, optionally, weights other than the store's.
 //! - [`bottleneck::train`]: recipe 2 (a new head, logistic regression, linear SVM or kNN on
 //!   the frozen backbone's cached features), from a labelled folder to a run directory.
+//! - [`finetune::train`]: recipe 3 (a head round, then gradual unfreezing with discriminative
+//!   learning rates), from a labelled folder to a run directory with its own backbone.
+//! - [`simclr::pretrain`]: self-supervised adaptation of a backbone to unlabelled images, with
+//!   a linear probe before and after.
 //! - [`crate::run::TrainedModel`]: a run directory opened again, to predict or evaluate.
 //!
 //! Progress goes to a [`Progress`](crate::progress::Progress); errors name files and values,
 //! never command-line flags.
 
 pub mod bottleneck;
+pub mod finetune;
 mod model;
+pub mod simclr;
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +25,7 @@ use crate::backbone::{self, Backbone, BackboneInfo, LoadOptions, PaddingMode};
 use crate::data::dataset::DatasetError;
 use crate::features::cache::CacheError;
 use crate::run::RunError;
+use crate::train::checkpoint::CheckpointError;
 use crate::train::classical::FitError;
 use crate::weights::{WeightsError, store};
 
@@ -37,6 +44,8 @@ pub enum RecipeError {
     Run(#[from] RunError),
     #[error(transparent)]
     Fit(#[from] FitError),
+    #[error(transparent)]
+    Checkpoint(CheckpointError),
     /// Stopped on request (Ctrl-C); everything finished so far is kept and a rerun resumes.
     #[error(transparent)]
     Interrupted(#[from] crate::interrupt::Interrupted),
@@ -137,4 +146,20 @@ impl BackboneChoice {
 /// The feature cache root: `dir`, or `$GRAFT_HOME/features`.
 pub fn cache_root(dir: Option<&Path>) -> PathBuf {
     dir.map_or_else(|| store::graft_home().join("features"), Path::to_path_buf)
+}
+
+/// A training loop's result, with an interruption turned into [`RecipeError::Interrupted`]
+/// that says where the checkpoints are (a rerun of the same options with `resume` continues).
+pub fn checkpointed<T>(result: Result<T, CheckpointError>, dir: &Path) -> Result<T, RecipeError> {
+    match result {
+        Ok(value) => Ok(value),
+        Err(CheckpointError::Interrupted { epochs_done }) => {
+            Err(crate::interrupt::Interrupted(format!(
+                "{epochs_done} epochs are checkpointed in {}",
+                dir.join(crate::adapted::CHECKPOINT_DIR).display(),
+            ))
+            .into())
+        }
+        Err(other) => Err(RecipeError::Checkpoint(other)),
+    }
 }

@@ -12,8 +12,12 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use rayon::prelude::*;
 
 use crate::data::{DecodeLimits, decode_rgb};
-use crate::run::{self, ModelCard, PredictionRecord, RunError, RunMetrics};
+use crate::run::{
+    self, EvaluationRecord, Hyperparameters, ModelCard, Plan, PredictionRecord, RunError,
+    RunMetrics,
+};
 use crate::train::EpochRecord;
+use crate::train::plan::lowercase_name;
 
 pub const REPORT_FILE: &str = "report.html";
 /// How many of the most confident mistakes the report shows.
@@ -33,21 +37,6 @@ pub enum ReportError {
     Chart(String),
 }
 
-/// An evaluation found in the run directory (`evaluate-*.json`).
-#[derive(Debug, Clone, serde::Deserialize)]
-struct Evaluation {
-    data: PathBuf,
-    split: String,
-    metrics: crate::metrics::Metrics,
-    tta: Option<TtaResult>,
-}
-
-#[derive(Debug, Clone, serde::Deserialize)]
-struct TtaResult {
-    views: Vec<String>,
-    metrics: crate::metrics::Metrics,
-}
-
 /// Write `RUN_DIR/report.html` and return its path.
 pub fn write_report(dir: &Path) -> Result<PathBuf, ReportError> {
     if crate::adapted::is_pretrain_run(dir) {
@@ -58,11 +47,10 @@ pub fn write_report(dir: &Path) -> Result<PathBuf, ReportError> {
     let history = run::load_history(dir)?;
     // Older or foreign run directories may lack predictions: the report then has no mistakes.
     let predictions = run::load_predictions(dir).unwrap_or_default();
-    let evaluations = evaluations(dir);
-    // Fine-tuning runs save their plan; other recipes have none.
-    let plan: Option<serde_json::Value> = std::fs::read_to_string(dir.join("plan.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
+    let evaluations = EvaluationRecord::load_all(dir);
+    // Fine-tuning runs save their plan; other recipes have none. A damaged plan only costs
+    // its section.
+    let plan = run::load_plan(dir).ok().flatten();
     let html = render(
         &card,
         &metrics,
@@ -79,35 +67,13 @@ pub fn write_report(dir: &Path) -> Result<PathBuf, ReportError> {
     Ok(path)
 }
 
-fn evaluations(dir: &Path) -> Vec<(String, Evaluation)> {
-    let mut found: Vec<(String, Evaluation)> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("evaluate-") && n.ends_with(".json"))
-        })
-        .filter_map(|p| {
-            let text = std::fs::read_to_string(&p).ok()?;
-            let evaluation = serde_json::from_str(&text).ok()?;
-            Some((p.file_name()?.to_string_lossy().into_owned(), evaluation))
-        })
-        .collect();
-    found.sort_by(|a, b| a.0.cmp(&b.0));
-    found
-}
-
 /// Per-group learning rates at the end of each epoch, as recorded by fine-tuning: groups
 /// that never trained are left out.
-fn group_learning_rates(hyper: &serde_json::Value) -> Option<Vec<charts::Series>> {
-    let record = hyper.get("group_learning_rates")?;
-    let groups: Vec<String> = serde_json::from_value(record.get("groups")?.clone()).ok()?;
-    let first: usize = serde_json::from_value(record.get("first_epoch")?.clone()).ok()?;
-    let per_epoch: Vec<Vec<f64>> = serde_json::from_value(record.get("per_epoch")?.clone()).ok()?;
-    let series = groups
+fn group_learning_rates(hyper: &Hyperparameters) -> Option<Vec<charts::Series>> {
+    let record = &hyper.finetune()?.group_learning_rates;
+    let (first, per_epoch) = (record.first_epoch, &record.per_epoch);
+    let series = record
+        .groups
         .iter()
         .enumerate()
         .map(|(g, name)| {
@@ -158,8 +124,8 @@ fn render(
     metrics: &RunMetrics,
     history: &[EpochRecord],
     predictions: &[PredictionRecord],
-    evaluations: &[(String, Evaluation)],
-    plan: Option<&serde_json::Value>,
+    evaluations: &[(String, EvaluationRecord)],
+    plan: Option<&Plan>,
 ) -> Result<String, ReportError> {
     let mut body = String::new();
     let w = &mut body;
@@ -204,7 +170,7 @@ fn render(
             format!(
                 "{} ({} split, seed {}): {} train / {} validation images",
                 card.data.source.display(),
-                card.data.split,
+                crate::train::plan::lowercase_name(&card.data.split),
                 card.data.seed,
                 card.data.train_images,
                 card.data.val_images
@@ -222,17 +188,13 @@ fn render(
         w,
         r#"<h3>Hyper-parameters</h3><table id="hyperparameters">"#
     );
-    if let Some(map) = card.hyperparameters.as_object() {
-        // Per-epoch records drawn below, not settings.
-        let records = ["group_learning_rates", "stage_starts"];
-        for (key, value) in map.iter().filter(|(k, _)| !records.contains(&k.as_str())) {
-            let _ = write!(
-                w,
-                "<tr><th>{}</th><td>{}</td></tr>",
-                escape(key),
-                escape(&value.to_string())
-            );
-        }
+    for (key, value) in card.hyperparameters.settings() {
+        let _ = write!(
+            w,
+            "<tr><th>{}</th><td>{}</td></tr>",
+            escape(&key),
+            escape(&value)
+        );
     }
     let _ = write!(w, "</table>");
 
@@ -242,40 +204,30 @@ fn render(
             r#"<h3>Plan</h3><p>{}</p><table id="plan"><tr><th>stage</th><th>epochs</th><th>trains</th><th>peak learning rates</th><th>trainable / frozen parameters</th></tr>"#,
             escape(&format!(
                 "head round of {} epochs on cached features; BatchNorm {}; augmentation {}; {} schedule; batch {}",
-                plan["head_round_epochs"],
-                plan["bn_mode"].as_str().unwrap_or("?"),
-                plan["augment"].as_str().unwrap_or("?"),
-                plan["schedule"].as_str().unwrap_or("?"),
-                plan["batch_size"]
+                plan.head_round_epochs,
+                lowercase_name(&plan.bn_mode),
+                lowercase_name(&plan.augment),
+                lowercase_name(&plan.schedule),
+                plan.batch_size
             ))
         );
-        for stage in plan["stages"].as_array().into_iter().flatten() {
-            let groups: Vec<&str> = stage["trainable_groups"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|g| g.as_str())
-                .collect();
-            let lrs: Vec<String> = stage["learning_rates"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|p| Some((p.get(0)?.as_str()?, p.get(1)?.as_f64()?)))
+        for stage in &plan.stages {
+            let lrs: Vec<String> = stage
+                .learning_rates
+                .iter()
                 .filter(|(_, lr)| *lr > 0.0)
                 .map(|(g, lr)| format!("{g} {lr:.1e}"))
                 .collect();
-            let first = stage["first_epoch"].as_u64().unwrap_or(0);
-            let epochs = stage["epochs"].as_u64().unwrap_or(0);
             let _ = write!(
                 w,
                 "<tr><td>{}</td><td>{}-{}</td><td>{} + top</td><td>{}</td><td>{} / {}</td></tr>",
-                escape(stage["name"].as_str().unwrap_or("")),
-                first,
-                first + epochs.saturating_sub(1),
-                escape(&groups.join(", ")),
+                escape(&stage.name),
+                stage.first_epoch,
+                stage.last_epoch(),
+                escape(&stage.trainable_groups.join(", ")),
                 escape(&lrs.join(", ")),
-                stage["trainable_params"],
-                stage["non_trainable_params"]
+                stage.trainable_params,
+                stage.non_trainable_params
             );
         }
         let _ = write!(w, "</table>");
@@ -285,8 +237,8 @@ fn render(
     // Fine-tuning runs record where each unfreezing stage began and every group's rate.
     let hyper = &card.hyperparameters;
     let stage_starts: Vec<usize> = hyper
-        .get("stage_starts")
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .finetune()
+        .map(|r| r.stage_starts.clone())
         .unwrap_or_default();
     let curves = charts::training_curves(history, &stage_starts).map_err(ReportError::Chart)?;
     if !stage_starts.is_empty() {

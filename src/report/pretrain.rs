@@ -46,7 +46,10 @@ fn render(card: &PretrainCard, metrics: &PretrainMetrics) -> Result<String, Repo
             ),
         ),
         ("time", format!("{:.0} s", metrics.seconds)),
-        ("options", card.options.to_string()),
+        (
+            "options",
+            serde_json::to_string(&card.options).unwrap_or_default(),
+        ),
     ];
     let _ = write!(w, "<table id=\"run\">");
     for (key, value) in rows {

@@ -21,8 +21,8 @@ use super::backbone_pass::backbone_backward;
 pub use super::backbone_pass::{BackbonePass, training_pass};
 use super::checkpoint;
 pub use super::checkpoint::{CheckpointError, Checkpoints};
+use super::plan::Plan;
 use super::schedule::{Schedule, factor};
-use crate::backbone::blocks::{ConvBnAct, InvertedResidual};
 use crate::backbone::fused::FusedNet;
 use crate::backbone::mbnet::{MbNet, Start};
 use crate::backbone::{Backbone, SourceConfig};
@@ -116,82 +116,11 @@ impl FinetuneModel {
     }
 }
 
-/// One stage of the plan.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Stage {
-    pub epochs: usize,
-    /// Backbone layer groups that train (indices into the source config's `layer_groups`).
-    pub trainable: Vec<usize>,
-}
-
-/// The stages, from the options and the number of backbone layer groups.
-pub fn plan_stages(options: &FinetuneOptions, groups: usize) -> Vec<Stage> {
-    match options.unfreeze {
-        Unfreeze::All => vec![Stage {
-            epochs: options.epochs_per_stage * options.stages.max(1),
-            trainable: (0..groups).collect(),
-        }],
-        Unfreeze::Gradual => (1..=options.stages.min(groups))
-            .map(|s| Stage {
-                epochs: options.epochs_per_stage,
-                trainable: (groups - s..groups).collect(),
-            })
-            .collect(),
-    }
-}
-
-/// Peak learning rate of backbone group `g` of `groups` (the top-most group gets the backbone
-/// rate; each group below `lr_decay` times the one above).
-pub fn group_learning_rate(options: &FinetuneOptions, g: usize, groups: usize) -> f64 {
-    options.backbone_learning_rate * options.lr_decay.powi((groups - 1 - g) as i32)
-}
-
-/// Which layer group each block belongs to: group 0 is the stem, 1..=stages the stages, last
-/// the head conv.
-fn block_group(net: &MbNet, block: usize) -> usize {
-    1 + net
-        .stage_ends
-        .iter()
-        .position(|&end| block <= end)
-        // cannot fail: block indices stop below the last stage end
-        .expect("every block is in a stage")
-}
-
-fn map_block(b: InvertedResidual, f: &dyn Fn(ConvBnAct) -> ConvBnAct) -> InvertedResidual {
-    InvertedResidual {
-        expand: b.expand.map(f),
-        depthwise: f(b.depthwise),
-        project: f(b.project),
-        residual: b.residual,
-    }
-}
-
-/// Apply `f` to every conv layer of group `g`.
-fn map_group(mut net: MbNet, g: usize, f: &dyn Fn(ConvBnAct) -> ConvBnAct) -> MbNet {
-    let head_group = net.stage_ends.len() + 1;
-    if g == 0 {
-        net.stem = f(net.stem);
-    } else if g == head_group {
-        net.head = f(net.head);
-    } else {
-        let groups: Vec<usize> = (0..net.blocks.len())
-            .map(|i| block_group(&net, i))
-            .collect();
-        net.blocks = net
-            .blocks
-            .into_iter()
-            .zip(groups)
-            .map(|(b, bg)| if bg == g { map_block(b, f) } else { b })
-            .collect();
-    }
-    net
-}
-
 /// Freeze every group, then make `trainable` train (BatchNorm per `bn_mode`).
 pub fn set_trainable(net: MbNet, groups: usize, trainable: &[usize], bn_mode: BnMode) -> MbNet {
     (0..groups).fold(net, |net, g| {
         if trainable.contains(&g) {
-            map_group(net, g, &|layer| {
+            net.map_group(g, &|layer| {
                 let mut layer = layer.unfreeze();
                 if bn_mode == BnMode::Frozen {
                     // Running statistics stay as pretrained; gamma and beta still learn.
@@ -200,7 +129,7 @@ pub fn set_trainable(net: MbNet, groups: usize, trainable: &[usize], bn_mode: Bn
                 layer
             })
         } else {
-            map_group(net, g, &|layer| layer.freeze())
+            net.map_group(g, &|layer| layer.freeze())
         }
     })
 }
@@ -221,22 +150,11 @@ impl ModuleVisitor for TakeGradients<'_> {
 
 /// The gradients of group `g`'s parameters, moved out of the whole network's.
 fn group_gradients(net: &MbNet, g: usize, grads: &mut GradientsParams) -> GradientsParams {
-    let head_group = net.stage_ends.len() + 1;
     let mut visitor = TakeGradients {
         from: grads,
         into: GradientsParams::new(),
     };
-    if g == 0 {
-        net.stem.visit(&mut visitor);
-    } else if g == head_group {
-        net.head.visit(&mut visitor);
-    } else {
-        for (i, block) in net.blocks.iter().enumerate() {
-            if block_group(net, i) == g {
-                block.visit(&mut visitor);
-            }
-        }
-    }
+    net.visit_group(g, &mut visitor);
     visitor.into
 }
 
@@ -475,12 +393,15 @@ fn top_from_head(head: &Head, dim: usize, device: &Device) -> Linear {
     top
 }
 
-/// Fine-tune `backbone` (loaded without folding) with a top that starts from `head`.
+/// Fine-tune `backbone` (loaded without folding) with a top that starts from `head`, stage by
+/// stage as `plan` says (see [`Plan::new`]).
+#[allow(clippy::too_many_arguments)]
 pub fn finetune(
     backbone: Backbone,
     head: &Head,
     (train, val): (&Examples, &Examples),
     options: &FinetuneOptions,
+    plan: &Plan,
     checkpoints: &Checkpoints,
     mut on_step: impl FnMut(usize, f64),
     mut on_epoch: impl FnMut(EpochReport<'_>),
@@ -495,7 +416,6 @@ pub fn finetune(
     let loss_fn = CrossEntropyLossConfig::new()
         .with_smoothing((options.label_smoothing > 0.0).then_some(options.label_smoothing as f32))
         .init(&device);
-    let stages = plan_stages(options, groups);
     let steps_per_epoch = train.paths.len().div_ceil(options.batch_size.max(1));
     let mut history = Vec::new();
     let mut group_lrs = Vec::new();
@@ -528,9 +448,11 @@ pub fn finetune(
             best_model.valid(),
         ));
     }
-    'stages: for (s, stage) in stages.iter().enumerate() {
-        model.net = set_trainable(model.net, groups, &stage.trainable, options.bn_mode);
-        let prefix = FrozenPrefix::for_stage(&model.net, &stage.trainable, options.bn_mode);
+    'stages: for (s, stage) in plan.stages.iter().enumerate() {
+        let trainable = stage.trainable(&config.layer_groups);
+        let peak = stage.peak_rates();
+        model.net = set_trainable(model.net, groups, &trainable, options.bn_mode);
+        let prefix = FrozenPrefix::for_stage(&model.net, &trainable, options.bn_mode);
         stage_starts.push(epoch + 1);
         let total = stage.epochs * steps_per_epoch;
         let warmup = (steps_per_epoch / 4).max(1);
@@ -556,15 +478,11 @@ pub fn finetune(
             let mut lr_sums = vec![0.0; groups + 1];
             let mut steps_in_epoch = 0usize;
             for batch in order.chunks(options.batch_size.max(1)) {
+                // The plan's peak rates (0 for frozen groups, the top's last) times the schedule.
                 let f = factor(options.schedule, step, total, warmup);
-                for (g, lr) in lrs.iter_mut().enumerate().take(groups) {
-                    *lr = if stage.trainable.contains(&g) {
-                        group_learning_rate(options, g, groups) * f
-                    } else {
-                        0.0
-                    };
+                for (lr, peak) in lrs.iter_mut().zip(&peak) {
+                    *lr = peak * f;
                 }
-                lrs[groups] = options.head_learning_rate * f;
                 lr_sums.iter_mut().zip(&lrs).for_each(|(s, lr)| *s += lr);
                 steps_in_epoch += 1;
                 let (x, y) = training_batch(train, batch, &config, options, epoch, &device);
@@ -574,7 +492,7 @@ pub fn finetune(
                     &loss_fn,
                     x,
                     y,
-                    &stage.trainable,
+                    &trainable,
                     &lrs,
                     training_pass(options.bn_mode),
                     prefix.as_ref(),
@@ -939,6 +857,7 @@ mod tests {
             ..FinetuneOptions::default()
         };
         // The formula: group k gets half of group k + 1.
+        use crate::train::plan::group_learning_rate;
         for g in 0..GROUPS - 1 {
             let ratio = group_learning_rate(&options, g, GROUPS)
                 / group_learning_rate(&options, g + 1, GROUPS);
@@ -966,22 +885,5 @@ mod tests {
             (ratio - 0.5).abs() < 0.05,
             "stage7 / head step ratio {ratio}"
         );
-    }
-
-    #[test]
-    fn gradual_plan_unfreezes_from_the_top() {
-        let plan = plan_stages(&FinetuneOptions::default(), GROUPS);
-        let trainable: Vec<Vec<usize>> = plan.iter().map(|s| s.trainable.clone()).collect();
-        assert_eq!(trainable, vec![vec![8], vec![7, 8], vec![6, 7, 8]]);
-        let all = plan_stages(
-            &FinetuneOptions {
-                unfreeze: Unfreeze::All,
-                ..FinetuneOptions::default()
-            },
-            GROUPS,
-        );
-        assert_eq!(all.len(), 1);
-        assert_eq!(all[0].trainable.len(), GROUPS);
-        assert_eq!(all[0].epochs, 6);
     }
 }

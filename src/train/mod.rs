@@ -6,6 +6,7 @@ pub mod classical;
 pub mod dense;
 pub mod finetune;
 pub mod lr_find;
+pub mod plan;
 pub mod schedule;
 pub mod simclr;
 

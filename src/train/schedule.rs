@@ -9,6 +9,8 @@ pub enum Schedule {
     Cosine,
     /// Leslie Smith's one-cycle: cosine up from peak/25 over the first 30%, cosine down to
     /// peak/1e4 after.
+    // `onecycle`: how plan.json spelled it before it was typed.
+    #[serde(alias = "onecycle")]
     OneCycle,
     /// Linear warm-up, then the rate times 0.1 at 1/2 and again at 3/4 of the steps.
     Step,
