@@ -105,7 +105,7 @@ fn two_finetune_steps() -> Vec<u32> {
     let groups = config.layer_groups.len();
     let all: Vec<usize> = (0..groups).collect();
     let mut model = new_model(net, &head, 0.5, &device);
-    model.net = set_trainable(model.net, groups, &all, BnMode::Frozen);
+    model.net = set_trainable(model.net, &all, BnMode::Frozen);
     let paths: Vec<_> = ["daisy", "roses", "tulips"]
         .iter()
         .flat_map(|class| flower_photos(class).into_iter().take(2))

@@ -660,7 +660,7 @@ mod tests {
     use crate::backbone::mbnet::{MbNetSpec, StageSpec};
     use crate::backbone::source_config::PaddingMode;
     use crate::rng::{RunRng, random_tensor, run_rng, sample};
-    use crate::train::finetune::{BnMode, set_trainable};
+    use crate::train::freeze::{BnMode, set_trainable};
     use burn::module::{Module, ModuleVisitor, Param, RunningState};
     use burn::optim::GradientsParams;
     use burn::tensor::{Device, Distribution};
@@ -697,7 +697,7 @@ mod tests {
         randomise_batch_norm(&mut net.head, rng, &device);
         let net = net.for_training(&device.autodiff());
         let all: Vec<usize> = (0..groups).collect();
-        set_trainable(net, groups, &all, BnMode::Frozen)
+        set_trainable(net, &all, BnMode::Frozen)
     }
 
     /// Every float parameter's gradient under both computations, by parameter: the largest

@@ -158,7 +158,7 @@ fn train_step(args: BenchArgs) -> Result<ExitCode> {
     let device = graft::backend::device().autodiff();
     let mut model = new_model(backbone.net, &head, 0.2, &device);
     let all: Vec<usize> = (0..groups).collect();
-    model.net = set_trainable(model.net, groups, &all, BnMode::Frozen);
+    model.net = set_trainable(model.net, &all, BnMode::Frozen);
     let mut optimizer = burn::optim::AdamWConfig::new().init();
     let loss_fn = burn::nn::loss::CrossEntropyLossConfig::new().init(&device);
     let lrs = vec![1e-4; groups + 1];

@@ -4,10 +4,9 @@
 //! what couples the batch (dropout, the top, the loss; for SimCLR the projection head and
 //! NT-Xent) runs on burn, on the whole batch's features.
 
-use burn::optim::GradientsParams;
 use burn::tensor::{Gradients, Tensor};
 
-use super::finetune::BnMode;
+use super::freeze::BnMode;
 use crate::backbone::fused_grad;
 use crate::backbone::mbnet::{MbNet, Start};
 
@@ -33,22 +32,21 @@ pub fn training_pass(bn_mode: BnMode) -> BackbonePass {
 }
 
 /// Forward `x` through `net` from `start` as `pass` says, compute the loss on the pooled
-/// features with `loss_of`, and backward. Returns what `loss_of` returned, the gradients of
-/// everything `loss_of` used besides the features (take the top's with
-/// `GradientsParams::from_module`), and the gradients of `net`'s parameters.
+/// features with `loss_of`, and backward. Returns the loss, what `loss_of` returned besides it,
+/// and the gradients (take the whole model's with `GradientsParams::from_module`: `net`'s and
+/// those of everything `loss_of` used).
 pub fn backbone_backward<T>(
     net: &MbNet,
     start: Start,
     x: Tensor<4>,
     pass: BackbonePass,
     loss_of: impl FnOnce(Tensor<2>) -> (Tensor<1>, T),
-) -> (Tensor<1>, T, Gradients, GradientsParams) {
+) -> (Tensor<1>, T, Gradients) {
     let features = match pass {
         BackbonePass::Burn => net.forward_features_from(start, x),
         BackbonePass::Fused => fused_grad::features(net, start, x),
     };
     let (loss, extra) = loss_of(features);
-    let mut grads = loss.backward();
-    let net_grads = GradientsParams::from_module(&mut grads, net);
-    (loss, extra, grads, net_grads)
+    let grads = loss.backward();
+    (loss, extra, grads)
 }

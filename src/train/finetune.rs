@@ -3,7 +3,7 @@
 //! from the top, discriminative learning rates, a per-step schedule, BatchNorm kept in
 //! inference mode, and on-the-fly augmentation.
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, Param};
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::optim::module_optimizer::ModuleOptimizer;
@@ -21,6 +21,8 @@ use super::backbone_pass::backbone_backward;
 pub use super::backbone_pass::{BackbonePass, training_pass};
 use super::checkpoint;
 pub use super::checkpoint::{CheckpointError, Checkpoints};
+use super::freeze::group_rates;
+pub use super::freeze::{BnMode, set_trainable};
 use super::plan::Plan;
 use super::schedule::{Schedule, factor};
 use crate::backbone::fused::FusedNet;
@@ -40,16 +42,6 @@ pub enum Unfreeze {
     Gradual,
     /// Every group at once.
     All,
-}
-
-/// BatchNorm behaviour while fine-tuning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum BnMode {
-    /// Running statistics frozen (inference mode); gamma / beta train with their layer.
-    Frozen,
-    /// Batch statistics, running statistics updated (noisy with small batches).
-    Train,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,51 +108,9 @@ impl FinetuneModel {
     }
 }
 
-/// Freeze every group, then make `trainable` train (BatchNorm per `bn_mode`).
-pub fn set_trainable(net: MbNet, groups: usize, trainable: &[usize], bn_mode: BnMode) -> MbNet {
-    (0..groups).fold(net, |net, g| {
-        if trainable.contains(&g) {
-            net.map_group(g, &|layer| {
-                let mut layer = layer.unfreeze();
-                if bn_mode == BnMode::Frozen {
-                    // Running statistics stay as pretrained; gamma and beta still learn.
-                    layer.bn.training = layer.bn.training.with_value(false);
-                }
-                layer
-            })
-        } else {
-            net.map_group(g, &|layer| layer.freeze())
-        }
-    })
-}
-
-/// Moves the gradients of a module's parameters out of a [`GradientsParams`].
-struct TakeGradients<'a> {
-    from: &'a mut GradientsParams,
-    into: GradientsParams,
-}
-
-impl ModuleVisitor for TakeGradients<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(grad) = self.from.remove::<D>(param.id) {
-            self.into.register::<D>(param.id, grad);
-        }
-    }
-}
-
-/// The gradients of group `g`'s parameters, moved out of the whole network's.
-fn group_gradients(net: &MbNet, g: usize, grads: &mut GradientsParams) -> GradientsParams {
-    let mut visitor = TakeGradients {
-        from: grads,
-        into: GradientsParams::new(),
-    };
-    net.visit_group(g, &mut visitor);
-    visitor.into
-}
-
 /// Forward and backward of one batch (the backbone as `pass` says, see [`super::backbone_pass`];
 /// dropout with masks from `rng`, the top and the loss on the whole batch). Returns the loss,
-/// the logits and the gradients of the top and of the backbone.
+/// the logits and the gradients of every parameter that trains.
 fn forward_backward(
     model: &FinetuneModel,
     loss_fn: &CrossEntropyLoss,
@@ -168,20 +118,19 @@ fn forward_backward(
     pass: BackbonePass,
     prefix: Option<&FrozenPrefix>,
     rng: &mut RunRng,
-) -> (Tensor<1>, Tensor<2>, GradientsParams, GradientsParams) {
+) -> (Tensor<1>, Tensor<2>, GradientsParams) {
     let (start, x) = match prefix {
         Some(prefix) => prefix.forward(x),
         None => (Start::Image, x),
     };
-    let (loss, logits, mut grads, net) =
-        backbone_backward(&model.net, start, x, pass, |features| {
-            let logits = model
-                .top
-                .forward(dropout(features, model.dropout.prob, rng));
-            (loss_fn.forward(logits.clone(), y), logits)
-        });
-    let top = GradientsParams::from_module(&mut grads, &model.top);
-    (loss, logits, top, net)
+    let (loss, logits, mut grads) = backbone_backward(&model.net, start, x, pass, |features| {
+        let logits = model
+            .top
+            .forward(dropout(features, model.dropout.prob, rng));
+        (loss_fn.forward(logits.clone(), y), logits)
+    });
+    let grads = GradientsParams::from_module(&mut grads, model);
+    (loss, logits, grads)
 }
 
 /// The frozen layers below the first trainable group, run by the fused CPU inference network:
@@ -217,8 +166,9 @@ impl FrozenPrefix {
 }
 
 /// One optimisation step: forward (from `prefix`'s output when given), loss, backward (the
-/// backbone as `pass` says, see [`training_pass`]), then an AdamW update of the top (at `lrs[groups]`) and of each
-/// trainable backbone group `g` (at `lrs[g]`). Frozen groups get no gradient and no update.
+/// backbone as `pass` says, see [`training_pass`]), then one AdamW update of the top (at
+/// `lrs[groups]`) and of each trainable backbone group `g` (at `lrs[g]`, burn's per-group
+/// rates, see [`group_rates`]). Frozen groups get no gradient and no update.
 /// Dropout masks come from `rng`. Returns the model, the loss and the logits.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
@@ -233,19 +183,12 @@ pub fn train_step(
     prefix: Option<&FrozenPrefix>,
     rng: &mut RunRng,
 ) -> (FinetuneModel, f64, Vec<f32>) {
-    let (loss, logits, top_grads, mut net_grads) =
-        forward_backward(&model, loss_fn, (x, y), pass, prefix, rng);
+    let (loss, logits, grads) = forward_backward(&model, loss_fn, (x, y), pass, prefix, rng);
     let loss_value = loss.into_scalar::<f32>() as f64;
     // cannot fail: every tensor graft makes is f32
     let logits: Vec<f32> = logits.into_data().try_into_vec().expect("logits are f32");
-    let per_group: Vec<(f64, GradientsParams)> = trainable
-        .iter()
-        .map(|&g| (lrs[g], group_gradients(&model.net, g, &mut net_grads)))
-        .collect();
-    let mut model = optimizer.step(lrs[lrs.len() - 1], model, top_grads);
-    for (lr, grads) in per_group {
-        model = optimizer.step(lr, model, grads);
-    }
+    let rates = group_rates(&model.net, trainable, lrs, lrs[lrs.len() - 1]);
+    let model = optimizer.step(rates, model, grads);
     (model, loss_value, logits)
 }
 
@@ -451,7 +394,7 @@ pub fn finetune(
     'stages: for (s, stage) in plan.stages.iter().enumerate() {
         let trainable = stage.trainable(&config.layer_groups);
         let peak = stage.peak_rates();
-        model.net = set_trainable(model.net, groups, &trainable, options.bn_mode);
+        model.net = set_trainable(model.net, &trainable, options.bn_mode);
         let prefix = FrozenPrefix::for_stage(&model.net, &trainable, options.bn_mode);
         stage_starts.push(epoch + 1);
         let total = stage.epochs * steps_per_epoch;
@@ -648,7 +591,7 @@ mod tests {
             bias: vec![0.0; 3],
         };
         let mut model = new_model(net, &head, 0.0, &device);
-        model.net = set_trainable(model.net, GROUPS, trainable, bn_mode);
+        model.net = set_trainable(model.net, trainable, bn_mode);
         (model, device)
     }
 
@@ -705,7 +648,7 @@ mod tests {
         );
         let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 2, 1, 0], [4]), &device);
         let loss_fn = CrossEntropyLossConfig::new().init(&device);
-        let (loss, _, top, net) = forward_backward(
+        let (loss, _, grads) = forward_backward(
             &model,
             &loss_fn,
             (x.clone(), y.clone()),
@@ -714,7 +657,7 @@ mod tests {
             &mut run_rng(2, 0),
         );
         // The prefix's output continues on the fused kernels, as in fine-tuning on the CPU.
-        let (loss_p, _, top_p, net_p) = forward_backward(
+        let (loss_p, _, grads_p) = forward_backward(
             &model,
             &loss_fn,
             (x, y),
@@ -737,8 +680,8 @@ mod tests {
         close(values(loss), values(loss_p), "loss");
         let id = model.top.weight.id;
         close(
-            values(top.get::<2>(id).unwrap()),
-            values(top_p.get::<2>(id).unwrap()),
+            values(grads.get::<2>(id).unwrap()),
+            values(grads_p.get::<2>(id).unwrap()),
             "top",
         );
         let last = model.net.blocks.last().unwrap();
@@ -746,11 +689,11 @@ mod tests {
             (&model.net.head.weight, "head conv"),
             (&last.depthwise.weight, "stage 7 depthwise"),
         ] {
-            let (a, b) = (net.get::<4>(param.id), net_p.get::<4>(param.id));
+            let (a, b) = (grads.get::<4>(param.id), grads_p.get::<4>(param.id));
             close(values(a.unwrap()), values(b.unwrap()), what);
         }
         // Frozen layers get no gradient either way.
-        assert!(net_p.get::<4>(model.net.stem.weight.id).is_none());
+        assert!(grads_p.get::<4>(model.net.stem.weight.id).is_none());
         // No prefix when the stem trains, or with BatchNorm on batch statistics.
         assert!(FrozenPrefix::for_stage(&model.net, &[0, 8], BnMode::Frozen).is_none());
         assert!(FrozenPrefix::for_stage(&model.net, &trainable, BnMode::Train).is_none());

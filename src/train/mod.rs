@@ -1,10 +1,13 @@
-//! Training a new top on cached bottleneck features (recipe 2).
+//! Training: a new top on cached bottleneck features (`dense`, `classical`), fine-tuning
+//! (`finetune`, with its `plan` and `freeze`), SimCLR pretraining (`simclr`), and what they
+//! share (`checkpoint`, `schedule`, `backbone_pass`).
 
 pub mod backbone_pass;
 pub mod checkpoint;
 pub mod classical;
 pub mod dense;
 pub mod finetune;
+pub mod freeze;
 pub mod lr_find;
 pub mod plan;
 pub mod schedule;

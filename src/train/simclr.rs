@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backbone_pass::{BackbonePass, backbone_backward, training_pass};
 use super::checkpoint::{CheckpointError, Checkpoints};
-use super::finetune::{BnMode, set_trainable};
+use super::freeze::{BnMode, set_trainable};
 use super::schedule::{Schedule, factor};
 use crate::backbone::SourceConfig;
 use crate::backbone::mbnet::MbNet;
@@ -28,6 +28,8 @@ use crate::data::augment::{image_rng, simclr_view};
 use crate::data::{Chw, DecodeLimits, decode_rgb, to_batch};
 use crate::metrics::argmax_rows;
 use crate::rng::{RunRng, run_rng};
+use burn::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
+use burn::module::ParamGroup;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SimclrOptions {
@@ -221,10 +223,9 @@ fn train_step(
     (backbone_lr, head_lr): (f64, f64),
     pass: BackbonePass,
 ) -> (SimclrModel, f64, f64) {
-    let (loss, logits, mut grads, net) =
-        backbone_backward(&model.net, Start::Image, x, pass, |h| {
-            nt_xent(model.project(h), temperature)
-        });
+    let (loss, logits, mut grads) = backbone_backward(&model.net, Start::Image, x, pass, |h| {
+        nt_xent(model.project(h), temperature)
+    });
     let loss_value = loss.clone().into_scalar::<f32>() as f64;
     let rows = logits.dims()[0];
     let logits: Vec<f32> = logits
@@ -237,11 +238,12 @@ fn train_step(
         .enumerate()
         .filter(|(i, p)| **p == (i + rows / 2) % rows)
         .count();
-    let hidden = GradientsParams::from_module(&mut grads, &model.hidden);
-    let output = GradientsParams::from_module(&mut grads, &model.output);
-    let mut model = optimizer.step(backbone_lr, model, net);
-    model = optimizer.step(head_lr, model, hidden);
-    model = optimizer.step(head_lr, model, output);
+    let grads = GradientsParams::from_module(&mut grads, &model);
+    // One update: the projection head at its rate, the backbone at its own (burn's groups).
+    let rates = ModuleLrScheduler::new(head_lr)
+        .with_group(ParamGroup::ids_from_module(model.net.clone()), backbone_lr)
+        .step();
+    let model = optimizer.step(rates, model, grads);
     (model, loss_value, hits as f64 / rows.max(1) as f64)
 }
 
@@ -260,7 +262,7 @@ pub fn pretrain(
     let device = crate::backend::device().autodiff();
     let groups = config.layer_groups.len();
     let all: Vec<usize> = (0..groups).collect();
-    let net = set_trainable(net.for_training(&device), groups, &all, options.bn_mode);
+    let net = set_trainable(net.for_training(&device), &all, options.bn_mode);
     // The projection head's initial weights come from the run's seed.
     let mut model = SimclrModel::new(
         net,
@@ -399,7 +401,7 @@ mod tests {
         .for_training(&device);
         let groups = config.layer_groups.len();
         let all: Vec<usize> = (0..groups).collect();
-        let net = set_trainable(net, groups, &all, BnMode::Frozen);
+        let net = set_trainable(net, &all, BnMode::Frozen);
         let model = SimclrModel::new(net, 16, &mut rng, &device);
         let stem = values(model.net.stem.weight.val());
         let head = values(model.net.head.weight.val());
