@@ -34,17 +34,33 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! **3. Fine-tuning**: [`train::finetune::finetune`] unfreezes the backbone group by group
-//! from the top, with discriminative learning rates and BatchNorm frozen, starting from a head
-//! fitted by [`recipe::bottleneck::fit_top`]; `examples/finetune.rs` shows the calls.
+//! **3. Fine-tuning**: a head round on the cached features, then the backbone unfrozen layer
+//! group by layer group from the top, with discriminative learning rates and BatchNorm frozen;
+//! the plan ([`train::plan::Plan`]) is printed, saved and followed.
 //!
-//! Long calls report to a [`progress::Progress`] (or [`progress::Silent`]); errors name the
-//! file or value at fault.
+//! ```no_run
+//! use graft::progress::Silent;
+//! use graft::recipe::finetune::{self, FinetuneRecipe};
+//!
+//! let tuned = finetune::train("flowers".as_ref(), "runs/tuned".as_ref(), &FinetuneRecipe::default(), &mut Silent)?;
+//! for line in tuned.plan.lines() {
+//!     println!("{line}");
+//! }
+//! println!("{:.4} -> {:.4}", tuned.head_round_accuracy, tuned.run.metrics.val.accuracy);
+//! # Ok::<(), graft::recipe::RecipeError>(())
+//! ```
+//!
+//! Self-supervised adaptation to unlabelled images is [`recipe::simclr::pretrain`]. Long calls
+//! report to a [`progress::Progress`] (or [`progress::Silent`]); errors name the file or value
+//! at fault. A run directory is a set of typed records with a schema version ([`run`]):
+//! what a recipe writes, [`run::TrainedModel::open`], the report and `doctor` read through the
+//! same types.
 //!
 //! The data flows one way: files -> [`data`] (decode, preprocess, batch) -> [`backbone`]
-//! (pretrained network, its source config) -> predictions or [`features`] (the bottleneck
-//! cache) -> [`train`] (a new [`head`] on the features) -> a [`run`] directory with [`metrics`].
-//! Weights are read by [`weights`], which also keeps the local model store.
+//! (pretrained network, its source config and layer groups) -> predictions or [`features`]
+//! (the bottleneck cache) -> [`train`] (a new [`head`] on the features, or the backbone
+//! itself) -> a [`run`] directory with [`metrics`], orchestrated by [`recipe`]. Weights are
+//! read by [`weights`], which also keeps the local model store.
 
 pub mod adapted;
 pub mod backbone;

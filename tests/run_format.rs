@@ -188,3 +188,36 @@ fn a_record_from_a_newer_schema_is_refused_by_name() {
     let error = run::load_card(&dir).unwrap_err().to_string();
     assert!(error.contains("not those of recipe finetune"), "{error}");
 }
+
+#[test]
+fn the_run_directory_and_report_keep_the_data_path_as_given() {
+    store_weights("efficientnet-lite0");
+    let tmp = tempfile::tempdir().unwrap();
+    copy_flowers(&tmp.path().join("flowers"), &["daisy", "roses"], 6);
+    ok(graft()
+        .current_dir(tmp.path())
+        .args(["train", "flowers", "--recipe", "logreg", "--out", "run"])
+        .args(["--cache-dir", "cache"])
+        .output()
+        .unwrap());
+    let dir = tmp.path().join("run");
+    let card = run::load_card(&dir).unwrap();
+    assert_eq!(card.data.source, Path::new("flowers"));
+    for record in run::load_predictions(&dir).unwrap() {
+        assert!(
+            record.path.starts_with("flowers"),
+            "{}",
+            record.path.display()
+        );
+    }
+    // Nothing of this machine's layout in what a person reads or shares.
+    let machine = tmp.path().canonicalize().unwrap();
+    for file in ["model.json", "predictions.json", "report.html"] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        assert!(
+            !text.contains(machine.to_str().unwrap())
+                && !text.contains(tmp.path().to_str().unwrap()),
+            "{file} holds an absolute path"
+        );
+    }
+}

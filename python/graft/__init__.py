@@ -115,12 +115,15 @@ def extract(
 
 
 def train(folder: Path, recipe: str = "head", *, progress=True, **options) -> Model:
-    """Train recipe 2 (``"head"``, ``"logreg"``, ``"svm"`` or ``"knn"``) on the labelled
-    images under ``folder`` and return the model. Options are those of ``graft train``
-    (``out``, ``backbone``, ``weights``, ``cache_dir``, ``val_fraction``, ``seed``, ``lr``,
-    ``epochs``, ``batch_size``, ``dropout``, ``weight_decay``, ``label_smoothing``,
-    ``patience``, ``balanced_class_weights``, ``alpha``, ``c``, ``k``,
-    ``extract_batch_size``); the run directory is the command line's."""
+    """Train a recipe on the labelled images under ``folder`` and return the model: recipe 2
+    (``"head"``, ``"logreg"``, ``"svm"`` or ``"knn"`` on the frozen backbone's cached
+    features) or recipe 3 (``"finetune"``: a head round, then gradual unfreezing). Options are
+    those of ``graft train`` (``out``, ``backbone``, ``weights``, ``cache_dir``,
+    ``val_fraction``, ``seed``, ``lr``, ``epochs``, ``batch_size``, ``dropout``,
+    ``weight_decay``, ``label_smoothing``, ``patience``, ``balanced_class_weights``, ``alpha``,
+    ``c``, ``k``, ``extract_batch_size``; for fine-tuning also ``backbone_lr``, ``lr_decay``,
+    ``unfreeze``, ``stages``, ``epochs_per_stage``, ``schedule``, ``finetune_batch_size``,
+    ``bn``, ``augment``, ``resume``); the run directory is the command line's."""
     return _graft.train(folder, recipe=recipe, progress=_progress(progress), **options)
 
 

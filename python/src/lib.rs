@@ -17,8 +17,10 @@ use graft::data::dataset::{self, SplitOptions};
 use graft::data::{Chw, DecodeError, DecodeLimits, load_images, preprocess, to_batch};
 use graft::progress::Progress;
 use graft::recipe::bottleneck::{self, BottleneckOptions};
+use graft::recipe::finetune::{self, FinetuneRecipe};
 use graft::recipe::{BackboneChoice, RecipeError};
 use graft::train::Recipe;
+use graft::train::finetune::FinetuneOptions;
 
 pyo3::create_exception!(
     _graft,
@@ -501,9 +503,16 @@ fn extract<'py>(
     Ok((array, labels, paths))
 }
 
-/// Train recipe 2 on a labelled folder; returns the trained model (its run directory opened).
+/// One of a fine-tuning enum's names (`"gradual"`, `"cosine"`, ...), as graft writes it.
+fn named<T: serde::de::DeserializeOwned>(what: &str, name: &str, known: &str) -> PyResult<T> {
+    serde_json::from_value(serde_json::Value::String(name.to_string()))
+        .map_err(|_| PyValueError::new_err(format!("unknown {what} {name:?}: {known}")))
+}
+
+/// Train recipe 2 or 3 on a labelled folder; returns the trained model (its run directory
+/// opened).
 #[pyfunction]
-#[pyo3(signature = (folder, recipe = "head", out = None, backbone = "efficientnet-lite0", weights = None, cache_dir = None, val_fraction = 0.2, seed = 0, lr = 1e-3, epochs = 100, batch_size = 32, dropout = 0.2, weight_decay = 1e-4, label_smoothing = 0.0, patience = 10, balanced_class_weights = false, alpha = 1.0, c = 1.0, k = 5, extract_batch_size = 32, progress = None))]
+#[pyo3(signature = (folder, recipe = "head", out = None, backbone = "efficientnet-lite0", weights = None, cache_dir = None, val_fraction = 0.2, seed = 0, lr = 1e-3, epochs = 100, batch_size = 32, dropout = 0.2, weight_decay = 1e-4, label_smoothing = 0.0, patience = 10, balanced_class_weights = false, alpha = 1.0, c = 1.0, k = 5, extract_batch_size = 32, backbone_lr = 1e-4, lr_decay = 0.7, unfreeze = "gradual", stages = 3, epochs_per_stage = 2, schedule = "cosine", finetune_batch_size = 16, bn = "frozen", augment = "light", resume = false, progress = None))]
 #[allow(clippy::too_many_arguments)]
 fn train(
     py: Python<'_>,
@@ -527,6 +536,16 @@ fn train(
     c: f64,
     k: usize,
     extract_batch_size: usize,
+    backbone_lr: f64,
+    lr_decay: f64,
+    unfreeze: &str,
+    stages: usize,
+    epochs_per_stage: usize,
+    schedule: &str,
+    finetune_batch_size: usize,
+    bn: &str,
+    augment: &str,
+    resume: bool,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Model> {
     let recipe = match recipe {
@@ -534,14 +553,10 @@ fn train(
         "logreg" => Recipe::Logreg,
         "svm" => Recipe::Svm,
         "knn" => Recipe::Knn,
-        "finetune" => {
-            return Err(PyValueError::new_err(
-                "recipe \"finetune\" is not in the Python package yet: run `graft train --recipe finetune`, then graft.open(run_dir)",
-            ));
-        }
+        "finetune" => Recipe::Finetune,
         other => {
             return Err(PyValueError::new_err(format!(
-                "unknown recipe {other:?}: head, logreg, svm or knn"
+                "unknown recipe {other:?}: head, logreg, svm, knn or finetune"
             )));
         }
     };
@@ -550,12 +565,56 @@ fn train(
             "dropout and val_fraction must be in [0, 1)",
         ));
     }
+    let out = out.unwrap_or_else(|| {
+        graft::run::fresh_dir(
+            std::path::Path::new("runs"),
+            &bottleneck::data_name(&folder),
+            recipe.name(),
+        )
+    });
+    let backbone = BackboneChoice {
+        weights,
+        ..BackboneChoice::new(backbone)
+    };
+    if recipe == Recipe::Finetune {
+        let options = FinetuneRecipe {
+            backbone,
+            split: SplitOptions { val_fraction, seed },
+            tuning: FinetuneOptions {
+                head_learning_rate: lr,
+                backbone_learning_rate: backbone_lr,
+                lr_decay,
+                unfreeze: named("unfreeze", unfreeze, "gradual or all")?,
+                stages,
+                epochs_per_stage,
+                schedule: named("schedule", schedule, "cosine, one-cycle, step or constant")?,
+                batch_size: finetune_batch_size,
+                bn_mode: named("bn", bn, "frozen or train")?,
+                augment: named("augment", augment, "none, light or strong")?,
+                dropout,
+                weight_decay,
+                label_smoothing,
+                seed,
+                head_epochs: epochs,
+                patience,
+            },
+            head_batch_size: batch_size,
+            balanced_class_weights,
+            cache_dir,
+            extract_batch_size,
+            resume,
+        };
+        let mut forward = Forward::new(progress);
+        let result = py.detach(|| -> Result<_, RecipeError> {
+            finetune::train(&folder, &out, &options, &mut forward)?;
+            Ok(graft::run::TrainedModel::open(&out, None)?)
+        });
+        let inner = forward.finish(result)?;
+        return Ok(Model { inner });
+    }
     let options = BottleneckOptions {
         recipe,
-        backbone: BackboneChoice {
-            weights,
-            ..BackboneChoice::new(backbone)
-        },
+        backbone,
         split: SplitOptions { val_fraction, seed },
         dense: graft::train::dense::DenseOptions {
             learning_rate: lr,
@@ -578,13 +637,6 @@ fn train(
         cache_dir,
         extract_batch_size,
     };
-    let out = out.unwrap_or_else(|| {
-        graft::run::fresh_dir(
-            std::path::Path::new("runs"),
-            &bottleneck::data_name(&folder),
-            recipe.name(),
-        )
-    });
     let mut forward = Forward::new(progress);
     let result = py.detach(|| -> Result<_, RecipeError> {
         bottleneck::train(&folder, &out, &options, &mut forward)?;

@@ -189,3 +189,32 @@ def test_ctrl_c_stops_extract_and_a_rerun_resumes(tmp_path):
     extracted = int(summary.split("extracted ")[1].split(",")[0])
     reused = int(summary.split("reused ")[1].split(",")[0])
     assert extracted + reused == 80 and 0 < reused < 80, summary
+
+
+def test_finetune_in_python_equals_the_cli_run(tmp_path):
+    """Recipe 3 from Python and from the command line, same options: the same fine-tuned
+    backbone and top, bit for bit, and either run directory opens in the other."""
+    data = tmp_path / "flowers"
+    for cls in ["daisy", "roses"]:
+        (data / cls).mkdir(parents=True)
+        for photo in sorted((FLOWERS / cls).iterdir())[:10]:
+            shutil.copy(photo, data / cls / photo.name)
+    options = dict(stages=1, epochs_per_stage=1, epochs=20, finetune_batch_size=8)
+    model = graft.train(
+        data, "finetune", out=tmp_path / "py", cache_dir=tmp_path / "cache", progress=False, **options
+    )
+    assert model.recipe == "finetune"
+    cli(
+        "train", data, "--recipe", "finetune", "--out", tmp_path / "cli",
+        "--cache-dir", tmp_path / "cache", "--stages", "1", "--epochs-per-stage", "1",
+        "--epochs", "20", "--finetune-batch-size", "8",
+    )
+    for name in ["backbone.safetensors", "head.safetensors"]:
+        assert sha256(tmp_path / "py" / name) == sha256(tmp_path / "cli" / name), name
+    plan = json.loads((tmp_path / "py" / "plan.json").read_text())
+    assert [s["trainable_groups"] for s in plan["stages"]] == [["head"]]
+    from_cli = graft.open(tmp_path / "cli")
+    probe = [str(p) for p in sorted((data / "roses").iterdir())[:3]]
+    assert from_cli.predict(probe, top=1) == model.predict(probe, top=1)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        graft.train(data, "finetune", schedule="linear", progress=False)

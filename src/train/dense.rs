@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::epochs::EarlyStopping;
 use super::{EpochRecord, balanced_class_weights, cross_entropy};
 use crate::features::FeatureMatrix;
 use crate::head::{Head, linear};
@@ -87,10 +88,15 @@ pub fn train_dense(
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
     let mut order: Vec<usize> = (0..train.len()).collect();
     let mut history = Vec::new();
-    let mut best: Option<(f64, usize, Head)> = None;
+    let mut stopping = EarlyStopping::new(options.patience);
 
     let mut diverged_at = None;
     'epochs: for epoch in 1..=options.epochs {
+        if stopping.stalled(epoch) {
+            break;
+        }
+        // One generator for the shuffles and the dropout masks: a head trains in seconds and
+        // is never resumed, so it needs no per-epoch key (see `epochs::epoch_order`).
         order.shuffle(&mut rng);
         let (mut loss_sum, mut correct) = (0.0f64, 0usize);
         for batch in order.chunks(options.batch_size.max(1)) {
@@ -141,17 +147,11 @@ pub fn train_dense(
         };
         on_epoch(&record);
         history.push(record);
-        let improved = best.as_ref().is_none_or(|(loss, _, _)| val_loss < *loss);
-        if val.is_empty() || improved {
-            best = Some((val_loss, epoch, head));
-        } else if best
-            .as_ref()
-            .is_some_and(|(_, at, _)| epoch - at >= options.patience)
-        {
-            break;
-        }
+        stopping.observe(epoch, val_loss, val.is_empty(), || head);
     }
-    let (_, best_epoch, head) = best.unwrap_or_else(|| (f64::NAN, 0, Head::from_linear(&layer)));
+    let (best_epoch, head) = stopping
+        .into_best()
+        .map_or_else(|| (0, Head::from_linear(&layer)), |b| (b.epoch, b.model));
     DenseResult {
         diverged_at,
         head,

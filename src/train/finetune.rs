@@ -9,18 +9,15 @@ use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::optim::module_optimizer::ModuleOptimizer;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 use super::EpochRecord;
 use super::backbone_pass::backbone_backward;
 pub use super::backbone_pass::{BackbonePass, training_pass};
 use super::checkpoint;
 pub use super::checkpoint::{CheckpointError, Checkpoints};
+use super::epochs::{Best, EarlyStopping, check_resumed_options, epoch_order};
 use super::freeze::group_rates;
 pub use super::freeze::{BnMode, set_trainable};
 use super::plan::Plan;
@@ -363,7 +360,7 @@ pub fn finetune(
     let mut history = Vec::new();
     let mut group_lrs = Vec::new();
     let mut stage_starts = Vec::new();
-    let mut best: Option<(f64, usize, FinetuneModel)> = None;
+    let mut stopping = EarlyStopping::new(options.patience);
     let mut epoch = 0;
     let mut global_step = 0u64;
     // Resuming: weights, optimizer state and the history so far come from the last epoch that
@@ -385,11 +382,14 @@ pub fn finetune(
             &crate::backend::device(),
         )
         .load_record(saved.best);
-        best = Some((
-            saved.state.best_loss,
-            saved.state.best_epoch,
-            best_model.valid(),
-        ));
+        stopping = EarlyStopping::resumed(
+            options.patience,
+            Best {
+                loss: saved.state.best_loss,
+                epoch: saved.state.best_epoch,
+                model: best_model.valid(),
+            },
+        );
     }
     'stages: for (s, stage) in plan.stages.iter().enumerate() {
         let trainable = stage.trainable(&config.layer_groups);
@@ -406,16 +406,10 @@ pub fn finetune(
                 step += steps_per_epoch;
                 continue;
             }
-            let stalled = best
-                .as_ref()
-                .is_some_and(|(_, at, _)| epoch - at > options.patience);
-            if checkpoints.stop_after.is_some_and(|n| epoch > n) || stalled {
+            if checkpoints.stop_after.is_some_and(|n| epoch > n) || stopping.stalled(epoch) {
                 break 'stages;
             }
-            let mut order: Vec<usize> = (0..train.paths.len()).collect();
-            order.shuffle(&mut ChaCha8Rng::seed_from_u64(
-                options.seed ^ ((epoch as u64) << 40),
-            ));
+            let order = epoch_order(train.paths.len(), options.seed, epoch);
             let (mut loss_sum, mut correct) = (0.0f64, 0usize);
             let mut lrs = vec![0.0; groups + 1];
             let mut lr_sums = vec![0.0; groups + 1];
@@ -478,21 +472,18 @@ pub fn finetune(
                     .map(|s| s / steps_in_epoch.max(1) as f64)
                     .collect(),
             );
-            let improved = best.as_ref().is_none_or(|(l, _, _)| val_loss < *l);
-            if improved || val.paths.is_empty() {
-                best = Some((val_loss, epoch, eval));
-            }
-            if let Some((best_loss, best_epoch, best_model)) = &best {
+            stopping.observe(epoch, val_loss, val.paths.is_empty(), || eval);
+            if let Some(best) = stopping.best() {
                 checkpoints.save(
                     epoch,
-                    &[(MODULES[0], &model), (MODULES[1], best_model)],
+                    &[(MODULES[0], &model), (MODULES[1], &best.model)],
                     &optimizer,
                     &CheckpointState {
                         options: options.clone(),
                         epochs_done: epoch,
                         global_step,
-                        best_epoch: *best_epoch,
-                        best_loss: *best_loss,
+                        best_epoch: best.epoch,
+                        best_loss: best.loss,
                         history: history.clone(),
                         group_lrs: group_lrs.clone(),
                     },
@@ -503,7 +494,9 @@ pub fn finetune(
     crate::backbone::fused_grad::release_buffers();
     // A stage that an early stop skipped entirely never started.
     stage_starts.retain(|&start| start <= history.len());
-    let (_, best_epoch, best_model) = best.unwrap_or_else(|| (f64::NAN, 0, model.valid()));
+    let (best_epoch, best_model) = stopping
+        .into_best()
+        .map_or_else(|| (0, model.valid()), |b| (b.epoch, b.model));
     Ok(FinetuneResult {
         head: Head::from_linear(&best_model.top),
         net: best_model.net,
@@ -545,17 +538,14 @@ fn load_checkpoint(
     let Some(loaded) = checkpoints.load::<CheckpointState>(&MODULES)? else {
         return Ok(None);
     };
-    if &loaded.state.options != options {
-        let dir = checkpoints.dir.as_deref().unwrap_or(Path::new("."));
-        return Err(checkpoint::invalid(
-            dir,
-            "the checkpoint was made with other fine-tuning options; rerun with the same ones",
-        ));
-    }
-    let [model, best]: [burn::store::ModuleRecord; 2] = loaded
-        .modules
-        .try_into()
-        .map_err(|_| checkpoint::invalid(Path::new("."), "two module records expected"))?;
+    check_resumed_options(&loaded.state.options, options, checkpoints, "fine-tuning")?;
+    let [model, best]: [burn::store::ModuleRecord; 2] =
+        loaded.modules.try_into().map_err(|_| {
+            checkpoint::invalid(
+                &checkpoints.dir.clone().unwrap_or_default(),
+                "two module records expected",
+            )
+        })?;
     Ok(Some(Saved {
         state: loaded.state,
         model,

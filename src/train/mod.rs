@@ -6,6 +6,7 @@ pub mod backbone_pass;
 pub mod checkpoint;
 pub mod classical;
 pub mod dense;
+pub mod epochs;
 pub mod finetune;
 pub mod freeze;
 pub mod lr_find;

@@ -11,14 +11,12 @@ use burn::nn::{Linear, Relu};
 use burn::optim::module_optimizer::ModuleOptimizer;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::backbone_pass::{BackbonePass, backbone_backward, training_pass};
 use super::checkpoint::{CheckpointError, Checkpoints};
+use super::epochs::{check_resumed_options, epoch_order};
 use super::freeze::{BnMode, set_trainable};
 use super::schedule::{Schedule, factor};
 use crate::backbone::SourceConfig;
@@ -282,13 +280,7 @@ pub fn pretrain(
     if checkpoints.resume
         && let Some(saved) = checkpoints.load::<State>(&MODULES)?
     {
-        if saved.state.options != *options {
-            let dir = checkpoints.dir.clone().unwrap_or_default();
-            return Err(super::checkpoint::invalid(
-                &dir,
-                "the checkpoint was made with other pretraining options; rerun with the same ones",
-            ));
-        }
+        check_resumed_options(&saved.state.options, options, checkpoints, "pretraining")?;
         history = saved.state.history;
         global_step = saved.state.global_step;
         let record = saved.modules.into_iter().next().ok_or_else(|| {
@@ -301,10 +293,7 @@ pub fn pretrain(
         if checkpoints.stop_after.is_some_and(|n| epoch > n) {
             break;
         }
-        let mut order: Vec<usize> = (0..paths.len()).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
-            options.seed ^ ((epoch as u64) << 40),
-        ));
+        let order = epoch_order(paths.len(), options.seed, epoch);
         let (mut loss_sum, mut accuracy_sum, mut steps, mut skipped) = (0.0, 0.0, 0usize, 0);
         let mut backbone_lr = 0.0;
         for batch in order.chunks(batch_size) {
