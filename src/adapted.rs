@@ -132,7 +132,7 @@ pub fn backbone_of_run(dir: &Path) -> Result<(PathBuf, String), RunError> {
         return Err(RunError::Invalid {
             path: dir.to_path_buf(),
             problem: format!(
-                "holds no {BACKBONE_FILE} (only `graft pretrain` and `--recipe finetune` runs \
+                "holds no {BACKBONE_FILE} (only pretraining and fine-tuning runs \
                  have their own backbone)"
             ),
         });

@@ -234,12 +234,12 @@ fn predict_into_a_closed_pipe_ends_quietly() {
         status == 0 || status == 141,
         "exit status {status}: {stderr}"
     );
-    // Output far larger than the pipe's buffer, so that graft surely writes after `head` has
-    // gone: the conventional SIGPIPE status, no panic and no error message.
-    let (stdout, stderr, status) = into_head(&format!(
-        "predict --top 1000 '{}'",
-        golden_source("parrot").display()
-    ));
+    // Output far larger than the pipe's buffer (64 KiB on Linux; 30 images x 1000 lines is
+    // about 1 MB), so that graft surely writes after `head` has gone: the conventional SIGPIPE
+    // status, no panic and no error message. (One image's 1000 lines fit in the buffer, and
+    // then graft may finish first: that version of this test failed now and then.)
+    let parrot = format!("'{}' ", golden_source("parrot").display());
+    let (stdout, stderr, status) = into_head(&format!("predict --top 1000 {}", parrot.repeat(30)));
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert_eq!(status, 141, "{stderr}");
     assert!(

@@ -99,7 +99,7 @@ pub fn open(root: &Path, options: SplitOptions) -> Result<Dataset, DatasetError>
         return Err(DatasetError::Invalid {
             path: root.to_path_buf(),
             problem: format!(
-                "--val-fraction must be in [0, 1), got {}",
+                "the validation fraction must be in [0, 1), got {}",
                 options.val_fraction
             ),
         });

