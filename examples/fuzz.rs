@@ -157,6 +157,7 @@ fn main() {
     let limits = DecodeLimits {
         max_pixels: 4_000_000,
         max_file_bytes: 64 * 1024 * 1024,
+        ..DecodeLimits::default()
     };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let deadline = Instant::now() + Duration::from_secs(seconds);

@@ -37,7 +37,16 @@ fn main() -> ExitCode {
     if let Err(e) = graft::interrupt::install() {
         eprintln!("warning: Ctrl-C will not stop cleanly: {e}");
     }
-    match cli::run(args.command) {
+    graft::data::complete::set_allow_truncated(args.allow_truncated);
+    let result = cli::run(args.command);
+    let kept = graft::data::complete::truncated_kept();
+    if kept > 0 {
+        eprintln!(
+            "kept {kept} truncated image{} (--allow-truncated: their missing part is grey)",
+            if kept == 1 { "" } else { "s" }
+        );
+    }
+    match result {
         Ok(code) => code,
         Err(e) if interrupted(&e) => {
             eprintln!("{e}");

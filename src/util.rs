@@ -6,6 +6,12 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 /// Hex sha256 of a file's bytes, streamed.
+/// Hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Hex sha256 of the file at `path`, read in chunks.
 pub fn file_sha256(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();

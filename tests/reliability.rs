@@ -209,11 +209,13 @@ fn corpus(root: &Path) -> BTreeMap<PathBuf, Expect> {
         &decompression_bomb(),
         Expect::Fails,
     );
+    // Cut short: no end-of-image marker after its scan data (refused unless
+    // --allow-truncated).
     put(
         &mut files,
         mixed.join("truncated.jpg"),
         &base[..base.len() / 3],
-        Expect::Either,
+        Expect::Fails,
     );
     let mut huffman = base.clone();
     let dht = huffman.windows(2).position(|w| w == [0xFF, 0xC4]).unwrap();
@@ -602,4 +604,132 @@ fn a_head_that_does_not_fit_the_backbone_is_a_clear_error() {
             );
         }
     }
+}
+
+/// A JPEG holding only its headers (up to and with its start-of-scan header, then the
+/// end-of-image marker), a JPEG cut at half its size, and a PNG without its IDAT chunk decode
+/// into grey pictures without an error from the decoders. graft names each of them, in
+/// predict, extract and train, and writes no feature row for them; `--allow-truncated` keeps
+/// the cut JPEG (part of its data is there) and says so, never the two without image data.
+#[test]
+fn images_with_missing_data_are_named_and_leave_no_feature_row() {
+    store_weights("efficientnet-lite0");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    copy_flowers(&data, &["daisy", "roses"], 4);
+    let photo = std::fs::read(&flower_photos("daisy")[10]).unwrap();
+    let sos = photo.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+    let length = usize::from(u16::from_be_bytes([photo[sos + 2], photo[sos + 3]]));
+    let mut headers = photo[..sos + 2 + length].to_vec();
+    headers.extend([0xFF, 0xD9]);
+    let header_only = data.join("daisy/header-only.jpg");
+    std::fs::write(&header_only, headers).unwrap();
+    let cut = data.join("daisy/cut-half.jpg");
+    std::fs::write(&cut, &photo[..photo.len() / 2]).unwrap();
+    let mut png = Vec::new();
+    let image = picture(64, 48);
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(image.as_raw(), 64, 48, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    let idat = png.windows(4).position(|w| w == b"IDAT").unwrap() - 4;
+    let idat_len = u32::from_be_bytes(png[idat..idat + 4].try_into().unwrap()) as usize;
+    let mut no_idat = png[..idat].to_vec();
+    no_idat.extend(&png[idat + 12 + idat_len..]);
+    let no_idat_path = data.join("roses/no-idat.png");
+    std::fs::write(&no_idat_path, no_idat).unwrap();
+    let broken = [
+        (&header_only, "no scan data"),
+        (&cut, "ends early"),
+        (&no_idat_path, "no IDAT"),
+    ];
+    let named_once = |command: &str, stderr: &str| {
+        for (path, reason) in &broken {
+            let lines: Vec<&str> = stderr
+                .lines()
+                .filter(|l| l.contains(&format!("{}: ", path.display())))
+                .collect();
+            assert_eq!(lines.len(), 1, "{command}: {}:\n{stderr}", path.display());
+            assert!(lines[0].contains(reason), "{command}: {}", lines[0]);
+        }
+    };
+    let os = |s: &str| OsStr::new(s).to_os_string();
+    let path = |p: &Path| p.as_os_str().to_os_string();
+    let run = |args: &[std::ffi::OsString]| {
+        let refs: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let out = graft(&refs);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let cache = dir.path().join("cache");
+    let (status, stdout, stderr) =
+        run(&[os("extract"), os("--cache-dir"), path(&cache), path(&data)]);
+    assert_eq!(status, Some(1), "{stderr}");
+    named_once("extract", &stderr);
+    assert!(
+        stdout.contains("extracted 8, reused 0, skipped 3 (8 rows in"),
+        "{stdout}"
+    );
+
+    let mut args = vec![os("predict"), os("-k"), os("1")];
+    args.extend(broken.iter().map(|(p, _)| path(p)));
+    args.push(path(&flower_photos("roses")[0]));
+    let (status, _, stderr) = run(&args);
+    assert_eq!(status, Some(1), "{stderr}");
+    named_once("predict", &stderr);
+
+    let out = dir.path().join("run");
+    let (status, _, stderr) = run(&[
+        os("train"),
+        os("--recipe"),
+        os("logreg"),
+        os("--cache-dir"),
+        path(&cache),
+        os("--out"),
+        path(&out),
+        path(&data),
+    ]);
+    assert_eq!(status, Some(0), "{stderr}");
+    named_once("train", &stderr);
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(
+        metrics["train_size"].as_u64().unwrap() + metrics["val_size"].as_u64().unwrap(),
+        8
+    );
+
+    // --allow-truncated keeps the cut JPEG, counted; the files without image data still fail.
+    let (status, stdout, stderr) = run(&[
+        os("--allow-truncated"),
+        os("extract"),
+        os("--cache-dir"),
+        path(&dir.path().join("cache-2")),
+        path(&data),
+    ]);
+    assert_eq!(status, Some(1), "{stderr}");
+    assert!(
+        stdout.contains("extracted 9, reused 0, skipped 2"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("kept 1 truncated image"), "{stderr}");
+    assert!(
+        !stderr.contains(&format!("{}: ", cut.display())),
+        "{stderr}"
+    );
+    // Without the flag again, the row cached for the cut JPEG is not reused.
+    let (status, stdout, stderr) = run(&[
+        os("extract"),
+        os("--cache-dir"),
+        path(&dir.path().join("cache-2")),
+        path(&data),
+    ]);
+    assert_eq!(status, Some(1), "{stderr}");
+    named_once("extract on the permissive cache", &stderr);
+    assert!(
+        stdout.contains("extracted 0, reused 8, skipped 3"),
+        "{stdout}"
+    );
 }

@@ -38,6 +38,12 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = DeviceArg::Cpu, value_name = "DEVICE")]
     pub device: DeviceArg,
 
+    /// Keep JPEG and PNG files whose image data is cut short (their missing part decodes grey)
+    /// instead of reporting them as errors; the run counts them at the end. Files with no
+    /// image data at all are errors either way.
+    #[arg(long, global = true)]
+    pub allow_truncated: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -2,10 +2,12 @@
 //! EXIF orientation applied. Grayscale, palette and alpha images become plain RGB
 //! (alpha is dropped, as Pillow's `convert("RGB")` does).
 
-use std::io::BufReader;
+use std::io::{BufReader, Cursor};
 use std::path::{Path, PathBuf};
 
-use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+
+use super::complete;
 
 /// Safety limits for decoding untrusted files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +16,10 @@ pub struct DecodeLimits {
     pub max_pixels: u64,
     /// Largest file accepted, in bytes.
     pub max_file_bytes: u64,
+    /// Keep a JPEG or PNG whose image data is cut short (decoded with its missing part grey)
+    /// instead of refusing it; a file with no image data at all is refused either way. Default: off, unless the process turned it on
+    /// ([`super::complete::set_allow_truncated`], the command line's `--allow-truncated`).
+    pub allow_truncated: bool,
 }
 
 impl Default for DecodeLimits {
@@ -21,6 +27,7 @@ impl Default for DecodeLimits {
         Self {
             max_pixels: 100_000_000,
             max_file_bytes: 256 * 1024 * 1024,
+            allow_truncated: super::complete::allow_truncated_default(),
         }
     }
 }
@@ -59,15 +66,26 @@ pub fn decode_rgb(path: &Path, limits: DecodeLimits) -> Result<RgbImage, DecodeE
             ),
         ));
     }
-    let file = std::fs::File::open(path).map_err(|e| fail(path, e.to_string()))?;
-    let mut reader = ImageReader::new(BufReader::new(file))
+    let bytes = std::fs::read(path).map_err(|e| fail(path, e.to_string()))?;
+    let mut reader = ImageReader::new(Cursor::new(&bytes))
         .with_guessed_format()
         .map_err(|e| fail(path, e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(fail(
-            path,
-            "not an image format graft can read (JPEG, PNG, BMP, GIF, WebP)",
-        ));
+    let missing = match reader.format() {
+        None => {
+            return Err(fail(
+                path,
+                "not an image format graft can read (JPEG, PNG, BMP, GIF, WebP)",
+            ));
+        }
+        Some(ImageFormat::Jpeg) => complete::jpeg_missing(&bytes),
+        Some(ImageFormat::Png) => complete::png_missing(&bytes),
+        Some(_) => None,
+    };
+    if let Some(missing) = missing {
+        if !(missing.partial && limits.allow_truncated) {
+            return Err(fail(path, missing.reason));
+        }
+        complete::count_kept();
     }
     let mut image_limits = image::Limits::default();
     // Decoded RGBA16 is the largest buffer a decoder may ask for: 8 bytes a pixel.

@@ -1,6 +1,7 @@
 //! Images in, network-ready tensors out.
 
 pub mod augment;
+pub mod complete;
 pub mod dataset;
 pub mod decode;
 pub mod preprocess;

@@ -11,7 +11,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
-use sha2::{Digest, Sha256};
 
 use crate::backbone::Backbone;
 
@@ -61,11 +60,6 @@ pub struct FeatureCache {
     pub quarantined: Vec<PathBuf>,
 }
 
-/// Hex sha256 of some bytes.
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 impl FeatureCache {
     /// Open (creating if needed) the cache of `backbone` under `root`, verifying every shard.
     pub fn open(root: &Path, backbone: &Backbone) -> Result<Self, CacheError> {
@@ -75,7 +69,7 @@ impl FeatureCache {
         let dir = root.join(&backbone.config.name).join(format!(
             "{}-{}",
             backbone.weights_id,
-            &sha256_hex(variant.as_bytes())[..12]
+            &crate::util::sha256_hex(variant.as_bytes())[..12]
         ));
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         remove_stale_temporaries(&dir);
@@ -168,7 +162,7 @@ impl FeatureCache {
                 // cannot fail: a list of strings always serialises to JSON
                 serde_json::to_string(&fresh_keys).expect("strings serialise"),
             ),
-            ("sha256".to_string(), sha256_hex(&bytes)),
+            ("sha256".to_string(), crate::util::sha256_hex(&bytes)),
             ("backbone".to_string(), self.backbone.clone()),
             ("weights_id".to_string(), self.weights_id.clone()),
             ("preprocessing".to_string(), self.preprocessing.clone()),
@@ -218,7 +212,8 @@ fn read_shard(path: &Path) -> Result<(Vec<String>, Vec<f32>, usize), CacheError>
     if *rows != keys.len() || view.dtype() != Dtype::F32 {
         return Err(corrupt("rows and keys disagree".into()));
     }
-    if info.get("sha256").map(String::as_str) != Some(sha256_hex(view.data()).as_str()) {
+    if info.get("sha256").map(String::as_str) != Some(crate::util::sha256_hex(view.data()).as_str())
+    {
         return Err(corrupt("checksum mismatch".into()));
     }
     let features = view

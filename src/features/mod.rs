@@ -49,15 +49,24 @@ impl FeatureMatrix {
     }
 }
 
-/// Content key of each file (sha256 of its bytes), in parallel; unreadable files get an error.
-pub fn content_keys(paths: &[PathBuf]) -> Vec<Result<String, DecodeError>> {
+/// Content key of each file (sha256 of its bytes), in parallel. Unreadable files get an error,
+/// and so do JPEG and PNG files whose image data is missing (see [`crate::data::complete`]),
+/// so that a row cached before that check, or by a run that allowed truncated files, is not
+/// reused for them.
+pub fn content_keys(paths: &[PathBuf], limits: DecodeLimits) -> Vec<Result<String, DecodeError>> {
+    let allow_truncated = limits.allow_truncated;
     paths
         .par_iter()
         .map(|p| {
-            crate::util::file_sha256(p).map_err(|e| DecodeError {
+            let error = |reason: String| DecodeError {
                 path: p.clone(),
-                reason: e.to_string(),
-            })
+                reason,
+            };
+            let bytes = std::fs::read(p).map_err(|e| error(e.to_string()))?;
+            if let Some(reason) = crate::data::complete::refused(&bytes, allow_truncated) {
+                return Err(error(reason.to_string()));
+            }
+            Ok(crate::util::sha256_hex(&bytes))
         })
         .collect()
 }
@@ -78,7 +87,7 @@ pub fn extract(
     let mut todo: Vec<(PathBuf, String)> = Vec::new();
     // Identical files within the dataset are computed once.
     let mut queued = HashSet::new();
-    for (path, key) in paths.iter().zip(content_keys(paths)) {
+    for (path, key) in paths.iter().zip(content_keys(paths, limits)) {
         match key {
             Err(e) => {
                 summary.skipped.push(e);
