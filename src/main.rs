@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         eprintln!("warning: Ctrl-C will not stop cleanly: {e}");
     }
     graft::data::complete::set_allow_truncated(args.allow_truncated);
+    graft::backbone::source_config::set_exact_decode(args.exact_decode);
     let result = cli::run(args.command);
     let kept = graft::data::complete::truncated_kept();
     if kept > 0 {

@@ -362,7 +362,10 @@ impl TrainedModel {
             include_top: false,
             padding: Some(card.source.padding),
         };
-        let backbone = Backbone::load(info, &path, options, &crate::backend::device())?;
+        let mut backbone = Backbone::load(info, &path, options, &crate::backend::device())?;
+        // Images are decoded as they were for training (runs from before the decode mode
+        // existed decoded exactly).
+        backbone.config.decode = card.source.decode;
         if backbone.weights_id != card.weights_id {
             return Err(invalid(
                 &path,

@@ -87,3 +87,80 @@ fn efficientnet_lite1_and_lite2_classify_the_golden_photos() {
         assert_eq!(top1[3], 88, "{name} parrot");
     }
 }
+
+/// The sample as camera-sized photos (each resized to 4032 x 3024, JPEG quality 92, as the
+/// photos of a 12 MP phone), written into `dir`, with their labels.
+fn camera_sized_sample(dir: &std::path::Path) -> Vec<(PathBuf, usize)> {
+    use image::ImageEncoder;
+    use rayon::prelude::*;
+    labelled_sample()
+        .par_iter()
+        .map(|(path, label)| {
+            let rgb = graft::data::decode_rgb(path, DecodeLimits::default()).unwrap();
+            let big = image::imageops::resize(&rgb, 4032, 3024, image::imageops::Triangle);
+            let mut jpeg = Vec::new();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 92)
+                .write_image(big.as_raw(), 4032, 3024, image::ExtendedColorType::Rgb8)
+                .unwrap();
+            let out = dir.join(path.file_name().unwrap());
+            std::fs::write(&out, jpeg).unwrap();
+            (out, *label)
+        })
+        .collect()
+}
+
+#[test]
+fn dct_scaled_decoding_keeps_top1_on_camera_sized_photos() {
+    use graft::backbone::DecodeMode;
+    let dir = tempfile::tempdir().unwrap();
+    let sample = camera_sized_sample(dir.path());
+    let paths: Vec<PathBuf> = sample.iter().map(|(p, _)| p.clone()).collect();
+    let weights = store_weights("efficientnet-lite0");
+    let mut backbone = load("efficientnet-lite0", &weights, true, None).for_inference();
+    let mut top1 = |mode: DecodeMode| {
+        backbone.config.decode = mode;
+        let results = classify(
+            &backbone,
+            Top::ImageNet,
+            &paths,
+            1,
+            25,
+            DecodeLimits::default(),
+            |_| {},
+        );
+        let best: Vec<(usize, f32)> = results
+            .iter()
+            .map(|r| {
+                let p = &r.result.as_ref().unwrap()[0];
+                (p.index, p.probability)
+            })
+            .collect();
+        let correct = best
+            .iter()
+            .zip(&sample)
+            .filter(|((index, _), (_, label))| index == label)
+            .count();
+        (correct, best)
+    };
+    let (exact, exact_best) = top1(DecodeMode::Exact);
+    let (scaled, scaled_best) = top1(DecodeMode::DctScaled);
+    eprintln!(
+        "camera-sized imagenet-sample top-1: exact decoding {exact}/100, DCT-scaled {scaled}/100"
+    );
+    assert!(
+        exact.abs_diff(scaled) <= 1,
+        "DCT-scaled decoding {scaled}/100 vs exact {exact}/100"
+    );
+    // The two modes did decode differently (a 4032 x 3024 photo decodes at 1/8 of its side).
+    assert!(
+        exact_best
+            .iter()
+            .zip(&scaled_best)
+            .any(|(a, b)| (a.1 - b.1).abs() > 1e-4),
+        "the scaled decode was not used"
+    );
+    assert!(
+        exact >= 80,
+        "exact decoding of the camera-sized set: {exact}/100"
+    );
+}

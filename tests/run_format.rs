@@ -46,10 +46,11 @@ fn cards_of_every_recipe_read_typed_and_write_back_the_same_json() {
         assert!(card.hyperparameters.matches(recipe), "{name}");
         assert_eq!(card.data.source, Path::new("flowers-small"), "{name}");
         assert_eq!(card.data.split, SplitKind::Stratified, "{name}");
-        // Written back through the same types: the old JSON plus the schema version, nothing
-        // renamed, nothing lost.
+        // Written back through the same types: the old JSON plus the schema version and the
+        // decode mode (exact, what graft 0.1.0 did), nothing renamed, nothing lost.
         let mut old = json(&dir.join(run::MODEL_FILE));
         old["schema_version"] = 1.into();
+        old["source"]["decode"] = "exact".into();
         assert_eq!(serde_json::to_value(&card).unwrap(), old, "{name}");
         let metrics = run::load_metrics(&dir).unwrap();
         let history = run::load_history(&dir).unwrap();
@@ -119,6 +120,7 @@ fn evaluations_and_pretraining_records_read_typed() {
     assert_eq!(metrics.history.len(), 1);
     let mut old = json(&fixture("pretrain").join(graft::adapted::PRETRAIN_FILE));
     old["schema_version"] = 1.into();
+    old["source"]["decode"] = "exact".into();
     assert_eq!(serde_json::to_value(&card).unwrap(), old);
 }
 

@@ -27,7 +27,7 @@ use fused::FusedNet;
 use mbnet::{MbNet, MbNetSpec};
 use names::{BlockPart, KeyLayout};
 pub use source_config::{
-    CropRule, LabelSet, Normalization, PaddingMode, ResizeFilter, SourceConfig,
+    CropRule, DecodeMode, LabelSet, Normalization, PaddingMode, ResizeFilter, SourceConfig,
 };
 
 /// Where the pretrained weights of a registry entry come from.
@@ -196,6 +196,7 @@ impl BackboneInfo {
             feature_dim: spec.head_channels,
             layer_groups,
             weights_origin: self.description.into(),
+            decode: source_config::default_decode(),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The record that travels with every pretrained backbone: how its weights expect images to be
 //! prepared and how the network must be run (timm's `pretrained_cfg`). Users never type these.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde::{Deserialize, Serialize};
 
 /// How the square (or whole) region fed to the network is cut from the decoded image.
@@ -61,6 +63,37 @@ pub enum PaddingMode {
     Symmetric,
 }
 
+/// How JPEG files are decoded for eval preprocessing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecodeMode {
+    /// Every pixel decoded, then resized (run directories from before the field read as this).
+    #[default]
+    Exact,
+    /// A JPEG at least twice the size the resize needs is decoded scaled in the DCT domain
+    /// (1/2, 1/4 or 1/8, as libjpeg's `scale_denom` and Pillow's `draft`), at the largest
+    /// reduction that keeps it at least as large as the resize input; then the same resize.
+    /// Camera-sized photos decode several times faster.
+    DctScaled,
+}
+
+static EXACT_DECODE: AtomicBool = AtomicBool::new(false);
+
+/// Make [`DecodeMode::Exact`] the default for the backbones loaded in this process (the
+/// command line's `--exact-decode`); otherwise it is [`DecodeMode::DctScaled`].
+pub fn set_exact_decode(exact: bool) {
+    EXACT_DECODE.store(exact, Ordering::Relaxed);
+}
+
+/// The decode mode of newly loaded backbones (see [`set_exact_decode`]).
+pub fn default_decode() -> DecodeMode {
+    if EXACT_DECODE.load(Ordering::Relaxed) {
+        DecodeMode::Exact
+    } else {
+        DecodeMode::DctScaled
+    }
+}
+
 /// Names of the classes the pretrained top predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -89,15 +122,36 @@ pub struct SourceConfig {
     pub layer_groups: Vec<String>,
     /// Where the weights come from, for humans.
     pub weights_origin: String,
+    /// How JPEGs are decoded for eval preprocessing; part of the cache key, so rows of the two
+    /// modes never mix.
+    #[serde(default)]
+    pub decode: DecodeMode,
 }
 
 impl SourceConfig {
     /// A stable identifier of the preprocessing, used to key cached features.
     pub fn preprocessing_id(&self) -> String {
         let n = &self.normalization;
+        // Exact decoding keeps the identifier it had before the mode existed, so caches made
+        // then stay valid.
+        let decode = match self.decode {
+            DecodeMode::Exact => "",
+            DecodeMode::DctScaled => "|dct-scaled",
+        };
         format!(
-            "{}px|{:?}|{:?}|mean{:?}|std{:?}",
+            "{}px|{:?}|{:?}|mean{:?}|std{:?}{decode}",
             self.resolution, self.crop, self.resize_filter, n.mean, n.std
         )
+    }
+
+    /// The short side an image needs for the resize to downsample (not upsample): `resolution
+    /// / fraction` for both crop rules.
+    pub fn needed_short_side(&self) -> u32 {
+        let fraction = match self.crop {
+            CropRule::CenterSquare { fraction } | CropRule::ResizeThenCenterCrop { fraction } => {
+                fraction
+            }
+        };
+        (self.resolution as f64 / f64::from(fraction)).ceil() as u32
     }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
 use super::complete;
+use crate::backbone::{DecodeMode, SourceConfig};
 
 /// Safety limits for decoding untrusted files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +50,27 @@ fn fail(path: &Path, reason: impl Into<String>) -> DecodeError {
 
 /// Decode `path` into an upright RGB8 image.
 pub fn decode_rgb(path: &Path, limits: DecodeLimits) -> Result<RgbImage, DecodeError> {
+    decode_at_least(path, limits, None)
+}
+
+/// Decode `path` for `config`'s eval preprocessing: as [`decode_rgb`], except that with
+/// [`DecodeMode::DctScaled`] a JPEG at least twice the size the resize needs is decoded
+/// scaled in the DCT domain (see [`DecodeMode`]).
+pub fn decode_for(
+    path: &Path,
+    config: &SourceConfig,
+    limits: DecodeLimits,
+) -> Result<RgbImage, DecodeError> {
+    let short = (config.decode == DecodeMode::DctScaled).then(|| config.needed_short_side());
+    decode_at_least(path, limits, short)
+}
+
+/// [`decode_rgb`], decoding a JPEG scaled when its short side stays at least `short` pixels.
+fn decode_at_least(
+    path: &Path,
+    limits: DecodeLimits,
+    short: Option<u32>,
+) -> Result<RgbImage, DecodeError> {
     let meta = std::fs::metadata(path).map_err(|e| fail(path, e.to_string()))?;
     if !meta.is_file() {
         return Err(fail(path, "not a regular file"));
@@ -70,7 +92,8 @@ pub fn decode_rgb(path: &Path, limits: DecodeLimits) -> Result<RgbImage, DecodeE
     let mut reader = ImageReader::new(Cursor::new(&bytes))
         .with_guessed_format()
         .map_err(|e| fail(path, e.to_string()))?;
-    let missing = match reader.format() {
+    let format = reader.format();
+    let missing = match format {
         None => {
             return Err(fail(
                 path,
@@ -112,10 +135,58 @@ pub fn decode_rgb(path: &Path, limits: DecodeLimits) -> Result<RgbImage, DecodeE
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
+    if let (Some(short), Some(ImageFormat::Jpeg)) = (short, format)
+        && let Some(rgb) = dct_scaled(&bytes, (w, h), short)
+    {
+        let mut image = DynamicImage::ImageRgb8(rgb);
+        image.apply_orientation(orientation);
+        return Ok(image.into_rgb8());
+    }
     let mut image = DynamicImage::from_decoder(decoder)
         .map_err(|e| fail(path, format!("cannot decode: {e}")))?;
     image.apply_orientation(orientation);
     Ok(image.into_rgb8())
+}
+
+/// The JPEG in `bytes` (`w` x `h`) decoded scaled by 1/2, 1/4 or 1/8 in the DCT domain: the
+/// strongest reduction whose short side stays at least `short`. `None` when no reduction
+/// applies (the image is less than twice that size) or the file is one the scaled decoder does
+/// not handle (CMYK, 12-bit): the caller then decodes it fully.
+fn dct_scaled(bytes: &[u8], (w, h): (u32, u32), short: u32) -> Option<RgbImage> {
+    // Output sides are ceil(side * k / 8) for k in 1, 2, 4 (8 is the full decode).
+    let k = [1u32, 2, 4]
+        .into_iter()
+        .find(|&k| (w.min(h) * k).div_ceil(8) >= short)?;
+    let (sw, sh) = ((w * k).div_ceil(8), (h * k).div_ceil(8));
+    // jpeg-decoder panics on some frame headers it does not support (e.g. two components): a
+    // panic here only means "decode it the other way".
+    let decoded = std::panic::catch_unwind(|| {
+        let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+        decoder.read_info().ok()?;
+        let info = decoder.info()?;
+        let gray = match info.pixel_format {
+            jpeg_decoder::PixelFormat::RGB24 => false,
+            jpeg_decoder::PixelFormat::L8 => true,
+            _ => return None,
+        };
+        let size = decoder
+            .scale(u16::try_from(sw).ok()?, u16::try_from(sh).ok()?)
+            .ok()?;
+        let pixels = decoder.decode().ok()?;
+        Some((size, gray, pixels))
+    })
+    .ok()??;
+    let ((dw, dh), gray, pixels) = decoded;
+    let (dw, dh) = (u32::from(dw), u32::from(dh));
+    if (dw, dh) != (sw, sh) {
+        return None;
+    }
+    if gray {
+        let rgb: Vec<u8> = pixels.iter().flat_map(|&v| [v, v, v]).collect();
+        RgbImage::from_raw(dw, dh, rgb)
+    } else {
+        RgbImage::from_raw(dw, dh, pixels)
+    }
 }
 
 /// The colour model a file stores its pixels in (before graft converts them to RGB).

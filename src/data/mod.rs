@@ -22,7 +22,7 @@ pub fn load_image(
     config: &SourceConfig,
     limits: DecodeLimits,
 ) -> Result<Chw, DecodeError> {
-    decode_rgb(path, limits).map(|rgb| preprocess(&rgb, config))
+    decode::decode_for(path, config, limits).map(|rgb| preprocess(&rgb, config))
 }
 
 /// Decode and preprocess many files in parallel; results keep the input order.
