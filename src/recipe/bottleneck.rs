@@ -98,17 +98,12 @@ pub fn train(
 ) -> Result<TrainedRun, RecipeError> {
     let dataset = open_dataset(data, options.split, progress)?;
     let backbone = options.backbone.load(false)?;
-    let mut cache = open_cache(&backbone, options.cache_dir.as_deref(), progress)?;
-    let (mut matrices, _) = features(
+    let (train, val) = train_val_features(
         &backbone,
-        &mut cache,
-        &[&dataset.train, &dataset.val],
-        options.extract_batch_size,
+        &dataset,
+        (options.cache_dir.as_deref(), options.extract_batch_size),
         progress,
     )?;
-    // cannot fail: two groups in, two matrices out
-    let val = matrices.pop().expect("two matrices");
-    let train = matrices.pop().expect("two matrices");
     train_on_features(
         (data, &dataset),
         &backbone,
@@ -217,6 +212,28 @@ pub fn features(
         all.skipped.len()
     ));
     Ok((matrices, all))
+}
+
+/// Features of `dataset`'s training and validation images through `backbone`'s cache under
+/// `cache_dir` (see [`open_cache`] and [`features`]), extracted `batch_size` at a time.
+pub fn train_val_features(
+    backbone: &Backbone,
+    dataset: &Dataset,
+    (cache_dir, batch_size): (Option<&Path>, usize),
+    progress: &mut dyn Progress,
+) -> Result<(FeatureMatrix, FeatureMatrix), RecipeError> {
+    let mut cache = open_cache(backbone, cache_dir, progress)?;
+    let (mut matrices, _) = features(
+        backbone,
+        &mut cache,
+        &[&dataset.train, &dataset.val],
+        batch_size,
+        progress,
+    )?;
+    // cannot fail: two groups in, two matrices out
+    let val = matrices.pop().expect("two matrices");
+    let train = matrices.pop().expect("two matrices");
+    Ok((train, val))
 }
 
 /// Fit `options.recipe`'s top on `train`, early-stopping on `val` (the dense head).

@@ -37,6 +37,7 @@ use crate::train::finetune::{Checkpoints, Examples, FinetuneOptions, finetune};
 
 use super::bottleneck::{
     TrainedRun, features, open_cache, open_dataset, predictions, score, train_head,
+    train_val_features,
 };
 use super::{BackboneChoice, RecipeError, checkpointed};
 
@@ -121,17 +122,12 @@ pub fn train(
 
     // 1. The head round: recipe 2 on cached features (extracted once, reused).
     let frozen = options.backbone.load(false)?;
-    let mut cache = open_cache(&frozen, options.cache_dir.as_deref(), progress)?;
-    let (mut matrices, _) = features(
+    let (train, val) = train_val_features(
         &frozen,
-        &mut cache,
-        &[&dataset.train, &dataset.val],
-        options.extract_batch_size,
+        &dataset,
+        (options.cache_dir.as_deref(), options.extract_batch_size),
         progress,
     )?;
-    // cannot fail: two groups in, two matrices out
-    let val = matrices.pop().expect("two matrices");
-    let train = matrices.pop().expect("two matrices");
     let head_round = train_head(&train, &val, classes, &options.head_round(), progress)?;
     let head_epochs = head_round.history.len();
     let kept = head_round.best_epoch.unwrap_or(head_epochs);

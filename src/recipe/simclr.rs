@@ -41,7 +41,7 @@ use crate::train::checkpoint::Checkpoints;
 use crate::train::classical::{self, ClassicalOptions};
 use crate::train::simclr::{SimclrOptions, pretrain as simclr_pretrain};
 
-use super::bottleneck::{features, open_cache, score};
+use super::bottleneck::{score, train_val_features};
 use super::{BackboneChoice, RecipeError, checkpointed};
 
 /// Everything SimCLR pretraining needs besides the data. The defaults are those of
@@ -308,17 +308,12 @@ fn probe_scores(
     options: &SimclrRecipe,
     progress: &mut dyn Progress,
 ) -> Result<(ProbeScores, usize, usize), RecipeError> {
-    let mut cache = open_cache(backbone, options.cache_dir.as_deref(), progress)?;
-    let (mut matrices, _) = features(
+    let (train, val) = train_val_features(
         backbone,
-        &mut cache,
-        &[&labelled.train, &labelled.val],
-        options.extract_batch_size,
+        labelled,
+        (options.cache_dir.as_deref(), options.extract_batch_size),
         progress,
     )?;
-    // cannot fail: two groups in, two matrices out
-    let val = matrices.pop().expect("two matrices");
-    let train = matrices.pop().expect("two matrices");
     let classical_options = ClassicalOptions::default();
     let logreg = classical::fit_logreg(&train, &labelled.classes, &classical_options)?;
     let knn = classical::fit_knn(&train, &labelled.classes, &classical_options)?;

@@ -212,12 +212,6 @@ fn render(
             ))
         );
         for stage in &plan.stages {
-            let lrs: Vec<String> = stage
-                .learning_rates
-                .iter()
-                .filter(|(_, lr)| *lr > 0.0)
-                .map(|(g, lr)| format!("{g} {lr:.1e}"))
-                .collect();
             let _ = write!(
                 w,
                 "<tr><td>{}</td><td>{}-{}</td><td>{} + top</td><td>{}</td><td>{} / {}</td></tr>",
@@ -225,7 +219,7 @@ fn render(
                 stage.first_epoch,
                 stage.last_epoch(),
                 escape(&stage.trainable_groups.join(", ")),
-                escape(&lrs.join(", ")),
+                escape(&stage.rates_text()),
                 stage.trainable_params,
                 stage.non_trainable_params
             );

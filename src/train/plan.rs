@@ -47,6 +47,17 @@ impl PlannedStage {
         self.learning_rates.iter().map(|(_, lr)| *lr).collect()
     }
 
+    /// The rates of the groups that train, as people read them: `stage7 7.0e-5, head 1.0e-4,
+    /// top 1.0e-3` (the plan's printout and the report's table).
+    pub fn rates_text(&self) -> String {
+        self.learning_rates
+            .iter()
+            .filter(|(_, lr)| *lr > 0.0)
+            .map(|(g, lr)| format!("{g} {lr:.1e}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The last epoch of the stage.
     pub fn last_epoch(&self) -> usize {
         self.first_epoch + self.epochs.saturating_sub(1)
@@ -170,19 +181,13 @@ impl Plan {
             self.batch_size
         )];
         for stage in &self.stages {
-            let lrs: Vec<String> = stage
-                .learning_rates
-                .iter()
-                .filter(|(_, lr)| *lr > 0.0)
-                .map(|(g, lr)| format!("{g} {lr:.1e}"))
-                .collect();
             lines.push(format!(
                 "  {} (epochs {}-{}): trains {} + top; lr {}; params {} trainable / {} frozen",
                 stage.name,
                 stage.first_epoch,
                 stage.last_epoch(),
                 stage.trainable_groups.join(", "),
-                lrs.join(", "),
+                stage.rates_text(),
                 stage.trainable_params,
                 stage.non_trainable_params
             ));
