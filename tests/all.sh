@@ -12,7 +12,8 @@ venv=target/python-venv
 rm -rf "$venv"
 python3 -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip
-"$venv/bin/pip" install -q "maturin>=1.5,<2" numpy pytest scikit-learn tqdm
+# onnx and onnxruntime check the graphs of `graft export` (python/tests/test_export.py).
+"$venv/bin/pip" install -q "maturin>=1.5,<2" numpy pytest scikit-learn tqdm onnx onnxruntime
 rm -rf target/wheels
 "$venv/bin/maturin" build --release -q -m python/Cargo.toml -o target/wheels
 "$venv/bin/pip" install -q target/wheels/graft-*.whl

@@ -14,6 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use graft::data::dataset::{self, SplitOptions};
+use graft::data::preprocess::{crop_and_resize, normalize};
 use graft::data::{Chw, DecodeError, DecodeLimits, load_images, preprocess, to_batch};
 use graft::progress::Progress;
 use graft::recipe::bottleneck::{self, BottleneckOptions};
@@ -146,6 +147,60 @@ fn feature_rows(
         }
     }
     out
+}
+
+/// The network inputs of `inputs` as graft prepares them for `backbone` (decode, crop, resize;
+/// then normalise unless `uint8`), as an array: float32 `[N, 3, R, R]`, or uint8 `[N, R, R, 3]`
+/// for an ONNX model exported with uint8 input. A file that cannot be decoded raises
+/// `ImageError` naming it.
+fn network_inputs<'py>(
+    py: Python<'py>,
+    backbone: &graft::backbone::Backbone,
+    images: &Bound<'py, PyAny>,
+    uint8: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let inputs = inputs(images)?;
+    let config = &backbone.config;
+    let prepared: Vec<Result<RgbImage, DecodeError>> = py.detach(|| {
+        inputs
+            .iter()
+            .map(|input| match input {
+                Input::File(path) => {
+                    graft::data::decode::decode_for(path, config, DecodeLimits::default())
+                        .map(|rgb| crop_and_resize(&rgb, config))
+                }
+                Input::Pixels(image) => Ok(crop_and_resize(image, config)),
+            })
+            .collect()
+    });
+    let failures: Vec<(usize, String)> = prepared
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.as_ref().err().map(|e| (i, e.reason.clone())))
+        .collect();
+    if !failures.is_empty() {
+        let results = PyList::empty(py);
+        for _ in &prepared {
+            results.append(py.None())?;
+        }
+        return Err(raise_failures(py, &inputs, &failures, results));
+    }
+    let r = config.resolution;
+    let n = prepared.len();
+    let images = prepared.into_iter().flatten();
+    if uint8 {
+        let flat: Vec<u8> = images.flat_map(RgbImage::into_raw).collect();
+        Ok(numpy::PyArray1::from_vec(py, flat)
+            .reshape([n, r, r, 3])?
+            .into_any())
+    } else {
+        let flat: Vec<f32> = images
+            .flat_map(|image| normalize(&image, &config.normalization))
+            .collect();
+        Ok(numpy::PyArray1::from_vec(py, flat)
+            .reshape([n, 3, r, r])?
+            .into_any())
+    }
 }
 
 /// graft's error as a Python exception.
@@ -331,6 +386,19 @@ impl Backbone {
         let array = numpy::PyArray1::from_vec(py, flat);
         array.reshape([n, dim])
     }
+
+    /// The network inputs of the images as graft prepares them: float32 `[N, 3, R, R]`
+    /// (normalised), or with `uint8=True` the cropped and resized pixels `[N, R, R, 3]`: what
+    /// a model from `graft export` takes.
+    #[pyo3(signature = (images, uint8 = false))]
+    fn preprocess<'py>(
+        &self,
+        py: Python<'py>,
+        images: &Bound<'py, PyAny>,
+        uint8: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        network_inputs(py, &self.inner, images, uint8)
+    }
 }
 
 /// A model trained by graft (a run directory), ready to predict and evaluate.
@@ -412,6 +480,19 @@ impl Model {
         } else {
             Err(raise_failures(py, &inputs, &failures, results))
         }
+    }
+
+    /// The network inputs of the images as graft prepares them: float32 `[N, 3, R, R]`
+    /// (normalised), or with `uint8=True` the cropped and resized pixels `[N, R, R, 3]`: what
+    /// a model from `graft export` takes.
+    #[pyo3(signature = (images, uint8 = false))]
+    fn preprocess<'py>(
+        &self,
+        py: Python<'py>,
+        images: &Bound<'py, PyAny>,
+        uint8: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        network_inputs(py, &self.inner.backbone, images, uint8)
     }
 
     /// Metrics (accuracy, per-class precision / recall / F1, confusion matrix) on every

@@ -3,6 +3,7 @@
 mod bench;
 mod doctor;
 mod evaluate;
+mod export;
 mod extract;
 mod features;
 mod finetune;
@@ -74,6 +75,8 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// Show a backbone's layer groups, output shapes and parameter counts.
     Summary(summary::SummaryArgs),
+    /// Export a trained model (or a backbone) as ONNX for other runtimes.
+    Export(export::ExportArgs),
     /// Measure graft's speed (used by the peer comparison in bench/).
     Bench(bench::BenchArgs),
     /// Manage pretrained weights in the local store ($GRAFT_HOME/weights).
@@ -94,6 +97,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Report(args) => report::run(args),
         Command::Weights(command) => weights::run(command),
         Command::Bench(args) => bench::run(args),
+        Command::Export(args) => export::run(args),
     }
 }
 
