@@ -469,3 +469,150 @@ fn walk(root: &Path) -> Vec<PathBuf> {
     }
     found
 }
+
+/// `graft cache <command> --cache-dir cache`, its stdout.
+fn cache_cmd(command: &str, cache: &Path) -> String {
+    run_ok({
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_graft"));
+        cmd.args(["cache", command, "--cache-dir"]).arg(cache);
+        cmd
+    })
+}
+
+/// Every image of `expected` present, every row bit-identical to the single-process run's;
+/// the number of rows (copies included).
+fn assert_complete(
+    cache: &Path,
+    expected: &HashMap<String, (usize, Vec<f32>)>,
+    when: &str,
+) -> usize {
+    let got = rows(cache);
+    assert_eq!(got.len(), expected.len(), "{when}: images with a row");
+    let mut total = 0;
+    for (key, (count, features)) in &got {
+        assert!(
+            features == &expected[key].1,
+            "{when}: {key} differs from the single-process run"
+        );
+        total += count;
+    }
+    total
+}
+
+#[test]
+fn many_writers_share_one_cache_and_compaction_leaves_one_row_per_image() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let data = flowers(dir.path(), 60);
+    let reference = dir.path().join("reference");
+    run_ok(extract_cmd(&data, &reference));
+    let expected = rows(&reference);
+    assert_eq!(expected.len(), 120);
+
+    // 4 shards and 2 unsharded extractions, started at once.
+    let writers = |cache: &Path| -> Vec<Command> {
+        let mut commands: Vec<Command> = (0..4)
+            .map(|i| {
+                let mut cmd = extract_cmd(&data, cache);
+                cmd.arg("--shard").arg(format!("{i}/4"));
+                cmd
+            })
+            .collect();
+        commands.push(extract_cmd(&data, cache));
+        commands.push(extract_cmd(&data, cache));
+        commands
+    };
+    let shared = dir.path().join("shared");
+    // A temporary file of a live writer on this machine (this test process) must survive every
+    // writer's start; one of a dead process is removed.
+    let variant = shared.join(
+        shards(&reference)[0]
+            .parent()
+            .unwrap()
+            .strip_prefix(&reference)
+            .unwrap(),
+    );
+    std::fs::create_dir_all(&variant).unwrap();
+    let live = variant.join(format!(
+        "{}{}-1",
+        graft::features::cache::TMP_PREFIX,
+        graft::features::cache::owner_tag(std::process::id())
+    ));
+    let dead = variant.join(format!(
+        "{}{}-1",
+        graft::features::cache::TMP_PREFIX,
+        graft::features::cache::owner_tag(999_999_999)
+    ));
+    std::fs::write(&live, b"in progress").unwrap();
+    std::fs::write(&dead, b"left by a killed writer").unwrap();
+    let children: Vec<_> = writers(&shared)
+        .into_iter()
+        .map(|mut cmd| {
+            cmd.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut sharded = 0;
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        if let Some(count) = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("shard ").and_then(|l| l.split(": ").nth(1)))
+        {
+            sharded += count.split(' ').next().unwrap().parse::<usize>().unwrap();
+        }
+    }
+    assert_eq!(sharded, 120, "the 4 shards split the 120 images");
+    assert!(live.exists(), "a live writer's temporary file was deleted");
+    assert!(!dead.exists(), "a dead writer's temporary file was kept");
+    std::fs::remove_file(&live).unwrap();
+    let total = assert_complete(&shared, &expected, "6 writers");
+    assert!(total >= 120);
+    assert!(cache_cmd("verify", &shared).contains(" 0 corrupt"));
+    let compacted = cache_cmd("compact", &shared);
+    assert!(
+        compacted.contains(&format!("{total} rows -> 120")),
+        "{compacted}"
+    );
+    assert_eq!(assert_complete(&shared, &expected, "after compact"), 120);
+
+    // The same 6 writers, 2 of them SIGKILLed at seeded random moments, then rerun.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(20);
+    let killed_cache = dir.path().join("killed");
+    let mut children: Vec<_> = writers(&killed_cache)
+        .into_iter()
+        .map(|mut cmd| {
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let victims = [rng.random_range(0..4), 4 + rng.random_range(0..2)];
+    for &victim in &victims {
+        std::thread::sleep(Duration::from_millis(rng.random_range(300..3000)));
+        let _ = children[victim].kill();
+    }
+    for child in &mut children {
+        child.wait().unwrap();
+    }
+    let mut commands = writers(&killed_cache);
+    for &victim in &victims {
+        run_ok(std::mem::replace(
+            &mut commands[victim],
+            Command::new("true"),
+        ));
+    }
+    assert!(cache_cmd("verify", &killed_cache).contains(" 0 corrupt"));
+    cache_cmd("compact", &killed_cache);
+    assert_eq!(
+        assert_complete(&killed_cache, &expected, "killed and rerun"),
+        120
+    );
+    let stats = cache_cmd("stats", &killed_cache);
+    assert!(stats.contains("120 rows, 120 distinct images"), "{stats}");
+}

@@ -9,6 +9,7 @@ use clap::Args;
 use graft::data::DecodeLimits;
 use graft::data::dataset::{self, SplitOptions};
 use graft::features::extract;
+use graft::features::shard::Shard;
 
 use super::BackboneArgs;
 use super::features::{open_cache, report_listing};
@@ -28,21 +29,72 @@ pub struct ExtractArgs {
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
 
-    /// Cache root (default: $GRAFT_HOME/features).
+    /// Cache root (default: $GRAFT_HOME/features). Many extractions may write to one cache at
+    /// once, on one machine or many (a shared filesystem): see `graft cache`.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+
+    /// Extract only part I of N (0 <= I < N): the images whose path relative to DATA hashes to
+    /// I, so N workers split the data without talking. `auto` takes the part from a Slurm job
+    /// array (SLURM_ARRAY_TASK_ID / _COUNT / _MIN) or a Kubernetes Indexed Job
+    /// (JOB_COMPLETION_INDEX, with --shards). A rerun redoes only what is missing.
+    #[arg(long, value_name = "I/N|auto")]
+    pub shard: Option<String>,
+
+    /// The number of parts for `--shard auto` (a Kubernetes Indexed Job's completions).
+    #[arg(long, value_name = "N", requires = "shard")]
+    pub shards: Option<usize>,
+}
+
+/// The part of the data this process extracts, if any.
+fn shard_of(args: &ExtractArgs) -> Result<Option<Shard>> {
+    Ok(match args.shard.as_deref() {
+        None => None,
+        Some("auto") => Some(Shard::from_engine(
+            |name| std::env::var(name).ok(),
+            args.shards,
+        )?),
+        Some(text) => {
+            let shard = Shard::parse(text)?;
+            if let Some(n) = args.shards.filter(|&n| n != shard.count) {
+                anyhow::bail!(
+                    "--shard {text} has {} parts but --shards says {n}",
+                    shard.count
+                );
+            }
+            Some(shard)
+        }
+    })
 }
 
 pub fn run(args: ExtractArgs) -> Result<ExitCode> {
     // Every image is extracted, so the split does not matter here.
     let data = dataset::open(&args.data, SplitOptions::default())?;
     report_listing(&data);
-    let paths: Vec<PathBuf> = data
+    let shard = shard_of(&args)?;
+    let all: Vec<PathBuf> = data
         .train
         .iter()
         .chain(&data.val)
         .map(|s| s.path.clone())
         .collect();
+    // Paths relative to the data folder (a CSV's own folder), the same on every worker.
+    let root = if args.data.is_dir() {
+        args.data.clone()
+    } else {
+        args.data.parent().map(PathBuf::from).unwrap_or_default()
+    };
+    let paths: Vec<PathBuf> = match shard {
+        None => all.clone(),
+        Some(shard) => all
+            .iter()
+            .filter(|p| shard.owns(p.strip_prefix(&root).unwrap_or(p)))
+            .cloned()
+            .collect(),
+    };
+    if let Some(shard) = shard {
+        eprintln!("shard {shard}: {} of {} images", paths.len(), all.len());
+    }
     let backbone = args.backbone.load(false)?;
     let mut cache = open_cache(&backbone, args.cache_dir.as_ref())?;
     let bar = progress_bar(paths.len(), "extract");

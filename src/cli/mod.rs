@@ -1,6 +1,7 @@
 //! One file per subcommand; this file holds the argument types shared between them.
 
 mod bench;
+mod cache;
 mod doctor;
 mod evaluate;
 mod export;
@@ -79,6 +80,9 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Measure graft's speed (used by the peer comparison in bench/).
     Bench(bench::BenchArgs),
+    /// Look after a feature cache that many extractions share: stats, verify, compact, gc.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
     /// Manage pretrained weights in the local store ($GRAFT_HOME/weights).
     #[command(subcommand)]
     Weights(weights::WeightsCommand),
@@ -98,6 +102,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Weights(command) => weights::run(command),
         Command::Bench(args) => bench::run(args),
         Command::Export(args) => export::run(args),
+        Command::Cache(command) => cache::run(command),
     }
 }
 

@@ -6,6 +6,13 @@
 //! `sha256` (of the tensor's bytes), `backbone`, `weights_id`, `preprocessing`.
 //! A shard is written to a temporary name, fsynced and renamed, so a crash leaves either the
 //! whole shard or nothing; a shard whose checksum fails is set aside and its rows recomputed.
+//!
+//! Many writers may share a cache (several `graft extract` processes, on several machines over
+//! a shared filesystem): each commits shards under names of its own (time, host, process),
+//! and a writer removes only temporary files provably dead (its own host's, of a process that
+//! no longer runs; any host's after a day); `graft cache gc` removes the others. Two writers
+//! that extract the same image both commit a row; readers take one, `graft cache compact`
+//! removes the copies.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -72,7 +79,7 @@ impl FeatureCache {
             &crate::util::sha256_hex(variant.as_bytes())[..12]
         ));
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        remove_stale_temporaries(&dir);
+        remove_dead_temporaries(&dir, STALE_AFTER);
         let mut cache = Self {
             dir,
             backbone: backbone.config.name.clone(),
@@ -111,30 +118,42 @@ impl FeatureCache {
     }
 
     /// The feature rows of `wanted` keys that are in the cache (each shard re-verified).
+    /// A shard removed while this runs (by `graft cache compact`, which writes the merged
+    /// shard before it removes the old ones) sends it back to the listing for what it missed.
     pub fn rows(&self, wanted: &HashSet<String>) -> Result<HashMap<String, Vec<f32>>, CacheError> {
         let mut found = HashMap::with_capacity(wanted.len());
-        for shard in self.shard_paths()? {
-            let (keys, features, dim) = read_shard(&shard)?;
-            for (i, key) in keys.into_iter().enumerate() {
-                if wanted.contains(&key) {
-                    found.insert(key, features[i * dim..(i + 1) * dim].to_vec());
+        let mut read = HashSet::new();
+        for _attempt in 0..3 {
+            let mut vanished = false;
+            for shard in self.shard_paths()? {
+                if read.contains(&shard) {
+                    continue;
                 }
+                let (keys, features, dim) = match read_shard(&shard) {
+                    Err(CacheError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        vanished = true;
+                        continue;
+                    }
+                    other => other?,
+                };
+                for (i, key) in keys.into_iter().enumerate() {
+                    if wanted.contains(&key) && !found.contains_key(&key) {
+                        found.insert(key, features[i * dim..(i + 1) * dim].to_vec());
+                    }
+                }
+                read.insert(shard);
+            }
+            if !vanished || found.len() == wanted.len() {
+                break;
             }
         }
         Ok(found)
     }
 
     fn shard_paths(&self) -> Result<Vec<PathBuf>, CacheError> {
-        let mut shards: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .map_err(io(&self.dir))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                name.starts_with("shard-") && name.ends_with(".safetensors")
-            })
-            .collect();
-        shards.sort();
-        Ok(shards)
+        shard_paths(&self.dir)
     }
 
     /// Append rows atomically as one shard. Keys already present are dropped.
@@ -155,42 +174,115 @@ impl FeatureCache {
         if fresh_keys.is_empty() {
             return Ok(());
         }
-        let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let metadata = HashMap::from([
-            (
-                "keys".to_string(),
-                // cannot fail: a list of strings always serialises to JSON
-                serde_json::to_string(&fresh_keys).expect("strings serialise"),
-            ),
-            ("sha256".to_string(), crate::util::sha256_hex(&bytes)),
-            ("backbone".to_string(), self.backbone.clone()),
-            ("weights_id".to_string(), self.weights_id.clone()),
-            ("preprocessing".to_string(), self.preprocessing.clone()),
-        ]);
-        let view =
-            safetensors::tensor::TensorView::new(Dtype::F32, vec![fresh_keys.len(), dim], &bytes)
-                // cannot fail: `bytes` holds exactly fresh_keys.len() rows of `dim` f32s
-                .expect("shape matches the byte length");
-        let serialized = safetensors::serialize([("features", view)], Some(metadata))
-            // cannot fail: one valid tensor, and a header (~70 bytes a key) far below 100 MB
-            .expect("one f32 tensor always serialises");
-        let name = format!(
-            "shard-{:020}-{}.safetensors",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-            std::process::id()
-        );
-        let path = self.dir.join(name);
-        crate::util::write_atomic(&path, &serialized)
-            .map_err(|source| CacheError::Write { path, source })?;
+        let meta = ShardMeta {
+            backbone: self.backbone.clone(),
+            weights_id: self.weights_id.clone(),
+            preprocessing: self.preprocessing.clone(),
+        };
+        let serialized = serialize_shard(&fresh_keys, &rows, dim, &meta);
+        commit_shard(&self.dir, &serialized)?;
         self.keys.extend(fresh_keys);
         Ok(())
     }
 }
 
+/// A shard of `rows` rows `[rows, dim]` with its `keys`, serialized with the metadata every
+/// shard carries.
+pub(crate) fn serialize_shard(
+    keys: &[String],
+    rows: &[f32],
+    dim: usize,
+    meta: &ShardMeta,
+) -> Vec<u8> {
+    let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let metadata = HashMap::from([
+        (
+            "keys".to_string(),
+            // cannot fail: a list of strings always serialises to JSON
+            serde_json::to_string(keys).expect("strings serialise"),
+        ),
+        ("sha256".to_string(), crate::util::sha256_hex(&bytes)),
+        ("backbone".to_string(), meta.backbone.clone()),
+        ("weights_id".to_string(), meta.weights_id.clone()),
+        ("preprocessing".to_string(), meta.preprocessing.clone()),
+    ]);
+    let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![keys.len(), dim], &bytes)
+        // cannot fail: `bytes` holds exactly keys.len() rows of `dim` f32s
+        .expect("shape matches the byte length");
+    safetensors::serialize([("features", view)], Some(metadata))
+        // cannot fail: one valid tensor, and a header (~70 bytes a key) far below 100 MB
+        .expect("one f32 tensor always serialises")
+}
+
+/// The identifying metadata of a cache's shards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ShardMeta {
+    pub backbone: String,
+    pub weights_id: String,
+    pub preprocessing: String,
+}
+
+/// Commit `bytes` as a new shard of `dir`: written under a temporary name that says which
+/// host and process owns it, fsynced, then renamed to a name no other writer uses.
+pub(crate) fn commit_shard(dir: &Path, bytes: &[u8]) -> Result<PathBuf, CacheError> {
+    use std::io::Write;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let owner = owner_tag(std::process::id());
+    let path = dir.join(format!("shard-{nanos:020}-{owner}.safetensors"));
+    let tmp = dir.join(format!("{TMP_PREFIX}{owner}-{nanos}"));
+    let written = (|| {
+        let mut file = std::fs::File::create_new(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if let Err(source) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(CacheError::Write { path, source });
+    }
+    Ok(path)
+}
+
+/// Temporary files of shards being written start with this, then [`owner_tag`] and `-`.
+pub const TMP_PREFIX: &str = ".tmp-";
+
+/// `<host>-<pid>`: which writer owns a shard or temporary file.
+pub fn owner_tag(pid: u32) -> String {
+    format!("{}-{pid}", host_name())
+}
+
+/// This machine's name, reduced to letters, digits and `-` (it goes into file names).
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into the buffer we own.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name: String = String::from_utf8_lossy(&buf[..end])
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    if ok && !name.is_empty() {
+        name
+    } else {
+        "unknown-host".into()
+    }
+}
+
+/// Whether process `pid` of this host is running.
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let result = unsafe { libc::kill(pid, 0) };
+    result == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 /// (keys, features, dim) of one shard, after checking its checksum.
-fn read_shard(path: &Path) -> Result<(Vec<String>, Vec<f32>, usize), CacheError> {
+pub(crate) fn read_shard(path: &Path) -> Result<(Vec<String>, Vec<f32>, usize), CacheError> {
     let corrupt = |problem: String| CacheError::Corrupt {
         path: path.to_path_buf(),
         problem,
@@ -225,19 +317,105 @@ fn read_shard(path: &Path) -> Result<(Vec<String>, Vec<f32>, usize), CacheError>
     Ok((keys, features, *dim))
 }
 
-/// Temporary files left by a killed writer (`.tmp*`): never part of the cache. One extraction
-/// at a time per cache directory is assumed.
-fn remove_stale_temporaries(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+/// The committed shards of a cache directory, sorted (oldest first).
+pub(crate) fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>, CacheError> {
+    let mut shards: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with("shard-") && name.ends_with(".safetensors")
+        })
+        .collect();
+    shards.sort();
+    Ok(shards)
+}
+
+/// How old another host's temporary file must be before any writer may remove it (a writer
+/// commits a shard within seconds; a day leaves room for clock skew and stalled mounts).
+pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Whether the temporary file `name` (modified `age` ago) belongs to no live writer: one of
+/// this host whose process is gone, or any older than `older_than`. A temporary of unknown
+/// form (e.g. from an older graft) counts by age alone.
+pub(crate) fn temporary_is_dead(
+    name: &str,
+    age: std::time::Duration,
+    older_than: std::time::Duration,
+) -> bool {
+    if age >= older_than {
+        return true;
+    }
+    let Some(owner) = name.strip_prefix(TMP_PREFIX) else {
+        return false;
     };
-    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
-        if path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(".tmp"))
-        {
-            let _ = std::fs::remove_file(path);
+    let host = host_name();
+    let Some(rest) = owner.strip_prefix(&host).and_then(|r| r.strip_prefix('-')) else {
+        return false;
+    };
+    match rest
+        .split('-')
+        .next()
+        .and_then(|pid| pid.parse::<u32>().ok())
+    {
+        Some(pid) => !process_alive(pid),
+        None => false,
+    }
+}
+
+/// Remove the temporary files of `dir` that no live writer owns (see [`temporary_is_dead`]);
+/// returns them.
+pub(crate) fn remove_dead_temporaries(dir: &Path, older_than: std::time::Duration) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if !name.starts_with(".tmp") {
+            continue;
         }
+        let age = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default();
+        if temporary_is_dead(name, age, older_than) && std::fs::remove_file(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn only_dead_writers_temporaries_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host_name();
+        let alive = format!("{TMP_PREFIX}{host}-{}-1", std::process::id());
+        // A pid above Linux's pid_max (4194304) never runs.
+        let dead = format!("{TMP_PREFIX}{host}-999999999-2");
+        let other_host = format!("{TMP_PREFIX}elsewhere-{}-3", std::process::id());
+        let unknown = ".tmpAbC123".to_string();
+        for name in [&alive, &dead, &other_host, &unknown] {
+            std::fs::write(dir.path().join(name), b"partial").unwrap();
+        }
+        let removed = remove_dead_temporaries(dir.path(), STALE_AFTER);
+        let names: Vec<String> = removed
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [dead]);
+        // By age, every temporary goes.
+        assert_eq!(remove_dead_temporaries(dir.path(), Duration::ZERO).len(), 3);
     }
 }

@@ -1,6 +1,8 @@
 //! Bottleneck features: run the frozen backbone once per image and keep the pooled features.
 
 pub mod cache;
+pub mod maintenance;
+pub mod shard;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
