@@ -12,8 +12,9 @@ venv=target/python-venv
 rm -rf "$venv"
 python3 -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip
-# onnx and onnxruntime check the graphs of `graft export` (python/tests/test_export.py).
-"$venv/bin/pip" install -q "maturin>=1.5,<2" numpy pytest scikit-learn tqdm onnx onnxruntime
+# onnx and onnxruntime check the graphs of `graft export` (python/tests/test_export.py); ray and
+# pyyaml run the cluster deployments of deploy/ (python/tests/test_deploy.py).
+"$venv/bin/pip" install -q "maturin>=1.5,<2" numpy pytest scikit-learn tqdm onnx onnxruntime ray pyyaml
 rm -rf target/wheels
 "$venv/bin/maturin" build --release -q -m python/Cargo.toml -o target/wheels
 "$venv/bin/pip" install -q target/wheels/graft-*.whl
