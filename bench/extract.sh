@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end extraction benchmark: a folder of JPEGs -> pooled EfficientNet-Lite0 features,
-# graft vs PyTorch (torchvision ImageFolder + DataLoader with PIL), same machine, same run,
-# 2 threads each, batch 32. graft starts from an empty feature cache, so it hashes, decodes,
+# graft vs PyTorch (torchvision ImageFolder + DataLoader with PIL) and vs the careful CPU
+# pipeline (PIL with Image.draft in a 2-process pool feeding ONNX Runtime on the Lite0 feature
+# model that `graft export` writes, extract_ort.py), same machine, same run, 2 threads each,
+# batch 32; on the shared flowers and on a camera-sized copy of 100 of them (4032x3024, JPEG
+# quality 92, made by make_camera_set.py). graft starts from an empty feature cache, so it hashes, decodes,
 # resizes, runs the network and writes the cache; PyTorch decodes, resizes, runs the network
 # and saves a .npy. PyTorch runs with each DataLoader worker count in WORKERS and the best is
 # compared. Also measures graft's peak RSS on 300 vs all images (memory must not grow).
@@ -10,6 +13,8 @@
 # Environment:
 #   DATA=../shared/data/flowers   an ImageFolder tree (one sub-folder per class)
 #   WORKERS="0 1 2"               DataLoader num_workers values to try
+#   PEERS="torch ort"             which peers to run (torch needs bench/setup.sh's PyTorch)
+#   PYTHON                        the peers' Python (default bench/.venv/bin/python)
 #   NO_BUILD=1                    do not run `cargo build --release`
 #   GRAFT_HOME                    graft's weight store (default bench/out/graft-home)
 set -euo pipefail
@@ -19,15 +24,20 @@ REPO_DIR="$(dirname "$BENCH_DIR")"
 OUT_DIR="$BENCH_DIR/out"
 DATA="$(cd "${DATA:-$REPO_DIR/../shared/data/flowers}" && pwd)"
 WORKERS="${WORKERS:-0 1 2}"
+PEERS="${PEERS:-torch ort}"
 THREADS=2
 GRAFT="$REPO_DIR/target/release/graft"
-PYTHON="$BENCH_DIR/.venv/bin/python"
+PYTHON="${PYTHON:-$BENCH_DIR/.venv/bin/python}"
 export GRAFT_HOME="${GRAFT_HOME:-$OUT_DIR/graft-home}"
 
 log() { echo "extract.sh: $*" >&2; }
 
 mkdir -p "$OUT_DIR"
-bash "$BENCH_DIR/setup.sh"
+# bench/setup.sh's venv has every peer; PEERS=ort runs with any PYTHON that has onnxruntime,
+# Pillow and numpy.
+if [[ " $PEERS " == *" torch "* ]]; then
+    bash "$BENCH_DIR/setup.sh"
+fi
 if [ "${NO_BUILD:-0}" != 1 ]; then
     (cd "$REPO_DIR" && cargo build --release)
 fi
@@ -68,31 +78,59 @@ print(json.dumps({"tool": "graft", "version": version, "what": "extract", "run":
 PY
 }
 
+CAMERA="$OUT_DIR/camera"
+"$PYTHON" "$BENCH_DIR/make_camera_set.py" "$DATA" "$CAMERA" --per-class 20
+ONNX="$OUT_DIR/onnx/lite0-features.onnx"
+"$GRAFT" export --backbone efficientnet-lite0 --no-top --out "$ONNX" >&2
+
 graft_extract subset "$SUBSET"
 graft_extract all "$DATA"
-for workers in $WORKERS; do
-    log "PyTorch DataLoader, num_workers=$workers"
-    (cd "$BENCH_DIR" && "$PYTHON" extract_torch.py "$DATA" --out "$OUT_DIR/torch-features.npy" \
-        --workers "$workers" --threads "$THREADS") >> "$RESULTS"
-done
+graft_extract camera "$CAMERA"
+if [[ " $PEERS " == *" torch "* ]]; then
+    for workers in $WORKERS; do
+        log "PyTorch DataLoader, num_workers=$workers"
+        (cd "$BENCH_DIR" && "$PYTHON" extract_torch.py "$DATA" --out "$OUT_DIR/torch-features.npy" \
+            --workers "$workers" --threads "$THREADS") >> "$RESULTS"
+    done
+fi
+if [[ " $PEERS " == *" ort "* ]]; then
+    for set in all camera; do
+        data="$DATA"; [ "$set" = camera ] && data="$CAMERA"
+        log "ONNX Runtime + PIL draft, 2 processes ($set)"
+        "$PYTHON" "$BENCH_DIR/extract_ort.py" "$data" --model "$ONNX" --out "$OUT_DIR/ort-features.npy" \
+            --processes 2 --threads "$THREADS" | "$PYTHON" -c "import json,sys; r=json.loads(sys.stdin.read()); r['run']='$set'; print(json.dumps(r))" >> "$RESULTS"
+    done
+fi
 
 "$PYTHON" - "$RESULTS" > "$OUT_DIR/extract.md" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 graft = {r["run"]: r for r in rows if r["tool"] == "graft"}
 torch = [r for r in rows if r["tool"] == "pytorch"]
-best = max(torch, key=lambda r: r["images_per_sec"])
-print("| tool | images | img/s | CPU/wall | peak RSS MB |")
-print("|---|---:|---:|---:|---:|")
-for r in [graft["all"]] + torch:
-    name = "graft extract" if r["tool"] == "graft" else f"PyTorch DataLoader, num_workers={r['workers']}"
-    print(f"| {name} | {r['images']} | {r['images_per_sec']:.1f} | {r['cpu_over_wall']:.2f} | {r['peak_rss_mb']:.0f} |")
+ort = {r["run"]: r for r in rows if r["tool"] == "onnxruntime+pil"}
+print("| tool | data | images | img/s | CPU/wall | peak RSS MB |")
+print("|---|---|---:|---:|---:|---:|")
+def line(name, data, r):
+    print(f"| {name} | {data} | {r['images']} | {r['images_per_sec']:.1f} | {r['cpu_over_wall']:.2f} | {r['peak_rss_mb']:.0f} |")
+for run, data in [("all", "flowers"), ("camera", "camera-sized (12 MP)")]:
+    line("graft extract", data, graft[run])
+    if run in ort:
+        line("ONNX Runtime + PIL draft, 2 processes", data, ort[run])
+for r in torch:
+    line(f"PyTorch DataLoader, num_workers={r['workers']}", "flowers", r)
 print()
-print(f"graft / best PyTorch (num_workers={best['workers']}): "
-      f"{graft['all']['images_per_sec'] / best['images_per_sec']:.2f}x images/s")
+if torch:
+    best = max(torch, key=lambda r: r["images_per_sec"])
+    print(f"graft / best PyTorch (num_workers={best['workers']}): "
+          f"{graft['all']['images_per_sec'] / best['images_per_sec']:.2f}x images/s")
+for run, data in [("all", "flowers"), ("camera", "camera-sized set")]:
+    if run in ort:
+        print(f"graft / ONNX Runtime + PIL on the {data}: "
+              f"{graft[run]['images_per_sec'] / ort[run]['images_per_sec']:.2f}x images/s")
 print(f"graft peak RSS: {graft['subset']['images']} images {graft['subset']['peak_rss_mb']:.0f} MB, "
       f"{graft['all']['images']} images {graft['all']['peak_rss_mb']:.0f} MB "
-      f"(ratio {graft['all']['peak_rss_mb'] / graft['subset']['peak_rss_mb']:.2f})")
+      f"(ratio {graft['all']['peak_rss_mb'] / graft['subset']['peak_rss_mb']:.2f}); "
+      f"camera-sized set {graft['camera']['peak_rss_mb']:.0f} MB")
 PY
 cat "$OUT_DIR/extract.md"
 log "table written to $OUT_DIR/extract.md (raw results: $RESULTS)"
