@@ -188,12 +188,7 @@ impl FeatureCache {
 
 /// A shard of `rows` rows `[rows, dim]` with its `keys`, serialized with the metadata every
 /// shard carries.
-pub(crate) fn serialize_shard(
-    keys: &[String],
-    rows: &[f32],
-    dim: usize,
-    meta: &ShardMeta,
-) -> Vec<u8> {
+pub fn serialize_shard(keys: &[String], rows: &[f32], dim: usize, meta: &ShardMeta) -> Vec<u8> {
     let bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_le_bytes()).collect();
     let metadata = HashMap::from([
         (
@@ -216,7 +211,7 @@ pub(crate) fn serialize_shard(
 
 /// The identifying metadata of a cache's shards.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ShardMeta {
+pub struct ShardMeta {
     pub backbone: String,
     pub weights_id: String,
     pub preprocessing: String,
@@ -224,7 +219,7 @@ pub(crate) struct ShardMeta {
 
 /// Commit `bytes` as a new shard of `dir`: written under a temporary name that says which
 /// host and process owns it, fsynced, then renamed to a name no other writer uses.
-pub(crate) fn commit_shard(dir: &Path, bytes: &[u8]) -> Result<PathBuf, CacheError> {
+pub fn commit_shard(dir: &Path, bytes: &[u8]) -> Result<PathBuf, CacheError> {
     use std::io::Write;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -2,6 +2,7 @@
 
 pub mod cache;
 pub mod maintenance;
+pub mod rows;
 pub mod shard;
 
 use std::collections::HashSet;

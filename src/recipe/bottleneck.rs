@@ -290,7 +290,7 @@ pub fn train_head(
             r.train_loss, r.train_accuracy, r.val_loss, r.val_accuracy
         ));
         progress.advance(1);
-    });
+    })?;
     progress.finish();
     if let Some(epoch) = result.diverged_at {
         progress.note(&format!(

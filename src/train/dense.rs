@@ -10,8 +10,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::epochs::EarlyStopping;
-use super::{EpochRecord, balanced_class_weights, cross_entropy};
-use crate::features::FeatureMatrix;
+use super::{EpochRecord, balanced_class_weights, cross_entropy_sum};
+use crate::features::cache::CacheError;
+use crate::features::rows::RowSource;
 use crate::head::{Head, linear};
 use crate::metrics::argmax_rows;
 
@@ -62,14 +63,17 @@ pub struct DenseResult {
 /// Train on `train`, early-stopping on the loss of `val` (no early stopping when `val` is
 /// empty). All randomness (shuffling, dropout masks) comes from `options.seed`, and the weights
 /// start at zero (a softmax regression has no symmetry to break), so a run is reproducible.
+/// The rows are read one mini-batch at a time, so a disk-backed source
+/// ([`crate::features::rows::CachedRows`]) trains in memory that does not grow with the rows.
 pub fn train_dense(
-    train: &FeatureMatrix,
-    val: &FeatureMatrix,
+    train: &dyn RowSource,
+    val: &dyn RowSource,
     classes: usize,
     options: &DenseOptions,
     mut on_epoch: impl FnMut(&EpochRecord),
-) -> DenseResult {
-    let dim = train.dim;
+) -> Result<DenseResult, CacheError> {
+    let dim = train.dim();
+    let train_labels = train.labels();
     let device = crate::backend::device().autodiff();
     let mut layer: Linear = LinearConfig::new(dim, classes)
         .with_initializer(Initializer::Zeros)
@@ -79,7 +83,7 @@ pub fn train_dense(
         .init();
     let weights = options
         .balanced_class_weights
-        .then(|| balanced_class_weights(&train.labels, classes));
+        .then(|| balanced_class_weights(&train_labels, classes));
     let loss_fn = CrossEntropyLossConfig::new()
         .with_smoothing((options.label_smoothing > 0.0).then_some(options.label_smoothing as f32))
         .with_weights(weights)
@@ -99,19 +103,22 @@ pub fn train_dense(
         // is never resumed, so it needs no per-epoch key (see `epochs::epoch_order`).
         order.shuffle(&mut rng);
         let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+        let mut rows = Vec::with_capacity(options.batch_size.max(1) * dim);
         for batch in order.chunks(options.batch_size.max(1)) {
-            let mut x = Vec::with_capacity(batch.len() * dim);
-            for &i in batch {
-                // Inverted dropout on the pooled features, masks drawn from the run's seed.
-                x.extend(train.row(i).iter().map(|&v| {
+            rows.clear();
+            train.read(batch, &mut rows)?;
+            // Inverted dropout on the pooled features, masks drawn from the run's seed.
+            let x: Vec<f32> = rows
+                .iter()
+                .map(|&v| {
                     if options.dropout > 0.0 && rng.random::<f32>() >= keep {
                         0.0
                     } else {
                         v / keep
                     }
-                }));
-            }
-            let targets: Vec<i64> = batch.iter().map(|&i| train.labels[i] as i64).collect();
+                })
+                .collect();
+            let targets: Vec<i64> = batch.iter().map(|&i| train_labels[i] as i64).collect();
             let x = Tensor::<2>::from_data(TensorData::new(x, [batch.len(), dim]), &device);
             let y = Tensor::<1, Int>::from_data(TensorData::new(targets, [batch.len()]), &device);
             let logits = layer.forward(x);
@@ -130,13 +137,13 @@ pub fn train_dense(
             correct += argmax_rows(&logits, classes)
                 .iter()
                 .zip(batch)
-                .filter(|(p, i)| **p == train.labels[**i])
+                .filter(|(p, i)| **p == train_labels[**i])
                 .count();
             let grads = GradientsParams::from_grads(loss.backward(), &layer);
             layer = optimizer.step(options.learning_rate, layer, grads);
         }
         let head = Head::from_linear(&layer);
-        let (val_loss, val_accuracy) = evaluate(&head, val);
+        let (val_loss, val_accuracy) = evaluate(&head, val)?;
         let record = EpochRecord {
             epoch,
             train_loss: loss_sum / train.len().max(1) as f64,
@@ -152,28 +159,40 @@ pub fn train_dense(
     let (best_epoch, head) = stopping
         .into_best()
         .map_or_else(|| (0, Head::from_linear(&layer)), |b| (b.epoch, b.model));
-    DenseResult {
+    Ok(DenseResult {
         diverged_at,
         head,
         history,
         best_epoch,
-    }
+    })
 }
 
-/// Mean cross-entropy and accuracy of `head` on `data` (NaN when empty).
-fn evaluate(head: &Head, data: &FeatureMatrix) -> (f64, f64) {
+/// Rows per pass of [`evaluate`]: bounded memory whatever the number of rows.
+const EVAL_CHUNK: usize = 4096;
+
+/// Mean cross-entropy and accuracy of `head` on `data` (NaN when empty), `EVAL_CHUNK` rows at
+/// a time.
+fn evaluate(head: &Head, data: &dyn RowSource) -> Result<(f64, f64), CacheError> {
     if data.is_empty() {
-        return (f64::NAN, f64::NAN);
+        return Ok((f64::NAN, f64::NAN));
     }
     let Head::Linear { weight, bias } = head else {
         unreachable!("dense training exports linear heads")
     };
-    let logits = linear(&data.rows, data.dim, weight, bias);
-    let loss = cross_entropy(&logits, &data.labels, bias.len());
-    let correct = argmax_rows(&logits, bias.len())
-        .iter()
-        .zip(&data.labels)
-        .filter(|(p, t)| p == t)
-        .count();
-    (loss, correct as f64 / data.len() as f64)
+    let (mut loss, mut correct) = (0.0f64, 0usize);
+    let indices: Vec<usize> = (0..data.len()).collect();
+    let mut rows = Vec::new();
+    for chunk in indices.chunks(EVAL_CHUNK) {
+        rows.clear();
+        data.read(chunk, &mut rows)?;
+        let labels: Vec<usize> = chunk.iter().map(|&i| data.label(i)).collect();
+        let logits = linear(&rows, data.dim(), weight, bias);
+        loss += cross_entropy_sum(&logits, &labels, bias.len());
+        correct += argmax_rows(&logits, bias.len())
+            .iter()
+            .zip(&labels)
+            .filter(|(p, t)| p == t)
+            .count();
+    }
+    Ok((loss / data.len() as f64, correct as f64 / data.len() as f64))
 }

@@ -117,7 +117,12 @@ pub fn balanced_class_weights(labels: &[usize], classes: usize) -> Vec<f32> {
 
 /// Mean cross-entropy of logits `[n, classes]` against `labels`.
 pub fn cross_entropy(logits: &[f32], labels: &[usize], classes: usize) -> f64 {
-    let total: f64 = logits
+    cross_entropy_sum(logits, labels, classes) / labels.len().max(1) as f64
+}
+
+/// The summed (not averaged) cross-entropy of rows of logits, for averaging over batches.
+pub fn cross_entropy_sum(logits: &[f32], labels: &[usize], classes: usize) -> f64 {
+    logits
         .chunks_exact(classes)
         .zip(labels)
         .map(|(row, &label)| {
@@ -129,8 +134,7 @@ pub fn cross_entropy(logits: &[f32], labels: &[usize], classes: usize) -> f64 {
                 .ln();
             max + log_sum - row[label] as f64
         })
-        .sum();
-    total / labels.len().max(1) as f64
+        .sum()
 }
 
 #[cfg(test)]

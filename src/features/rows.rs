@@ -1,0 +1,271 @@
+//! Labelled feature rows for training, in memory or read from the cache's shard files on
+//! demand, so that a head can train on more rows than fit in memory: the trainer asks for one
+//! mini-batch at a time, and a disk-backed source keeps only each row's file and offset.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::FeatureMatrix;
+use super::cache::{CacheError, shard_paths};
+
+/// Labelled rows of `dim` floats, read a batch at a time.
+pub trait RowSource {
+    fn len(&self) -> usize;
+    fn dim(&self) -> usize;
+    fn label(&self, i: usize) -> usize;
+    /// Append rows `indices` to `out` (`indices.len() * dim` floats).
+    fn read(&self, indices: &[usize], out: &mut Vec<f32>) -> Result<(), CacheError>;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn labels(&self) -> Vec<usize> {
+        (0..self.len()).map(|i| self.label(i)).collect()
+    }
+}
+
+impl RowSource for FeatureMatrix {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    fn label(&self, i: usize) -> usize {
+        self.labels[i]
+    }
+    fn read(&self, indices: &[usize], out: &mut Vec<f32>) -> Result<(), CacheError> {
+        for &i in indices {
+            out.extend_from_slice(self.row(i));
+        }
+        Ok(())
+    }
+}
+
+/// Rows that stay in the cache's shard files: 12 bytes a row in memory (file, offset, label)
+/// instead of `4 * dim`.
+#[derive(Debug)]
+pub struct CachedRows {
+    files: Vec<(PathBuf, File)>,
+    /// Per row: index into `files`, byte offset of the row, label.
+    rows: Vec<(u32, u64, usize)>,
+    dim: usize,
+}
+
+impl CachedRows {
+    /// The rows of `keys` (labelled `labels`) in the cache directory `dir`, in that order,
+    /// from the shard headers alone (the shards' checksums were verified when the cache was
+    /// opened). A key without a row is an error naming the cache.
+    pub fn open(dir: &Path, keys: &[String], labels: &[usize]) -> Result<Self, CacheError> {
+        let mut located: HashMap<&str, (u32, u64)> = HashMap::with_capacity(keys.len());
+        let wanted: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
+        let mut files = Vec::new();
+        let mut dim = 0;
+        for path in shard_paths(dir)? {
+            let file = File::open(&path).map_err(|source| CacheError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let header = read_header(&file, &path)?;
+            let mut used = false;
+            for (row, key) in header.keys.iter().enumerate() {
+                // The set hands back the caller's string, which outlives this loop.
+                if let Some(&key) = wanted.get(key.as_str())
+                    && !located.contains_key(key)
+                {
+                    let offset = header.data_start + (row * header.dim * 4) as u64;
+                    located.insert(key, (files.len() as u32, offset));
+                    used = true;
+                }
+            }
+            if used {
+                dim = header.dim;
+                files.push((path, file));
+            }
+        }
+        let rows = keys
+            .iter()
+            .zip(labels)
+            .map(|(key, &label)| {
+                located
+                    .get(key.as_str())
+                    .map(|&(file, offset)| (file, offset, label))
+                    .ok_or_else(|| CacheError::Corrupt {
+                        path: dir.to_path_buf(),
+                        problem: format!("no feature row for image {key}"),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { files, rows, dim })
+    }
+}
+
+impl RowSource for CachedRows {
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    fn label(&self, i: usize) -> usize {
+        self.rows[i].2
+    }
+    fn read(&self, indices: &[usize], out: &mut Vec<f32>) -> Result<(), CacheError> {
+        let mut bytes = vec![0u8; self.dim * 4];
+        for &i in indices {
+            let (file, offset, _) = self.rows[i];
+            let (path, file) = &self.files[file as usize];
+            file.read_exact_at(&mut bytes, offset)
+                .map_err(|source| CacheError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            out.extend(
+                bytes
+                    .chunks_exact(4)
+                    // cannot fail: chunks_exact(4) yields 4-byte slices
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What a shard's safetensors header says about its `features` tensor.
+struct Header {
+    keys: Vec<String>,
+    dim: usize,
+    /// Byte offset of the first row in the file.
+    data_start: u64,
+}
+
+fn read_header(file: &File, path: &Path) -> Result<Header, CacheError> {
+    let corrupt = |problem: &str| CacheError::Corrupt {
+        path: path.to_path_buf(),
+        problem: problem.to_string(),
+    };
+    let io = |source| CacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut len = [0u8; 8];
+    file.read_exact_at(&mut len, 0).map_err(io)?;
+    let len = u64::from_le_bytes(len);
+    if len > 100_000_000 {
+        return Err(corrupt("header too large"));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact_at(&mut header, 8).map_err(io)?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|_| corrupt("header is not JSON"))?;
+    let keys: Vec<String> = header["__metadata__"]["keys"]
+        .as_str()
+        .and_then(|k| serde_json::from_str(k).ok())
+        .ok_or_else(|| corrupt("no keys in the metadata"))?;
+    let features = &header["features"];
+    let shape: Vec<usize> = serde_json::from_value(features["shape"].clone())
+        .map_err(|_| corrupt("features has no shape"))?;
+    let start = features["data_offsets"][0]
+        .as_u64()
+        .ok_or_else(|| corrupt("features has no data offsets"))?;
+    match shape.as_slice() {
+        [rows, dim] if *rows == keys.len() && features["dtype"] == "F32" => Ok(Header {
+            keys,
+            dim: *dim,
+            data_start: 8 + len + start,
+        }),
+        _ => Err(corrupt(
+            "features is not F32 [rows, dim] with one key a row",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::cache::{ShardMeta, commit_shard, serialize_shard};
+
+    #[test]
+    fn cached_rows_read_what_the_shards_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = ShardMeta {
+            backbone: "b".into(),
+            weights_id: "w".into(),
+            preprocessing: "p".into(),
+        };
+        let keys = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let rows: Vec<f32> = (0..6).map(|v| v as f32).collect();
+        commit_shard(
+            dir.path(),
+            &serialize_shard(&keys(&["a", "b", "c"]), &rows, 2, &meta),
+        )
+        .unwrap();
+        commit_shard(
+            dir.path(),
+            &serialize_shard(&keys(&["d"]), &[9.0, 10.0], 2, &meta),
+        )
+        .unwrap();
+        let source = CachedRows::open(dir.path(), &keys(&["d", "b", "a"]), &[1, 0, 2]).unwrap();
+        assert_eq!((source.len(), source.dim()), (3, 2));
+        let mut out = Vec::new();
+        source.read(&[0, 1, 2, 1], &mut out).unwrap();
+        assert_eq!(out, [9.0, 10.0, 2.0, 3.0, 0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(source.labels(), [1, 0, 2]);
+        let missing = CachedRows::open(dir.path(), &keys(&["zz"]), &[0]).unwrap_err();
+        assert!(missing.to_string().contains("no feature row for image zz"));
+    }
+
+    #[test]
+    fn a_head_trained_from_disk_equals_one_trained_in_memory() {
+        use crate::train::dense::{DenseOptions, train_dense};
+        let dir = tempfile::tempdir().unwrap();
+        let meta = ShardMeta {
+            backbone: "b".into(),
+            weights_id: "w".into(),
+            preprocessing: "p".into(),
+        };
+        let (n, dim, classes) = (60, 8, 3);
+        let labels: Vec<usize> = (0..n).map(|i| i % classes).collect();
+        let values: Vec<f32> = (0..n * dim)
+            .map(|i| ((i * 7919) % 101) as f32 / 50.0 + (labels[i / dim] * (i % dim)) as f32)
+            .collect();
+        let keys: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+        // Two shards, so rows come from more than one file.
+        commit_shard(
+            dir.path(),
+            &serialize_shard(&keys[..25], &values[..25 * dim], dim, &meta),
+        )
+        .unwrap();
+        commit_shard(
+            dir.path(),
+            &serialize_shard(&keys[25..], &values[25 * dim..], dim, &meta),
+        )
+        .unwrap();
+        let matrix = |range: std::ops::Range<usize>| FeatureMatrix {
+            dim,
+            rows: values[range.start * dim..range.end * dim].to_vec(),
+            labels: labels[range.clone()].to_vec(),
+            paths: vec![PathBuf::new(); range.len()],
+        };
+        let options = DenseOptions {
+            epochs: 4,
+            batch_size: 7,
+            dropout: 0.3,
+            seed: 5,
+            ..DenseOptions::default()
+        };
+        let in_memory =
+            train_dense(&matrix(0..45), &matrix(45..60), classes, &options, |_| {}).unwrap();
+        let train = CachedRows::open(dir.path(), &keys[..45], &labels[..45]).unwrap();
+        let val = CachedRows::open(dir.path(), &keys[45..], &labels[45..]).unwrap();
+        let from_disk = train_dense(&train, &val, classes, &options, |_| {}).unwrap();
+        assert_eq!(from_disk.head, in_memory.head);
+        assert_eq!(from_disk.history.len(), 4);
+        for (a, b) in from_disk.history.iter().zip(&in_memory.history) {
+            assert_eq!(a.val_loss.to_bits(), b.val_loss.to_bits());
+        }
+    }
+}
