@@ -11,6 +11,7 @@ mod predict;
 mod pretrain;
 mod progress;
 mod report;
+mod serve;
 mod summary;
 mod train;
 mod weights;
@@ -74,6 +75,8 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// Show a backbone's layer groups, output shapes and parameter counts.
     Summary(summary::SummaryArgs),
+    /// Serve predictions over HTTP (POST /v1/predict), batching concurrent requests.
+    Serve(serve::ServeArgs),
     /// Measure graft's speed (used by the peer comparison in bench/).
     Bench(bench::BenchArgs),
     /// Manage pretrained weights in the local store ($GRAFT_HOME/weights).
@@ -94,6 +97,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Report(args) => report::run(args),
         Command::Weights(command) => weights::run(command),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }
 
