@@ -118,7 +118,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         ),
         Event::Stopped { statuses } => {
             let counts: Vec<String> = statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
-            eprintln!("stopped; responses by status: {}", counts.join(", "));
+            eprintln!(
+                "stopped; /v1/predict responses by status: {}",
+                counts.join(", ")
+            );
         }
     })?;
     Ok(ExitCode::SUCCESS)

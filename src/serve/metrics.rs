@@ -61,11 +61,25 @@ impl Histogram {
     }
 }
 
+/// The routes responses are counted by (anything else is `other`).
+pub const ROUTES: [&str; 5] = ["/v1/predict", "/healthz", "/readyz", "/metrics", "other"];
+
+/// The index of `/v1/predict` in [`ROUTES`].
+pub const PREDICT: usize = 0;
+
+/// Index of `path` in [`ROUTES`].
+pub fn route_index(path: &str) -> usize {
+    ROUTES
+        .iter()
+        .position(|&r| r == path)
+        .unwrap_or(ROUTES.len() - 1)
+}
+
 /// Everything `/metrics` reports that is counted as it happens (the queue depth and readiness
 /// are read when rendering).
 #[derive(Debug)]
 pub struct Metrics {
-    /// Responses by status code, indexed by the code (100..=599).
+    /// Responses by route ([`ROUTES`]) and status code: `route * 600 + code`.
     statuses: Vec<AtomicU64>,
     /// Seconds from a prediction request's arrival to its response.
     pub latency: Histogram,
@@ -78,7 +92,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self {
-            statuses: (0..600).map(|_| AtomicU64::new(0)).collect(),
+            statuses: (0..600 * ROUTES.len()).map(|_| AtomicU64::new(0)).collect(),
             latency: Histogram::new(&LATENCY_BOUNDS),
             batch_size: Histogram::new(&BATCH_BOUNDS),
             images: AtomicU64::new(0),
@@ -95,28 +109,32 @@ pub struct Gauges {
 }
 
 impl Metrics {
-    pub fn count_status(&self, status: u16) {
-        if let Some(counter) = self.statuses.get(usize::from(status)) {
+    /// Count a response of `route` (an index in [`ROUTES`]).
+    pub fn count_status(&self, route: usize, status: u16) {
+        if let Some(counter) = self.counter(route, status) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Responses sent with `status` so far.
-    pub fn status_count(&self, status: u16) -> u64 {
-        self.statuses
-            .get(usize::from(status))
+    fn counter(&self, route: usize, status: u16) -> Option<&AtomicU64> {
+        if route >= ROUTES.len() || status >= 600 {
+            return None;
+        }
+        self.statuses.get(route * 600 + usize::from(status))
+    }
+
+    /// Responses of `route` sent with `status` so far.
+    pub fn status_count(&self, route: usize, status: u16) -> u64 {
+        self.counter(route, status)
             .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
-    /// `(status, count)` for every status sent at least once, by code.
-    pub fn statuses(&self) -> Vec<(u16, u64)> {
-        self.statuses
-            .iter()
-            .enumerate()
-            .filter_map(|(code, c)| {
-                let n = c.load(Ordering::Relaxed);
-                // cannot fail: the vector has 600 entries
-                (n > 0).then(|| (u16::try_from(code).expect("< 600"), n))
+    /// `(status, count)` for every status `route` sent at least once, by code.
+    pub fn statuses(&self, route: usize) -> Vec<(u16, u64)> {
+        (0..600u16)
+            .filter_map(|code| {
+                let n = self.status_count(route, code);
+                (n > 0).then_some((code, n))
             })
             .collect()
     }
@@ -124,10 +142,17 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self, gauges: Gauges) -> String {
         let mut out = String::new();
-        out.push_str("# HELP graft_http_requests_total HTTP responses sent, by status code.\n");
+        out.push_str(
+            "# HELP graft_http_requests_total HTTP responses sent, by route and status code.\n",
+        );
         out.push_str("# TYPE graft_http_requests_total counter\n");
-        for (code, n) in self.statuses() {
-            let _ = writeln!(out, "graft_http_requests_total{{status=\"{code}\"}} {n}");
+        for (route, name) in ROUTES.iter().enumerate() {
+            for (code, n) in self.statuses(route) {
+                let _ = writeln!(
+                    out,
+                    "graft_http_requests_total{{route=\"{name}\",status=\"{code}\"}} {n}"
+                );
+            }
         }
         self.latency.render(
             &mut out,
@@ -195,20 +220,27 @@ mod tests {
         for n in [1.0, 3.0, 32.0] {
             m.batch_size.observe(n);
         }
-        m.count_status(200);
-        m.count_status(200);
-        m.count_status(503);
+        m.count_status(0, 200);
+        m.count_status(0, 200);
+        m.count_status(0, 503);
+        m.count_status(route_index("/healthz"), 200);
+        m.count_status(route_index("/nowhere"), 404);
         let text = m.render(Gauges {
             queue_depth: 5,
             queue_capacity: 64,
             ready: true,
         });
         assert_eq!(
-            line(&text, "graft_http_requests_total{status=\"200\"}"),
-            "graft_http_requests_total{status=\"200\"} 2"
+            line(
+                &text,
+                "graft_http_requests_total{route=\"/v1/predict\",status=\"200\"}"
+            ),
+            "graft_http_requests_total{route=\"/v1/predict\",status=\"200\"} 2"
         );
-        assert!(text.contains("graft_http_requests_total{status=\"503\"} 1"));
-        assert!(!text.contains("status=\"404\""));
+        assert!(text.contains("{route=\"/v1/predict\",status=\"503\"} 1"));
+        assert!(text.contains("{route=\"/healthz\",status=\"200\"} 1"));
+        assert!(text.contains("{route=\"other\",status=\"404\"} 1"));
+        assert!(!text.contains("route=\"/metrics\""));
         let bucket = |le: &str| {
             line(
                 &text,
@@ -231,8 +263,8 @@ mod tests {
         assert!(text.contains("graft_batch_size_count 3"));
         assert!(text.contains("graft_queue_depth 5"));
         assert!(text.contains("graft_model_ready 1"));
-        assert_eq!(m.status_count(200), 2);
-        assert_eq!(m.statuses(), vec![(200, 2), (503, 1)]);
+        assert_eq!(m.status_count(0, 200), 2);
+        assert_eq!(m.statuses(0), vec![(200, 2), (503, 1)]);
         // Every line is a comment or `name{labels} value`.
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             assert_eq!(l.split(' ').count(), 2, "{l}");

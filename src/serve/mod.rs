@@ -142,10 +142,20 @@ impl State {
 #[derive(Debug)]
 pub enum Event<'a> {
     Listening(SocketAddr),
-    Ready { model: &'a str, seconds: f64 },
-    Stopping { signal: &'a str },
-    Stopped { statuses: Vec<(u16, u64)> },
-    GaveUp { grace: Duration },
+    Ready {
+        model: &'a str,
+        seconds: f64,
+    },
+    Stopping {
+        signal: &'a str,
+    },
+    /// `/v1/predict` responses by status.
+    Stopped {
+        statuses: Vec<(u16, u64)>,
+    },
+    GaveUp {
+        grace: Duration,
+    },
 }
 
 /// Why the server could not start or stopped with an error.
@@ -309,7 +319,7 @@ async fn serve<E: std::fmt::Display>(
         });
     }
     on_event(Event::Stopped {
-        statuses: state.metrics.statuses(),
+        statuses: state.metrics.statuses(metrics::PREDICT),
     });
     if finished {
         // Every connection is closed, so this is the last handle on the queue: the model

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use super::{Scores, State};
+use super::{Scores, State, metrics};
 use crate::data::{Chw, DecodeError, decode_bytes_for, preprocess};
 use crate::infer::top_k;
 
@@ -51,10 +51,12 @@ fn busy(reason: impl Into<String>) -> Response {
 /// Count every response by status, and time the prediction requests.
 async fn count(Extract(state): Extract<Arc<State>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let predict = request.uri().path() == "/v1/predict";
+    let route = metrics::route_index(request.uri().path());
     let response = next.run(request).await;
-    state.metrics.count_status(response.status().as_u16());
-    if predict {
+    state
+        .metrics
+        .count_status(route, response.status().as_u16());
+    if route == metrics::PREDICT {
         state
             .metrics
             .latency
