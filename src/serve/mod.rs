@@ -40,15 +40,12 @@ pub struct ServeConfig {
     pub api_key: Option<String>,
     /// Limits for decoding request images (decompression bombs).
     pub limits: DecodeLimits,
-    /// Threads decoding and preprocessing request images at once.
-    pub decode_threads: usize,
     /// After SIGTERM, how long to wait for requests in flight before giving up on them.
     pub grace: Duration,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_batch: 32,
@@ -58,7 +55,6 @@ impl Default for ServeConfig {
             top: 5,
             api_key: None,
             limits: DecodeLimits::default(),
-            decode_threads: cores,
             grace: Duration::from_secs(30),
         }
     }
@@ -120,8 +116,6 @@ pub struct State {
     pub model: OnceLock<ModelInfo>,
     /// Numbers requests, for naming them in errors.
     pub next_request: AtomicU64,
-    /// Bounds the images decoded at once.
-    pub decoding: tokio::sync::Semaphore,
 }
 
 impl State {
@@ -180,9 +174,10 @@ pub fn run<E: std::fmt::Display>(
     on_event: impl Fn(Event<'_>) + Send + Sync + 'static,
 ) -> Result<(), ServeError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        // The network work is small next to the model's; the cores go to decoding and the model.
+        // The network work is small next to the model's; the cores go to decoding and the model
+        // (both on graft's rayon pool).
         .worker_threads(1)
-        .max_blocking_threads(config.decode_threads.max(1) + 2)
+        .max_blocking_threads(2)
         .thread_name("graft-serve-io")
         .enable_all()
         .build()?;
@@ -208,7 +203,6 @@ async fn serve<E: std::fmt::Display>(
         queue,
         model: OnceLock::new(),
         next_request: AtomicU64::new(0),
-        decoding: tokio::sync::Semaphore::new(config.decode_threads.max(1)),
         config: config.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.addr)
