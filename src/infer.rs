@@ -55,7 +55,8 @@ pub enum Top<'a> {
 }
 
 impl Top<'_> {
-    fn class_names(&self, config: &crate::backbone::SourceConfig) -> Vec<String> {
+    /// The name of each class, in score order.
+    pub fn class_names(&self, config: &crate::backbone::SourceConfig) -> Vec<String> {
         match self {
             Top::ImageNet => labels::names(config.labels)
                 .iter()

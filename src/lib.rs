@@ -80,6 +80,7 @@ pub mod recipe;
 pub mod report;
 pub mod rng;
 pub mod run;
+pub mod serve;
 pub mod train;
 pub mod util;
 pub mod weights;

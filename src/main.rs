@@ -34,7 +34,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    if let Err(e) = graft::interrupt::install() {
+    // `serve` stops on SIGTERM and SIGINT itself (finishing the requests in flight); this
+    // handler would take SIGINT from it.
+    if !matches!(args.command, cli::Command::Serve(_))
+        && let Err(e) = graft::interrupt::install()
+    {
         eprintln!("warning: Ctrl-C will not stop cleanly: {e}");
     }
     graft::data::complete::set_allow_truncated(args.allow_truncated);

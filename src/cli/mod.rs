@@ -13,6 +13,7 @@ mod predict;
 mod pretrain;
 mod progress;
 mod report;
+mod serve;
 mod summary;
 mod train;
 mod weights;
@@ -78,6 +79,8 @@ pub enum Command {
     Summary(summary::SummaryArgs),
     /// Export a trained model (or a backbone) as ONNX for other runtimes.
     Export(export::ExportArgs),
+    /// Serve predictions over HTTP (POST /v1/predict), batching concurrent requests.
+    Serve(serve::ServeArgs),
     /// Measure graft's speed (used by the peer comparison in bench/).
     Bench(bench::BenchArgs),
     /// Look after a feature cache that many extractions share: stats, verify, compact, gc.
@@ -103,6 +106,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Bench(args) => bench::run(args),
         Command::Export(args) => export::run(args),
         Command::Cache(command) => cache::run(command),
+        Command::Serve(args) => serve::run(args),
     }
 }
 

@@ -65,6 +65,18 @@ pub fn decode_for(
     decode_at_least(path, limits, short)
 }
 
+/// Decode `bytes` (an image file's contents, from a request or memory) as [`decode_for`]
+/// decodes a file; `name` is what errors call it (e.g. `request 7, part 2 (rose.jpg)`).
+pub fn decode_bytes_for(
+    name: &Path,
+    bytes: &[u8],
+    config: &SourceConfig,
+    limits: DecodeLimits,
+) -> Result<RgbImage, DecodeError> {
+    let short = (config.decode == DecodeMode::DctScaled).then(|| config.needed_short_side());
+    decode_bytes_at_least(name, bytes, limits, short)
+}
+
 /// [`decode_rgb`], decoding a JPEG scaled when its short side stays at least `short` pixels.
 fn decode_at_least(
     path: &Path,
@@ -75,21 +87,38 @@ fn decode_at_least(
     if !meta.is_file() {
         return Err(fail(path, "not a regular file"));
     }
-    if meta.len() == 0 {
+    // Checked before reading, so that a huge file is refused without loading it.
+    check_size(path, meta.len(), limits)?;
+    let bytes = std::fs::read(path).map_err(|e| fail(path, e.to_string()))?;
+    decode_bytes_at_least(path, &bytes, limits, short)
+}
+
+/// An empty file, or one over `limits.max_file_bytes`, is refused.
+fn check_size(path: &Path, len: u64, limits: DecodeLimits) -> Result<(), DecodeError> {
+    if len == 0 {
         return Err(fail(path, "the file is empty"));
     }
-    if meta.len() > limits.max_file_bytes {
+    if len > limits.max_file_bytes {
         return Err(fail(
             path,
             format!(
-                "the file is {} bytes, over the limit of {}",
-                meta.len(),
+                "the file is {len} bytes, over the limit of {}",
                 limits.max_file_bytes
             ),
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| fail(path, e.to_string()))?;
-    let mut reader = ImageReader::new(Cursor::new(&bytes))
+    Ok(())
+}
+
+/// The decoding itself, shared by files and in-memory bytes (`path` names them in errors).
+fn decode_bytes_at_least(
+    path: &Path,
+    bytes: &[u8],
+    limits: DecodeLimits,
+    short: Option<u32>,
+) -> Result<RgbImage, DecodeError> {
+    check_size(path, bytes.len() as u64, limits)?;
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| fail(path, e.to_string()))?;
     let format = reader.format();
@@ -100,8 +129,8 @@ fn decode_at_least(
                 "not an image format graft can read (JPEG, PNG, BMP, GIF, WebP)",
             ));
         }
-        Some(ImageFormat::Jpeg) => complete::jpeg_missing(&bytes),
-        Some(ImageFormat::Png) => complete::png_missing(&bytes),
+        Some(ImageFormat::Jpeg) => complete::jpeg_missing(bytes),
+        Some(ImageFormat::Png) => complete::png_missing(bytes),
         Some(_) => None,
     };
     if let Some(missing) = missing {
@@ -136,7 +165,7 @@ fn decode_at_least(
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
     if let (Some(short), Some(ImageFormat::Jpeg)) = (short, format)
-        && let Some(rgb) = dct_scaled(&bytes, (w, h), short)
+        && let Some(rgb) = dct_scaled(bytes, (w, h), short)
     {
         let mut image = DynamicImage::ImageRgb8(rgb);
         image.apply_orientation(orientation);
@@ -406,6 +435,33 @@ mod tests {
         };
         let err = decode_rgb(&big, limits).unwrap_err().to_string();
         assert!(err.contains("decompression bomb"), "{err}");
+    }
+
+    #[test]
+    fn bytes_decode_as_the_file_would_and_errors_carry_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = save(
+            dir.path(),
+            "a.png",
+            &DynamicImage::ImageRgb8(two_tone()),
+            ImageFormat::Png,
+        );
+        let config = crate::backbone::find("efficientnet-lite0")
+            .unwrap()
+            .source_config(None);
+        let bytes = std::fs::read(&path).unwrap();
+        let name = Path::new("request 3, part 1 (a.png)");
+        let limits = DecodeLimits::default();
+        assert_eq!(
+            decode_bytes_for(name, &bytes, &config, limits).unwrap(),
+            decode_for(&path, &config, limits).unwrap()
+        );
+        for bad in [&b""[..], b"plain text", &bytes[..bytes.len() / 2]] {
+            let err = decode_bytes_for(name, bad, &config, limits)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("request 3, part 1 (a.png): "), "{err}");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, Tensor, TensorData};
 use rayon::prelude::*;
 
-pub use decode::{DecodeError, DecodeLimits, decode_rgb};
+pub use decode::{DecodeError, DecodeLimits, decode_bytes_for, decode_rgb};
 pub use preprocess::{Chw, preprocess};
 
 use crate::backbone::SourceConfig;
