@@ -13,6 +13,7 @@ use super::cache::{
     CacheError, ShardMeta, commit_shard, read_shard, remove_dead_temporaries, serialize_shard,
     shard_paths,
 };
+use super::rows::read_header;
 
 /// Rows per shard written by [`compact`] (5 MB of 1280-d features).
 pub const COMPACT_ROWS: usize = 1024;
@@ -115,25 +116,12 @@ pub fn stats(dir: &Path, verify: bool) -> Result<CacheStats, CacheError> {
 }
 
 /// The keys of a shard from its header alone (no checksum: for counting).
-fn read_keys(path: &Path) -> std::io::Result<Vec<String>> {
-    use std::io::Read;
-    let invalid =
-        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-    let mut file = std::fs::File::open(path)?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len)?;
-    let len = u64::from_le_bytes(len);
-    if len > 100_000_000 {
-        return Err(invalid("header too large"));
-    }
-    let mut header = vec![0u8; len as usize];
-    file.read_exact(&mut header)?;
-    let header: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|_| invalid("header is not JSON"))?;
-    let keys = header["__metadata__"]["keys"]
-        .as_str()
-        .ok_or_else(|| invalid("no keys"))?;
-    serde_json::from_str(keys).map_err(|_| invalid("keys are not a JSON list"))
+fn read_keys(path: &Path) -> Result<Vec<String>, CacheError> {
+    let file = std::fs::File::open(path).map_err(|source| CacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(read_header(&file, path)?.keys)
 }
 
 /// Merge the shards of one cache directory into shards of up to [`COMPACT_ROWS`] rows with one

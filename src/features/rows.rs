@@ -135,14 +135,14 @@ impl RowSource for CachedRows {
 }
 
 /// What a shard's safetensors header says about its `features` tensor.
-struct Header {
-    keys: Vec<String>,
+pub(crate) struct Header {
+    pub keys: Vec<String>,
     dim: usize,
     /// Byte offset of the first row in the file.
     data_start: u64,
 }
 
-fn read_header(file: &File, path: &Path) -> Result<Header, CacheError> {
+pub(crate) fn read_header(file: &File, path: &Path) -> Result<Header, CacheError> {
     let corrupt = |problem: &str| CacheError::Corrupt {
         path: path.to_path_buf(),
         problem: problem.to_string(),
