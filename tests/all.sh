@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo run --release -q -- weights fetch efficientnet-lite0 efficientnet-lite1 efficientnet-lite2
+# One build for everything: the tests' feature set is the Python package's too (see the
+# dev-dependencies in Cargo.toml), and target/release/graft is the binary the tests run.
+cargo test --release --no-run
+target/release/graft weights fetch efficientnet-lite0 efficientnet-lite1 efficientnet-lite2
 cargo test --release
 
 venv=target/python-venv
