@@ -6,8 +6,11 @@
 //! top; `bank` `[n, dim]` (F32, L2-normalised rows) and `labels` `[n]` (I64) for kNN, with
 //! `kind` (and `k`) in the metadata.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use linfa_nn::distance::L2Dist;
 use linfa_nn::{CommonNearestNeighbour, NearestNeighbour};
@@ -26,7 +29,84 @@ pub enum HeadError {
 }
 
 /// Name, dtype, shape and little-endian bytes of a tensor to save.
-type NamedTensor = (&'static str, Dtype, Vec<usize>, Vec<u8>);
+type NamedTensor<'a> = (&'static str, Dtype, Vec<usize>, Cow<'a, [u8]>);
+
+/// A kNN memory bank, `[n, dim]` floats: in memory, or read from a file through the page cache
+/// when it is larger than the memory budget (a bank built from a million cached rows, or a
+/// saved head loaded by predict), so that its size is bounded by the disk, not the memory.
+#[derive(Clone)]
+pub enum Bank {
+    Owned(Vec<f32>),
+    /// `len` little-endian floats at byte `offset` of `map` (4-byte aligned).
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        offset: usize,
+        len: usize,
+    },
+}
+
+impl Bank {
+    /// The floats at byte `offset` of `map`, without copying them when the platform is
+    /// little-endian and the offset is aligned (safetensors aligns its data), else copied.
+    pub fn mapped(map: Arc<memmap2::Mmap>, offset: usize, len: usize) -> Self {
+        let bytes = &map[offset..offset + len * 4];
+        if cfg!(target_endian = "little") && bytes.as_ptr().align_offset(4) == 0 {
+            Bank::Mapped { map, offset, len }
+        } else {
+            Bank::Owned(
+                bytes
+                    .chunks_exact(4)
+                    // cannot fail: chunks_exact(4) yields 4-byte slices
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                    .collect(),
+            )
+        }
+    }
+
+    /// The floats as little-endian bytes, borrowed when mapped.
+    fn le_bytes(&self) -> Cow<'_, [u8]> {
+        match self {
+            Bank::Owned(v) => Cow::Owned(f32_bytes(v)),
+            Bank::Mapped { map, offset, len } => Cow::Borrowed(&map[*offset..offset + len * 4]),
+        }
+    }
+}
+
+impl Deref for Bank {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            Bank::Owned(v) => v,
+            Bank::Mapped { map, offset, len } => {
+                let bytes = &map[*offset..offset + len * 4];
+                // SAFETY: `Bank::mapped` made this variant only for 4-byte aligned bytes on a
+                // little-endian platform, where they are `len` valid f32s (every bit pattern is
+                // one); the map lives as long as `self`.
+                unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), *len) }
+            }
+        }
+    }
+}
+
+impl PartialEq for Bank {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl std::fmt::Debug for Bank {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            Bank::Owned(_) => "in memory",
+            Bank::Mapped { .. } => "mapped",
+        };
+        write!(f, "Bank({} floats, {kind})", self.len())
+    }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Head {
@@ -39,7 +119,7 @@ pub enum Head {
     /// Majority vote of the `k` nearest training rows (cosine distance).
     Knn {
         /// `[n, dim]`, each row L2-normalised.
-        bank: Vec<f32>,
+        bank: Bank,
         labels: Vec<usize>,
         classes: usize,
         k: usize,
@@ -108,7 +188,6 @@ impl Head {
     }
 
     pub fn save(&self, path: &Path) -> Result<(), HeadError> {
-        let f32_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
         let (tensors, metadata): (Vec<NamedTensor>, _) = match self {
             Head::Linear { weight, bias } => (
                 vec![
@@ -116,9 +195,14 @@ impl Head {
                         "weight",
                         Dtype::F32,
                         vec![bias.len(), weight.len() / bias.len().max(1)],
-                        f32_bytes(weight),
+                        Cow::Owned(f32_bytes(weight)),
                     ),
-                    ("bias", Dtype::F32, vec![bias.len()], f32_bytes(bias)),
+                    (
+                        "bias",
+                        Dtype::F32,
+                        vec![bias.len()],
+                        Cow::Owned(f32_bytes(bias)),
+                    ),
                 ],
                 HashMap::from([("kind".to_string(), "linear".to_string())]),
             ),
@@ -133,16 +217,18 @@ impl Head {
                         "bank",
                         Dtype::F32,
                         vec![labels.len(), bank.len() / labels.len().max(1)],
-                        f32_bytes(bank),
+                        bank.le_bytes(),
                     ),
                     (
                         "labels",
                         Dtype::I64,
                         vec![labels.len()],
-                        labels
-                            .iter()
-                            .flat_map(|&l| (l as i64).to_le_bytes())
-                            .collect(),
+                        Cow::Owned(
+                            labels
+                                .iter()
+                                .flat_map(|&l| (l as i64).to_le_bytes())
+                                .collect(),
+                        ),
                     ),
                 ],
                 HashMap::from([
@@ -165,8 +251,12 @@ impl Head {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
-        let bytes = safetensors::serialize(views, Some(metadata)).map_err(invalid)?;
-        crate::util::write_atomic(path, &bytes).map_err(|source| HeadError::Io {
+        // Streamed to the file: a bank can be larger than memory.
+        crate::util::write_atomic_with(path, |tmp| {
+            safetensors::serialize_to_file(views, Some(metadata), tmp.path())
+                .map_err(std::io::Error::other)
+        })
+        .map_err(|source| HeadError::Io {
             path: path.to_path_buf(),
             source,
         })
@@ -177,12 +267,17 @@ impl Head {
             path: path.to_path_buf(),
             problem,
         };
-        let bytes = std::fs::read(path).map_err(|source| HeadError::Io {
+        let io = |source| HeadError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
-        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| invalid(e.to_string()))?;
-        let file = SafeTensors::deserialize(&bytes).map_err(|e| invalid(e.to_string()))?;
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: the map is read-only; a head file is written once, atomically (a new file
+        // renamed over the old), so the mapped file is never modified while mapped.
+        let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?);
+        let bytes: &[u8] = &map;
+        let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| invalid(e.to_string()))?;
+        let file = SafeTensors::deserialize(bytes).map_err(|e| invalid(e.to_string()))?;
         let info = meta.metadata().clone().unwrap_or_default();
         let tensor = |name: &str, dtype: Dtype| {
             let view = file
@@ -194,9 +289,9 @@ impl Head {
                     view.dtype()
                 )));
             }
-            Ok((view.shape().to_vec(), view.data().to_vec()))
+            Ok((view.shape().to_vec(), view.data()))
         };
-        let floats = |bytes: Vec<u8>| -> Vec<f32> {
+        let floats = |bytes: &[u8]| -> Vec<f32> {
             bytes
                 .chunks_exact(4)
                 // cannot fail: chunks_exact(4) yields 4-byte slices
@@ -242,8 +337,10 @@ impl Head {
                         "bank {bank_shape:?} and labels {label_shape:?} do not fit"
                     )));
                 }
+                // The bank stays in the file, read through the page cache.
+                let offset = bank.as_ptr() as usize - bytes.as_ptr() as usize;
                 Ok(Head::Knn {
-                    bank: floats(bank),
+                    bank: Bank::mapped(map.clone(), offset, bank.len() / 4),
                     labels,
                     classes,
                     k: number("k")?.max(1),
@@ -334,7 +431,7 @@ mod tests {
             bias: vec![0.0, 0.5, 0.0],
         };
         let knn = Head::Knn {
-            bank: l2_normalized(&[1.0, 0.0, 0.9, 0.1, 0.0, 1.0], 2),
+            bank: Bank::Owned(l2_normalized(&[1.0, 0.0, 0.9, 0.1, 0.0, 1.0], 2)),
             labels: vec![0, 0, 1],
             classes: 2,
             k: 3,
@@ -349,7 +446,7 @@ mod tests {
     #[test]
     fn knn_votes_and_linear_softmax() {
         let knn = Head::Knn {
-            bank: l2_normalized(&[1.0, 0.0, 0.9, 0.1, 0.0, 1.0], 2),
+            bank: Bank::Owned(l2_normalized(&[1.0, 0.0, 0.9, 0.1, 0.0, 1.0], 2)),
             labels: vec![0, 0, 1],
             classes: 2,
             k: 3,

@@ -52,6 +52,15 @@ fn rusage() -> libc::rusage {
 /// fsync of the folder. Readers see the old file or the whole new one, never a part.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    write_atomic_with(path, |tmp| tmp.as_file_mut().write_all(bytes))
+}
+
+/// [`write_atomic`] for contents that `write` puts into the temporary file, through its handle
+/// or by its path (for writers that stream to a file name).
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut tempfile::NamedTempFile) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     // tempfile creates 0600; results are meant to be read by others, like any new file.
@@ -60,8 +69,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         tmp.as_file()
             .set_permissions(std::fs::Permissions::from_mode(0o644))?;
     }
-    // Through the plain file: the caller names `path` in its error, not the temporary name.
-    tmp.as_file_mut().write_all(bytes)?;
+    // The caller names `path` in its error, not the temporary name.
+    write(&mut tmp)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     std::fs::File::open(dir)?.sync_all()

@@ -313,6 +313,8 @@ fn flowers_bottleneck_recipes_end_to_end() {
         )
         .unwrap()
         .0
+        .to_matrix()
+        .unwrap()
     };
     assert_eq!(cached.len(), 10);
     let top = Top::Trained {

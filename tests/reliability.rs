@@ -572,7 +572,7 @@ fn a_head_that_does_not_fit_the_backbone_is_a_clear_error() {
     let head_file = run.join("head.safetensors");
     for head in [
         graft::head::Head::Knn {
-            bank: vec![0.1; 2 * 100],
+            bank: graft::head::Bank::Owned(vec![0.1; 2 * 100]),
             labels: vec![0, 1],
             classes: 2,
             k: 1,

@@ -566,8 +566,13 @@ fn extract<'py>(
             "val" => vec![&data.val],
             _ => vec![&data.train, &data.val],
         };
-        let (matrices, _) =
+        let (sets, _) =
             bottleneck::features(&backbone, &mut cache, &groups, batch_size, &mut forward)?;
+        // A numpy array is in memory: read the cached rows into one.
+        let matrices = sets
+            .iter()
+            .map(|set| set.to_matrix())
+            .collect::<Result<Vec<_>, _>>()?;
         Ok((data.classes, matrices))
     });
     let (classes, matrices) = forward.finish(result)?;

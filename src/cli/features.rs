@@ -73,8 +73,13 @@ pub fn features_of(
     batch_size: usize,
 ) -> Result<(Vec<FeatureMatrix>, ExtractSummary)> {
     let mut bars = Bars::default();
-    bottleneck::features(backbone, cache, groups, batch_size, &mut bars)
-        .map_err(super::recipe_error)
+    let (rows, summary) = bottleneck::features(backbone, cache, groups, batch_size, &mut bars)
+        .map_err(super::recipe_error)?;
+    let matrices = rows
+        .iter()
+        .map(|r| r.to_matrix())
+        .collect::<Result<_, _>>()?;
+    Ok((matrices, summary))
 }
 
 /// Features of `data`'s training and validation images through `backbone`'s cache.

@@ -14,6 +14,7 @@ use crate::backbone::Backbone;
 use crate::data::dataset::Sample;
 use crate::data::{DecodeError, DecodeLimits, load_images, to_batch};
 use cache::{CacheError, FeatureCache};
+use rows::{CachedRows, LabelledRows};
 
 /// What one extraction did.
 #[derive(Debug, Default)]
@@ -169,8 +170,9 @@ pub fn extract(
     Ok(summary)
 }
 
-/// Features of labelled `samples`, extracting what the cache lacks. Unreadable images are
-/// left out of the matrix and listed in the summary.
+/// Features of labelled `samples`, extracting what the cache lacks; the rows stay in the
+/// cache's files (see [`LabelledRows`]). Unreadable images are left out and listed in the
+/// summary.
 pub fn labelled_features(
     backbone: &Backbone,
     cache: &mut FeatureCache,
@@ -178,25 +180,20 @@ pub fn labelled_features(
     batch_size: usize,
     limits: DecodeLimits,
     progress: impl FnMut(usize),
-) -> Result<(FeatureMatrix, ExtractSummary), CacheError> {
+) -> Result<(LabelledRows, ExtractSummary), CacheError> {
     let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
     let summary = extract(backbone, cache, &paths, batch_size, limits, progress)?;
-    let wanted: HashSet<String> = summary.keys.iter().flatten().cloned().collect();
-    let rows = cache.rows(&wanted)?;
-    let dim = backbone.config.feature_dim;
-    let mut matrix = FeatureMatrix {
-        dim,
-        ..FeatureMatrix::default()
-    };
+    let (mut keys, mut labels, mut kept) = (Vec::new(), Vec::new(), Vec::new());
     for (sample, key) in samples.iter().zip(&summary.keys) {
-        let Some(row) = key.as_ref().and_then(|k| rows.get(k)) else {
-            continue;
-        };
-        matrix.rows.extend_from_slice(row);
-        matrix.labels.push(sample.label);
-        matrix.paths.push(sample.path.clone());
+        if let Some(key) = key {
+            keys.push(key.clone());
+            labels.push(sample.label);
+            kept.push(sample.path.clone());
+        }
     }
-    Ok((matrix, summary))
+    let rows = CachedRows::open(cache.dir(), &keys, &labels)?;
+    let rows = LabelledRows::new(rows, kept, backbone.config.feature_dim, cache.dir())?;
+    Ok((rows, summary))
 }
 
 /// Pooled features of `paths` computed afresh (not cached), each preprocessed image passed

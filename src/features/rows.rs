@@ -2,8 +2,9 @@
 //! demand, so that a head can train on more rows than fit in memory: the trainer asks for one
 //! mini-batch at a time, and a disk-backed source keeps only each row's file and offset.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -60,30 +61,49 @@ impl CachedRows {
     /// from the shard headers alone (the shards' checksums were verified when the cache was
     /// opened). A key without a row is an error naming the cache.
     pub fn open(dir: &Path, keys: &[String], labels: &[usize]) -> Result<Self, CacheError> {
+        let wanted: HashSet<&str> = keys.iter().map(String::as_str).collect();
         let mut located: HashMap<&str, (u32, u64)> = HashMap::with_capacity(keys.len());
-        let wanted: std::collections::HashSet<&str> = keys.iter().map(String::as_str).collect();
         let mut files = Vec::new();
+        let mut opened = HashSet::new();
         let mut dim = 0;
-        for path in shard_paths(dir)? {
-            let file = File::open(&path).map_err(|source| CacheError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            let header = read_header(&file, &path)?;
-            let mut used = false;
-            for (row, key) in header.keys.iter().enumerate() {
-                // The set hands back the caller's string, which outlives this loop.
-                if let Some(&key) = wanted.get(key.as_str())
-                    && !located.contains_key(key)
-                {
-                    let offset = header.data_start + (row * header.dim * 4) as u64;
-                    located.insert(key, (files.len() as u32, offset));
-                    used = true;
+        // A shard that `graft cache compact` removes between the listing and the opening has
+        // its rows in a merged shard written before: list again for what is still missing.
+        for _attempt in 0..3 {
+            let mut vanished = false;
+            for path in shard_paths(dir)? {
+                if opened.contains(&path) {
+                    continue;
+                }
+                let file = match File::open(&path) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        vanished = true;
+                        continue;
+                    }
+                    other => other.map_err(|source| CacheError::Io {
+                        path: path.clone(),
+                        source,
+                    })?,
+                };
+                opened.insert(path.clone());
+                let header = read_header(&file, &path)?;
+                let mut used = false;
+                for (row, key) in header.keys.iter().enumerate() {
+                    // The set hands back the caller's string, which outlives this loop.
+                    if let Some(&key) = wanted.get(key.as_str())
+                        && !located.contains_key(key)
+                    {
+                        let offset = header.data_start + (row * header.dim * 4) as u64;
+                        located.insert(key, (files.len() as u32, offset));
+                        used = true;
+                    }
+                }
+                if used {
+                    dim = header.dim;
+                    files.push((path, file));
                 }
             }
-            if used {
-                dim = header.dim;
-                files.push((path, file));
+            if !vanished || located.len() == wanted.len() {
+                break;
             }
         }
         let rows = keys
@@ -131,6 +151,89 @@ impl RowSource for CachedRows {
             );
         }
         Ok(())
+    }
+}
+
+/// Rows per pass when a whole source is scored: bounded memory whatever the number of rows.
+pub const SCORE_CHUNK: usize = 4096;
+
+/// Call `f` with consecutive index ranges of `source` and their rows, `chunk` rows at a time,
+/// so that a pass over every row holds one chunk in memory.
+pub fn for_each_chunk(
+    source: &dyn RowSource,
+    chunk: usize,
+    mut f: impl FnMut(Range<usize>, &[f32]),
+) -> Result<(), CacheError> {
+    let mut rows = Vec::new();
+    let mut start = 0;
+    while start < source.len() {
+        let end = (start + chunk.max(1)).min(source.len());
+        let indices: Vec<usize> = (start..end).collect();
+        rows.clear();
+        source.read(&indices, &mut rows)?;
+        f(start..end, &rows);
+        start = end;
+    }
+    Ok(())
+}
+
+/// The cached rows of labelled images with the image each came from: what the recipes train
+/// and score on without holding the rows in memory.
+#[derive(Debug)]
+pub struct LabelledRows {
+    pub rows: CachedRows,
+    /// The image of each row, in row order.
+    pub paths: Vec<PathBuf>,
+    /// The row length, known even when there are no rows.
+    dim: usize,
+}
+
+impl LabelledRows {
+    /// `rows` of images `paths`; an error when the cached rows are not `dim` long.
+    pub fn new(
+        rows: CachedRows,
+        paths: Vec<PathBuf>,
+        dim: usize,
+        cache: &Path,
+    ) -> Result<Self, CacheError> {
+        if !rows.is_empty() && rows.dim() != dim {
+            return Err(CacheError::Corrupt {
+                path: cache.to_path_buf(),
+                problem: format!(
+                    "rows of {} features where the backbone gives {dim}",
+                    rows.dim()
+                ),
+            });
+        }
+        Ok(Self { rows, paths, dim })
+    }
+
+    /// Every row in memory, for the models that need a matrix (logistic regression, SVM,
+    /// doctor's checks).
+    pub fn to_matrix(&self) -> Result<FeatureMatrix, CacheError> {
+        let mut rows = Vec::with_capacity(self.len() * self.dim());
+        for_each_chunk(self, SCORE_CHUNK, |_, chunk| rows.extend_from_slice(chunk))?;
+        Ok(FeatureMatrix {
+            dim: self.dim(),
+            rows,
+            labels: self.labels(),
+            paths: self.paths.clone(),
+        })
+    }
+}
+
+impl RowSource for LabelledRows {
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    fn label(&self, i: usize) -> usize {
+        self.rows.label(i)
+    }
+    fn read(&self, indices: &[usize], out: &mut Vec<f32>) -> Result<(), CacheError> {
+        self.rows.read(indices, out)
     }
 }
 

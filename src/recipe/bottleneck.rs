@@ -20,15 +20,16 @@ use std::path::{Path, PathBuf};
 use crate::backbone::Backbone;
 use crate::data::DecodeLimits;
 use crate::data::dataset::{self, Dataset, Sample, SplitOptions};
-use crate::features::cache::FeatureCache;
-use crate::features::{ExtractSummary, FeatureMatrix, labelled_features};
+use crate::features::cache::{CacheError, FeatureCache};
+use crate::features::rows::{LabelledRows, RowSource, SCORE_CHUNK, for_each_chunk};
+use crate::features::{ExtractSummary, labelled_features};
 use crate::head::Head;
 use crate::metrics::{Metrics, argmax_rows};
 use crate::progress::Progress;
 use crate::run::{self, DataRecord, Hyperparameters, ModelCard, PredictionRecord, RunMetrics};
 use crate::train::classical::{self, ClassicalOptions};
 use crate::train::dense::{DenseOptions, train_dense};
-use crate::train::{EpochRecord, Recipe, cross_entropy};
+use crate::train::{EpochRecord, Recipe, cross_entropy_sum};
 
 use super::{BackboneChoice, RecipeError, cache_root};
 
@@ -162,8 +163,9 @@ pub fn open_cache(
     Ok(cache)
 }
 
-/// Features of each group of samples, one matrix per group, extracting what the cache lacks
-/// (one progress phase). Unreadable images are noted, one line each, and left out; the
+/// Features of each group of samples, one set of cached rows per group (read from the cache's
+/// files on demand, see [`LabelledRows`]), extracting what the cache lacks (one progress
+/// phase). Unreadable images are noted, one line each, and left out; the
 /// summary's keys follow the samples of all groups in order. Ctrl-C stops after the batch in
 /// flight with [`RecipeError::Interrupted`], every finished batch kept in the cache.
 pub fn features(
@@ -172,13 +174,13 @@ pub fn features(
     groups: &[&[Sample]],
     batch_size: usize,
     progress: &mut dyn Progress,
-) -> Result<(Vec<FeatureMatrix>, ExtractSummary), RecipeError> {
+) -> Result<(Vec<LabelledRows>, ExtractSummary), RecipeError> {
     let total: usize = groups.iter().map(|g| g.len()).sum();
     progress.start("features", total, "images");
     let mut all = ExtractSummary::default();
     let mut matrices = Vec::with_capacity(groups.len());
     for samples in groups {
-        let (matrix, summary) = labelled_features(
+        let (rows, summary) = labelled_features(
             backbone,
             cache,
             samples,
@@ -195,7 +197,7 @@ pub fn features(
             ))
             .into());
         }
-        matrices.push(matrix);
+        matrices.push(rows);
         all.extracted += summary.extracted;
         all.reused += summary.reused;
         all.skipped.extend(summary.skipped);
@@ -221,7 +223,7 @@ pub fn train_val_features(
     dataset: &Dataset,
     (cache_dir, batch_size): (Option<&Path>, usize),
     progress: &mut dyn Progress,
-) -> Result<(FeatureMatrix, FeatureMatrix), RecipeError> {
+) -> Result<(LabelledRows, LabelledRows), RecipeError> {
     let mut cache = open_cache(backbone, cache_dir, progress)?;
     let (mut matrices, _) = features(
         backbone,
@@ -236,10 +238,13 @@ pub fn train_val_features(
     Ok((train, val))
 }
 
-/// Fit `options.recipe`'s top on `train`, early-stopping on `val` (the dense head).
+/// Fit `options.recipe`'s top on `train`, early-stopping on `val` (the dense head). The dense
+/// head reads its mini-batches from the cache; logistic regression and the SVM need every row
+/// in memory and refuse (with what to do instead) when that is over the memory budget (see
+/// [`classical::memory_budget`]).
 pub fn fit_top(
-    train: &FeatureMatrix,
-    val: &FeatureMatrix,
+    train: &LabelledRows,
+    val: &LabelledRows,
     classes: &[String],
     options: &BottleneckOptions,
     progress: &mut dyn Progress,
@@ -249,9 +254,19 @@ pub fn fit_top(
     }
     let started = std::time::Instant::now();
     let classical_options = &options.classical;
+    let in_memory = |recipe| {
+        classical::check_memory(recipe, train.len(), train.dim())?;
+        Ok::<_, RecipeError>(train.to_matrix()?)
+    };
     let head = match options.recipe {
-        Recipe::Logreg => classical::fit_logreg(train, classes, classical_options)?,
-        Recipe::Svm => classical::fit_svm(train, classes, classical_options)?,
+        Recipe::Logreg => classical::fit_logreg(
+            &in_memory("logistic regression")?,
+            classes,
+            classical_options,
+        )?,
+        Recipe::Svm => {
+            classical::fit_svm(&in_memory("the linear SVM")?, classes, classical_options)?
+        }
         Recipe::Knn => classical::fit_knn(train, classes, classical_options)?,
         Recipe::Head | Recipe::Finetune => {
             return Err(RecipeError::Invalid(format!(
@@ -264,7 +279,7 @@ pub fn fit_top(
         "fitted in {:.1} s",
         started.elapsed().as_secs_f64()
     ));
-    let history = vec![final_record(&head, train, val)];
+    let history = vec![final_record(&head, train, val)?];
     Ok(FittedTop {
         head,
         history,
@@ -277,8 +292,8 @@ pub fn fit_top(
 /// A dense head trained on `train`, early-stopping on `val`'s loss with the best epoch's
 /// weights kept; an error when no epoch finished before the loss diverged.
 pub fn train_head(
-    train: &FeatureMatrix,
-    val: &FeatureMatrix,
+    train: &dyn RowSource,
+    val: &dyn RowSource,
     classes: &[String],
     dense: &DenseOptions,
     progress: &mut dyn Progress,
@@ -323,7 +338,7 @@ pub fn train_head(
 pub fn train_on_features(
     (data, dataset): (&Path, &Dataset),
     backbone: &Backbone,
-    (train, val): (&FeatureMatrix, &FeatureMatrix),
+    (train, val): (&LabelledRows, &LabelledRows),
     out: &Path,
     options: &BottleneckOptions,
     progress: &mut dyn Progress,
@@ -335,7 +350,7 @@ pub fn train_on_features(
         train.len(),
         val.len(),
         classes.len(),
-        train.dim,
+        train.dim(),
         backbone.config.name
     ));
     let fitted = fit_top(train, val, classes, options, progress)?;
@@ -362,10 +377,10 @@ pub fn train_on_features(
         train_size: train.len(),
         val_size: val.len(),
         best_epoch: fitted.best_epoch,
-        train_accuracy: score(&fitted.head, train, classes).accuracy,
-        val: score(&fitted.head, val, classes),
+        train_accuracy: score(&fitted.head, train, classes)?.accuracy,
+        val: score(&fitted.head, val, classes)?,
     };
-    let predictions = predictions(&fitted.head, val, classes);
+    let predictions = predictions(&fitted.head, val, &val.paths, classes)?;
     run::save(
         out,
         &card,
@@ -387,57 +402,75 @@ pub fn train_on_features(
     })
 }
 
-/// Metrics of `head` on `data`.
-pub fn score(head: &Head, data: &FeatureMatrix, classes: &[String]) -> Metrics {
-    let scores = head.scores(&data.rows, data.dim);
-    Metrics::compute(&data.labels, &argmax_rows(&scores, classes.len()), classes)
+/// Metrics of `head` on `data`, scored [`SCORE_CHUNK`] rows at a time.
+pub fn score(head: &Head, data: &dyn RowSource, classes: &[String]) -> Result<Metrics, CacheError> {
+    let mut predicted = Vec::with_capacity(data.len());
+    for_each_chunk(data, SCORE_CHUNK, |_, rows| {
+        let scores = head.scores(rows, data.dim());
+        predicted.extend(argmax_rows(&scores, classes.len()));
+    })?;
+    Ok(Metrics::compute(&data.labels(), &predicted, classes))
 }
 
-/// The verdict on every row of `data`.
-pub fn predictions(head: &Head, data: &FeatureMatrix, classes: &[String]) -> Vec<PredictionRecord> {
-    let scores = head.scores(&data.rows, data.dim);
+/// The verdict on every row of `data` (the images `paths`, in row order).
+pub fn predictions(
+    head: &Head,
+    data: &dyn RowSource,
+    paths: &[PathBuf],
+    classes: &[String],
+) -> Result<Vec<PredictionRecord>, CacheError> {
     let k = classes.len();
-    argmax_rows(&scores, k)
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| PredictionRecord {
-            path: data.paths[i].clone(),
-            truth: classes[data.labels[i]].clone(),
-            predicted: classes[p].clone(),
-            probability: scores[i * k + p],
-        })
-        .collect()
+    let mut out = Vec::with_capacity(data.len());
+    for_each_chunk(data, SCORE_CHUNK, |range, rows| {
+        let scores = head.scores(rows, data.dim());
+        for (row, (i, p)) in range.zip(argmax_rows(&scores, k)).enumerate() {
+            out.push(PredictionRecord {
+                path: paths[i].clone(),
+                truth: classes[data.label(i)].clone(),
+                predicted: classes[p].clone(),
+                probability: scores[row * k + p],
+            });
+        }
+    })?;
+    Ok(out)
 }
 
 /// The one history line of a model fitted in one go.
-fn final_record(head: &Head, train: &FeatureMatrix, val: &FeatureMatrix) -> EpochRecord {
-    let loss_and_accuracy = |data: &FeatureMatrix| {
+fn final_record(
+    head: &Head,
+    train: &dyn RowSource,
+    val: &dyn RowSource,
+) -> Result<EpochRecord, CacheError> {
+    let loss_and_accuracy = |data: &dyn RowSource| {
         if data.is_empty() {
-            return (f64::NAN, f64::NAN);
+            return Ok::<_, CacheError>((f64::NAN, f64::NAN));
         }
-        let scores = head.scores(&data.rows, data.dim);
-        let logs: Vec<f32> = scores.iter().map(|p| p.max(1e-12).ln()).collect();
-        let predicted = argmax_rows(&scores, head.classes());
-        let correct = predicted
-            .iter()
-            .zip(&data.labels)
-            .filter(|(p, t)| p == t)
-            .count();
-        (
-            cross_entropy(&logs, &data.labels, head.classes()),
-            correct as f64 / data.len() as f64,
-        )
+        let (mut loss, mut correct) = (0.0, 0);
+        for_each_chunk(data, SCORE_CHUNK, |range, rows| {
+            let scores = head.scores(rows, data.dim());
+            let logs: Vec<f32> = scores.iter().map(|p| p.max(1e-12).ln()).collect();
+            let labels: Vec<usize> = range.map(|i| data.label(i)).collect();
+            let predicted = argmax_rows(&scores, head.classes());
+            correct += predicted
+                .iter()
+                .zip(&labels)
+                .filter(|(p, t)| p == t)
+                .count();
+            loss += cross_entropy_sum(&logs, &labels, head.classes());
+        })?;
+        let n = data.len() as f64;
+        Ok((loss / n, correct as f64 / n))
     };
-    let (train_loss, train_accuracy) = loss_and_accuracy(train);
-    let (val_loss, val_accuracy) = loss_and_accuracy(val);
-    EpochRecord {
+    let (train_loss, train_accuracy) = loss_and_accuracy(train)?;
+    let (val_loss, val_accuracy) = loss_and_accuracy(val)?;
+    Ok(EpochRecord {
         epoch: 1,
         train_loss,
         train_accuracy,
         val_loss,
         val_accuracy,
         learning_rate: 0.0,
-    }
+    })
 }
 
 /// A short name for a data path: its folder or file stem.

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use crate::adapted::{BACKBONE_FILE, CHECKPOINT_DIR};
 use crate::backbone::export::save_safetensors;
 use crate::data::dataset::SplitOptions;
+use crate::features::rows::{LabelledRows, RowSource};
 use crate::progress::Progress;
 use crate::run::{
     self, DataRecord, FinetuneRecord, GroupRateHistory, Hyperparameters, ModelCard, PLAN_FILE,
@@ -164,9 +165,9 @@ pub fn train(
     run::write_json(&out.join(PLAN_FILE), &plan)?;
 
     // 3. Fine-tuning.
-    let examples = |m: &crate::features::FeatureMatrix| Examples {
-        paths: m.paths.clone(),
-        labels: m.labels.clone(),
+    let examples = |rows: &LabelledRows| Examples {
+        paths: rows.paths.clone(),
+        labels: rows.labels(),
     };
     let steps = plan.stage_epochs() * train.len().div_ceil(tuning.batch_size.max(1));
     progress.start("finetune", steps, "steps");
@@ -268,9 +269,9 @@ pub fn train(
         val_size: val.len(),
         best_epoch: Some(head_epochs + result.best_epoch),
         train_accuracy: best.train_accuracy,
-        val: score(&model.head, &tuned_val, classes),
+        val: score(&model.head, &tuned_val, classes)?,
     };
-    let predictions = predictions(&model.head, &tuned_val, classes);
+    let predictions = predictions(&model.head, &tuned_val, &tuned_val.paths, classes)?;
     run::save(out, &card, &model.head, &metrics, &history, &predictions)?;
     Ok(FinetunedRun {
         run: TrainedRun {

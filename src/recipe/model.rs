@@ -109,8 +109,8 @@ impl TrainedModel {
             progress,
         )?;
         // cannot fail: one group in, one matrix out
-        let scored = matrices.pop().expect("one matrix");
-        let metrics = score(&self.head, &scored, &card.classes);
+        let scored = matrices.pop().expect("one matrix").to_matrix()?;
+        let metrics = score(&self.head, &scored, &card.classes)?;
         let tta = if options.tta {
             Some(TtaRecord {
                 views: vec!["original".into(), "horizontal flip".into()],

@@ -43,6 +43,7 @@ use crate::train::simclr::{SimclrOptions, pretrain as simclr_pretrain};
 
 use super::bottleneck::{score, train_val_features};
 use super::{BackboneChoice, RecipeError, checkpointed};
+use crate::features::rows::RowSource;
 
 /// Everything SimCLR pretraining needs besides the data. The defaults are those of
 /// `graft pretrain` from ImageNet weights.
@@ -315,12 +316,12 @@ fn probe_scores(
         progress,
     )?;
     let classical_options = ClassicalOptions::default();
-    let logreg = classical::fit_logreg(&train, &labelled.classes, &classical_options)?;
+    let logreg = classical::fit_logreg(&train.to_matrix()?, &labelled.classes, &classical_options)?;
     let knn = classical::fit_knn(&train, &labelled.classes, &classical_options)?;
     Ok((
         ProbeScores {
-            logreg_accuracy: score(&logreg, &val, &labelled.classes).accuracy,
-            knn_accuracy: score(&knn, &val, &labelled.classes).accuracy,
+            logreg_accuracy: score(&logreg, &val, &labelled.classes)?.accuracy,
+            knn_accuracy: score(&knn, &val, &labelled.classes)?.accuracy,
         },
         train.len(),
         val.len(),

@@ -9,7 +9,9 @@ use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
 use crate::features::FeatureMatrix;
-use crate::head::{Head, l2_normalized};
+use crate::features::cache::CacheError;
+use crate::features::rows::{RowSource, SCORE_CHUNK, for_each_chunk};
+use crate::head::{Bank, Head, l2_normalized};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FitError {
@@ -19,6 +21,75 @@ pub enum FitError {
     Svm { class: String, problem: String },
     #[error("no training examples")]
     Empty,
+    #[error(
+        "{recipe} holds every training row in memory: {rows} rows of {dim} features need about \
+         {need_mb} MB, over graft's memory budget of {budget_mb} MB. Train a dense head instead \
+         (`--recipe head` reads its mini-batches from the feature cache), or raise the budget \
+         with {BUDGET_VARIABLE} (e.g. {BUDGET_VARIABLE}=32G)"
+    )]
+    OverBudget {
+        recipe: &'static str,
+        rows: usize,
+        dim: usize,
+        need_mb: u64,
+        budget_mb: u64,
+    },
+    #[error(transparent)]
+    Rows(#[from] CacheError),
+    #[error("writing the kNN memory bank to a temporary file (in TMPDIR): {0}")]
+    Spill(std::io::Error),
+    #[error("{BUDGET_VARIABLE}={0:?}: expected bytes, optionally with K, M, G or T (e.g. 32G)")]
+    BadBudget(String),
+}
+
+/// The environment variable that sets how much memory the in-memory fits may take.
+pub const BUDGET_VARIABLE: &str = "GRAFT_MEMORY_BUDGET";
+
+/// Bytes a model fitted in memory may use: `GRAFT_MEMORY_BUDGET` (bytes, or with a K / M / G /
+/// T suffix), else half of the memory available now (`MemAvailable`), else 4 GiB.
+pub fn memory_budget() -> Result<u64, FitError> {
+    if let Ok(value) = std::env::var(BUDGET_VARIABLE) {
+        return parse_bytes(&value).ok_or(FitError::BadBudget(value));
+    }
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        });
+    Ok(available.map_or(4 << 30, |bytes| bytes / 2))
+}
+
+fn parse_bytes(value: &str) -> Option<u64> {
+    let value = value.trim();
+    let (number, shift) = match value.char_indices().last()? {
+        (i, 'k' | 'K') => (&value[..i], 10),
+        (i, 'm' | 'M') => (&value[..i], 20),
+        (i, 'g' | 'G') => (&value[..i], 30),
+        (i, 't' | 'T') => (&value[..i], 40),
+        _ => (value, 0),
+    };
+    let number: f64 = number.trim().parse().ok()?;
+    (number.is_finite() && number >= 0.0).then(|| (number * (1u64 << shift) as f64) as u64)
+}
+
+/// Refuse, with what to do instead, a fit of `recipe` on `rows` rows of `dim` features whose
+/// matrices would not fit the memory budget. The fits hold the f32 rows and an f64
+/// standardised copy: 12 bytes a value, before the model's own working memory.
+pub fn check_memory(recipe: &'static str, rows: usize, dim: usize) -> Result<(), FitError> {
+    let need = rows as u64 * dim as u64 * 12;
+    let budget = memory_budget()?;
+    if need > budget {
+        return Err(FitError::OverBudget {
+            recipe,
+            rows,
+            dim,
+            need_mb: need.div_ceil(1_000_000),
+            budget_mb: budget / 1_000_000,
+        });
+    }
+    Ok(())
 }
 
 /// Hyper-parameters of the classical recipes.
@@ -186,18 +257,60 @@ pub fn fit_svm(
     Ok(scaler.fold(&weights, &biases))
 }
 
-/// k nearest neighbours: the memory bank is the L2-normalised training rows.
+/// k nearest neighbours: the memory bank is the L2-normalised training rows, read from `train`
+/// a chunk at a time. A bank larger than the memory budget ([`memory_budget`]) is written to an
+/// unnamed temporary file and mapped, so that it takes disk, not memory.
 pub fn fit_knn(
-    train: &FeatureMatrix,
+    train: &dyn RowSource,
     classes: &[String],
     options: &ClassicalOptions,
+) -> Result<Head, FitError> {
+    fit_knn_within(train, classes, options, memory_budget()?)
+}
+
+fn fit_knn_within(
+    train: &dyn RowSource,
+    classes: &[String],
+    options: &ClassicalOptions,
+    budget: u64,
 ) -> Result<Head, FitError> {
     if train.is_empty() {
         return Err(FitError::Empty);
     }
+    let dim = train.dim();
+    let floats = train.len() * dim;
+    let bank = if floats as u64 * 4 <= budget {
+        let mut bank = Vec::with_capacity(floats);
+        for_each_chunk(train, SCORE_CHUNK, |_, rows| {
+            bank.extend(l2_normalized(rows, dim))
+        })?;
+        Bank::Owned(bank)
+    } else {
+        use std::io::Write;
+        let file = tempfile::tempfile().map_err(FitError::Spill)?;
+        let mut out = std::io::BufWriter::new(&file);
+        let mut written = Ok(());
+        for_each_chunk(train, SCORE_CHUNK, |_, rows| {
+            if written.is_ok() {
+                let bytes: Vec<u8> = l2_normalized(rows, dim)
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect();
+                written = out.write_all(&bytes);
+            }
+        })?;
+        written
+            .and_then(|()| out.flush())
+            .map_err(FitError::Spill)?;
+        drop(out);
+        // SAFETY: the file is unnamed and only this process holds it, so nothing else can
+        // change it while it is mapped.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(FitError::Spill)?;
+        Bank::mapped(std::sync::Arc::new(map), 0, floats)
+    };
     Ok(Head::Knn {
-        bank: l2_normalized(&train.rows, train.dim),
-        labels: train.labels.clone(),
+        bank,
+        labels: train.labels(),
         classes: classes.len(),
         k: options.knn_k.max(1),
     })
@@ -210,6 +323,45 @@ mod tests {
 
     /// Three well-separated blobs in 4-D on large feature offsets, each class apart from the rest
     /// along its own axis (so one-vs-rest separates them too).
+    #[test]
+    fn a_knn_bank_over_the_budget_is_mapped_and_scores_the_same() {
+        let (train, classes) = blobs();
+        let options = ClassicalOptions::default();
+        let owned = fit_knn_within(&train, &classes, &options, u64::MAX).unwrap();
+        let mapped = fit_knn_within(&train, &classes, &options, 0).unwrap();
+        let Head::Knn { bank, .. } = &mapped else {
+            panic!("a kNN head")
+        };
+        assert!(matches!(bank, Bank::Mapped { .. }), "{bank:?}");
+        assert_eq!(mapped, owned);
+        let scores = |head: &Head| head.scores(&train.rows, train.dim);
+        assert_eq!(scores(&mapped), scores(&owned));
+        // Saved from the map, loaded as a map.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("head.safetensors");
+        mapped.save(&path).unwrap();
+        let loaded = Head::load(&path).unwrap();
+        assert_eq!(loaded, owned);
+        assert_eq!(scores(&loaded), scores(&owned));
+        let refused = check_memory("logistic regression", 1_000_000, 1280);
+        if memory_budget().unwrap() < 15_360_000_000 {
+            let message = refused.unwrap_err().to_string();
+            assert!(message.contains("--recipe head"), "{message}");
+            assert!(message.contains(BUDGET_VARIABLE), "{message}");
+        }
+    }
+
+    #[test]
+    fn memory_budgets_parse_with_suffixes() {
+        assert_eq!(parse_bytes("1024"), Some(1024));
+        assert_eq!(parse_bytes("2K"), Some(2048));
+        assert_eq!(parse_bytes("1.5g"), Some(3 << 29));
+        assert_eq!(parse_bytes(" 32G "), Some(32 << 30));
+        assert_eq!(parse_bytes("lots"), None);
+        assert_eq!(parse_bytes("-1G"), None);
+        assert_eq!(parse_bytes(""), None);
+    }
+
     fn blobs() -> (FeatureMatrix, Vec<String>) {
         let mut m = FeatureMatrix {
             dim: 4,
