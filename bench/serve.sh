@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Throughput of `graft serve` on loopback at 1, 8 and 32 concurrent clients (graft-load,
 # bench/load), each request one flowers photo (JPEG, ~320x240) posted as the body, against
-# `graft bench forward` of the same backbone at batch 32 in the same run, and the ratio at 32
-# clients. The server decodes and preprocesses each photo too; `bench forward` times the
-# network alone on a ready batch.
+# `graft bench forward` of the same backbone at batch 32 (20 batches: about as many images and
+# seconds as the 32-client run) in the same run, and the ratio at 32 clients. The server
+# decodes and preprocesses each photo too; `bench forward` times the network alone on a ready
+# batch.
 #
 # Environment:
 #   BACKBONE=efficientnet-lite0   the ImageNet classifier served (no run directory needed)
@@ -74,8 +75,8 @@ wait "$server_pid"
 server_pid=""
 grep '^stopped' "$work/server.log"
 
-forward="$("$GRAFT" --threads "$THREADS" bench forward -b "$BACKBONE" --batch-size 32 --json)"
+forward="$("$GRAFT" --threads "$THREADS" bench forward -b "$BACKBONE" --batch-size 32 --iters 20 --json)"
 forward_ips="$(python3 -c 'import json, sys; print(round(json.loads(sys.argv[1])["images_per_sec"], 2))' "$forward")"
-echo "graft --threads $THREADS bench forward -b $BACKBONE --batch-size 32: $forward_ips img/s"
+echo "graft --threads $THREADS bench forward -b $BACKBONE --batch-size 32 --iters 20: $forward_ips img/s"
 python3 -c 'import sys; print(f"serve at 32 clients / bench forward: {float(sys.argv[1]) / float(sys.argv[2]):.2f}")' \
     "$serve_32" "$forward_ips"

@@ -7,7 +7,7 @@
 //! `kind` (and `k`) in the metadata.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -102,6 +102,40 @@ impl std::fmt::Debug for Bank {
         };
         write!(f, "Bank({} floats, {kind})", self.len())
     }
+}
+
+/// `tensors` in the safetensors format, written as they are (no copy of their bytes), with the
+/// header's keys sorted so that the same head gives the same file, byte for byte
+/// (`safetensors::serialize` takes the metadata as a `HashMap` and writes it in the map's
+/// random order).
+fn write_safetensors(
+    file: &mut std::fs::File,
+    tensors: &[NamedTensor<'_>],
+    metadata: &BTreeMap<String, String>,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    // serde_json's map keeps keys sorted: `__metadata__` first, then the tensors by name.
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!(metadata));
+    let mut offset = 0;
+    for (name, dtype, shape, bytes) in tensors {
+        let end = offset + bytes.len();
+        header.insert(
+            (*name).to_string(),
+            serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [offset, end] }),
+        );
+        offset = end;
+    }
+    let mut text = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
+    // The data starts 8-byte aligned, as safetensors writes it.
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = std::io::BufWriter::new(file);
+    out.write_all(&(text.len() as u64).to_le_bytes())?;
+    out.write_all(&text)?;
+    for (_, _, _, bytes) in tensors {
+        out.write_all(bytes)?;
+    }
+    out.flush()
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -204,7 +238,7 @@ impl Head {
                         Cow::Owned(f32_bytes(bias)),
                     ),
                 ],
-                HashMap::from([("kind".to_string(), "linear".to_string())]),
+                BTreeMap::from([("kind".to_string(), "linear".to_string())]),
             ),
             Head::Knn {
                 bank,
@@ -231,7 +265,7 @@ impl Head {
                         ),
                     ),
                 ],
-                HashMap::from([
+                BTreeMap::from([
                     ("kind".to_string(), "knn".to_string()),
                     ("k".to_string(), k.to_string()),
                     ("classes".to_string(), classes.to_string()),
@@ -243,18 +277,12 @@ impl Head {
             path: path.to_path_buf(),
             problem: format!("cannot save the head: {e}"),
         };
-        let views = tensors
-            .iter()
-            .map(|(name, dtype, shape, bytes)| {
-                safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
-                    .map(|view| (*name, view))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(invalid)?;
+        for (_, dtype, shape, bytes) in &tensors {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).map_err(invalid)?;
+        }
         // Streamed to the file: a bank can be larger than memory.
         crate::util::write_atomic_with(path, |tmp| {
-            safetensors::serialize_to_file(views, Some(metadata), tmp.path())
-                .map_err(std::io::Error::other)
+            write_safetensors(tmp.as_file_mut(), &tensors, &metadata)
         })
         .map_err(|source| HeadError::Io {
             path: path.to_path_buf(),

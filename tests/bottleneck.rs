@@ -256,6 +256,36 @@ fn flowers_bottleneck_recipes_end_to_end() {
         "{accuracy:?}"
     );
 
+    // Over the memory budget, logistic regression refuses and says what to do instead, and
+    // kNN writes its bank to a mapped file: the same head as in memory, bit for bit.
+    let over_budget = |recipe: &str| {
+        let mut cmd = graft();
+        cmd.env("GRAFT_MEMORY_BUDGET", "1M")
+            .args(["train", "--recipe", recipe, "--cache-dir"])
+            .arg(&cache)
+            .arg("--out")
+            .arg(runs.join(format!("{recipe}-over-budget")))
+            .arg(&flowers);
+        cmd.output().unwrap()
+    };
+    let refused = over_budget("logreg");
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{message}");
+    for needed in [
+        "1200 rows of 1280 features",
+        "--recipe head",
+        "GRAFT_MEMORY_BUDGET",
+    ] {
+        assert!(message.contains(needed), "no `{needed}` in: {message}");
+    }
+    assert!(!runs.join("logreg-over-budget/head.safetensors").exists());
+    ok(&over_budget("knn"));
+    let head_file = |run: &str| std::fs::read(runs.join(run).join("head.safetensors")).unwrap();
+    assert!(
+        head_file("knn") == head_file("knn-over-budget"),
+        "the kNN head differs when its bank goes through a mapped file"
+    );
+
     // Same seed, same head, bit for bit.
     train(&flowers, &cache, "head", &runs.join("head-again"));
     assert_eq!(

@@ -35,8 +35,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = ServeConfig::default().max_batch)]
     pub max_batch: usize,
 
-    /// Milliseconds the first image of a batch waits for more.
-    #[arg(long, default_value_t = 5)]
+    /// Milliseconds a batch waits at most for the images of requests still being decoded (it
+    /// closes at once when none are, and when it has --max-batch images).
+    #[arg(long, default_value_t = ServeConfig::default().max_wait.as_millis() as u64)]
     pub max_wait_ms: u64,
 
     /// Images waiting for the model at most; a request that does not fit gets 503.

@@ -1,6 +1,6 @@
 //! A backbone's eval preprocessing, from its source config: crop, resize, normalise, CHW.
 
-use fast_image_resize::images::Image;
+use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
 
@@ -79,7 +79,8 @@ fn resize_region(
         ResizeFilter::Bicubic => FilterType::CatmullRom,
         ResizeFilter::Bilinear => FilterType::Bilinear,
     };
-    let src = Image::from_vec_u8(w, h, image.as_raw().clone(), PixelType::U8x3)
+    // Borrowed, not copied: U8x3 has no alignment requirement.
+    let src = ImageRef::new(w, h, image.as_raw(), PixelType::U8x3)
         // cannot fail: an RgbImage's buffer is exactly w * h * 3 bytes
         .expect("buffer length matches an RgbImage's dimensions");
     let mut dst = Image::new(width, height, PixelType::U8x3);

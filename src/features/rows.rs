@@ -19,6 +19,11 @@ pub trait RowSource {
     /// Append rows `indices` to `out` (`indices.len() * dim` floats).
     fn read(&self, indices: &[usize], out: &mut Vec<f32>) -> Result<(), CacheError>;
 
+    /// Rows `indices` will be read soon: a disk-backed source asks the kernel to load them in
+    /// the background (the bounded read-ahead of the trainers: a few batches before they are
+    /// read). A hint only; in-memory sources ignore it.
+    fn prefetch(&self, _indices: &[usize]) {}
+
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -133,6 +138,24 @@ impl RowSource for CachedRows {
     fn label(&self, i: usize) -> usize {
         self.rows[i].2
     }
+    fn prefetch(&self, indices: &[usize]) {
+        use std::os::fd::AsRawFd;
+        let len = (self.dim * 4) as libc::off_t;
+        for &i in indices {
+            let (file, offset, _) = self.rows[i];
+            // SAFETY: a valid open descriptor and a byte range; the call only advises the
+            // kernel and cannot touch memory. Its result is ignored: it is a hint.
+            unsafe {
+                libc::posix_fadvise(
+                    self.files[file as usize].1.as_raw_fd(),
+                    offset as libc::off_t,
+                    len,
+                    libc::POSIX_FADV_WILLNEED,
+                );
+            }
+        }
+    }
+
     fn read(&self, indices: &[usize], out: &mut Vec<f32>) -> Result<(), CacheError> {
         let mut bytes = vec![0u8; self.dim * 4];
         for &i in indices {
@@ -166,9 +189,12 @@ pub fn for_each_chunk(
 ) -> Result<(), CacheError> {
     let mut rows = Vec::new();
     let mut start = 0;
+    let chunk = chunk.max(1);
     while start < source.len() {
-        let end = (start + chunk.max(1)).min(source.len());
+        let end = (start + chunk).min(source.len());
         let indices: Vec<usize> = (start..end).collect();
+        let next: Vec<usize> = (end..(end + chunk).min(source.len())).collect();
+        source.prefetch(&next);
         rows.clear();
         source.read(&indices, &mut rows)?;
         f(start..end, &rows);
@@ -234,6 +260,9 @@ impl RowSource for LabelledRows {
     }
     fn read(&self, indices: &[usize], out: &mut Vec<f32>) -> Result<(), CacheError> {
         self.rows.read(indices, out)
+    }
+    fn prefetch(&self, indices: &[usize]) {
+        self.rows.prefetch(indices)
     }
 }
 

@@ -1,6 +1,8 @@
 //! The queue between request handlers and the model thread: handlers submit decoded images,
-//! the model thread takes them in batches (up to `max_batch`, waiting at most `max_wait` after
-//! the first), so that concurrent requests share one forward pass.
+//! the model thread takes them in batches, so that concurrent requests share one forward pass.
+//! A batch closes when it has `max_batch` images, when no more are on their way (nothing
+//! waiting and no request being decoded: waiting would only add latency), or `max_wait` after
+//! its first image.
 //!
 //! The queue is bounded in images: a request that does not fit is refused at once (the caller
 //! answers 503) instead of waiting, so that a burst cannot grow memory or latency without end.
@@ -11,6 +13,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
+
+/// How often a batch that waits for images on their way checks that some still are.
+const POLL: Duration = Duration::from_millis(1);
 
 /// One queued item and where its answer goes.
 struct Job<T, R> {
@@ -103,13 +108,15 @@ impl<T, R> Submitter<T, R> {
 
 impl<T, R> Taker<T, R> {
     /// Run `process` on batches until every [`Submitter`] is dropped and the queue is empty:
-    /// a batch is the first waiting item and those that arrive within `max_wait` after it, up
-    /// to `max_batch`. `process` returns one result per item, in order. An answer whose
-    /// requester has gone (the client hung up) is dropped.
+    /// a batch is the first waiting item and those that arrive after it, up to `max_batch`,
+    /// while `on_their_way()` says more items are coming (requests being decoded), for at most
+    /// `max_wait`. `process` returns one result per item, in order. An answer whose requester
+    /// has gone (the client hung up) is dropped.
     pub fn run(
         self,
         max_batch: usize,
         max_wait: Duration,
+        on_their_way: impl Fn() -> bool,
         mut process: impl FnMut(Vec<T>) -> Vec<R>,
     ) {
         let max_batch = max_batch.max(1);
@@ -127,12 +134,14 @@ impl<T, R> Taker<T, R> {
                     Err(mpsc::TryRecvError::Empty) => {}
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
+                if left.is_zero() || !on_their_way() {
                     break;
                 }
-                match self.receiver.recv_timeout(left) {
+                // Polled: an image whose decoding fails is never submitted.
+                match self.receiver.recv_timeout(left.min(POLL)) {
                     Ok(job) => jobs.push(job),
-                    Err(_) => break,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
             }
             self.depth.fetch_sub(jobs.len(), Ordering::SeqCst);
@@ -161,10 +170,15 @@ mod tests {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let seen = sizes.clone();
         let model = std::thread::spawn(move || {
-            taker.run(8, Duration::from_millis(50), |items| {
-                seen.lock().unwrap().push(items.len());
-                items.iter().map(|x| x * 10).collect()
-            })
+            taker.run(
+                8,
+                Duration::from_millis(50),
+                || true,
+                |items| {
+                    seen.lock().unwrap().push(items.len());
+                    items.iter().map(|x| x * 10).collect()
+                },
+            )
         });
         let clients: Vec<_> = (0..16u32)
             .map(|c| {
@@ -188,6 +202,38 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_closes_at_once_when_nothing_more_is_on_its_way() {
+        let (submitter, taker) = queue::<u32, u32>(8);
+        let coming = Arc::new(AtomicUsize::new(0));
+        let on_their_way = {
+            let coming = coming.clone();
+            move || coming.load(Ordering::SeqCst) > 0
+        };
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        // A minute's max_wait: only "nothing on its way" can close these batches in time.
+        let model = std::thread::spawn(move || {
+            taker.run(8, Duration::from_secs(60), on_their_way, |items| {
+                seen.lock().unwrap().push(items.len());
+                items
+            })
+        });
+        let started = Instant::now();
+        assert_eq!(wait(submitter.submit(vec![1]).unwrap().remove(0)), 1);
+        // One image on its way: the batch waits for it, then closes with both.
+        coming.store(1, Ordering::SeqCst);
+        let first = submitter.submit(vec![2]).unwrap().remove(0);
+        std::thread::sleep(Duration::from_millis(50));
+        let second = submitter.submit(vec![3]).unwrap().remove(0);
+        coming.store(0, Ordering::SeqCst);
+        assert_eq!((wait(first), wait(second)), (2, 3));
+        assert!(started.elapsed() < Duration::from_secs(30));
+        drop(submitter);
+        model.join().unwrap();
+        assert_eq!(*sizes.lock().unwrap(), [1, 2]);
+    }
+
+    #[test]
     fn a_full_queue_refuses_whole_requests_and_frees_room_as_batches_run() {
         let (submitter, taker) = queue::<u32, u32>(3);
         let held = submitter.submit(vec![1, 2]).unwrap();
@@ -197,7 +243,8 @@ mod tests {
             Refused::Full { capacity: 3 }
         );
         assert_eq!(submitter.depth(), 2, "a refused request takes no room");
-        let model = std::thread::spawn(move || taker.run(4, Duration::ZERO, |items| items));
+        let model =
+            std::thread::spawn(move || taker.run(4, Duration::ZERO, || true, |items| items));
         assert_eq!(held.into_iter().map(wait).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(submitter.depth(), 0);
         let again = submitter.submit(vec![3, 4, 5]).unwrap();
@@ -214,7 +261,7 @@ mod tests {
         let (submitter, taker) = queue::<u32, u32>(8);
         let receivers = submitter.submit(vec![7, 8, 9]).unwrap();
         drop(submitter);
-        taker.run(2, Duration::from_millis(1), |items| items);
+        taker.run(2, Duration::from_millis(1), || true, |items| items);
         assert_eq!(
             receivers.into_iter().map(wait).collect::<Vec<_>>(),
             vec![7, 8, 9]

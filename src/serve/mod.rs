@@ -11,7 +11,7 @@ pub mod metrics;
 pub mod routes;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,8 @@ pub struct ServeConfig {
     pub addr: SocketAddr,
     /// Most images in one forward pass.
     pub max_batch: usize,
-    /// How long the first image of a batch waits for others.
+    /// How long the first image of a batch waits at most for images on their way (requests
+    /// being decoded); with none on their way it does not wait.
     pub max_wait: Duration,
     /// Images queued for the model at most; beyond, requests get 503.
     pub queue: usize,
@@ -49,7 +50,7 @@ impl Default for ServeConfig {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_batch: 32,
-            max_wait: Duration::from_millis(5),
+            max_wait: Duration::from_millis(50),
             queue: 256,
             max_body: 20 * 1024 * 1024,
             top: 5,
@@ -116,6 +117,28 @@ pub struct State {
     pub model: OnceLock<ModelInfo>,
     /// Numbers requests, for naming them in errors.
     pub next_request: AtomicU64,
+    /// Images of accepted requests being decoded, not yet queued: a batch waits for them.
+    pub decoding: AtomicUsize,
+}
+
+/// Counts a request's images as being decoded until it is dropped (after they are queued, or
+/// when the request ends another way, the client hanging up included).
+pub struct Decoding<'a> {
+    state: &'a State,
+    images: usize,
+}
+
+impl<'a> Decoding<'a> {
+    pub fn start(state: &'a State, images: usize) -> Self {
+        state.decoding.fetch_add(images, Ordering::SeqCst);
+        Self { state, images }
+    }
+}
+
+impl Drop for Decoding<'_> {
+    fn drop(&mut self) {
+        self.state.decoding.fetch_sub(self.images, Ordering::SeqCst);
+    }
 }
 
 impl State {
@@ -203,6 +226,7 @@ async fn serve<E: std::fmt::Display>(
         queue,
         model: OnceLock::new(),
         next_request: AtomicU64::new(0),
+        decoding: AtomicUsize::new(0),
         config: config.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.addr)
@@ -256,7 +280,14 @@ async fn serve<E: std::fmt::Display>(
                 // server has dropped every one of them and the queue is empty.
                 let weak = Arc::downgrade(&state);
                 drop(state);
-                taker.run(config.max_batch, config.max_wait, |images| {
+                let on_their_way = {
+                    let weak = weak.clone();
+                    move || {
+                        weak.upgrade()
+                            .is_some_and(|state| state.decoding.load(Ordering::SeqCst) > 0)
+                    }
+                };
+                taker.run(config.max_batch, config.max_wait, on_their_way, |images| {
                     let scores = forward(&model, &images);
                     if let Some(state) = weak.upgrade() {
                         state.metrics.batch_size.observe(images.len() as f64);

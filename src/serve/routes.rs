@@ -208,6 +208,7 @@ async fn predict(
     let limits = state.config.limits;
     let labels: Vec<PathBuf> = images.iter().map(|p| p.label.clone()).collect();
     let names: Vec<Option<String>> = images.iter().map(|p| p.name.clone()).collect();
+    let decoding = super::Decoding::start(&state, images.len());
     let (done, decoded) = tokio::sync::oneshot::channel();
     rayon::spawn(move || {
         let decoded: Vec<Result<Chw, DecodeError>> = images
@@ -245,6 +246,7 @@ async fn predict(
         Ok(receivers) => receivers,
         Err(refused) => return busy(format!("request {number}: {refused}; retry later")),
     };
+    drop(decoding);
     let k = query.top.unwrap_or(state.config.top).max(1);
     let class_names: Vec<&str> = model.classes.iter().map(String::as_str).collect();
     let mut out = Vec::with_capacity(receivers.len());

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::epochs::EarlyStopping;
 use super::{EpochRecord, balanced_class_weights, cross_entropy_sum};
 use crate::features::cache::CacheError;
-use crate::features::rows::RowSource;
+use crate::features::rows::{RowSource, SCORE_CHUNK, for_each_chunk};
 use crate::head::{Head, linear};
 use crate::metrics::argmax_rows;
 
@@ -104,7 +104,14 @@ pub fn train_dense(
         order.shuffle(&mut rng);
         let (mut loss_sum, mut correct) = (0.0f64, 0usize);
         let mut rows = Vec::with_capacity(options.batch_size.max(1) * dim);
-        for batch in order.chunks(options.batch_size.max(1)) {
+        let batches: Vec<&[usize]> = order.chunks(options.batch_size.max(1)).collect();
+        for batch in batches.iter().take(READ_AHEAD) {
+            train.prefetch(batch);
+        }
+        for (b, &batch) in batches.iter().enumerate() {
+            if let Some(ahead) = batches.get(b + READ_AHEAD) {
+                train.prefetch(ahead);
+            }
             rows.clear();
             train.read(batch, &mut rows)?;
             // Inverted dropout on the pooled features, masks drawn from the run's seed.
@@ -167,11 +174,11 @@ pub fn train_dense(
     })
 }
 
-/// Rows per pass of [`evaluate`]: bounded memory whatever the number of rows.
-const EVAL_CHUNK: usize = 4096;
+/// Mini-batches whose rows are asked for ([`RowSource::prefetch`]) before they are read.
+const READ_AHEAD: usize = 4;
 
-/// Mean cross-entropy and accuracy of `head` on `data` (NaN when empty), `EVAL_CHUNK` rows at
-/// a time.
+/// Mean cross-entropy and accuracy of `head` on `data` (NaN when empty), [`SCORE_CHUNK`] rows
+/// at a time.
 fn evaluate(head: &Head, data: &dyn RowSource) -> Result<(f64, f64), CacheError> {
     if data.is_empty() {
         return Ok((f64::NAN, f64::NAN));
@@ -180,19 +187,15 @@ fn evaluate(head: &Head, data: &dyn RowSource) -> Result<(f64, f64), CacheError>
         unreachable!("dense training exports linear heads")
     };
     let (mut loss, mut correct) = (0.0f64, 0usize);
-    let indices: Vec<usize> = (0..data.len()).collect();
-    let mut rows = Vec::new();
-    for chunk in indices.chunks(EVAL_CHUNK) {
-        rows.clear();
-        data.read(chunk, &mut rows)?;
-        let labels: Vec<usize> = chunk.iter().map(|&i| data.label(i)).collect();
-        let logits = linear(&rows, data.dim(), weight, bias);
+    for_each_chunk(data, SCORE_CHUNK, |range, rows| {
+        let labels: Vec<usize> = range.map(|i| data.label(i)).collect();
+        let logits = linear(rows, data.dim(), weight, bias);
         loss += cross_entropy_sum(&logits, &labels, bias.len());
         correct += argmax_rows(&logits, bias.len())
             .iter()
             .zip(&labels)
             .filter(|(p, t)| p == t)
             .count();
-    }
+    })?;
     Ok((loss / data.len() as f64, correct as f64 / data.len() as f64))
 }
