@@ -281,13 +281,11 @@ impl Head {
             safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes).map_err(invalid)?;
         }
         // Streamed to the file: a bank can be larger than memory.
-        crate::util::write_atomic_with(path, |tmp| {
-            write_safetensors(tmp.as_file_mut(), &tensors, &metadata)
-        })
-        .map_err(|source| HeadError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        crate::util::write_atomic_with(path, |file| write_safetensors(file, &tensors, &metadata))
+            .map_err(|source| HeadError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
     }
 
     pub fn load(path: &Path) -> Result<Self, HeadError> {

@@ -52,14 +52,13 @@ fn rusage() -> libc::rusage {
 /// fsync of the folder. Readers see the old file or the whole new one, never a part.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    write_atomic_with(path, |tmp| tmp.as_file_mut().write_all(bytes))
+    write_atomic_with(path, |file| file.write_all(bytes))
 }
 
-/// [`write_atomic`] for contents that `write` puts into the temporary file, through its handle
-/// or by its path (for writers that stream to a file name).
+/// [`write_atomic`] for contents that `write` streams into the (temporary) file.
 pub fn write_atomic_with(
     path: &Path,
-    write: impl FnOnce(&mut tempfile::NamedTempFile) -> std::io::Result<()>,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
@@ -69,8 +68,8 @@ pub fn write_atomic_with(
         tmp.as_file()
             .set_permissions(std::fs::Permissions::from_mode(0o644))?;
     }
-    // The caller names `path` in its error, not the temporary name.
-    write(&mut tmp)?;
+    // Through the plain file: the caller names `path` in its error, not the temporary name.
+    write(tmp.as_file_mut())?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     std::fs::File::open(dir)?.sync_all()

@@ -117,41 +117,6 @@ impl FeatureCache {
         self.keys.is_empty()
     }
 
-    /// The feature rows of `wanted` keys that are in the cache (each shard re-verified).
-    /// A shard removed while this runs (by `graft cache compact`, which writes the merged
-    /// shard before it removes the old ones) sends it back to the listing for what it missed.
-    pub fn rows(&self, wanted: &HashSet<String>) -> Result<HashMap<String, Vec<f32>>, CacheError> {
-        let mut found = HashMap::with_capacity(wanted.len());
-        let mut read = HashSet::new();
-        for _attempt in 0..3 {
-            let mut vanished = false;
-            for shard in self.shard_paths()? {
-                if read.contains(&shard) {
-                    continue;
-                }
-                let (keys, features, dim) = match read_shard(&shard) {
-                    Err(CacheError::Io { source, .. })
-                        if source.kind() == std::io::ErrorKind::NotFound =>
-                    {
-                        vanished = true;
-                        continue;
-                    }
-                    other => other?,
-                };
-                for (i, key) in keys.into_iter().enumerate() {
-                    if wanted.contains(&key) && !found.contains_key(&key) {
-                        found.insert(key, features[i * dim..(i + 1) * dim].to_vec());
-                    }
-                }
-                read.insert(shard);
-            }
-            if !vanished || found.len() == wanted.len() {
-                break;
-            }
-        }
-        Ok(found)
-    }
-
     fn shard_paths(&self) -> Result<Vec<PathBuf>, CacheError> {
         shard_paths(&self.dir)
     }
