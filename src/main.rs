@@ -6,6 +6,18 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Transparent huge pages off for this process. mimalloc asks for them on its arenas, and a
+/// 2 MiB page stays resident as long as one of its blocks is in use: `graft extract`'s peak
+/// RSS grew with the number of images (145 MB for 1k, 160 MB for 10k; with mimalloc's own
+/// MIMALLOC_ALLOW_THP=0, 141 and 142 MB). Speed was the same within noise (README, Scaling).
+/// Applies to the pages touched from now on, which is nearly all of them.
+fn no_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE only sets a flag of this process; it cannot fail harmfully.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 /// mimalloc instead of glibc's malloc. Training allocates and frees activations of tens of
 /// megabytes every step, from several threads; with glibc each was a fresh mapping, a page
 /// fault per page on first write and a TLB shootdown interrupting every core on release
@@ -15,6 +27,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     restore_sigpipe();
+    no_huge_pages();
     let args = cli::Cli::parse();
     if let Some(threads) = args.threads {
         // burn's flex backend and the decode pipeline both run on rayon's global pool.

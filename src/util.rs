@@ -88,3 +88,27 @@ pub fn lossy_paths<S: serde::Serializer>(
 ) -> Result<S::Ok, S::Error> {
     serializer.collect_seq(paths.iter().map(|p| p.to_string_lossy()))
 }
+
+/// Calls `f` with the bytes of the file at `path`, read into a buffer that each thread
+/// reuses. A fresh buffer per file made mimalloc keep pages of every size class that the
+/// files' sizes fell into: peak RSS grew with the number of images hashed (60 MB for 1k
+/// images, 78 MB for 10k, `graft extract` on a filled cache), while it stayed flat with the
+/// system allocator.
+pub(crate) fn with_file_bytes<T>(path: &Path, f: impl FnOnce(&[u8]) -> T) -> std::io::Result<T> {
+    use std::cell::RefCell;
+    /// A buffer grown past this by one large file is given back after it.
+    const KEEP: usize = 16 << 20;
+    thread_local! {
+        static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    // Taken out rather than borrowed: `f` may run rayon work (the JPEG decoder's), and this
+    // thread may then pick up another file's task, which gets an empty buffer of its own.
+    let mut buffer = BUFFER.take();
+    buffer.clear();
+    let read = std::fs::File::open(path).and_then(|mut file| file.read_to_end(&mut buffer));
+    let result = read.map(|_| f(&buffer));
+    if buffer.capacity() <= KEEP {
+        BUFFER.set(buffer);
+    }
+    result
+}

@@ -72,12 +72,14 @@ pub fn run(args: ExtractArgs) -> Result<ExitCode> {
     let data = dataset::open(&args.data, SplitOptions::default())?;
     report_listing(&data);
     let shard = shard_of(&args)?;
+    // The paths are moved, not copied: a million images' paths are a good part of the memory.
     let all: Vec<PathBuf> = data
         .train
-        .iter()
-        .chain(&data.val)
-        .map(|s| s.path.clone())
+        .into_iter()
+        .chain(data.val)
+        .map(|s| s.path)
         .collect();
+    let total = all.len();
     // Paths relative to the data folder (a CSV's own folder), the same on every worker.
     let root = if args.data.is_dir() {
         args.data.clone()
@@ -85,15 +87,14 @@ pub fn run(args: ExtractArgs) -> Result<ExitCode> {
         args.data.parent().map(PathBuf::from).unwrap_or_default()
     };
     let paths: Vec<PathBuf> = match shard {
-        None => all.clone(),
+        None => all,
         Some(shard) => all
-            .iter()
+            .into_iter()
             .filter(|p| shard.owns(p.strip_prefix(&root).unwrap_or(p)))
-            .cloned()
             .collect(),
     };
     if let Some(shard) = shard {
-        eprintln!("shard {shard}: {} of {} images", paths.len(), all.len());
+        eprintln!("shard {shard}: {} of {total} images", paths.len());
     }
     let backbone = args.backbone.load(false)?;
     let mut cache = open_cache(&backbone, args.cache_dir.as_ref())?;

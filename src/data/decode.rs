@@ -89,8 +89,10 @@ fn decode_at_least(
     }
     // Checked before reading, so that a huge file is refused without loading it.
     check_size(path, meta.len(), limits)?;
-    let bytes = std::fs::read(path).map_err(|e| fail(path, e.to_string()))?;
-    decode_bytes_at_least(path, &bytes, limits, short)
+    crate::util::with_file_bytes(path, |bytes| {
+        decode_bytes_at_least(path, bytes, limits, short)
+    })
+    .map_err(|e| fail(path, e.to_string()))?
 }
 
 /// An empty file, or one over `limits.max_file_bytes`, is refused.

@@ -89,8 +89,8 @@ impl FeatureCache {
             quarantined: Vec::new(),
         };
         for shard in cache.shard_paths()? {
-            match read_shard(&shard) {
-                Ok((keys, _, _)) => cache.keys.extend(keys),
+            match shard_keys(&shard) {
+                Ok(keys) => cache.keys.extend(keys),
                 Err(_) => {
                     let aside = shard.with_extension("corrupt");
                     std::fs::rename(&shard, &aside).map_err(io(&shard))?;
@@ -243,16 +243,41 @@ fn process_alive(pid: u32) -> bool {
 
 /// (keys, features, dim) of one shard, after checking its checksum.
 pub(crate) fn read_shard(path: &Path) -> Result<(Vec<String>, Vec<f32>, usize), CacheError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let (keys, data, dim) = check_shard(path, &bytes)?;
+    let features = data
+        .chunks_exact(4)
+        // cannot fail: chunks_exact(4) yields 4-byte slices
+        .map(|c| f32::from_le_bytes(c.try_into().expect("chunks_exact(4)")))
+        .collect();
+    Ok((keys, features, dim))
+}
+
+/// The keys of one shard, after checking its checksum, without keeping its rows: opening a
+/// cache reads every shard through one reused buffer, so that memory does not grow with the
+/// number of shards.
+fn shard_keys(path: &Path) -> Result<Vec<String>, CacheError> {
+    crate::util::with_file_bytes(path, |bytes| {
+        check_shard(path, bytes).map(|(keys, ..)| keys)
+    })
+    .map_err(io(path))?
+}
+
+/// (keys, the features' little-endian bytes, dim) of the serialized shard `bytes` read from
+/// `path`, after checking its checksum.
+fn check_shard<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+) -> Result<(Vec<String>, &'a [u8], usize), CacheError> {
     let corrupt = |problem: String| CacheError::Corrupt {
         path: path.to_path_buf(),
         problem,
     };
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
-    let file = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
-    let info = meta.metadata().clone().unwrap_or_default();
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let file = SafeTensors::deserialize(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let info = meta.metadata().as_ref();
     let keys: Vec<String> = info
-        .get("keys")
+        .and_then(|m| m.get("keys"))
         .and_then(|k| serde_json::from_str(k).ok())
         .ok_or_else(|| corrupt("no keys in the metadata".into()))?;
     let view = file
@@ -264,17 +289,11 @@ pub(crate) fn read_shard(path: &Path) -> Result<(Vec<String>, Vec<f32>, usize), 
     if *rows != keys.len() || view.dtype() != Dtype::F32 {
         return Err(corrupt("rows and keys disagree".into()));
     }
-    if info.get("sha256").map(String::as_str) != Some(crate::util::sha256_hex(view.data()).as_str())
-    {
+    let checksum = info.and_then(|m| m.get("sha256")).map(String::as_str);
+    if checksum != Some(crate::util::sha256_hex(view.data()).as_str()) {
         return Err(corrupt("checksum mismatch".into()));
     }
-    let features = view
-        .data()
-        .chunks_exact(4)
-        // cannot fail: chunks_exact(4) yields 4-byte slices
-        .map(|c| f32::from_le_bytes(c.try_into().expect("chunks_exact(4)")))
-        .collect();
-    Ok((keys, features, *dim))
+    Ok((keys, view.data(), *dim))
 }
 
 /// The committed shards of a cache directory, sorted (oldest first).

@@ -66,11 +66,13 @@ pub fn content_keys(paths: &[PathBuf], limits: DecodeLimits) -> Vec<Result<Strin
                 path: p.clone(),
                 reason,
             };
-            let bytes = std::fs::read(p).map_err(|e| error(e.to_string()))?;
-            if let Some(reason) = crate::data::complete::refused(&bytes, allow_truncated) {
-                return Err(error(reason.to_string()));
-            }
-            Ok(crate::util::sha256_hex(&bytes))
+            crate::util::with_file_bytes(p, |bytes| {
+                if let Some(reason) = crate::data::complete::refused(bytes, allow_truncated) {
+                    return Err(error(reason.to_string()));
+                }
+                Ok(crate::util::sha256_hex(bytes))
+            })
+            .map_err(|e| error(e.to_string()))?
         })
         .collect()
 }
@@ -88,25 +90,32 @@ pub fn extract(
     mut progress: impl FnMut(usize),
 ) -> Result<ExtractSummary, CacheError> {
     let mut summary = ExtractSummary::default();
-    let mut todo: Vec<(PathBuf, String)> = Vec::new();
-    // Identical files within the dataset are computed once.
-    let mut queued = HashSet::new();
-    for (path, key) in paths.iter().zip(content_keys(paths, limits)) {
+    // Bookkeeping is per image and lives for the whole run, so it is kept small: each key is
+    // stored once (in `summary.keys`) and the images to compute are indices into `paths`.
+    for key in content_keys(paths, limits) {
         match key {
+            Ok(key) => summary.keys.push(Some(key)),
             Err(e) => {
                 summary.skipped.push(e);
                 summary.keys.push(None);
             }
-            Ok(key) if cache.contains(&key) || !queued.insert(key.clone()) => {
-                summary.reused += 1;
-                summary.keys.push(Some(key));
-            }
-            Ok(key) => {
-                todo.push((path.clone(), key.clone()));
-                summary.keys.push(Some(key));
-            }
         }
     }
+    let todo: Vec<usize> = {
+        // Identical files within the dataset are computed once.
+        let mut queued: HashSet<&str> = HashSet::new();
+        let mut todo = Vec::new();
+        for (i, key) in summary.keys.iter().enumerate() {
+            if let Some(key) = key {
+                if cache.contains(key) || !queued.insert(key) {
+                    summary.reused += 1;
+                } else {
+                    todo.push(i);
+                }
+            }
+        }
+        todo
+    };
     progress(summary.reused + summary.skipped.len());
     let device = backbone.device();
     let dim = backbone.config.feature_dim;
@@ -115,14 +124,15 @@ pub fn extract(
             summary.interrupted = true;
             break;
         }
-        let chunk_paths: Vec<PathBuf> = chunk.iter().map(|(p, _)| p.clone()).collect();
+        let chunk_paths: Vec<PathBuf> = chunk.iter().map(|&i| paths[i].clone()).collect();
         let decoded = load_images(&chunk_paths, &backbone.config, limits);
         let mut keys = Vec::new();
         let mut images = Vec::new();
-        for ((_, key), result) in chunk.iter().zip(&decoded) {
+        for (&i, result) in chunk.iter().zip(&decoded) {
             match result {
                 Ok(image) => {
-                    keys.push(key.clone());
+                    // cannot fail: only images with a key are in `todo`
+                    keys.push(summary.keys[i].clone().expect("queued images have a key"));
                     images.push(image);
                 }
                 Err(e) => summary.skipped.push(e.clone()),
@@ -146,12 +156,14 @@ pub fn extract(
     let failed: HashSet<&std::path::Path> =
         summary.skipped.iter().map(|e| e.path.as_path()).collect();
     let mut copies = Vec::new();
-    for (path, key) in paths.iter().zip(summary.keys.iter_mut()) {
+    let mut lost = Vec::new();
+    for (i, (path, key)) in paths.iter().zip(&summary.keys).enumerate() {
         let missing = key.as_ref().is_some_and(|k| !cache.contains(k));
         if missing && !failed.contains(path.as_path()) && !summary.interrupted {
             let twin = todo
                 .iter()
-                .find(|(_, k)| Some(k) == key.as_ref())
+                .map(|&t| (&paths[t], &summary.keys[t]))
+                .find(|(_, k)| *k == key)
                 .and_then(|(p, _)| summary.skipped.iter().find(|e| &e.path == p));
             copies.push(DecodeError {
                 path: path.clone(),
@@ -162,8 +174,11 @@ pub fn extract(
             });
         }
         if missing || failed.contains(path.as_path()) {
-            *key = None;
+            lost.push(i);
         }
+    }
+    for i in lost {
+        summary.keys[i] = None;
     }
     summary.reused -= copies.len();
     summary.skipped.extend(copies);
