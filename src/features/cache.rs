@@ -62,7 +62,7 @@ pub struct FeatureCache {
     weights_id: String,
     preprocessing: String,
     /// Keys present in verified shards.
-    keys: HashSet<String>,
+    keys: HashSet<KeyDigest>,
     /// Shards that failed verification and were set aside.
     pub quarantined: Vec<PathBuf>,
 }
@@ -90,7 +90,7 @@ impl FeatureCache {
         };
         for shard in cache.shard_paths()? {
             match shard_keys(&shard) {
-                Ok(keys) => cache.keys.extend(keys),
+                Ok(keys) => cache.keys.extend(keys.iter().map(|k| KeyDigest::of(k))),
                 Err(_) => {
                     let aside = shard.with_extension("corrupt");
                     std::fs::rename(&shard, &aside).map_err(io(&shard))?;
@@ -106,7 +106,7 @@ impl FeatureCache {
     }
 
     pub fn contains(&self, key: &str) -> bool {
-        self.keys.contains(key)
+        self.keys.contains(&KeyDigest::of(key))
     }
 
     pub fn len(&self) -> usize {
@@ -131,7 +131,7 @@ impl FeatureCache {
         let mut fresh_keys = Vec::new();
         let mut rows = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            if !self.keys.contains(key) && !fresh_keys.contains(key) {
+            if !self.contains(key) && !fresh_keys.contains(key) {
                 fresh_keys.push(key.clone());
                 rows.extend_from_slice(&features[i * dim..(i + 1) * dim]);
             }
@@ -146,8 +146,30 @@ impl FeatureCache {
         };
         let serialized = serialize_shard(&fresh_keys, &rows, dim, &meta);
         commit_shard(&self.dir, &serialized)?;
-        self.keys.extend(fresh_keys);
+        self.keys
+            .extend(fresh_keys.iter().map(|k| KeyDigest::of(k)));
         Ok(())
+    }
+}
+
+/// A content key as its 32 bytes rather than 64 hex characters in a `String` (88 bytes and a
+/// heap block): a large cache's key set is held for a whole extraction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct KeyDigest([u8; 32]);
+
+impl KeyDigest {
+    fn of(key: &str) -> Self {
+        let mut bytes = [0u8; 32];
+        if key.len() != 64
+            || key.bytes().any(|b| b.is_ascii_uppercase())
+            || hex::decode_to_slice(key, &mut bytes).is_err()
+        {
+            // graft's keys are lowercase sha256 hex; any other string (hand-made shards,
+            // tests) is hashed to fit, which keeps distinct strings distinct.
+            use sha2::Digest;
+            bytes = sha2::Sha256::digest(key.as_bytes()).into();
+        }
+        Self(bytes)
     }
 }
 
@@ -375,6 +397,24 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn key_digests_keep_distinct_keys_distinct() {
+        let hex = crate::util::sha256_hex(b"an image");
+        let digest = KeyDigest::of(&hex);
+        // A sha256 key is held as its own bytes...
+        assert_eq!(hex::encode(digest.0), hex);
+        // ...and no other spelling of it, nor a short or non-hex key, lands on the same digest.
+        for other in [
+            hex.to_uppercase(),
+            hex[..63].to_string(),
+            "a".into(),
+            String::new(),
+        ] {
+            assert_ne!(KeyDigest::of(&other), digest, "{other}");
+        }
+        assert_ne!(KeyDigest::of("a"), KeyDigest::of("b"));
+    }
 
     #[test]
     fn only_dead_writers_temporaries_are_removed() {

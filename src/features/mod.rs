@@ -89,7 +89,10 @@ pub fn extract(
     limits: DecodeLimits,
     mut progress: impl FnMut(usize),
 ) -> Result<ExtractSummary, CacheError> {
-    let mut summary = ExtractSummary::default();
+    let mut summary = ExtractSummary {
+        keys: Vec::with_capacity(paths.len()),
+        ..ExtractSummary::default()
+    };
     // Bookkeeping is per image and lives for the whole run, so it is kept small: each key is
     // stored once (in `summary.keys`) and the images to compute are indices into `paths`.
     for key in content_keys(paths, limits) {
