@@ -315,13 +315,14 @@ fn torchvision_urls_are_checked_against_the_hash_prefix_in_their_name() {
     assert_eq!(server.seen().len(), before);
 }
 
-#[test]
-fn hub_models_bring_their_config_and_f16_weights() {
-    let weights = f16_safetensors(&[0.5, -1.25, 3.0, 0.099975586]);
-    let sha = sha256_hex(&weights);
-    let repo = "/timm/resnet18.a1_in1k/resolve/main";
-    // The Hub redirects large files to its CDN and publishes their sha256 on the redirect.
-    let server = Server::start(vec![
+/// Where the Hub serves the files of `timm/resnet18.a1_in1k`.
+const RESNET18_FILES: &str = "/timm/resnet18.a1_in1k/resolve/main";
+
+/// The Hub as it serves `timm/resnet18.a1_in1k`: `config.json`, and `model.safetensors` as a
+/// redirect to its CDN that publishes `sha` (of `weights`, or not) in `X-Linked-Etag`.
+fn hub_server(weights: &[u8], sha: &str) -> Server {
+    let repo = RESNET18_FILES;
+    Server::start(vec![
         (&format!("{repo}/config.json"), file(TIMM_CONFIG.as_bytes())),
         (
             &format!("{repo}/model.safetensors"),
@@ -330,8 +331,15 @@ fn hub_models_bring_their_config_and_f16_weights() {
                 headers: vec![("X-Linked-Etag".into(), format!("\"{sha}\""))],
             },
         ),
-        ("/cdn/blob", file(&weights)),
-    ]);
+        ("/cdn/blob", file(weights)),
+    ])
+}
+
+#[test]
+fn hub_models_bring_their_config_and_f16_weights() {
+    let weights = f16_safetensors(&[0.5, -1.25, 3.0, 0.099975586]);
+    let sha = sha256_hex(&weights);
+    let server = hub_server(&weights, &sha);
     let dir = tempfile::tempdir().unwrap();
 
     let model = hub::fetch(
@@ -373,8 +381,8 @@ fn hub_models_bring_their_config_and_f16_weights() {
     assert_eq!(
         paths,
         [
-            format!("{repo}/config.json"),
-            format!("{repo}/model.safetensors"),
+            format!("{RESNET18_FILES}/config.json"),
+            format!("{RESNET18_FILES}/model.safetensors"),
             "/cdn/blob".into()
         ]
     );
@@ -385,18 +393,7 @@ fn hub_models_bring_their_config_and_f16_weights() {
 fn hub_weights_that_do_not_match_the_published_sha256_are_refused() {
     let weights = f16_safetensors(&[1.0, 2.0, 3.0, 4.0]);
     let published = sha256_hex(b"some other file");
-    let repo = "/timm/resnet18.a1_in1k/resolve/main";
-    let server = Server::start(vec![
-        (&format!("{repo}/config.json"), file(TIMM_CONFIG.as_bytes())),
-        (
-            &format!("{repo}/model.safetensors"),
-            Route::Redirect {
-                location: "/cdn/blob".into(),
-                headers: vec![("X-Linked-Etag".into(), format!("\"{published}\""))],
-            },
-        ),
-        ("/cdn/blob", file(&weights)),
-    ]);
+    let server = hub_server(&weights, &published);
     let dir = tempfile::tempdir().unwrap();
     let err = hub::fetch(
         "hf:timm/resnet18.a1_in1k",
