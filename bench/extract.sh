@@ -41,7 +41,7 @@ fi
 if [ "${NO_BUILD:-0}" != 1 ]; then
     (cd "$REPO_DIR" && cargo build --release)
 fi
-if ! "$GRAFT" weights list | grep -Eq "^[[:space:]]*efficientnet-lite0[[:space:]]+installed"; then
+if ! "$GRAFT" weights list | grep -E "[ (]efficientnet-lite0[,)]" | grep -qv "not installed"; then
     "$GRAFT" weights fetch efficientnet-lite0 >&2
 fi
 

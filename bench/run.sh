@@ -45,7 +45,7 @@ fi
 
 # 3. graft's weights.
 weights_installed() {
-    "$GRAFT" weights list | grep -Eq "^[[:space:]]*$1[[:space:]]+installed"
+    "$GRAFT" weights list | grep -E "[ (]$1[,)]" | grep -qv "not installed"
 }
 if ! weights_installed efficientnet-lite0; then
     log "fetching efficientnet-lite0 weights into $GRAFT_HOME"

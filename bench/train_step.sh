@@ -23,7 +23,7 @@ bash "$BENCH_DIR/setup.sh"
 if [ "${NO_BUILD:-0}" != 1 ]; then
     (cd "$REPO_DIR" && cargo build --release)
 fi
-installed() { "$GRAFT" weights list | grep -Eq "^[[:space:]]*$1[[:space:]]+installed"; }
+installed() { "$GRAFT" weights list | grep -E "[ (]$1[,)]" | grep -qv "not installed"; }
 installed efficientnet-lite0 || "$GRAFT" weights fetch efficientnet-lite0 >&2
 installed mobilenet-v2-tf || "$GRAFT" weights import mobilenet-v2-tf "$MNV2_WEIGHTS" >&2
 

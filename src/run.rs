@@ -388,7 +388,12 @@ impl TrainedModel {
                 ),
             ));
         }
-        if backbone.config != card.source {
+        // Runs written before the `arch.tag` names record an alias (`efficientnet-lite0`).
+        let mut recorded = card.source.clone();
+        if crate::backbone::find(&recorded.name).is_some_and(|i| i.name == info.name) {
+            recorded.name = backbone.config.name.clone();
+        }
+        if backbone.config != recorded {
             return Err(invalid(
                 &card_path,
                 "the backbone's source config (preprocessing, padding) differs from the one the \

@@ -92,7 +92,7 @@ fn two_finetune_steps() -> Vec<u32> {
     let plain = graft::backend::device();
     let device = plain.clone().autodiff();
     let net = MbNet::init(
-        &info.spec(),
+        &info.mbconv().unwrap().0,
         config.padding,
         config.bn_eps,
         false,

@@ -556,3 +556,137 @@ fn an_architecture_graft_lacks_is_refused_by_name_before_the_weights_download() 
     assert_eq!(paths, [format!("{repo}/config.json")]);
     assert!(files_in(&dir.path().join("timm").join("foo.bar")).is_empty());
 }
+
+/// `graft weights fetch hf:…` through the command line, the Hub at `HF_ENDPOINT` and the store
+/// at `GRAFT_HOME`: registered weights land in the store once their config.json states the
+/// registry's preprocessing; unregistered ones are refused in one line, by architecture.
+#[test]
+fn the_command_line_fetches_registered_hub_weights_and_refuses_the_rest() {
+    let graft = |home: &Path, endpoint: &str, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_graft"))
+            .env("GRAFT_HOME", home)
+            .env("HF_ENDPOINT", endpoint)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // timm's pretrained_cfg of convnext_tiny.fb_in1k, as the Hub serves it.
+    let config = TIMM_CONFIG
+        .replace("\"resnet18\"", "\"convnext_tiny\"")
+        .replace("\"a1_in1k\"", "\"fb_in1k\"")
+        .replace("\"crop_pct\": 0.95", "\"crop_pct\": 0.875");
+    let weights = f16_safetensors(&[1.0, 2.0, 3.0, 4.0]);
+    let sha = sha256_hex(&weights);
+    let repo = "/timm/convnext_tiny.fb_in1k/resolve/main";
+    let routes = |config: &str| {
+        vec![
+            (format!("{repo}/config.json"), file(config.as_bytes())),
+            (
+                format!("{repo}/model.safetensors"),
+                Route::Redirect {
+                    location: "/cdn/blob".into(),
+                    headers: vec![("X-Linked-Etag".into(), format!("\"{sha}\""))],
+                },
+            ),
+            ("/cdn/blob".to_string(), file(&weights)),
+            (
+                "/timm/resnet50.a1h_in1k/resolve/main/config.json".to_string(),
+                file(
+                    TIMM_CONFIG
+                        .replace("\"resnet18\"", "\"resnet50\"")
+                        .as_bytes(),
+                ),
+            ),
+            (
+                "/timm/vit_base_patch16_224.augreg_in1k/resolve/main/config.json".to_string(),
+                file(
+                    TIMM_CONFIG
+                        .replace("\"resnet18\"", "\"vit_base_patch16_224\"")
+                        .as_bytes(),
+                ),
+            ),
+        ]
+    };
+    let start = |config: &str| {
+        let (paths, handlers): (Vec<String>, Vec<Route>) = routes(config).into_iter().unzip();
+        Server::start(paths.iter().map(String::as_str).zip(handlers).collect())
+    };
+
+    let server = start(&config);
+    let home = tempfile::tempdir().unwrap();
+    let out = graft(
+        home.path(),
+        &server.base,
+        &["weights", "fetch", "hf:timm/convnext_tiny.fb_in1k"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let installed = home
+        .path()
+        .join("weights/convnext_tiny.fb_in1k.safetensors");
+    assert_eq!(std::fs::read(&installed).unwrap(), weights);
+    let list = graft(home.path(), &server.base, &["weights", "list"]);
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    let line = list
+        .lines()
+        .find(|l| l.contains("convnext_tiny.fb_in1k"))
+        .unwrap();
+    assert!(
+        line.contains("installed (") && !line.contains("not installed"),
+        "{list}"
+    );
+
+    // A repository whose config.json changed its preprocessing is not installed.
+    let changed = config.replace("\"crop_pct\": 0.875", "\"crop_pct\": 0.9");
+    let server = start(&changed);
+    let home = tempfile::tempdir().unwrap();
+    let out = graft(
+        home.path(),
+        &server.base,
+        &["weights", "fetch", "convnext_tiny.fb_in1k"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("convnext_tiny.fb_in1k") && stderr.contains("preprocessing"),
+        "{stderr}"
+    );
+    assert!(
+        !home
+            .path()
+            .join("weights/convnext_tiny.fb_in1k.safetensors")
+            .exists()
+    );
+
+    // Unregistered weights: an architecture graft builds, or one it lacks, each said by name.
+    let out = graft(
+        home.path(),
+        &server.base,
+        &["weights", "fetch", "hf:timm/resnet50.a1h_in1k"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("architecture resnet50 is one graft builds")
+            && stderr.contains("hf:timm/convnext_tiny.fb_in1k"),
+        "{stderr}"
+    );
+    let out = graft(
+        home.path(),
+        &server.base,
+        &[
+            "weights",
+            "fetch",
+            "hf:timm/vit_base_patch16_224.augreg_in1k",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("architecture `vit_base_patch16_224` is not implemented by graft"),
+        "{stderr}"
+    );
+}

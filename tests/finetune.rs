@@ -134,7 +134,7 @@ fn resume_from_a_checkpoint_equals_an_uninterrupted_run() {
         // A fixed random initialisation: the same for both runs.
         let mut rng = graft::rng::run_rng(7, 0);
         let net = MbNet::init(
-            &info.spec(),
+            &info.mbconv().unwrap().0,
             config.padding,
             config.bn_eps,
             false,
@@ -172,7 +172,13 @@ fn resume_from_a_checkpoint_equals_an_uninterrupted_run() {
         ..FinetuneOptions::default()
     };
     let dir = tempfile::tempdir().unwrap();
-    let plan = graft::train::plan::Plan::new(&backbone().net, (info.name, 224), &options, 0, 2);
+    let plan = graft::train::plan::Plan::new(
+        backbone().net.as_mbconv().unwrap(),
+        (info.name, 224),
+        &options,
+        0,
+        2,
+    );
     let run = |checkpoints: Checkpoints| {
         finetune(
             backbone(),

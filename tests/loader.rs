@@ -246,6 +246,6 @@ fn include_top_false_drops_the_classifier_quietly() {
         &graft::backend::device(),
     )
     .unwrap();
-    assert!(backbone.net.classifier.is_none());
+    assert!(!backbone.net.has_classifier());
     assert_eq!(backbone.config.feature_dim, 1280);
 }

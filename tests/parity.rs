@@ -68,6 +68,8 @@ fn check_taps(backbone: &Backbone, dir: &Path, tolerance: f32) {
     let batch = to_batch(&[&input], 224, &graft::backend::device());
     let taps: Vec<(String, Vec<usize>, Vec<f32>)> = backbone
         .net
+        .as_mbconv()
+        .unwrap()
         .forward_taps(batch)
         .into_iter()
         .map(|tap| {

@@ -206,7 +206,7 @@ fn pretrain_adapts_the_backbone_probes_it_and_resumes_to_the_same_weights() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("holds a efficientnet-lite0 backbone, not mobilenet-v2-tf"),
+        stderr.contains("holds a efficientnet_lite0.tf_in1k backbone, not mobilenet_v2.tf_in1k"),
         "{stderr}"
     );
 }

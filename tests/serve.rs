@@ -442,7 +442,7 @@ fn imagenet_routes_api_key_multipart_and_a_full_queue() {
     let (status, response) = status_of(bearer.send_bytes(&parrot));
     assert_eq!(status, 200);
     let json: Value = json_of(response);
-    assert_eq!(json["model"], "efficientnet-lite0");
+    assert_eq!(json["model"], "efficientnet_lite0.tf_in1k");
     assert_eq!(
         json["images"][0]["predictions"].as_array().unwrap().len(),
         3

@@ -74,7 +74,9 @@ def test_backbones_alone_match_the_goldens(tmp_path, name, weights, golden_dir, 
     labels = (tmp_path / "labels.txt").read_text().splitlines()
     assert len(labels) == 1000 and labels[1].startswith("goldfish")
     source = json.loads((tmp_path / "preprocessing.json").read_text())["source"]
-    assert source["name"] == name and source["resolution"] == 224
+    # Older names select the registry's `arch.tag` entry, which the export records.
+    canonical = {"efficientnet-lite0": "efficientnet_lite0.tf_in1k", "mobilenet-v2-tf": "mobilenet_v2.tf_in1k"}
+    assert source["name"] == canonical[name] and source["resolution"] == 224
 
 
 def test_uint8_input_bakes_in_the_normalisation(tmp_path):

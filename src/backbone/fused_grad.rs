@@ -791,7 +791,7 @@ mod tests {
     #[test]
     fn fused_gradients_equal_burns_for_every_parameter() {
         let info = crate::backbone::find("efficientnet-lite0").unwrap();
-        let groups = info.spec().stages.len() + 2;
+        let groups = info.mbconv().unwrap().0.stages.len() + 2;
         let device = crate::backend::device().autodiff();
         let mut rng = run_rng(7, 0);
         let normal = Distribution::Normal(0.0, 1.0);
@@ -799,12 +799,17 @@ mod tests {
             (PaddingMode::Symmetric, [64, 64]),
             (PaddingMode::TfSame, [57, 70]),
         ] {
-            let net = random_net(&info.spec(), padding, groups, &mut rng);
+            let net = random_net(&info.mbconv().unwrap().0, padding, groups, &mut rng);
             let x = random_tensor::<4>([3, 3, h, w], normal, &mut rng, &device);
             assert_same_gradients(&net, Start::Image, x, 2e-3, &mut rng);
         }
         // From the block after stage 3 (the frozen prefix's output in fine-tuning).
-        let net = random_net(&info.spec(), PaddingMode::TfSame, groups, &mut rng);
+        let net = random_net(
+            &info.mbconv().unwrap().0,
+            PaddingMode::TfSame,
+            groups,
+            &mut rng,
+        );
         let first = net.stage_ends[2] + 1;
         let channels = net.blocks[first].expand.as_ref().unwrap().weight.dims()[1];
         let x = random_tensor::<4>([2, channels, 9, 11], normal, &mut rng, &device);

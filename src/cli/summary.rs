@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use graft::backbone::mbnet::MbNet;
-use graft::backbone::summary::summarize;
+use graft::backbone::Network;
+use graft::backbone::summary::summarize_network;
 
 use super::find_backbone;
 
@@ -30,14 +30,13 @@ pub fn run(args: SummaryArgs) -> Result<ExitCode> {
     let info = find_backbone(&args.backbone)?;
     let config = info.source_config(None);
     // The architecture alone decides shapes and counts: no weights needed.
-    let net = MbNet::init(
-        &info.spec(),
+    let net = Network::init(
+        &info.arch,
         config.padding,
         config.bn_eps,
         !args.no_top,
-        &mut graft::rng::run_rng(0, 0),
         &graft::backend::device(),
     );
-    println!("{}", summarize(info.name, &net, config.resolution));
+    println!("{}", summarize_network(info.name, &net, config.resolution));
     Ok(ExitCode::SUCCESS)
 }

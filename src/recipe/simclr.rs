@@ -110,6 +110,9 @@ impl PretrainedRun {
 /// Pretrain on the images under `data` (any layout, searched recursively), saved in `out`.
 /// Ctrl-C stops after the step in flight with [`RecipeError::Interrupted`]; the last finished
 /// epoch is checkpointed in `out` and `resume` continues from it.
+/// Names the recipe in [`crate::backbone::Unsupported`] errors.
+const PRETRAIN: &str = "SimCLR pretraining (graft pretrain)";
+
 pub fn pretrain(
     data: &Path,
     out: &Path,
@@ -129,12 +132,13 @@ pub fn pretrain(
     };
     let (paths, excluded) = pretraining_images(data, options, probe_data.as_ref(), progress)?;
     let info = options.backbone.info()?;
+    let (spec, layout) = info.require_mbconv(PRETRAIN)?;
     let device = crate::backend::device();
     let seed = options.simclr.seed;
     let parent = if options.from_scratch {
         let config = info.source_config(options.backbone.padding);
         let net = MbNet::init(
-            &info.spec(),
+            &spec,
             config.padding,
             config.bn_eps,
             false,
@@ -212,7 +216,10 @@ pub fn pretrain(
     let config = parent.config.clone();
     let shared = RefCell::new(&mut *progress);
     let result = simclr_pretrain(
-        parent.net,
+        parent
+            .net
+            .into_mbconv()
+            .ok_or_else(|| info.unsupported(PRETRAIN))?,
         &config,
         &paths,
         &simclr,
@@ -253,7 +260,7 @@ pub fn pretrain(
 
     // 3. Save the adapted backbone, then load it back as every other command will.
     let file = out.join(BACKBONE_FILE);
-    save_safetensors(&result.net, info.layout, &file).map_err(run::io(&file))?;
+    save_safetensors(&result.net, layout, &file).map_err(run::io(&file))?;
     let load = LoadOptions {
         include_top: false,
         padding: Some(config.padding),

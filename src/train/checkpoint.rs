@@ -25,6 +25,9 @@ pub enum CheckpointError {
     Diverged { epoch: usize, epochs_done: usize },
     #[error("{}: {problem}", path.display())]
     Invalid { path: PathBuf, problem: String },
+    /// The backbone's family has no trainer for this yet.
+    #[error(transparent)]
+    Unsupported(#[from] crate::backbone::Unsupported),
 }
 
 /// Where checkpoints go (`None`: nowhere) and whether to continue from the last one.

@@ -349,7 +349,8 @@ pub fn finetune(
     let config = backbone.config.clone();
     let groups = config.layer_groups.len();
     let device = crate::backend::device().autodiff();
-    let mut model = new_model(backbone.net, head, options.dropout, &device);
+    let net = backbone.into_mbconv("fine-tuning")?;
+    let mut model = new_model(net, head, options.dropout, &device);
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(options.weight_decay as f32)
         .init();
@@ -569,7 +570,7 @@ mod tests {
         let info = crate::backbone::find("efficientnet-lite0").unwrap();
         let config = info.source_config(None);
         let net = MbNet::init(
-            &info.spec(),
+            &info.mbconv().unwrap().0,
             config.padding,
             config.bn_eps,
             false,

@@ -380,7 +380,7 @@ mod tests {
         let config = info.source_config(None);
         let mut rng = run_rng(0, 0);
         let net = MbNet::init(
-            &info.spec(),
+            &info.mbconv().unwrap().0,
             config.padding,
             config.bn_eps,
             false,

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::backbone::{CropRule, Normalization, ResizeFilter};
 use crate::progress::Progress;
 
 use super::WeightsError;
@@ -51,6 +52,43 @@ pub struct TimmConfig {
     pub label_names: Option<Vec<String>>,
 }
 
+impl TimmConfig {
+    /// The preprocessing the config states, in graft's terms: input side, crop rule, resize
+    /// filter and normalisation (on 0..=255 pixels). timm's `center` crop is torchvision's
+    /// resize-then-centre-crop with `crop_pct` as the fraction. A non-square input, another
+    /// crop mode or filter is an error that names it.
+    pub fn preprocessing(&self) -> Result<(usize, CropRule, ResizeFilter, Normalization), String> {
+        let [_, height, width] = self.input_size;
+        if height != width {
+            return Err(format!("input size {height}x{width} is not square"));
+        }
+        let crop = match self.crop_mode.as_str() {
+            "center" => CropRule::ResizeThenCenterCrop {
+                fraction: self.crop_pct,
+            },
+            other => {
+                return Err(format!(
+                    "crop mode `{other}` is not supported (only `center`)"
+                ));
+            }
+        };
+        let filter = match self.interpolation.as_str() {
+            "bicubic" => ResizeFilter::Bicubic,
+            "bilinear" => ResizeFilter::Bilinear,
+            other => {
+                return Err(format!(
+                    "interpolation `{other}` is not supported (bicubic, bilinear)"
+                ));
+            }
+        };
+        let normalization = Normalization {
+            mean: self.mean.map(|m| m * 255.0),
+            std: self.std.map(|s| s * 255.0),
+        };
+        Ok((height, crop, filter, normalization))
+    }
+}
+
 /// A Hub model on disk, fetched and checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HubModel {
@@ -72,15 +110,46 @@ pub fn fetch(
     supported: &[&str],
     progress: &mut dyn Progress,
 ) -> Result<HubModel, WeightsError> {
+    let (config, config_file) = fetch_config(spec, endpoint, dir, supported, progress)?;
+    let repo_id = repo_id(spec)?;
+    let weights = dir.join(repo_id).join("model.safetensors");
+    if !weights.is_file() {
+        download::download_with(
+            &file_url(endpoint, repo_id, "model.safetensors"),
+            &weights,
+            &Checksum::Unchecked,
+            true,
+            progress,
+        )?;
+    }
+    Ok(HubModel {
+        repo_id: repo_id.to_string(),
+        weights,
+        config_file,
+        config,
+    })
+}
+
+fn file_url(endpoint: &str, repo_id: &str, file: &str) -> String {
+    format!(
+        "{}/{repo_id}/resolve/main/{file}",
+        endpoint.trim_end_matches('/')
+    )
+}
+
+/// The first half of [`fetch`]: `config.json` only, read and checked, in
+/// `dir/<owner>/<name>/`. Returns the config and its path.
+pub fn fetch_config(
+    spec: &str,
+    endpoint: &str,
+    dir: &Path,
+    supported: &[&str],
+    progress: &mut dyn Progress,
+) -> Result<(TimmConfig, PathBuf), WeightsError> {
     let repo_id = repo_id(spec)?;
     let folder = dir.join(repo_id);
     std::fs::create_dir_all(&folder).map_err(|e| WeightsError::io(&folder, e))?;
-    let url = |file: &str| {
-        format!(
-            "{}/{repo_id}/resolve/main/{file}",
-            endpoint.trim_end_matches('/')
-        )
-    };
+    let url = |file: &str| file_url(endpoint, repo_id, file);
 
     let config_file = folder.join("config.json");
     let fresh_config = !config_file.is_file();
@@ -105,23 +174,7 @@ pub fn fetch(
             return Err(e);
         }
     };
-
-    let weights = folder.join("model.safetensors");
-    if !weights.is_file() {
-        download::download_with(
-            &url("model.safetensors"),
-            &weights,
-            &Checksum::Unchecked,
-            true,
-            progress,
-        )?;
-    }
-    Ok(HubModel {
-        repo_id: repo_id.to_string(),
-        weights,
-        config_file,
-        config,
-    })
+    Ok((config, config_file))
 }
 
 /// Read a timm `config.json` (as fetched, or as a user has it), refusing an architecture that

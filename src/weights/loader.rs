@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use burn::module::{Param, RunningState};
-use burn::nn::{BatchNorm, Linear};
+use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, LayerNorm, Linear};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::checkpoint::Checkpoint;
@@ -146,6 +147,22 @@ impl<'a> TensorSource<'a> {
         }
         if let Some(bias) = &mut linear.bias {
             self.param(bias, &format!("{prefix}.bias"));
+        }
+    }
+
+    /// A PyTorch Conv2d: `weight`, and `bias` when the layer has one.
+    pub fn conv2d(&mut self, conv: &mut Conv2d, prefix: &str) {
+        self.param(&mut conv.weight, &format!("{prefix}.weight"));
+        if let Some(bias) = &mut conv.bias {
+            self.param(bias, &format!("{prefix}.bias"));
+        }
+    }
+
+    /// A PyTorch LayerNorm: `weight` and `bias`.
+    pub fn layer_norm(&mut self, norm: &mut LayerNorm, prefix: &str) {
+        self.param(&mut norm.gamma, &format!("{prefix}.weight"));
+        if let Some(beta) = &mut norm.beta {
+            self.param(beta, &format!("{prefix}.bias"));
         }
     }
 

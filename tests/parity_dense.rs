@@ -1,0 +1,195 @@
+//! ResNet (BasicBlock, Bottleneck) and ConvNeXt (torchvision's and timm's layouts) reproduce
+//! torchvision / timm to 1e-4: pooled features and logits of two real images, and every layer
+//! group's output for the first. The fixtures (random weights stored in F16, goldens computed
+//! from those same weights) come from tests/support/make_backbone_fixtures.py; keys.json holds
+//! the key names and shapes of the full-size models, checked against graft's layouts here.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Tensor, TensorData};
+use graft::backbone::convnext::{self, ConvNeXtLayout, ConvNeXtSpec};
+use graft::backbone::resnet::{self, ResBlockKind, ResNetSpec};
+use graft::backbone::{Arch, Network, PaddingMode};
+use graft::weights::Checkpoint;
+use graft::weights::checkpoint::StoredTensor;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/backbones")
+}
+
+fn golden(name: &str, key: &str) -> (Vec<usize>, Vec<f32>) {
+    let path = fixtures().join(format!("{name}.golden.safetensors"));
+    let file = Checkpoint::open(&path).unwrap();
+    let stored = &file.tensors[key];
+    (stored.shape.clone(), stored.values.clone().unwrap())
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec::<f32>().unwrap()
+}
+
+/// Load the fixture `name` into `arch`'s network and compare with its goldens.
+fn check(name: &str, arch: Arch) {
+    let device = graft::backend::device();
+    let path = fixtures().join(format!("{name}.weights.safetensors"));
+    let checkpoint = Checkpoint::open(&path).unwrap();
+    let (net, report) = Network::load(
+        &arch,
+        &checkpoint,
+        PaddingMode::Symmetric,
+        1e-5,
+        true,
+        &device,
+    );
+    assert!(report.is_clean(), "{name}: {report}");
+
+    let (shape, input) = golden(name, "input");
+    let x = Tensor::<4>::from_data(
+        TensorData::new(input, [shape[0], shape[1], shape[2], shape[3]]),
+        &device,
+    );
+    let features = values(net.forward_features(x.clone()));
+    let err = max_abs_diff(&features, &golden(name, "features").1);
+    assert!(err < 1e-4, "{name}: features differ by {err}");
+    let logits = values(net.forward_logits(x.clone()).unwrap());
+    let err = max_abs_diff(&logits, &golden(name, "logits").1);
+    assert!(err < 1e-4, "{name}: logits differ by {err}");
+
+    let first = x.narrow(0, 0, 1);
+    let groups = match &net {
+        Network::ResNet(net) => net.forward_groups(first),
+        Network::ConvNeXt(net) => net.forward_groups(first),
+        Network::MbConv(_) => unreachable!(),
+    };
+    assert_eq!(groups.len(), 5);
+    for (k, group) in groups.into_iter().enumerate() {
+        let (shape, expected) = golden(name, &format!("group.{k}"));
+        assert_eq!(group.dims().to_vec(), shape, "{name}: group {k} shape");
+        let err = max_abs_diff(&values(group), &expected);
+        assert!(err < 1e-4, "{name}: group {k} differs by {err}");
+    }
+}
+
+const SMALL_CONVNEXT: ConvNeXtSpec = ConvNeXtSpec {
+    depths: [1, 1, 2, 1],
+    dims: [16, 32, 64, 128],
+    num_classes: 10,
+};
+
+#[test]
+fn resnet_basic_block_matches_torchvision() {
+    let spec = ResNetSpec {
+        num_classes: 10,
+        ..ResNetSpec::new(ResBlockKind::Basic, [1, 1, 1, 1])
+    };
+    check("resnet_basic", Arch::ResNet(spec));
+}
+
+#[test]
+fn resnet_bottleneck_matches_torchvision() {
+    let spec = ResNetSpec {
+        num_classes: 10,
+        width_per_group: 16,
+        ..ResNetSpec::new(ResBlockKind::Bottleneck, [1, 1, 1, 1])
+    };
+    check("resnet_bottleneck", Arch::ResNet(spec));
+}
+
+#[test]
+fn convnext_matches_torchvision() {
+    check(
+        "convnext_tv",
+        Arch::ConvNeXt {
+            spec: SMALL_CONVNEXT,
+            layout: ConvNeXtLayout::Torchvision,
+        },
+    );
+}
+
+#[test]
+fn convnext_matches_timm() {
+    check(
+        "convnext_timm",
+        Arch::ConvNeXt {
+            spec: SMALL_CONVNEXT,
+            layout: ConvNeXtLayout::Timm,
+        },
+    );
+}
+
+/// A checkpoint with the key names and shapes of a real model (values zero).
+fn shaped_checkpoint(model: &str) -> Checkpoint {
+    let text = std::fs::read_to_string(fixtures().join("keys.json")).unwrap();
+    let keys: BTreeMap<String, Vec<(String, Vec<usize>)>> = serde_json::from_str(&text).unwrap();
+    let tensors = keys[model]
+        .iter()
+        .map(|(key, shape)| {
+            let n = shape.iter().product();
+            let values = (!key.ends_with("num_batches_tracked")).then(|| vec![0.0; n]);
+            let stored = StoredTensor {
+                shape: shape.clone(),
+                values,
+            };
+            (key.clone(), stored)
+        })
+        .collect();
+    Checkpoint {
+        path: PathBuf::from(model),
+        format: graft::weights::checkpoint::CheckpointFormat::Safetensors,
+        tensors,
+    }
+}
+
+#[test]
+fn full_size_layouts_match_the_published_key_sets() {
+    let device = graft::backend::device();
+    let cases = [
+        ("resnet18", Arch::ResNet(resnet::RESNET18)),
+        ("resnet50", Arch::ResNet(resnet::RESNET50)),
+        (
+            "convnext_tiny.tv",
+            Arch::ConvNeXt {
+                spec: convnext::CONVNEXT_TINY,
+                layout: ConvNeXtLayout::Torchvision,
+            },
+        ),
+        (
+            "convnext_tiny.timm",
+            Arch::ConvNeXt {
+                spec: convnext::CONVNEXT_TINY,
+                layout: ConvNeXtLayout::Timm,
+            },
+        ),
+    ];
+    for (model, arch) in cases {
+        let checkpoint = shaped_checkpoint(model);
+        let (_, report) = Network::load(
+            &arch,
+            &checkpoint,
+            PaddingMode::Symmetric,
+            1e-5,
+            true,
+            &device,
+        );
+        assert!(report.is_clean(), "{model}: {report}");
+    }
+    // A family's layout does not load another family's keys.
+    let (_, report) = Network::load(
+        &Arch::ResNet(resnet::RESNET18),
+        &shaped_checkpoint("resnet50"),
+        PaddingMode::Symmetric,
+        1e-5,
+        true,
+        &device,
+    );
+    assert!(!report.is_clean());
+}
