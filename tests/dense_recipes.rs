@@ -80,7 +80,15 @@ fn os<S: AsRef<std::ffi::OsStr> + ?Sized>(s: &S) -> &std::ffi::OsStr {
 }
 
 /// Head and logreg on a small folder, then evaluate, report, predict, and the refusals.
-fn recipes_run_end_to_end(backbone: &str, model: &str, groups: &[&str]) {
+/// `name` is the registry entry `backbone` selects; `options` go to every command that loads
+/// the backbone by name.
+fn recipes_run_end_to_end(
+    backbone: &str,
+    name: &str,
+    model: &str,
+    groups: &[&str],
+    options: &[&str],
+) {
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join(format!("{model}.safetensors"));
     random_checkpoint(model, &weights);
@@ -90,7 +98,9 @@ fn recipes_run_end_to_end(backbone: &str, model: &str, groups: &[&str]) {
     let runs = dir.path().join("runs");
 
     // summary: the family's groups, BatchNorm statistics counted as non-trainable.
-    let summary = stdout_of(&[os("summary"), os("-b"), os(backbone)]);
+    let mut summary_args = vec![os("summary"), os("-b"), os(backbone)];
+    summary_args.extend(options.iter().map(os));
+    let summary = stdout_of(&summary_args);
     for group in groups {
         assert!(
             summary.lines().any(|l| l.starts_with(group)),
@@ -109,12 +119,14 @@ fn recipes_run_end_to_end(backbone: &str, model: &str, groups: &[&str]) {
         backbone.starts_with("resnet"),
         "{summary}"
     );
+    assert!(!summary.contains("not implemented"));
 
     let mut accuracy = BTreeMap::new();
     for recipe in ["head", "logreg"] {
         let out = runs.join(recipe);
         let (_, stderr) = ok(graft()
             .args(["train", "--recipe", recipe, "-b", backbone])
+            .args(options)
             .arg("--weights")
             .arg(&weights)
             .arg("--cache-dir")
@@ -127,8 +139,7 @@ fn recipes_run_end_to_end(backbone: &str, model: &str, groups: &[&str]) {
         let card: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("model.json")).unwrap())
                 .unwrap();
-        let name = card["backbone"].as_str().unwrap();
-        assert!(name.starts_with(backbone) && name.contains('.'), "{name}");
+        assert_eq!(card["backbone"], name);
         let metrics: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap())
                 .unwrap();
@@ -173,15 +184,38 @@ fn recipes_run_end_to_end(backbone: &str, model: &str, groups: &[&str]) {
         .unwrap()
         .unwrap()
         .path();
-    let (stdout, _) = ok(graft()
+    let predict = graft()
         .args(["predict", "--json", "-b", backbone, "--top", "5"])
+        .args(options)
         .arg("--weights")
         .arg(&weights)
         .arg(&photo)
         .output()
-        .unwrap());
+        .unwrap();
+    if name.contains("dinov2") {
+        // No ImageNet classifier: refused with what to do, then the trained head predicts.
+        assert!(!predict.status.success());
+        let stderr = String::from_utf8_lossy(&predict.stderr);
+        assert!(
+            stderr.contains("no ImageNet classifier") && stderr.contains("--model RUN_DIR"),
+            "{stderr}"
+        );
+        let (stdout, _) = ok(graft()
+            .args(["predict", "--json", "--top", "2", "--model"])
+            .arg(runs.join("head"))
+            .arg("--weights")
+            .arg(&weights)
+            .arg(&photo)
+            .output()
+            .unwrap());
+        let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let predictions = json["images"][0]["predictions"].as_array().unwrap();
+        assert_eq!(predictions.len(), 2, "{stdout}");
+        return;
+    }
+    let (stdout, _) = ok(predict);
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(json["model"], format!("{backbone}.tv_in1k"));
+    assert_eq!(json["model"], name);
     let predictions = json["images"][0]["predictions"].as_array().unwrap();
     assert_eq!(predictions.len(), 5, "{stdout}");
     let probabilities: Vec<f64> = predictions
@@ -219,14 +253,88 @@ fn recipes_run_end_to_end(backbone: &str, model: &str, groups: &[&str]) {
 
 #[test]
 fn resnet18_recipes_run_end_to_end() {
-    recipes_run_end_to_end("resnet18", "resnet18", &["stem", "layer1", "layer4"]);
+    recipes_run_end_to_end(
+        "resnet18",
+        "resnet18.tv_in1k",
+        "resnet18",
+        &["stem", "layer1", "layer4"],
+        &[],
+    );
 }
 
 #[test]
 fn convnext_tiny_recipes_run_end_to_end() {
     recipes_run_end_to_end(
         "convnext_tiny",
+        "convnext_tiny.tv_in1k",
         "convnext_tiny.tv",
         &["stem", "stage0", "stage3"],
+        &[],
     );
+}
+
+#[test]
+fn vit_small_recipes_run_end_to_end() {
+    recipes_run_end_to_end(
+        "vit_small_patch16_224",
+        "vit_small_patch16_224.augreg_in21k_ft_in1k",
+        "vit_small_patch16_224.timm",
+        &["embed", "blocks0", "blocks3", "norm"],
+        &[],
+    );
+}
+
+/// DINOv2 with registers, at 112 px instead of 518 (position embedding resampled): it has no
+/// classifier, so predict needs a trained model.
+#[test]
+fn dinov2_recipes_run_end_to_end_at_a_smaller_input_size() {
+    recipes_run_end_to_end(
+        "vit_small_patch14_reg4_dinov2",
+        "vit_small_patch14_reg4_dinov2.lvd142m",
+        "vit_small_patch14_reg4_dinov2.timm",
+        &["embed", "blocks0", "blocks3", "norm"],
+        &["--input-size", "112"],
+    );
+}
+
+/// An input size a ViT cannot run at is refused before anything loads, naming what would fit.
+#[test]
+fn an_input_size_off_the_patch_grid_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("photos");
+    std::fs::create_dir_all(data.join("a")).unwrap();
+    image::RgbImage::from_pixel(64, 48, image::Rgb([200, 100, 50]))
+        .save(data.join("a/photo.png"))
+        .unwrap();
+    let data = data.to_str().unwrap();
+    for args in [
+        vec![
+            "summary",
+            "-b",
+            "vit_small_patch16_224",
+            "--input-size",
+            "100",
+        ],
+        vec![
+            "extract",
+            "-b",
+            "vit_small_patch14_dinov2",
+            "--input-size",
+            "100",
+            data,
+        ],
+    ] {
+        let out = graft()
+            .args(&args)
+            .env("GRAFT_HOME", dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("input size 100 px") && stderr.contains("px patch"),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
 }

@@ -598,10 +598,10 @@ fn the_command_line_fetches_registered_hub_weights_and_refuses_the_rest() {
                 ),
             ),
             (
-                "/timm/vit_base_patch16_224.augreg_in1k/resolve/main/config.json".to_string(),
+                "/timm/swin_tiny_patch4_window7_224.ms_in1k/resolve/main/config.json".to_string(),
                 file(
                     TIMM_CONFIG
-                        .replace("\"resnet18\"", "\"vit_base_patch16_224\"")
+                        .replace("\"resnet18\"", "\"swin_tiny_patch4_window7_224\"")
                         .as_bytes(),
                 ),
             ),
@@ -680,13 +680,13 @@ fn the_command_line_fetches_registered_hub_weights_and_refuses_the_rest() {
         &[
             "weights",
             "fetch",
-            "hf:timm/vit_base_patch16_224.augreg_in1k",
+            "hf:timm/swin_tiny_patch4_window7_224.ms_in1k",
         ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("architecture `vit_base_patch16_224` is not implemented by graft"),
+        stderr.contains("architecture `swin_tiny_patch4_window7_224` is not implemented by graft"),
         "{stderr}"
     );
 }

@@ -1,6 +1,7 @@
-//! ResNet (BasicBlock, Bottleneck) and ConvNeXt (torchvision's and timm's layouts) reproduce
-//! torchvision / timm to 1e-4: pooled features and logits of two real images, and every layer
-//! group's output for the first. The fixtures (random weights stored in F16, goldens computed
+//! ResNet (BasicBlock, Bottleneck), ConvNeXt and ViT (torchvision's and timm's layouts) and
+//! DINOv2 (with and without registers; at 518 px and at 224 with the position embedding
+//! resampled) reproduce torchvision / timm to 1e-4: pooled features and logits of two real
+//! images, and every layer group's output for the first. The fixtures (random weights stored in F16, goldens computed
 //! from those same weights) come from tests/support/make_backbone_fixtures.py; keys.json holds
 //! the key names and shapes of the full-size models, checked against graft's layouts here.
 
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Tensor, TensorData};
 use graft::backbone::convnext::{self, ConvNeXtLayout, ConvNeXtSpec};
 use graft::backbone::resnet::{self, ResBlockKind, ResNetSpec};
+use graft::backbone::vit::{self, VitLayout, VitPool, VitSpec};
 use graft::backbone::{Arch, Network, PaddingMode};
 use graft::weights::Checkpoint;
 use graft::weights::checkpoint::StoredTensor;
@@ -64,11 +66,22 @@ fn check(name: &str, arch: Arch) {
     let err = max_abs_diff(&logits, &golden(name, "logits").1);
     assert!(err < 1e-4, "{name}: logits differ by {err}");
 
+    // Inference form: ResNet's BatchNorm folded into the convs gives the same features.
+    if let Network::ResNet(resnet) = &net {
+        let mut folded = resnet.clone();
+        folded.fold_batch_norm();
+        let err = max_abs_diff(
+            &values(folded.forward_features(x.clone())),
+            &golden(name, "features").1,
+        );
+        assert!(err < 1e-4, "{name}: folded features differ by {err}");
+    }
+
     let first = x.narrow(0, 0, 1);
     let groups = match &net {
         Network::ResNet(net) => net.forward_groups(first),
         Network::ConvNeXt(net) => net.forward_groups(first),
-        Network::MbConv(_) => unreachable!(),
+        Network::MbConv(_) | Network::Vit(_) => unreachable!(),
     };
     assert_eq!(groups.len(), 5);
     for (k, group) in groups.into_iter().enumerate() {
@@ -126,6 +139,118 @@ fn convnext_matches_timm() {
     );
 }
 
+fn tensor(name: &str, key: &str) -> Tensor<4> {
+    let (shape, values) = golden(name, key);
+    Tensor::from_data(
+        TensorData::new(values, [shape[0], shape[1], shape[2], shape[3]]),
+        &graft::backend::device(),
+    )
+}
+
+fn assert_close(name: &str, what: &str, got: Vec<f32>, expected: &[f32]) {
+    let err = max_abs_diff(&got, expected);
+    assert!(err < 1e-4, "{name}: {what} differ by {err}");
+}
+
+/// The ViT fixture `name` (inputs from vit_inputs.safetensors) against its goldens at 224, and
+/// at 518 when `native`.
+fn check_vit(name: &str, spec: VitSpec, layout: VitLayout, native: bool) {
+    let device = graft::backend::device();
+    let path = fixtures().join(format!("{name}.weights.safetensors"));
+    let checkpoint = Checkpoint::open(&path).unwrap();
+    let load = |spec: VitSpec| {
+        let arch = Arch::Vit { spec, layout };
+        let (net, report) = Network::load(
+            &arch,
+            &checkpoint,
+            PaddingMode::Symmetric,
+            1e-6,
+            true,
+            &device,
+        );
+        assert!(report.is_clean(), "{name}: {report}");
+        net
+    };
+    let net = load(spec);
+    let x = tensor("vit_inputs", "input_224");
+    assert_close(
+        name,
+        "features",
+        values(net.forward_features(x.clone())),
+        &golden(name, "features").1,
+    );
+    match net.forward_logits(x.clone()) {
+        Some(logits) => assert_close(name, "logits", values(logits), &golden(name, "logits").1),
+        None => assert_eq!(spec.num_classes, 0, "{name}: no classifier loaded"),
+    }
+    let Network::Vit(vit) = &net else {
+        unreachable!()
+    };
+    let groups = vit.forward_groups(x.clone().narrow(0, 0, 1));
+    assert_eq!(groups.len(), spec.group_names().len());
+    for (k, group) in groups.into_iter().enumerate() {
+        let (shape, expected) = golden(name, &format!("group.{k}"));
+        assert_eq!(group.dims().to_vec(), shape, "{name}: group {k} shape");
+        assert_close(name, &format!("group {k}"), values(group), &expected);
+    }
+    let with_mean = load(VitSpec {
+        pool: VitPool::TokenAndPatchMean,
+        ..spec
+    });
+    assert_close(
+        name,
+        "class token + mean patch features",
+        values(with_mean.forward_features(x)),
+        &golden(name, "features_avg").1,
+    );
+    if native {
+        let x = tensor("vit_inputs", "input_518");
+        assert_close(
+            name,
+            "features at 518 px",
+            values(net.forward_features(x)),
+            &golden(name, "features_518").1,
+        );
+    }
+}
+
+const SMALL_VIT: VitSpec = VitSpec {
+    mlp_dim: 384,
+    num_classes: 10,
+    ..VitSpec::new(16, 96, 2, 3)
+};
+
+const SMALL_DINOV2: VitSpec = VitSpec {
+    depth: 2,
+    mlp_dim: 384,
+    ..VitSpec::dinov2(96, 3, 0)
+};
+
+#[test]
+fn vit_matches_torchvision() {
+    check_vit("vit_tv", SMALL_VIT, VitLayout::Torchvision, false);
+}
+
+#[test]
+fn vit_matches_timm() {
+    check_vit("vit_timm", SMALL_VIT, VitLayout::Timm, false);
+}
+
+#[test]
+fn dinov2_matches_timm_at_518_and_resampled_to_224() {
+    check_vit("dinov2", SMALL_DINOV2, VitLayout::Timm, true);
+}
+
+#[test]
+fn dinov2_with_registers_matches_timm_at_518_and_resampled_to_224() {
+    let spec = VitSpec {
+        depth: 2,
+        mlp_dim: 384,
+        ..VitSpec::dinov2(96, 3, 4)
+    };
+    check_vit("dinov2_reg4", spec, VitLayout::Timm, true);
+}
+
 /// A checkpoint with the key names and shapes of a real model (values zero).
 fn shaped_checkpoint(model: &str) -> Checkpoint {
     let text = std::fs::read_to_string(fixtures().join("keys.json")).unwrap();
@@ -167,6 +292,34 @@ fn full_size_layouts_match_the_published_key_sets() {
             Arch::ConvNeXt {
                 spec: convnext::CONVNEXT_TINY,
                 layout: ConvNeXtLayout::Timm,
+            },
+        ),
+        (
+            "vit_b_16.tv",
+            Arch::Vit {
+                spec: vit::VIT_B_16,
+                layout: VitLayout::Torchvision,
+            },
+        ),
+        (
+            "vit_small_patch16_224.timm",
+            Arch::Vit {
+                spec: vit::VIT_S_16,
+                layout: VitLayout::Timm,
+            },
+        ),
+        (
+            "vit_small_patch14_dinov2.timm",
+            Arch::Vit {
+                spec: vit::DINOV2_S_14,
+                layout: VitLayout::Timm,
+            },
+        ),
+        (
+            "vit_small_patch14_reg4_dinov2.timm",
+            Arch::Vit {
+                spec: vit::DINOV2_S_14_REG4,
+                layout: VitLayout::Timm,
             },
         ),
     ];

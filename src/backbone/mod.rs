@@ -16,6 +16,7 @@ pub mod names;
 pub mod resnet;
 pub mod source_config;
 pub mod summary;
+pub mod vit;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use resnet::{ResNet, ResNetSpec};
 pub use source_config::{
     CropRule, DecodeMode, LabelSet, Normalization, PaddingMode, ResizeFilter, SourceConfig,
 };
+use vit::{Vit, VitLayout, VitSpec};
 
 /// Where the pretrained weights of a registry entry come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +73,8 @@ pub enum Arch {
         spec: ConvNeXtSpec,
         layout: ConvNeXtLayout,
     },
+    /// Vision Transformer (and DINOv2), in torchvision's or timm's layout.
+    Vit { spec: VitSpec, layout: VitLayout },
 }
 
 impl Arch {
@@ -80,6 +84,7 @@ impl Arch {
             Self::MbConv { .. } => "MBConv",
             Self::ResNet(_) => "ResNet",
             Self::ConvNeXt { .. } => "ConvNeXt",
+            Self::Vit { .. } => "ViT",
         }
     }
 
@@ -89,6 +94,7 @@ impl Arch {
             Self::MbConv { spec, .. } => spec().head_channels,
             Self::ResNet(spec) => spec.feature_dim(),
             Self::ConvNeXt { spec, .. } => spec.feature_dim(),
+            Self::Vit { spec, .. } => spec.feature_dim(),
         }
     }
 
@@ -98,6 +104,7 @@ impl Arch {
             Self::MbConv { spec, .. } => spec().num_classes,
             Self::ResNet(spec) => spec.num_classes,
             Self::ConvNeXt { spec, .. } => spec.num_classes,
+            Self::Vit { spec, .. } => spec.num_classes,
         }
     }
 
@@ -108,6 +115,7 @@ impl Arch {
             Self::MbConv { spec, .. } => groups::names(spec().stages.len()),
             Self::ResNet(spec) => spec.group_names(),
             Self::ConvNeXt { spec, .. } => spec.group_names(),
+            Self::Vit { spec, .. } => spec.group_names(),
         }
     }
 }
@@ -507,6 +515,186 @@ pub const REGISTRY: &[BackboneInfo] = &[
         padding: PaddingMode::Symmetric,
         bn_eps: 1e-6,
     },
+    BackboneInfo {
+        name: "vit_b_16.tv_in1k",
+        aliases: &[],
+        description: "ViT-B/16, 224 px, 86.6M params, ImageNet top-1 81.1% (torchvision IMAGENET1K_V1)",
+        file_name: "vit_b_16-c867db91.pth",
+        origin: WeightsOrigin::Url {
+            url: "https://download.pytorch.org/models/vit_b_16-c867db91.pth",
+            sha256_prefix: "c867db91",
+        },
+        arch: Arch::Vit {
+            spec: vit::VIT_B_16,
+            layout: VitLayout::Torchvision,
+        },
+        resolution: 224,
+        crop: CropRule::ResizeThenCenterCrop {
+            fraction: 224.0 / 256.0,
+        },
+        resize_filter: ResizeFilter::Bilinear,
+        normalization: Normalization::IMAGENET,
+        padding: PaddingMode::Symmetric,
+        bn_eps: 1e-6,
+    },
+    BackboneInfo {
+        name: "vit_b_32.tv_in1k",
+        aliases: &[],
+        description: "ViT-B/32, 224 px, 88.2M params, ImageNet top-1 75.9% (torchvision IMAGENET1K_V1)",
+        file_name: "vit_b_32-d86f8d99.pth",
+        origin: WeightsOrigin::Url {
+            url: "https://download.pytorch.org/models/vit_b_32-d86f8d99.pth",
+            sha256_prefix: "d86f8d99",
+        },
+        arch: Arch::Vit {
+            spec: vit::VIT_B_32,
+            layout: VitLayout::Torchvision,
+        },
+        resolution: 224,
+        crop: CropRule::ResizeThenCenterCrop {
+            fraction: 224.0 / 256.0,
+        },
+        resize_filter: ResizeFilter::Bilinear,
+        normalization: Normalization::IMAGENET,
+        padding: PaddingMode::Symmetric,
+        bn_eps: 1e-6,
+    },
+    BackboneInfo {
+        name: "vit_l_16.tv_in1k",
+        aliases: &[],
+        description: "ViT-L/16, 224 px, 304.3M params, ImageNet top-1 79.7% (torchvision IMAGENET1K_V1)",
+        file_name: "vit_l_16-852ce7e3.pth",
+        origin: WeightsOrigin::Url {
+            url: "https://download.pytorch.org/models/vit_l_16-852ce7e3.pth",
+            sha256_prefix: "852ce7e3",
+        },
+        arch: Arch::Vit {
+            spec: vit::VIT_L_16,
+            layout: VitLayout::Torchvision,
+        },
+        resolution: 224,
+        crop: CropRule::ResizeThenCenterCrop {
+            fraction: 224.0 / 242.0,
+        },
+        resize_filter: ResizeFilter::Bilinear,
+        normalization: Normalization::IMAGENET,
+        padding: PaddingMode::Symmetric,
+        bn_eps: 1e-6,
+    },
+    BackboneInfo {
+        name: "vit_small_patch16_224.augreg_in21k_ft_in1k",
+        aliases: &[],
+        description: "ViT-S/16, 224 px, 22.1M params, timm's AugReg ImageNet-21k + 1k weights (Hugging Face Hub)",
+        file_name: "vit_small_patch16_224.augreg_in21k_ft_in1k.safetensors",
+        origin: WeightsOrigin::Hub {
+            repo: "timm/vit_small_patch16_224.augreg_in21k_ft_in1k",
+        },
+        arch: Arch::Vit {
+            spec: vit::VIT_S_16,
+            layout: VitLayout::Timm,
+        },
+        resolution: 224,
+        crop: CropRule::ResizeThenCenterCrop { fraction: 0.9 },
+        resize_filter: ResizeFilter::Bicubic,
+        normalization: Normalization::HALF,
+        padding: PaddingMode::Symmetric,
+        bn_eps: 1e-6,
+    },
+    BackboneInfo {
+        name: "vit_base_patch16_224.augreg2_in21k_ft_in1k",
+        aliases: &[],
+        description: "ViT-B/16, 224 px, 86.6M params, timm's AugReg2 ImageNet-21k + 1k weights (Hugging Face Hub)",
+        file_name: "vit_base_patch16_224.augreg2_in21k_ft_in1k.safetensors",
+        origin: WeightsOrigin::Hub {
+            repo: "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k",
+        },
+        arch: Arch::Vit {
+            spec: vit::VIT_B_16,
+            layout: VitLayout::Timm,
+        },
+        resolution: 224,
+        crop: CropRule::ResizeThenCenterCrop { fraction: 0.9 },
+        resize_filter: ResizeFilter::Bicubic,
+        normalization: Normalization::HALF,
+        padding: PaddingMode::Symmetric,
+        bn_eps: 1e-6,
+    },
+    BackboneInfo {
+        name: "vit_small_patch14_dinov2.lvd142m",
+        aliases: &[],
+        description: "DINOv2 ViT-S/14, 518 px, 22.1M params, self-supervised (LVD-142M), no classifier (Hugging Face Hub)",
+        file_name: "vit_small_patch14_dinov2.lvd142m.safetensors",
+        origin: WeightsOrigin::Hub {
+            repo: "timm/vit_small_patch14_dinov2.lvd142m",
+        },
+        arch: Arch::Vit {
+            spec: vit::DINOV2_S_14,
+            layout: VitLayout::Timm,
+        },
+        resolution: 518,
+        crop: CropRule::ResizeThenCenterCrop { fraction: 1.0 },
+        resize_filter: ResizeFilter::Bicubic,
+        normalization: Normalization::IMAGENET,
+        padding: PaddingMode::Symmetric,
+        bn_eps: 1e-6,
+    },
+    BackboneInfo {
+        name: "vit_small_patch14_reg4_dinov2.lvd142m",
+        aliases: &[],
+        description: "DINOv2 ViT-S/14 with 4 registers, 518 px, 22.1M params, self-supervised (LVD-142M), no classifier (Hugging Face Hub)",
+        file_name: "vit_small_patch14_reg4_dinov2.lvd142m.safetensors",
+        origin: WeightsOrigin::Hub {
+            repo: "timm/vit_small_patch14_reg4_dinov2.lvd142m",
+        },
+        arch: Arch::Vit {
+            spec: vit::DINOV2_S_14_REG4,
+            layout: VitLayout::Timm,
+        },
+        resolution: 518,
+        crop: CropRule::ResizeThenCenterCrop { fraction: 1.0 },
+        resize_filter: ResizeFilter::Bicubic,
+        normalization: Normalization::IMAGENET,
+        padding: PaddingMode::Symmetric,
+        bn_eps: 1e-6,
+    },
+    BackboneInfo {
+        name: "vit_base_patch14_dinov2.lvd142m",
+        aliases: &[],
+        description: "DINOv2 ViT-B/14, 518 px, 86.6M params, self-supervised (LVD-142M), no classifier (Hugging Face Hub)",
+        file_name: "vit_base_patch14_dinov2.lvd142m.safetensors",
+        origin: WeightsOrigin::Hub {
+            repo: "timm/vit_base_patch14_dinov2.lvd142m",
+        },
+        arch: Arch::Vit {
+            spec: vit::DINOV2_B_14,
+            layout: VitLayout::Timm,
+        },
+        resolution: 518,
+        crop: CropRule::ResizeThenCenterCrop { fraction: 1.0 },
+        resize_filter: ResizeFilter::Bicubic,
+        normalization: Normalization::IMAGENET,
+        padding: PaddingMode::Symmetric,
+        bn_eps: 1e-6,
+    },
+    BackboneInfo {
+        name: "vit_base_patch14_reg4_dinov2.lvd142m",
+        aliases: &[],
+        description: "DINOv2 ViT-B/14 with 4 registers, 518 px, 86.6M params, self-supervised (LVD-142M), no classifier (Hugging Face Hub)",
+        file_name: "vit_base_patch14_reg4_dinov2.lvd142m.safetensors",
+        origin: WeightsOrigin::Hub {
+            repo: "timm/vit_base_patch14_reg4_dinov2.lvd142m",
+        },
+        arch: Arch::Vit {
+            spec: vit::DINOV2_B_14_REG4,
+            layout: VitLayout::Timm,
+        },
+        resolution: 518,
+        crop: CropRule::ResizeThenCenterCrop { fraction: 1.0 },
+        resize_filter: ResizeFilter::Bicubic,
+        normalization: Normalization::IMAGENET,
+        padding: PaddingMode::Symmetric,
+        bn_eps: 1e-6,
+    },
 ];
 
 /// Names compare case-insensitively, with `-` and `_` alike.
@@ -583,6 +771,34 @@ impl BackboneInfo {
         self.mbconv().ok_or_else(|| self.unsupported(what))
     }
 
+    /// Whether the network runs at `resolution` px: CNNs from 32 to 1024, a ViT at multiples
+    /// of its patch size; the error says what would.
+    pub fn check_resolution(&self, resolution: usize) -> Result<(), String> {
+        let fits = match self.arch {
+            Arch::Vit { spec, .. } => {
+                (spec.patch..=2048).contains(&resolution) && resolution.is_multiple_of(spec.patch)
+            }
+            _ => (32..=1024).contains(&resolution),
+        };
+        if fits {
+            return Ok(());
+        }
+        Err(match self.arch {
+            Arch::Vit { spec, .. } => format!(
+                "input size {resolution} px does not fit {}: it needs a multiple of its {p} px patch (e.g. {} or {}; its weights were trained at {})",
+                self.name,
+                (resolution / spec.patch).max(1) * spec.patch,
+                (resolution / spec.patch + 1) * spec.patch,
+                self.resolution,
+                p = spec.patch,
+            ),
+            _ => format!(
+                "input size {resolution} px does not fit {}: choose 32 to 1024 (its weights were trained at {})",
+                self.name, self.resolution
+            ),
+        })
+    }
+
     /// The source config, with `padding` overriding the weights' own convention if given.
     pub fn source_config(&self, padding: Option<PaddingMode>) -> SourceConfig {
         SourceConfig {
@@ -622,6 +838,7 @@ pub enum Network {
     MbConv(MbNet),
     ResNet(ResNet),
     ConvNeXt(ConvNeXt),
+    Vit(Vit),
 }
 
 impl From<MbNet> for Network {
@@ -653,6 +870,7 @@ impl Network {
             Arch::ConvNeXt { spec, .. } => {
                 Self::ConvNeXt(ConvNeXt::init(&spec, include_top, device))
             }
+            Arch::Vit { spec, .. } => Self::Vit(Vit::init(&spec, include_top, device)),
         }
     }
 
@@ -684,6 +902,15 @@ impl Network {
                 net.load(&mut source, *layout);
                 source.finish()
             }
+            (Self::Vit(net), Arch::Vit { layout, .. }) => {
+                let anchor = match layout {
+                    VitLayout::Torchvision => "conv_proj.weight",
+                    VitLayout::Timm => "patch_embed.proj.weight",
+                };
+                let mut source = TensorSource::new(checkpoint, anchor, device);
+                net.load(&mut source, *layout);
+                source.finish()
+            }
             _ => unreachable!("Network::init builds the family of `arch`"),
         };
         (net, report)
@@ -695,6 +922,7 @@ impl Network {
             Self::MbConv(net) => net.forward_features(x),
             Self::ResNet(net) => net.forward_features(x),
             Self::ConvNeXt(net) => net.forward_features(x),
+            Self::Vit(net) => net.forward_features(x),
         }
     }
 
@@ -704,6 +932,7 @@ impl Network {
             Self::MbConv(net) => net.forward_logits(x),
             Self::ResNet(net) => net.forward_logits(x),
             Self::ConvNeXt(net) => net.forward_logits(x),
+            Self::Vit(net) => net.forward_logits(x),
         }
     }
 
@@ -712,6 +941,7 @@ impl Network {
             Self::MbConv(net) => net.classifier.is_some(),
             Self::ResNet(net) => net.fc.is_some(),
             Self::ConvNeXt(net) => net.fc.is_some(),
+            Self::Vit(net) => net.head.is_some(),
         }
     }
 
@@ -720,6 +950,7 @@ impl Network {
             Self::MbConv(net) => net.stem.weight.val().device(),
             Self::ResNet(net) => net.device(),
             Self::ConvNeXt(net) => net.device(),
+            Self::Vit(net) => net.device(),
         }
     }
 
@@ -759,6 +990,9 @@ pub struct LoadOptions {
     pub include_top: bool,
     /// Override the padding convention of the weights' source.
     pub padding: Option<PaddingMode>,
+    /// Input side in pixels instead of the source's (checked by
+    /// [`BackboneInfo::check_resolution`]); a ViT's position embedding is resampled to it.
+    pub resolution: Option<usize>,
 }
 
 impl Backbone {
@@ -780,7 +1014,10 @@ impl Backbone {
         device: &Device,
     ) -> Result<Self, WeightsError> {
         let checkpoint = Checkpoint::open(path)?;
-        let config = info.source_config(options.padding);
+        let mut config = info.source_config(options.padding);
+        if let Some(resolution) = options.resolution {
+            config.resolution = resolution;
+        }
         let (net, report) = Network::load(
             &info.arch,
             &checkpoint,
@@ -806,11 +1043,15 @@ impl Backbone {
     /// the CPU, `features` / `logits` run by the fused kernels of [`fused`]. Outputs are
     /// unchanged up to float rounding; it can no longer be fine-tuned.
     pub fn for_inference(mut self) -> Self {
-        if let Network::MbConv(net) = &mut self.net {
-            net.fold_batch_norm();
-            if crate::backend::fused_cpu() {
-                self.fused = Some(Arc::new(FusedNet::new(net)));
+        match &mut self.net {
+            Network::MbConv(net) => {
+                net.fold_batch_norm();
+                if crate::backend::fused_cpu() {
+                    self.fused = Some(Arc::new(FusedNet::new(net)));
+                }
             }
+            Network::ResNet(net) => net.fold_batch_norm(),
+            Network::ConvNeXt(_) | Network::Vit(_) => {}
         }
         self
     }

@@ -3,7 +3,7 @@
 //! Bottleneck (stride on the 3x3, "ResNet v1.5"), BatchNorm eps 1e-5, global average pool.
 //! Layer groups: `stem`, `layer1` … `layer4`.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
@@ -74,6 +74,8 @@ pub const RESNET101: ResNetSpec = ResNetSpec::new(ResBlockKind::Bottleneck, [3, 
 pub struct ConvBn {
     pub conv: Conv2d,
     pub bn: BatchNorm,
+    /// BatchNorm folded into `conv` (inference only): `bn` is skipped.
+    pub folded: bool,
 }
 
 impl ConvBn {
@@ -97,11 +99,28 @@ impl ConvBn {
             bn: BatchNormConfig::new(channels[1])
                 .with_epsilon(1e-5)
                 .init(device),
+            folded: false,
         }
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(self.conv.forward(x))
+        let y = self.conv.forward(x);
+        if self.folded { y } else { self.bn.forward(y) }
+    }
+
+    /// Inference-mode BatchNorm folded into the conv: `w * s`, bias `beta - mean * s` with
+    /// `s = gamma / sqrt(var + eps)`. Outputs are unchanged up to rounding; one op less.
+    fn fold_batch_norm(&mut self) {
+        if self.folded {
+            return;
+        }
+        let bn = &self.bn;
+        let scale = bn.gamma.val() / (bn.running_var.value() + bn.epsilon).sqrt();
+        let bias = bn.beta.val() - bn.running_mean.value() * scale.clone();
+        let weight = self.conv.weight.val() * scale.unsqueeze_dims::<4>(&[1, 2, 3]);
+        self.conv.weight = Param::from_tensor(weight);
+        self.conv.bias = Some(Param::from_tensor(bias));
+        self.folded = true;
     }
 
     fn load(&mut self, source: &mut TensorSource, conv: &str, bn: &str) {
@@ -264,6 +283,24 @@ impl ResNet {
     pub fn forward_logits(&self, x: Tensor<4>) -> Option<Tensor<2>> {
         let fc = self.fc.as_ref()?;
         Some(fc.forward(self.forward_features(x)))
+    }
+
+    /// Fold every BatchNorm into its conv, for inference.
+    pub fn fold_batch_norm(&mut self) {
+        self.stem.fold_batch_norm();
+        for block in self.stages.iter_mut().flat_map(|s| s.blocks.iter_mut()) {
+            for conv in [
+                Some(&mut block.conv1),
+                Some(&mut block.conv2),
+                block.conv3.as_mut(),
+                block.downsample.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                conv.fold_batch_norm();
+            }
+        }
     }
 
     pub fn device(&self) -> Device {

@@ -45,6 +45,8 @@ impl Normalization {
         mean: [127.5; 3],
         std: [127.5; 3],
     };
+    /// timm's mean = std = 0.5 (AugReg ViTs): the same numbers as [`Self::TF_INCEPTION`].
+    pub const HALF: Self = Self::TF_INCEPTION;
     /// torchvision's ImageNet mean/std, on a 0..=255 scale.
     pub const IMAGENET: Self = Self {
         mean: [0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0],

@@ -11,6 +11,7 @@ use super::blocks::{ConvBnAct, conv_output_size};
 use super::convnext::ConvNeXt;
 use super::mbnet::MbNet;
 use super::resnet::{ResBlock, ResNet};
+use super::vit::Vit;
 
 /// One row of the summary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +142,7 @@ pub fn summarize_network(model: &str, net: &Network, resolution: usize) -> Summa
         Network::MbConv(net) => return summarize(model, net, resolution),
         Network::ResNet(net) => resnet_rows(net, resolution),
         Network::ConvNeXt(net) => convnext_rows(net, resolution),
+        Network::Vit(net) => vit_rows(net, resolution),
     };
     Summary {
         model: model.into(),
@@ -245,6 +247,61 @@ fn convnext_rows(net: &ConvNeXt, resolution: usize) -> Vec<SummaryRow> {
         non_trainable: 0,
     });
     rows.extend(net.fc.as_ref().map(classifier_row));
+    rows
+}
+
+fn vit_rows(net: &Vit, resolution: usize) -> Vec<SummaryRow> {
+    let [dim, _, patch, _] = net.patch_embed.weight.dims();
+    let side = resolution / patch;
+    let tokens = vec![side * side + net.prefix_tokens, dim];
+    // LayerNorm keeps no running statistics: nothing is non-trainable.
+    let embed = net.patch_embed.num_params()
+        + net.cls_token.num_params()
+        + net.reg_token.as_ref().map_or(0, |r| r.num_params())
+        + net.pos_embed.num_params();
+    let registers = net.prefix_tokens - 1;
+    let mut rows = vec![SummaryRow {
+        group: "embed".into(),
+        layers: format!(
+            "patch {patch}x{patch}, cls{}, position",
+            if registers > 0 {
+                format!(" + {registers} reg")
+            } else {
+                String::new()
+            }
+        ),
+        output_shape: tokens.clone(),
+        trainable: embed,
+        non_trainable: 0,
+    }];
+    for (g, group) in net.blocks.chunks(net.blocks_per_group).enumerate() {
+        rows.push(SummaryRow {
+            group: format!("blocks{g}"),
+            layers: format!("{} x transformer block", group.len()),
+            output_shape: tokens.clone(),
+            trainable: group.iter().map(|b| b.num_params()).sum(),
+            non_trainable: 0,
+        });
+    }
+    rows.push(SummaryRow {
+        group: "norm".into(),
+        layers: "layernorm".into(),
+        output_shape: tokens,
+        trainable: net.norm.num_params(),
+        non_trainable: 0,
+    });
+    rows.push(SummaryRow {
+        group: "pool".into(),
+        layers: if net.mean_patch_feature {
+            "class token + mean patch token".into()
+        } else {
+            "class token".into()
+        },
+        output_shape: vec![if net.mean_patch_feature { 2 * dim } else { dim }],
+        trainable: 0,
+        non_trainable: 0,
+    });
+    rows.extend(net.head.as_ref().map(classifier_row));
     rows
 }
 

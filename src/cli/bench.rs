@@ -56,7 +56,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if matches!(args.what, BenchWhat::TrainStep) {
         return train_step(args);
     }
-    let backbone = args.backbone.load(true)?;
+    // Weights without a classifier (DINOv2) are timed on their pooled features.
+    let with_top = args.backbone.info()?.arch.num_classes() > 0;
+    let backbone = args.backbone.load(with_top)?;
     let r = backbone.config.resolution;
     let device = graft::backend::device();
     let input = random_tensor::<4>(
@@ -72,10 +74,13 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let run_once = || {
         let batch = Tensor::<4>::from_data(input.clone(), &device);
         let (cpu0, t0) = (process_cpu_seconds(), Instant::now());
-        // cannot fail: loaded with its top (Backbone::load requires the classifier's tensors)
-        let logits = backbone.logits(batch).expect("loaded with top");
+        let output = match with_top {
+            // cannot fail: loaded with its top (Backbone::load requires the classifier's tensors)
+            true => backbone.logits(batch).expect("loaded with top"),
+            false => backbone.features(batch),
+        };
         // Reading the result forces any lazy backend to finish the work.
-        let _ = logits.into_data();
+        let _ = output.into_data();
         (t0.elapsed().as_secs_f64(), process_cpu_seconds() - cpu0)
     };
     run_once();
@@ -89,7 +94,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         &args,
         "forward",
         "forward",
-        &backbone.config.name,
+        &args.backbone.backbone,
         r,
         wall,
         cpu,
@@ -206,7 +211,7 @@ fn train_step(args: BenchArgs) -> Result<ExitCode> {
         &args,
         "train-step",
         "train step (BN frozen, all layers)",
-        info.name,
+        &args.backbone.backbone,
         r,
         wall,
         cpu,
@@ -221,7 +226,8 @@ fn train_step(args: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One measurement, as a JSON line (`--json`, read by bench/) or a sentence.
+/// One measurement, as a JSON line (`--json`, read by bench/) or a sentence. `backbone` is the
+/// name as given on the command line, which the peers' scripts use for the same model.
 fn print_result(
     args: &BenchArgs,
     what: &str,

@@ -94,6 +94,7 @@ pub fn run(args: ExportArgs) -> Result<ExitCode> {
                 backbone: name.clone(),
                 weights: args.weights.clone(),
                 padding: None,
+                input_size: None,
             };
             let backbone = choice.load(!args.no_top)?;
             let model = export::backbone(&backbone, input)?;

@@ -24,11 +24,22 @@ pub struct SummaryArgs {
     /// Cut the model at the pooled features (no ImageNet classifier), as for transfer learning.
     #[arg(long)]
     pub no_top: bool,
+
+    /// Input side in pixels instead of the weights' own (output shapes follow it).
+    #[arg(long, value_name = "PX")]
+    pub input_size: Option<usize>,
 }
 
 pub fn run(args: SummaryArgs) -> Result<ExitCode> {
     let info = find_backbone(&args.backbone)?;
     let config = info.source_config(None);
+    let resolution = match args.input_size {
+        Some(size) => {
+            info.check_resolution(size).map_err(anyhow::Error::msg)?;
+            size
+        }
+        None => config.resolution,
+    };
     // The architecture alone decides shapes and counts: no weights needed.
     let net = Network::init(
         &info.arch,
@@ -37,6 +48,6 @@ pub fn run(args: SummaryArgs) -> Result<ExitCode> {
         !args.no_top,
         &graft::backend::device(),
     );
-    println!("{}", summarize_network(info.name, &net, config.resolution));
+    println!("{}", summarize_network(info.name, &net, resolution));
     Ok(ExitCode::SUCCESS)
 }

@@ -110,7 +110,7 @@ fn import(name: &str, file: &std::path::Path) -> Result<ExitCode> {
     // Refuse a file that does not fit before it lands in the store.
     let options = LoadOptions {
         include_top: true,
-        padding: None,
+        ..LoadOptions::default()
     };
     Backbone::load(info, file, options, &graft::backend::device())?;
     let path = store::import(info, file)?;

@@ -67,6 +67,8 @@ pub struct BackboneChoice {
     pub weights: Option<PathBuf>,
     /// Override of the weights' padding convention (experiments only).
     pub padding: Option<PaddingMode>,
+    /// Input side in pixels instead of the weights' own (DINOv2 at 224 instead of 518).
+    pub resolution: Option<usize>,
 }
 
 impl Default for BackboneChoice {
@@ -82,6 +84,7 @@ impl BackboneChoice {
             name: name.into(),
             weights: None,
             padding: None,
+            resolution: None,
         }
     }
 
@@ -122,7 +125,18 @@ impl BackboneChoice {
     }
 
     /// Load for inference (predict, extract, evaluate): BatchNorm folded into the convs.
+    /// With `include_top`, weights without a classifier (DINOv2) are refused: there are no
+    /// ImageNet classes to predict.
     pub fn load(&self, include_top: bool) -> Result<Backbone, RecipeError> {
+        let info = self.info()?;
+        if include_top && info.arch.num_classes() == 0 {
+            return Err(RecipeError::Invalid(format!(
+                "{} has no ImageNet classifier (its weights are features only); train a top on \
+                 your photos first (graft train DIR --backbone {} --recipe logreg --out RUN_DIR) \
+                 and predict with --model RUN_DIR",
+                info.name, info.name
+            )));
+        }
         Ok(self.load_unfolded(include_top)?.for_inference())
     }
 
@@ -132,13 +146,19 @@ impl BackboneChoice {
     }
 
     fn load_unfolded(&self, include_top: bool) -> Result<Backbone, RecipeError> {
+        let info = self.info()?;
+        if let Some(resolution) = self.resolution {
+            info.check_resolution(resolution)
+                .map_err(RecipeError::Invalid)?;
+        }
         let options = LoadOptions {
             include_top,
             padding: self.padding,
+            resolution: self.resolution,
         };
         let path = self.weights_path()?;
         Ok(Backbone::load(
-            self.info()?,
+            info,
             &path,
             options,
             &crate::backend::device(),

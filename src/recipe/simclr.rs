@@ -264,6 +264,7 @@ pub fn pretrain(
     let load = LoadOptions {
         include_top: false,
         padding: Some(config.padding),
+        resolution: Some(config.resolution),
     };
     let adapted = Backbone::load(info, &file, load, &device)
         .map_err(run::RunError::from)?

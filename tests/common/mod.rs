@@ -48,6 +48,7 @@ pub fn load(name: &str, path: &Path, include_top: bool, padding: Option<PaddingM
         LoadOptions {
             include_top,
             padding,
+            resolution: None,
         },
         &graft::backend::device(),
     )

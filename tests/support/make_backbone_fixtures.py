@@ -1,4 +1,5 @@
-"""Parity fixtures for the dense backbone families (ResNet, ConvNeXt), from torchvision and timm.
+"""Parity fixtures for the backbone families beyond MBConv (ResNet, ConvNeXt, ViT, DINOv2), from
+torchvision and timm.
 
 For each code path, the smallest member that exercises it, with random weights (BatchNorm
 statistics and layer scales randomised too, so that loading them matters):
@@ -7,6 +8,16 @@ statistics and layer scales randomised too, so that loading them matters):
   resnet_bottleneck   torchvision ResNet(Bottleneck, [1, 1, 1, 1], width_per_group=16, num_classes=10)
   convnext_tv         torchvision ConvNeXt, dims (16, 32, 64, 128), depths (1, 1, 2, 1), 10 classes
   convnext_timm       timm ConvNeXt, the same shape
+  vit_tv              torchvision VisionTransformer at 224: patch 16, width 96, 2 layers, 3 heads
+  vit_timm            timm VisionTransformer, the same shape (timm's ViT-S/16 code path)
+  dinov2              timm DINOv2 code path (patch 14, layer scale, 518 px, no head), width 96
+  dinov2_reg4         the same with 4 register tokens (position embedding without prefix)
+
+The ViT fixtures share their inputs (vit_inputs.golden.safetensors: `input_224` [2, 3, 224, 224] and
+`input_518`, both F16); their goldens hold `features` / `logits` at 224 and, for DINOv2, also
+`features_518` (native size) and `features_avg` (class token + mean patch token at 224), with
+`group.K` at 224 for the first image. At 224 DINOv2's position embedding is resampled by timm's
+own checkpoint_filter_fn (bicubic, antialiased), as when loading the 518 px checkpoint.
 
 Each writes tests/fixtures/backbones/<name>.weights.safetensors (the state dict in F16, keys as
 the library names them) and <name>.golden.safetensors (F32: `input` [2, 3, 128, 128] from two
@@ -75,6 +86,103 @@ def round_to_f16(model):
         for t in model.state_dict().values():
             if t.is_floating_point():
                 t.copy_(t.half().float())
+
+
+def random_vit(model, gen):
+    """Matrices with unit-variance outputs and random tokens / position embeddings: without
+    this, timm's small init leaves every block close to the identity."""
+    randomise(model, gen)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if any(k in name for k in ["cls_token", "class_token", "reg_token", "pos_emb"]):
+                t.copy_(torch.randn(t.shape, generator=gen) * 0.5)
+            elif t.dim() >= 2:
+                fan_in = t[0].numel()
+                t.copy_(torch.randn(t.shape, generator=gen) / fan_in**0.5)
+
+
+def vit_block_runs(blocks):
+    """The layer groups of graft's ViT: the blocks in up to four equal runs."""
+    blocks = list(blocks)
+    groups = min(max(len(blocks), 1), 4)
+    per = -(-len(blocks) // groups)
+    return [blocks[i : i + per] for i in range(0, len(blocks), per)]
+
+
+def vit_tv_groups(m, x):
+    n = x.shape[0]
+    x = m._process_input(x)
+    x = torch.cat([m.class_token.expand(n, -1, -1), x], dim=1) + m.encoder.pos_embedding
+    out = [x]
+    for run in vit_block_runs(m.encoder.layers):
+        for layer in run:
+            x = layer(x)
+        out.append(x)
+    x = m.encoder.ln(x)
+    out.append(x)
+    return out, x[:, 0], m.heads
+
+
+def vit_timm_groups(m, x):
+    x = m.norm_pre(m._pos_embed(m.patch_embed(x)))
+    out = [x]
+    for run in vit_block_runs(m.blocks):
+        for block in run:
+            x = block(x)
+        out.append(x)
+    x = m.norm(x)
+    out.append(x)
+    return out, m.forward_head(x, pre_logits=True), m.head
+
+
+def write_vit(name, model, groups_fn, inputs, native=None):
+    """Weights of `model` (at `native` px when given: DINOv2's 518) and goldens at 224."""
+    model.eval()
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    save_file(
+        {k: v.half() for k, v in state.items()},
+        os.path.join(OUT, f"{name}.weights.safetensors"),
+    )
+    golden = {}
+    if native is not None:
+        with torch.no_grad():
+            golden["features_518"] = model.double().forward_features(inputs["input_518"].double())[:, 0].float()
+        # The same weights at 224: timm resamples the position embedding while loading.
+        small = timm.models.vision_transformer.VisionTransformer(**dict(native, img_size=224))
+        small.load_state_dict(timm.models.vision_transformer.checkpoint_filter_fn(state, small))
+        model = small.eval()
+    model = model.double()
+    x = inputs["input_224"].double()
+    with torch.no_grad():
+        groups, features, head = groups_fn(model, x)
+        golden["features"] = features.float()
+        if not isinstance(head, torch.nn.Identity):
+            golden["logits"] = head(features).float()
+            assert torch.allclose(head(features), model(x), atol=1e-9), name
+        tokens = groups[-1]
+        prefix = getattr(model, "num_prefix_tokens", 1)
+        golden["features_avg"] = torch.cat([tokens[:, 0], tokens[:, prefix:].mean(1)], 1).float()
+    for k, g in enumerate(groups):
+        golden[f"group.{k}"] = g[:1].float()
+    golden = {k: v.contiguous() for k, v in golden.items()}
+    save_file(golden, os.path.join(OUT, f"{name}.golden.safetensors"))
+    sizes = {k: tuple(v.shape) for k, v in golden.items()}
+    print(f"{name}: {sum(t.numel() for t in state.values())} weights, {sizes}")
+
+
+def vit_inputs(golden_dir):
+    """Two real images at 224 and 518, rounded to F16 (the goldens use the rounded values)."""
+    out = {}
+    for size in [224, 518]:
+        batch = []
+        for name in ["bird", "cat"]:
+            img = Image.open(os.path.join(golden_dir, f"{name}_224.png")).convert("RGB")
+            img = img.resize((size, size), Image.BICUBIC)
+            x = (np.asarray(img, dtype=np.float64) / 255.0 - MEAN) / STD
+            batch.append(x.transpose(2, 0, 1))
+        out[f"input_{size}"] = torch.tensor(np.stack(batch), dtype=torch.float32).half().contiguous()
+    save_file(out, os.path.join(OUT, "vit_inputs.golden.safetensors"))
+    return {k: v.float() for k, v in out.items()}
 
 
 def resnet_groups(m, x):
@@ -165,11 +273,37 @@ def main():
         round_to_f16(model)
         write(name, model, groups_fn, x)
 
+    vit = timm.models.vision_transformer.VisionTransformer
+    inputs = vit_inputs(golden_dir)
+    small_vit = dict(patch_size=16, embed_dim=96, depth=2, num_heads=3, num_classes=10, img_size=224)
+    vit_tv = tv.vision_transformer.VisionTransformer(
+        image_size=224, patch_size=16, num_layers=2, num_heads=3, hidden_dim=96, mlp_dim=384, num_classes=10
+    )
+    dinov2 = dict(patch_size=14, embed_dim=96, depth=2, num_heads=3, init_values=1e-5, num_classes=0, img_size=518)
+    dinov2_reg4 = dict(dinov2, reg_tokens=4, no_embed_class=True)
+    for name, model, groups_fn, native in [
+        ("vit_tv", vit_tv, vit_tv_groups, None),
+        ("vit_timm", vit(**small_vit), vit_timm_groups, None),
+        ("dinov2", vit(**dinov2), vit_timm_groups, dinov2),
+        ("dinov2_reg4", vit(**dinov2_reg4), vit_timm_groups, dinov2_reg4),
+    ]:
+        random_vit(model, gen)
+        round_to_f16(model)
+        write_vit(name, model, groups_fn, inputs, native)
+
     keys = {
         "resnet18": key_shapes(tv.resnet18()),
         "resnet50": key_shapes(tv.resnet50()),
         "convnext_tiny.tv": key_shapes(tv.convnext_tiny()),
         "convnext_tiny.timm": key_shapes(timm.create_model("convnext_tiny")),
+        "vit_b_16.tv": key_shapes(tv.vit_b_16()),
+        "vit_small_patch16_224.timm": key_shapes(timm.create_model("vit_small_patch16_224")),
+        "vit_small_patch14_dinov2.timm": key_shapes(
+            timm.create_model("vit_small_patch14_dinov2", img_size=518, num_classes=0)
+        ),
+        "vit_small_patch14_reg4_dinov2.timm": key_shapes(
+            timm.create_model("vit_small_patch14_reg4_dinov2", img_size=518, num_classes=0)
+        ),
     }
     with open(os.path.join(OUT, "keys.json"), "w") as f:
         json.dump(keys, f, separators=(",", ":"))
