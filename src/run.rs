@@ -363,6 +363,7 @@ impl TrainedModel {
             padding: Some(card.source.padding),
             // The size the model was trained at (a ViT's position embedding is resampled to it).
             resolution: Some(card.source.resolution),
+            pool: card.source.pool,
         };
         let mut backbone = Backbone::load(info, &path, options, &crate::backend::device())?;
         // Images are decoded as they were for training (runs from before the decode mode

@@ -140,6 +140,14 @@ fn recipes_run_end_to_end(
             serde_json::from_str(&std::fs::read_to_string(out.join("model.json")).unwrap())
                 .unwrap();
         assert_eq!(card["backbone"], name);
+        if let Some(size) = options.iter().position(|o| *o == "--input-size") {
+            assert_eq!(card["source"]["resolution"].to_string(), options[size + 1]);
+        }
+        if options.contains(&"class-and-patch-mean") {
+            // Class token and mean patch token: twice ViT-S's 384.
+            assert_eq!(card["source"]["feature_dim"], 768);
+            assert_eq!(card["source"]["pool"], "class_and_patch_mean");
+        }
         let metrics: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap())
                 .unwrap();
@@ -284,8 +292,9 @@ fn vit_small_recipes_run_end_to_end() {
     );
 }
 
-/// DINOv2 with registers, at 112 px instead of 518 (position embedding resampled): it has no
-/// classifier, so predict needs a trained model.
+/// DINOv2 with registers, at 112 px instead of 518 (position embedding resampled), with its
+/// linear-probe feature (class token + mean patch token): it has no classifier, so predict
+/// needs a trained model.
 #[test]
 fn dinov2_recipes_run_end_to_end_at_a_smaller_input_size() {
     recipes_run_end_to_end(
@@ -293,7 +302,7 @@ fn dinov2_recipes_run_end_to_end_at_a_smaller_input_size() {
         "vit_small_patch14_reg4_dinov2.lvd142m",
         "vit_small_patch14_reg4_dinov2.timm",
         &["embed", "blocks0", "blocks3", "norm"],
-        &["--input-size", "112"],
+        &["--input-size", "112", "--pool", "class-and-patch-mean"],
     );
 }
 

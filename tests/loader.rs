@@ -50,7 +50,7 @@ fn try_load(name: &str, path: &Path) -> Result<Backbone, WeightsError> {
         LoadOptions {
             include_top: true,
             padding: None,
-            resolution: None,
+            ..LoadOptions::default()
         },
         &graft::backend::device(),
     )
@@ -243,7 +243,7 @@ fn include_top_false_drops_the_classifier_quietly() {
         LoadOptions {
             include_top: false,
             padding: None,
-            resolution: None,
+            ..LoadOptions::default()
         },
         &graft::backend::device(),
     )

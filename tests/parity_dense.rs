@@ -12,7 +12,7 @@ use burn::tensor::{Tensor, TensorData};
 use graft::backbone::convnext::{self, ConvNeXtLayout, ConvNeXtSpec};
 use graft::backbone::resnet::{self, ResBlockKind, ResNetSpec};
 use graft::backbone::vit::{self, VitLayout, VitPool, VitSpec};
-use graft::backbone::{Arch, Network, PaddingMode};
+use graft::backbone::{Arch, Backbone, Network, PaddingMode};
 use graft::weights::Checkpoint;
 use graft::weights::checkpoint::StoredTensor;
 
@@ -193,6 +193,30 @@ fn check_vit(name: &str, spec: VitSpec, layout: VitLayout, native: bool) {
         assert_eq!(group.dims().to_vec(), shape, "{name}: group {k} shape");
         assert_close(name, &format!("group {k}"), values(group), &expected);
     }
+    // The fused CPU form (what predict and extract run) gives the same features and logits.
+    let fused = Backbone::new(
+        graft::backbone::find("vit_small_patch16_224")
+            .unwrap()
+            .source_config(None),
+        load(spec),
+        "fixture".into(),
+    )
+    .for_inference();
+    assert_eq!(fused.fused_vit().is_some(), graft::backend::fused_cpu());
+    assert_close(
+        name,
+        "fused features",
+        values(fused.features(x.clone())),
+        &golden(name, "features").1,
+    );
+    if let Some(logits) = fused.logits(x.clone()) {
+        assert_close(
+            name,
+            "fused logits",
+            values(logits),
+            &golden(name, "logits").1,
+        );
+    }
     let with_mean = load(VitSpec {
         pool: VitPool::TokenAndPatchMean,
         ..spec
@@ -200,7 +224,21 @@ fn check_vit(name: &str, spec: VitSpec, layout: VitLayout, native: bool) {
     assert_close(
         name,
         "class token + mean patch features",
-        values(with_mean.forward_features(x)),
+        values(with_mean.forward_features(x.clone())),
+        &golden(name, "features_avg").1,
+    );
+    let fused = Backbone::new(
+        graft::backbone::find("vit_small_patch16_224")
+            .unwrap()
+            .source_config(None),
+        with_mean,
+        "fixture".into(),
+    )
+    .for_inference();
+    assert_close(
+        name,
+        "fused class token + mean patch features",
+        values(fused.features(x)),
         &golden(name, "features_avg").1,
     );
     if native {
@@ -208,7 +246,17 @@ fn check_vit(name: &str, spec: VitSpec, layout: VitLayout, native: bool) {
         assert_close(
             name,
             "features at 518 px",
-            values(net.forward_features(x)),
+            values(net.forward_features(x.clone())),
+            &golden(name, "features_518").1,
+        );
+        let config = graft::backbone::find("vit_small_patch16_224")
+            .unwrap()
+            .source_config(None);
+        let fused = Backbone::new(config, net, "fixture".into()).for_inference();
+        assert_close(
+            name,
+            "fused features at 518 px",
+            values(fused.features(x)),
             &golden(name, "features_518").1,
         );
     }

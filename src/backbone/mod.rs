@@ -8,6 +8,7 @@ pub mod efficientnet_lite;
 pub mod export;
 pub mod fused;
 pub mod fused_grad;
+pub mod fused_vit;
 pub mod groups;
 pub mod layer_profile;
 pub mod mbnet;
@@ -29,11 +30,12 @@ use crate::weights::loader::TensorSource;
 use crate::weights::{Checkpoint, LoadReport, WeightsError};
 use convnext::{ConvNeXt, ConvNeXtLayout, ConvNeXtSpec};
 use fused::FusedNet;
+use fused_vit::FusedVit;
 use mbnet::{MbNet, MbNetSpec};
 use names::{BlockPart, KeyLayout};
 use resnet::{ResNet, ResNetSpec};
 pub use source_config::{
-    CropRule, DecodeMode, LabelSet, Normalization, PaddingMode, ResizeFilter, SourceConfig,
+    CropRule, DecodeMode, LabelSet, Normalization, PaddingMode, Pooling, ResizeFilter, SourceConfig,
 };
 use vit::{Vit, VitLayout, VitSpec};
 
@@ -799,6 +801,34 @@ impl BackboneInfo {
         })
     }
 
+    /// Whether this entry gives the pooled feature `pool`; the error says what does.
+    pub fn check_pooling(&self, pool: Pooling) -> Result<(), String> {
+        match (pool, self.arch) {
+            (Pooling::Source, _) | (Pooling::ClassAndPatchMean, Arch::Vit { .. }) => Ok(()),
+            _ => Err(format!(
+                "{}: the class token + mean patch token feature is for ViT backbones \
+                 (vit_*, DINOv2); {} networks have one pooled feature",
+                self.name,
+                self.arch.family()
+            )),
+        }
+    }
+
+    /// The architecture giving the pooled feature `pool` (checked by
+    /// [`BackboneInfo::check_pooling`]; other families keep their own).
+    pub fn arch_pooled(&self, pool: Pooling) -> Arch {
+        match (self.arch, pool) {
+            (Arch::Vit { spec, layout }, Pooling::ClassAndPatchMean) => Arch::Vit {
+                spec: VitSpec {
+                    pool: vit::VitPool::TokenAndPatchMean,
+                    ..spec
+                },
+                layout,
+            },
+            (arch, _) => arch,
+        }
+    }
+
     /// The source config, with `padding` overriding the weights' own convention if given.
     pub fn source_config(&self, padding: Option<PaddingMode>) -> SourceConfig {
         SourceConfig {
@@ -815,6 +845,7 @@ impl BackboneInfo {
             layer_groups: self.arch.group_names(),
             weights_origin: self.description.into(),
             decode: source_config::default_decode(),
+            pool: Pooling::Source,
         }
     }
 }
@@ -978,6 +1009,8 @@ pub struct Backbone {
     pub weights_id: String,
     /// The CPU inference form of `net`, made by [`Backbone::for_inference`].
     fused: Option<Arc<FusedNet>>,
+    /// The same for a ViT.
+    fused_vit: Option<Arc<FusedVit>>,
 }
 
 /// Images per slice of an inference batch on the CPU (see `Backbone::sliced`).
@@ -993,6 +1026,8 @@ pub struct LoadOptions {
     /// Input side in pixels instead of the source's (checked by
     /// [`BackboneInfo::check_resolution`]); a ViT's position embedding is resampled to it.
     pub resolution: Option<usize>,
+    /// The pooled feature (checked by [`BackboneInfo::check_pooling`]).
+    pub pool: Pooling,
 }
 
 impl Backbone {
@@ -1003,6 +1038,7 @@ impl Backbone {
             net: net.into(),
             weights_id,
             fused: None,
+            fused_vit: None,
         }
     }
 
@@ -1018,8 +1054,11 @@ impl Backbone {
         if let Some(resolution) = options.resolution {
             config.resolution = resolution;
         }
+        let arch = info.arch_pooled(options.pool);
+        config.pool = options.pool;
+        config.feature_dim = arch.feature_dim();
         let (net, report) = Network::load(
-            &info.arch,
+            &arch,
             &checkpoint,
             config.padding,
             config.bn_eps,
@@ -1040,7 +1079,8 @@ impl Backbone {
     }
 
     /// The same backbone prepared for inference only: BatchNorm folded into the convs and, on
-    /// the CPU, `features` / `logits` run by the fused kernels of [`fused`]. Outputs are
+    /// the CPU, `features` / `logits` run by the fused kernels of [`fused`] (MBConv) and
+    /// [`fused_vit`] (ViT). Outputs are
     /// unchanged up to float rounding; it can no longer be fine-tuned.
     pub fn for_inference(mut self) -> Self {
         match &mut self.net {
@@ -1051,7 +1091,12 @@ impl Backbone {
                 }
             }
             Network::ResNet(net) => net.fold_batch_norm(),
-            Network::ConvNeXt(_) | Network::Vit(_) => {}
+            Network::Vit(net) => {
+                if crate::backend::fused_cpu() {
+                    self.fused_vit = Some(Arc::new(FusedVit::new(net)));
+                }
+            }
+            Network::ConvNeXt(_) => {}
         }
         self
     }
@@ -1084,6 +1129,11 @@ impl Backbone {
         self.fused.as_deref()
     }
 
+    /// The fused CPU form of a ViT, when prepared by [`Backbone::for_inference`].
+    pub fn fused_vit(&self) -> Option<&FusedVit> {
+        self.fused_vit.as_deref()
+    }
+
     /// The device the weights live on; inputs must be created there.
     pub fn device(&self) -> Device {
         self.net.device()
@@ -1092,6 +1142,9 @@ impl Backbone {
     /// Pooled features `[N, feature_dim]` of a preprocessed batch `[N, 3, H, W]`.
     pub fn features(&self, batch: Tensor<4>) -> Tensor<2> {
         if let Some(fused) = &self.fused {
+            return fused.features(batch);
+        }
+        if let Some(fused) = &self.fused_vit {
             return fused.features(batch);
         }
         self.sliced(batch, |net, slice| net.forward_features(slice))
@@ -1103,6 +1156,9 @@ impl Backbone {
             return None;
         }
         if let Some(fused) = &self.fused {
+            return fused.logits(batch);
+        }
+        if let Some(fused) = &self.fused_vit {
             return fused.logits(batch);
         }
         Some(self.sliced(batch, |net, slice| {

@@ -96,6 +96,19 @@ pub fn default_decode() -> DecodeMode {
     }
 }
 
+/// Which pooled feature a backbone gives ("the bottleneck"); only ViTs offer a choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// As the weights' source defines it: the global average pool of a CNN, a ViT's class
+    /// token after the final norm.
+    #[default]
+    Source,
+    /// A ViT's class token and the mean of its patch tokens side by side, twice as wide
+    /// (DINOv2's linear-probe feature).
+    ClassAndPatchMean,
+}
+
 /// Names of the classes the pretrained top predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -128,6 +141,9 @@ pub struct SourceConfig {
     /// modes never mix.
     #[serde(default)]
     pub decode: DecodeMode,
+    /// Which pooled feature `feature_dim` counts; part of the cache key when not the source's.
+    #[serde(default)]
+    pub pool: Pooling,
 }
 
 impl SourceConfig {

@@ -95,6 +95,7 @@ pub fn run(args: ExportArgs) -> Result<ExitCode> {
                 weights: args.weights.clone(),
                 padding: None,
                 input_size: None,
+                pool: Default::default(),
             };
             let backbone = choice.load(!args.no_top)?;
             let model = export::backbone(&backbone, input)?;

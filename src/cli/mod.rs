@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use graft::backbone::{Backbone, BackboneInfo, PaddingMode};
+use graft::backbone::{Backbone, BackboneInfo, PaddingMode, Pooling};
 use graft::recipe::{BackboneChoice, RecipeError};
 
 /// Transfer learning for image classification on pretrained CNN backbones.
@@ -190,6 +190,12 @@ pub struct BackboneArgs {
     /// multiple of their patch size. Changes the features: caches and runs record it.
     #[arg(long, value_name = "PX")]
     pub input_size: Option<usize>,
+
+    /// The pooled feature: `source` (what the weights define: a CNN's average pool, a ViT's
+    /// class token) or, for ViTs, `class-and-patch-mean` (class token + mean patch token, twice
+    /// as wide: DINOv2's linear-probe feature). Runs record it; caches key on it.
+    #[arg(long, value_enum, default_value_t = Pooling::Source)]
+    pub pool: Pooling,
 }
 
 impl BackboneArgs {
@@ -200,6 +206,7 @@ impl BackboneArgs {
             weights: self.weights.clone(),
             padding: self.padding.map(Into::into),
             resolution: self.input_size,
+            pool: self.pool,
         }
     }
 

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use graft::backbone::Network;
 use graft::backbone::summary::summarize_network;
+use graft::backbone::{Network, Pooling};
 
 use super::find_backbone;
 
@@ -28,6 +28,10 @@ pub struct SummaryArgs {
     /// Input side in pixels instead of the weights' own (output shapes follow it).
     #[arg(long, value_name = "PX")]
     pub input_size: Option<usize>,
+
+    /// The pooled feature (see `graft extract --help`).
+    #[arg(long, value_enum, default_value_t = Pooling::Source)]
+    pub pool: Pooling,
 }
 
 pub fn run(args: SummaryArgs) -> Result<ExitCode> {
@@ -41,8 +45,9 @@ pub fn run(args: SummaryArgs) -> Result<ExitCode> {
         None => config.resolution,
     };
     // The architecture alone decides shapes and counts: no weights needed.
+    info.check_pooling(args.pool).map_err(anyhow::Error::msg)?;
     let net = Network::init(
-        &info.arch,
+        &info.arch_pooled(args.pool),
         config.padding,
         config.bn_eps,
         !args.no_top,

@@ -72,7 +72,11 @@ impl FeatureCache {
     pub fn open(root: &Path, backbone: &Backbone) -> Result<Self, CacheError> {
         let preprocessing = backbone.config.preprocessing_id();
         // Padding changes the features as much as the preprocessing does.
-        let variant = format!("{preprocessing}|{:?}", backbone.config.padding);
+        let mut variant = format!("{preprocessing}|{:?}", backbone.config.padding);
+        // Another pooled feature is another set of rows (the source's keeps the old key).
+        if backbone.config.pool != crate::backbone::Pooling::Source {
+            variant.push_str(&format!("|{:?}", backbone.config.pool));
+        }
         let dir = root.join(&backbone.config.name).join(format!(
             "{}-{}",
             backbone.weights_id,

@@ -11,6 +11,7 @@
 mod backward;
 mod lanes;
 mod simd;
+pub mod transformer;
 
 pub use backward::{
     add_column_sums, depthwise_backward, input_gradient, relu6_backward, weight_gradient,

@@ -22,7 +22,7 @@ pub mod simclr;
 
 use std::path::{Path, PathBuf};
 
-use crate::backbone::{self, Backbone, BackboneInfo, LoadOptions, PaddingMode};
+use crate::backbone::{self, Backbone, BackboneInfo, LoadOptions, PaddingMode, Pooling};
 use crate::data::dataset::DatasetError;
 use crate::features::cache::CacheError;
 use crate::run::RunError;
@@ -69,6 +69,8 @@ pub struct BackboneChoice {
     pub padding: Option<PaddingMode>,
     /// Input side in pixels instead of the weights' own (DINOv2 at 224 instead of 518).
     pub resolution: Option<usize>,
+    /// The pooled feature (a ViT's class token, or it and the mean patch token).
+    pub pool: Pooling,
 }
 
 impl Default for BackboneChoice {
@@ -85,6 +87,7 @@ impl BackboneChoice {
             weights: None,
             padding: None,
             resolution: None,
+            pool: Pooling::Source,
         }
     }
 
@@ -151,10 +154,13 @@ impl BackboneChoice {
             info.check_resolution(resolution)
                 .map_err(RecipeError::Invalid)?;
         }
+        info.check_pooling(self.pool)
+            .map_err(RecipeError::Invalid)?;
         let options = LoadOptions {
             include_top,
             padding: self.padding,
             resolution: self.resolution,
+            pool: self.pool,
         };
         let path = self.weights_path()?;
         Ok(Backbone::load(

@@ -265,6 +265,7 @@ pub fn pretrain(
         include_top: false,
         padding: Some(config.padding),
         resolution: Some(config.resolution),
+        pool: config.pool,
     };
     let adapted = Backbone::load(info, &file, load, &device)
         .map_err(run::RunError::from)?

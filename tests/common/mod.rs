@@ -49,6 +49,7 @@ pub fn load(name: &str, path: &Path, include_top: bool, padding: Option<PaddingM
             include_top,
             padding,
             resolution: None,
+            ..Default::default()
         },
         &graft::backend::device(),
     )

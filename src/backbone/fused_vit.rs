@@ -1,0 +1,390 @@
+//! The inference-only form of a [`Vit`] on the CPU: one image per worker thread, tokens
+//! row-major, every product through the project's gemm path with its bias (and the residual)
+//! fused into the output tiles, LayerNorm in one pass per row, q / k / v read in place from the
+//! QKV product, softmax fused with the scaling, and DINOv2's layer scale folded into the
+//! weights. burn-flex ran each of these as separate passes over the whole batch (permutes,
+//! bias adds, the residual adds); results equal the burn network's to float rounding (test).
+
+use std::cell::RefCell;
+
+use burn::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
+
+use super::vit::{Vit, antialiased_bicubic_weights};
+use crate::kernels::transformer::{attention_head, gelu, layer_norm};
+use crate::kernels::{self, Activation, ConvGeometry};
+
+const LN_EPS: f32 = 1e-6;
+
+fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    // cannot fail: graft makes only f32 tensors (the default float dtype)
+    t.into_data().try_into_vec::<f32>().expect("f32 weights")
+}
+
+/// A Linear as `[in, out]` row-major weights and a bias, optionally scaled per output.
+#[derive(Debug, Clone)]
+struct Dense {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Dense {
+    fn new(linear: &burn::nn::Linear, scale: Option<Vec<f32>>) -> Self {
+        let [_, out] = linear.weight.dims();
+        let mut weight = to_vec(linear.weight.val());
+        let mut bias = match &linear.bias {
+            Some(bias) => to_vec(bias.val()),
+            None => vec![0.0; out],
+        };
+        // Layer scale `ls * (x W + b)` is `x (W ls) + b ls`.
+        if let Some(scale) = scale {
+            for row in weight.chunks_exact_mut(out) {
+                for (w, s) in row.iter_mut().zip(&scale) {
+                    *w *= s;
+                }
+            }
+            for (b, s) in bias.iter_mut().zip(&scale) {
+                *b *= s;
+            }
+        }
+        Self { weight, bias }
+    }
+
+    fn inputs(&self) -> usize {
+        self.weight.len() / self.bias.len()
+    }
+
+    /// `out = input @ W + b (+ residual)` for `rows` rows.
+    fn forward(&self, input: &[f32], rows: usize, residual: Option<&[f32]>, out: &mut [f32]) {
+        kernels::pointwise(
+            input,
+            rows,
+            self.inputs(),
+            &self.weight,
+            &self.bias,
+            Activation::None,
+            residual,
+            out,
+        );
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Norm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+impl Norm {
+    fn new(norm: &burn::nn::LayerNorm) -> Self {
+        let dim = norm.gamma.dims()[0];
+        Self {
+            gamma: to_vec(norm.gamma.val()),
+            beta: norm
+                .beta
+                .as_ref()
+                .map_or_else(|| vec![0.0; dim], |b| to_vec(b.val())),
+        }
+    }
+
+    fn forward(&self, x: &[f32], out: &mut [f32]) {
+        layer_norm(x, &self.gamma, &self.beta, LN_EPS, out);
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    norm1: Norm,
+    qkv: Dense,
+    proj: Dense,
+    norm2: Norm,
+    fc1: Dense,
+    fc2: Dense,
+}
+
+/// Per-thread buffers, grown to the largest image seen.
+#[derive(Default)]
+struct Scratch {
+    patches: Vec<f32>,
+    x: Vec<f32>,
+    next: Vec<f32>,
+    normed: Vec<f32>,
+    qkv: Vec<f32>,
+    attended: Vec<f32>,
+    hidden: Vec<f32>,
+    scores: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    &mut buffer[..len]
+}
+
+/// A ViT's weights laid out for [`crate::kernels`].
+#[derive(Debug, Clone)]
+pub struct FusedVit {
+    patch: usize,
+    dim: usize,
+    heads: usize,
+    /// `[3 * patch * patch, dim]`, rows ordered (channel, ky, kx) like the im2col columns.
+    patch_weight: Vec<f32>,
+    patch_bias: Vec<f32>,
+    /// Class token then registers, `[prefix_tokens, dim]`, their position embedding added.
+    prefix: Vec<f32>,
+    prefix_tokens: usize,
+    /// The patches' position embedding at the checkpoint's grid, `[grid * grid, dim]`.
+    pos: Vec<f32>,
+    grid: usize,
+    blocks: Vec<Block>,
+    norm: Norm,
+    mean_patch_feature: bool,
+    head: Option<Dense>,
+}
+
+impl FusedVit {
+    pub fn new(net: &Vit) -> Self {
+        let [dim, _, patch, _] = net.patch_embed.weight.dims();
+        // [dim, 3, p, p] -> [3 * p * p, dim]
+        let conv = to_vec(net.patch_embed.weight.val());
+        let k = 3 * patch * patch;
+        let mut patch_weight = vec![0.0; k * dim];
+        for (o, row) in conv.chunks_exact(k).enumerate() {
+            for (i, w) in row.iter().enumerate() {
+                patch_weight[i * dim + o] = *w;
+            }
+        }
+        let pos = to_vec(net.pos_embed.val());
+        let mut prefix = to_vec(net.cls_token.val());
+        if let Some(reg) = &net.reg_token {
+            prefix.extend(to_vec(reg.val()));
+        }
+        for (p, e) in prefix.iter_mut().zip(&pos[..net.pos_prefix * dim]) {
+            *p += e;
+        }
+        let scale =
+            |ls: &Option<burn::module::Param<Tensor<1>>>| ls.as_ref().map(|p| to_vec(p.val()));
+        Self {
+            patch,
+            dim,
+            heads: net.blocks.first().map_or(1, |b| b.attn.heads),
+            patch_weight,
+            patch_bias: net
+                .patch_embed
+                .bias
+                .as_ref()
+                .map_or_else(|| vec![0.0; dim], |b| to_vec(b.val())),
+            prefix,
+            prefix_tokens: net.prefix_tokens,
+            pos: pos[net.pos_prefix * dim..].to_vec(),
+            grid: net.grid,
+            blocks: net
+                .blocks
+                .iter()
+                .map(|b| Block {
+                    norm1: Norm::new(&b.norm1),
+                    qkv: Dense::new(&b.attn.qkv, None),
+                    proj: Dense::new(&b.attn.proj, scale(&b.ls1)),
+                    norm2: Norm::new(&b.norm2),
+                    fc1: Dense::new(&b.fc1, None),
+                    fc2: Dense::new(&b.fc2, scale(&b.ls2)),
+                })
+                .collect(),
+            norm: Norm::new(&net.norm),
+            mean_patch_feature: net.mean_patch_feature,
+            head: net.head.as_ref().map(|h| Dense::new(h, None)),
+        }
+    }
+
+    fn feature_dim(&self) -> usize {
+        if self.mean_patch_feature {
+            2 * self.dim
+        } else {
+            self.dim
+        }
+    }
+
+    /// Pooled features `[N, feature_dim]` of a batch `[N, 3, H, W]`, images in parallel.
+    pub fn features(&self, batch: Tensor<4>) -> Tensor<2> {
+        let [n, ..] = batch.dims();
+        let device = batch.device();
+        let features = self.run(batch);
+        Tensor::from_data(TensorData::new(features, [n, self.feature_dim()]), &device)
+    }
+
+    /// ImageNet logits of the class token, or `None` without a classifier.
+    pub fn logits(&self, batch: Tensor<4>) -> Option<Tensor<2>> {
+        let head = self.head.as_ref()?;
+        let [n, ..] = batch.dims();
+        let device = batch.device();
+        let features = self.run(batch);
+        let width = self.feature_dim();
+        let classes = head.bias.len();
+        let mut logits = vec![0.0; n * classes];
+        logits
+            .par_chunks_mut(classes)
+            .zip(features.par_chunks(width))
+            .for_each(|(out, f)| head.forward(&f[..self.dim], 1, None, out));
+        Some(Tensor::from_data(
+            TensorData::new(logits, [n, classes]),
+            &device,
+        ))
+    }
+
+    /// The position embedding of the patches at `[h, w]` (resampled as [`super::vit`] does).
+    fn pos_for(&self, [h, w]: [usize; 2]) -> std::borrow::Cow<'_, [f32]> {
+        if [h, w] == [self.grid, self.grid] {
+            return std::borrow::Cow::Borrowed(&self.pos);
+        }
+        let (g, d) = (self.grid, self.dim);
+        let rows = antialiased_bicubic_weights(g, h);
+        let cols = antialiased_bicubic_weights(g, w);
+        // First along the rows: [h, g, d], then along the columns: [h, w, d].
+        let mut tmp = vec![0.0f32; h * g * d];
+        for y in 0..h {
+            for (gy, wy) in rows[y * g..][..g].iter().enumerate() {
+                if *wy == 0.0 {
+                    continue;
+                }
+                for gx in 0..g {
+                    let src = &self.pos[(gy * g + gx) * d..][..d];
+                    let dst = &mut tmp[(y * g + gx) * d..][..d];
+                    for (o, s) in dst.iter_mut().zip(src) {
+                        *o += wy * s;
+                    }
+                }
+            }
+        }
+        let mut out = vec![0.0f32; h * w * d];
+        for y in 0..h {
+            for x in 0..w {
+                for (gx, wx) in cols[x * g..][..g].iter().enumerate() {
+                    if *wx == 0.0 {
+                        continue;
+                    }
+                    let src = &tmp[(y * g + gx) * d..][..d];
+                    let dst = &mut out[(y * w + x) * d..][..d];
+                    for (o, s) in dst.iter_mut().zip(src) {
+                        *o += wx * s;
+                    }
+                }
+            }
+        }
+        std::borrow::Cow::Owned(out)
+    }
+
+    /// Every image of `batch` through the network on the worker threads: `[N * feature_dim]`.
+    fn run(&self, batch: Tensor<4>) -> Vec<f32> {
+        let [n, _, h, w] = batch.dims();
+        let data = batch.into_data();
+        // cannot fail: image batches are f32
+        let input: &[f32] = data.as_slice().expect("an f32 batch");
+        let grid = [h / self.patch, w / self.patch];
+        let pos = self.pos_for(grid);
+        let width = self.feature_dim();
+        let mut features = vec![0.0; n * width];
+        let image_len = input.len() / n.max(1);
+        features
+            .par_chunks_mut(width)
+            .zip(input.par_chunks(image_len.max(1)))
+            .for_each(|(out, image)| {
+                SCRATCH.with_borrow_mut(|s| self.forward_image(image, [h, w], grid, &pos, s, out))
+            });
+        features
+    }
+
+    fn forward_image(
+        &self,
+        image: &[f32],
+        [height, width]: [usize; 2],
+        [gh, gw]: [usize; 2],
+        pos: &[f32],
+        s: &mut Scratch,
+        out: &mut [f32],
+    ) {
+        let (d, p) = (self.dim, self.patch);
+        let patches = gh * gw;
+        let tokens = self.prefix_tokens + patches;
+        let k = 3 * p * p;
+
+        // Patch embedding: im2col (non-overlapping windows) and one product, bias fused.
+        let geometry = ConvGeometry {
+            height,
+            width,
+            kernel: p,
+            stride: p,
+            pad_top: 0,
+            pad_left: 0,
+            out_height: gh,
+            out_width: gw,
+        };
+        let columns = sized(&mut s.patches, patches * k);
+        kernels::im2col_planar(image, 3, geometry, 0, patches, columns);
+        let x = sized(&mut s.x, tokens * d);
+        x[..self.prefix.len()].copy_from_slice(&self.prefix);
+        let body = &mut x[self.prefix_tokens * d..];
+        kernels::pointwise(
+            &s.patches[..patches * k],
+            patches,
+            k,
+            &self.patch_weight,
+            &self.patch_bias,
+            Activation::None,
+            Some(pos),
+            body,
+        );
+
+        let heads = self.heads;
+        let head_dim = d / heads;
+        for block in &self.blocks {
+            let x = &s.x[..tokens * d];
+            let normed = sized(&mut s.normed, tokens * d);
+            block.norm1.forward(x, normed);
+            let qkv = sized(&mut s.qkv, tokens * 3 * d);
+            block.qkv.forward(normed, tokens, None, qkv);
+            let attended = sized(&mut s.attended, tokens * d);
+            for head in 0..heads {
+                attention_head(qkv, tokens, d, head, head_dim, &mut s.scores, attended);
+            }
+            let next = sized(&mut s.next, tokens * d);
+            block.proj.forward(attended, tokens, Some(x), next);
+            std::mem::swap(&mut s.x, &mut s.next);
+
+            let x = &s.x[..tokens * d];
+            let normed = sized(&mut s.normed, tokens * d);
+            block.norm2.forward(x, normed);
+            let mlp = block.fc1.bias.len();
+            let hidden = sized(&mut s.hidden, tokens * mlp);
+            block.fc1.forward(normed, tokens, None, hidden);
+            gelu(hidden);
+            let next = sized(&mut s.next, tokens * d);
+            block.fc2.forward(hidden, tokens, Some(x), next);
+            std::mem::swap(&mut s.x, &mut s.next);
+        }
+
+        // Final norm: the class token, and every patch token for their mean.
+        let x = &s.x[..tokens * d];
+        if !self.mean_patch_feature {
+            self.norm.forward(&x[..d], &mut out[..d]);
+            return;
+        }
+        let normed = sized(&mut s.normed, tokens * d);
+        self.norm.forward(x, normed);
+        out[..d].copy_from_slice(&normed[..d]);
+        let mean = &mut out[d..2 * d];
+        mean.fill(0.0);
+        for row in normed[self.prefix_tokens * d..].chunks_exact(d) {
+            for (m, v) in mean.iter_mut().zip(row) {
+                *m += v;
+            }
+        }
+        for m in mean.iter_mut() {
+            *m /= patches as f32;
+        }
+    }
+}
