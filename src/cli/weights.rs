@@ -123,13 +123,15 @@ fn list() -> Result<ExitCode> {
     println!(
         "Architectures and their weights (arch.tag; an architecture alone selects its first tag):"
     );
+    // (architecture heading if this entry starts one, name with notes, status, description)
+    let mut rows: Vec<(Option<String>, String, String, &str)> = Vec::new();
     let mut architecture = "";
     for info in backbone::REGISTRY {
         let default = info.architecture() != architecture;
-        if default {
+        let heading = default.then(|| {
             architecture = info.architecture();
-            println!("{architecture} ({})", info.arch.family());
-        }
+            format!("{architecture} ({})", info.arch.family())
+        });
         let status = match store::installed(info) {
             Some(path) => {
                 let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -150,7 +152,16 @@ fn list() -> Result<ExitCode> {
         } else {
             format!("{} ({})", info.name, notes.join(", "))
         };
-        println!("  {name:<48} {status:<38} {}", info.description);
+        rows.push((heading, name, status, info.description));
+    }
+    // Columns as wide as their longest entry, so that long timm names stay aligned.
+    let name_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    let status_width = rows.iter().map(|r| r.2.len()).max().unwrap_or(0);
+    for (heading, name, status, description) in rows {
+        if let Some(heading) = heading {
+            println!("{heading}");
+        }
+        println!("  {name:<name_width$} {status:<status_width$} {description}");
     }
     Ok(ExitCode::SUCCESS)
 }
