@@ -17,6 +17,9 @@
 #   PYTHON                        the peers' Python (default bench/.venv/bin/python)
 #   NO_BUILD=1                    do not run `cargo build --release`
 #   GRAFT_HOME                    graft's weight store (default bench/out/graft-home)
+#   MODEL=efficientnet-lite0      or vit_small_patch14_dinov2: DINOv2 ViT-S/14 at 224 px with
+#                                 random weights (made here, as peers.py does), graft against the
+#                                 PyTorch DataLoader only (no ONNX Runtime peer, no camera set)
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -41,8 +44,17 @@ fi
 if [ "${NO_BUILD:-0}" != 1 ]; then
     (cd "$REPO_DIR" && cargo build --release)
 fi
-if ! "$GRAFT" weights list | grep -E "[ (]efficientnet-lite0[,)]" | grep -qv "not installed"; then
-    "$GRAFT" weights fetch efficientnet-lite0 >&2
+MODEL="${MODEL:-efficientnet-lite0}"
+GRAFT_MODEL=(-b "$MODEL")
+if [ "$MODEL" = efficientnet-lite0 ]; then
+    if ! "$GRAFT" weights list | grep -E "[ (]efficientnet-lite0[,)]" | grep -qv "not installed"; then
+        "$GRAFT" weights fetch efficientnet-lite0 >&2
+    fi
+else
+    WEIGHTS="$OUT_DIR/$MODEL.safetensors"
+    [ -f "$WEIGHTS" ] || "$PYTHON" -c "import sys, torch; sys.path.insert(0, '$BENCH_DIR'); import peers; peers.save_graft_weights('$MODEL', None, peers.Path('$OUT_DIR'))"
+    GRAFT_MODEL+=(--weights "$WEIGHTS" --input-size 224)
+    PEERS="${PEERS/ort/}"
 fi
 
 # First 60 images of each class, for the memory comparison.
@@ -62,7 +74,7 @@ graft_extract() { # name data
     rm -rf "$cache"
     log "graft extract ($1)"
     /usr/bin/time -f "%e %M %U %S" -o "$OUT_DIR/time-$1.txt" \
-        "$GRAFT" --threads "$THREADS" extract --batch-size 32 --cache-dir "$cache" "$2" > "$OUT_DIR/graft-$1.txt"
+        "$GRAFT" --threads "$THREADS" extract "${GRAFT_MODEL[@]}" --batch-size 32 --cache-dir "$cache" "$2" > "$OUT_DIR/graft-$1.txt"
     rm -rf "$cache"
     local images
     images="$(grep -oE '^[0-9]+ images' "$OUT_DIR/graft-$1.txt" | cut -d' ' -f1)"
@@ -78,19 +90,20 @@ print(json.dumps({"tool": "graft", "version": version, "what": "extract", "run":
 PY
 }
 
-CAMERA="$OUT_DIR/camera"
-"$PYTHON" "$BENCH_DIR/make_camera_set.py" "$DATA" "$CAMERA" --per-class 20
-ONNX="$OUT_DIR/onnx/lite0-features.onnx"
-"$GRAFT" export --backbone efficientnet-lite0 --no-top --out "$ONNX" >&2
-
 graft_extract subset "$SUBSET"
 graft_extract all "$DATA"
-graft_extract camera "$CAMERA"
+if [ "$MODEL" = efficientnet-lite0 ]; then
+    CAMERA="$OUT_DIR/camera"
+    "$PYTHON" "$BENCH_DIR/make_camera_set.py" "$DATA" "$CAMERA" --per-class 20
+    ONNX="$OUT_DIR/onnx/lite0-features.onnx"
+    "$GRAFT" export --backbone efficientnet-lite0 --no-top --out "$ONNX" >&2
+    graft_extract camera "$CAMERA"
+fi
 if [[ " $PEERS " == *" torch "* ]]; then
     for workers in $WORKERS; do
         log "PyTorch DataLoader, num_workers=$workers"
         (cd "$BENCH_DIR" && "$PYTHON" extract_torch.py "$DATA" --out "$OUT_DIR/torch-features.npy" \
-            --workers "$workers" --threads "$THREADS") >> "$RESULTS"
+            --model "$MODEL" --workers "$workers" --threads "$THREADS") >> "$RESULTS"
     done
 fi
 if [[ " $PEERS " == *" ort "* ]]; then
@@ -113,6 +126,8 @@ print("|---|---|---:|---:|---:|---:|")
 def line(name, data, r):
     print(f"| {name} | {data} | {r['images']} | {r['images_per_sec']:.1f} | {r['cpu_over_wall']:.2f} | {r['peak_rss_mb']:.0f} |")
 for run, data in [("all", "flowers"), ("camera", "camera-sized (12 MP)")]:
+    if run not in graft:
+        continue
     line("graft extract", data, graft[run])
     if run in ort:
         line("ONNX Runtime + PIL draft, 2 processes", data, ort[run])
@@ -127,10 +142,10 @@ for run, data in [("all", "flowers"), ("camera", "camera-sized set")]:
     if run in ort:
         print(f"graft / ONNX Runtime + PIL on the {data}: "
               f"{graft[run]['images_per_sec'] / ort[run]['images_per_sec']:.2f}x images/s")
+camera = f"; camera-sized set {graft['camera']['peak_rss_mb']:.0f} MB" if "camera" in graft else ""
 print(f"graft peak RSS: {graft['subset']['images']} images {graft['subset']['peak_rss_mb']:.0f} MB, "
       f"{graft['all']['images']} images {graft['all']['peak_rss_mb']:.0f} MB "
-      f"(ratio {graft['all']['peak_rss_mb'] / graft['subset']['peak_rss_mb']:.2f}); "
-      f"camera-sized set {graft['camera']['peak_rss_mb']:.0f} MB")
+      f"(ratio {graft['all']['peak_rss_mb'] / graft['subset']['peak_rss_mb']:.2f}){camera}")
 PY
 cat "$OUT_DIR/extract.md"
 log "table written to $OUT_DIR/extract.md (raw results: $RESULTS)"

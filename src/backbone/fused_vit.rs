@@ -208,9 +208,11 @@ impl FusedVit {
             self.dim
         }
     }
+}
 
+impl super::FusedForward for FusedVit {
     /// Pooled features `[N, feature_dim]` of a batch `[N, 3, H, W]`, images in parallel.
-    pub fn features(&self, batch: Tensor<4>) -> Tensor<2> {
+    fn features(&self, batch: Tensor<4>) -> Tensor<2> {
         let [n, ..] = batch.dims();
         let device = batch.device();
         let features = self.run(batch);
@@ -218,7 +220,7 @@ impl FusedVit {
     }
 
     /// ImageNet logits of the class token, or `None` without a classifier.
-    pub fn logits(&self, batch: Tensor<4>) -> Option<Tensor<2>> {
+    fn logits(&self, batch: Tensor<4>) -> Option<Tensor<2>> {
         let head = self.head.as_ref()?;
         let [n, ..] = batch.dims();
         let device = batch.device();
@@ -235,7 +237,9 @@ impl FusedVit {
             &device,
         ))
     }
+}
 
+impl FusedVit {
     /// The position embedding of the patches at `[h, w]` (resampled as [`super::vit`] does).
     fn pos_for(&self, [h, w]: [usize; 2]) -> std::borrow::Cow<'_, [f32]> {
         if [h, w] == [self.grid, self.grid] {

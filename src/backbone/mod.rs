@@ -8,6 +8,7 @@ pub mod efficientnet_lite;
 pub mod export;
 pub mod fused;
 pub mod fused_grad;
+pub mod fused_resnet;
 pub mod fused_vit;
 pub mod groups;
 pub mod layer_profile;
@@ -30,6 +31,7 @@ use crate::weights::loader::TensorSource;
 use crate::weights::{Checkpoint, LoadReport, WeightsError};
 use convnext::{ConvNeXt, ConvNeXtLayout, ConvNeXtSpec};
 use fused::FusedNet;
+use fused_resnet::FusedResNet;
 use fused_vit::FusedVit;
 use mbnet::{MbNet, MbNetSpec};
 use names::{BlockPart, KeyLayout};
@@ -878,6 +880,24 @@ impl From<MbNet> for Network {
     }
 }
 
+impl From<ResNet> for Network {
+    fn from(net: ResNet) -> Self {
+        Self::ResNet(net)
+    }
+}
+
+impl From<ConvNeXt> for Network {
+    fn from(net: ConvNeXt) -> Self {
+        Self::ConvNeXt(net)
+    }
+}
+
+impl From<Vit> for Network {
+    fn from(net: Vit) -> Self {
+        Self::Vit(net)
+    }
+}
+
 impl Network {
     /// `arch`'s network with placeholder weights: enough for shapes and parameter counts, and
     /// what [`Network::load`] fills.
@@ -1009,8 +1029,17 @@ pub struct Backbone {
     pub weights_id: String,
     /// The CPU inference form of `net`, made by [`Backbone::for_inference`].
     fused: Option<Arc<FusedNet>>,
-    /// The same for a ViT.
-    fused_vit: Option<Arc<FusedVit>>,
+    /// The same for the other families that have one (ResNet, ViT).
+    fused_other: Option<Arc<dyn FusedForward>>,
+}
+
+/// A family's inference-only CPU form (see [`Backbone::for_inference`]): the same outputs as
+/// the burn network, to float rounding.
+pub trait FusedForward: std::fmt::Debug + Send + Sync {
+    /// Pooled features `[N, feature_dim]` of a batch `[N, 3, H, W]`.
+    fn features(&self, batch: Tensor<4>) -> Tensor<2>;
+    /// Logits of the pretrained classifier, or `None` without it.
+    fn logits(&self, batch: Tensor<4>) -> Option<Tensor<2>>;
 }
 
 /// Images per slice of an inference batch on the CPU (see `Backbone::sliced`).
@@ -1038,7 +1067,7 @@ impl Backbone {
             net: net.into(),
             weights_id,
             fused: None,
-            fused_vit: None,
+            fused_other: None,
         }
     }
 
@@ -1079,8 +1108,8 @@ impl Backbone {
     }
 
     /// The same backbone prepared for inference only: BatchNorm folded into the convs and, on
-    /// the CPU, `features` / `logits` run by the fused kernels of [`fused`] (MBConv) and
-    /// [`fused_vit`] (ViT). Outputs are
+    /// the CPU, `features` / `logits` run by the fused kernels of [`fused`] (MBConv),
+    /// [`fused_resnet`] and [`fused_vit`]. Outputs are
     /// unchanged up to float rounding; it can no longer be fine-tuned.
     pub fn for_inference(mut self) -> Self {
         match &mut self.net {
@@ -1090,10 +1119,15 @@ impl Backbone {
                     self.fused = Some(Arc::new(FusedNet::new(net)));
                 }
             }
-            Network::ResNet(net) => net.fold_batch_norm(),
+            Network::ResNet(net) => {
+                net.fold_batch_norm();
+                if crate::backend::fused_cpu() {
+                    self.fused_other = Some(Arc::new(FusedResNet::new(net)));
+                }
+            }
             Network::Vit(net) => {
                 if crate::backend::fused_cpu() {
-                    self.fused_vit = Some(Arc::new(FusedVit::new(net)));
+                    self.fused_other = Some(Arc::new(FusedVit::new(net)));
                 }
             }
             Network::ConvNeXt(_) => {}
@@ -1129,9 +1163,9 @@ impl Backbone {
         self.fused.as_deref()
     }
 
-    /// The fused CPU form of a ViT, when prepared by [`Backbone::for_inference`].
-    pub fn fused_vit(&self) -> Option<&FusedVit> {
-        self.fused_vit.as_deref()
+    /// Whether `features` / `logits` run a fused CPU form (see [`Backbone::for_inference`]).
+    pub fn runs_fused(&self) -> bool {
+        self.fused.is_some() || self.fused_other.is_some()
     }
 
     /// The device the weights live on; inputs must be created there.
@@ -1144,7 +1178,7 @@ impl Backbone {
         if let Some(fused) = &self.fused {
             return fused.features(batch);
         }
-        if let Some(fused) = &self.fused_vit {
+        if let Some(fused) = &self.fused_other {
             return fused.features(batch);
         }
         self.sliced(batch, |net, slice| net.forward_features(slice))
@@ -1158,7 +1192,7 @@ impl Backbone {
         if let Some(fused) = &self.fused {
             return fused.logits(batch);
         }
-        if let Some(fused) = &self.fused_vit {
+        if let Some(fused) = &self.fused_other {
             return fused.logits(batch);
         }
         Some(self.sliced(batch, |net, slice| {

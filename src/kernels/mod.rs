@@ -28,6 +28,8 @@ const ROW_TILE: usize = 256;
 pub enum Activation {
     None,
     Relu6,
+    /// `max(x, 0)` (ResNet).
+    Relu,
 }
 
 /// `out[m, n] = act(input[m, k] @ weight[k, n] + bias[n] (+ residual[m, n]))`, row-major.
@@ -55,6 +57,10 @@ pub fn pointwise(
                 dispatch!(add_bias_residual_rows(tile, bias, residual, relu))
             }
             None => dispatch!(add_bias_rows(tile, bias, relu)),
+        }
+        // A second pass while the tile is still in cache (keeps the ReLU6 loops as they were).
+        if activation == Activation::Relu {
+            dispatch!(relu_values(tile));
         }
     }
 }
@@ -415,6 +421,39 @@ fn conv_planar_pixel<L: lanes::Lanes, const B: usize>(
     }
 }
 
+/// Rows `[row_start, row_start + rows)` of the im2col matrix of an NHWC image (`[height,
+/// width, channels]`): one row per output pixel, columns ordered (ky, kx, channel); zeros where
+/// the window leaves the image. Pairs with a `[kernel * kernel * channels, out]` weight.
+pub fn im2col_nhwc(
+    image: &[f32],
+    channels: usize,
+    geometry: ConvGeometry,
+    row_start: usize,
+    rows: usize,
+    out: &mut [f32],
+) {
+    let g = geometry;
+    let cols = g.kernel * g.kernel * channels;
+    assert!(image.len() >= channels * g.height * g.width && out.len() >= rows * cols);
+    for (r, row) in out[..rows * cols].chunks_exact_mut(cols).enumerate() {
+        let pixel = row_start + r;
+        let (oy, ox) = (pixel / g.out_width, pixel % g.out_width);
+        for ky in 0..g.kernel {
+            let iy = (oy * g.stride + ky).checked_sub(g.pad_top);
+            for kx in 0..g.kernel {
+                let ix = (ox * g.stride + kx).checked_sub(g.pad_left);
+                let dst = &mut row[(ky * g.kernel + kx) * channels..][..channels];
+                match (iy, ix) {
+                    (Some(iy), Some(ix)) if iy < g.height && ix < g.width => {
+                        dst.copy_from_slice(&image[(iy * g.width + ix) * channels..][..channels]);
+                    }
+                    _ => dst.fill(0.0),
+                }
+            }
+        }
+    }
+}
+
 /// Rows `[row_start, row_start + rows)` of the im2col matrix of a planar (`[channels, height,
 /// width]`) image: one row per output pixel, columns ordered (channel, ky, kx) like a
 /// `[out, in, k, k]` weight; zeros where the window leaves the image.
@@ -485,6 +524,13 @@ fn bias_relu6_sum_rows(tile: &[f32], bias: &[f32], sums: &mut [f32]) {
         for ((s, v), b) in sums.iter_mut().zip(row).zip(bias) {
             *s += (v + b).clamp(0.0, 6.0);
         }
+    }
+}
+
+#[inline(always)]
+fn relu_values(x: &mut [f32]) {
+    for v in x {
+        *v = v.max(0.0);
     }
 }
 
