@@ -109,6 +109,12 @@ pub enum Pooling {
     ClassAndPatchMean,
 }
 
+impl Pooling {
+    pub fn is_source(&self) -> bool {
+        *self == Self::Source
+    }
+}
+
 /// Names of the classes the pretrained top predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -142,7 +148,9 @@ pub struct SourceConfig {
     #[serde(default)]
     pub decode: DecodeMode,
     /// Which pooled feature `feature_dim` counts; part of the cache key when not the source's.
-    #[serde(default)]
+    /// Left out of the JSON when it is the source's, so that records written before the field
+    /// existed read and write back the same.
+    #[serde(default, skip_serializing_if = "Pooling::is_source")]
     pub pool: Pooling,
 }
 
