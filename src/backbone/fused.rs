@@ -373,27 +373,7 @@ impl FusedNet {
         let Some((weight, bias)) = classifier else {
             return Tensor::from_data(burn::tensor::TensorData::new(features, [n, dim]), &device);
         };
-        let classes = bias.len();
-        let mut logits = vec![0.0; n * classes];
-        // A share of the batch per worker thread, so that no core waits for this step.
-        let rows = n.div_ceil(rayon::current_num_threads()).max(1);
-        logits
-            .par_chunks_mut(rows * classes)
-            .zip(features.par_chunks(rows * dim))
-            .for_each(|(logits, features)| {
-                timed(LayerKind::Classifier, || {
-                    kernels::pointwise(
-                        features,
-                        features.len() / dim,
-                        dim,
-                        weight,
-                        bias,
-                        Activation::None,
-                        None,
-                        logits,
-                    )
-                })
-            });
+        let logits = classify_batch(&features, dim, dim, weight, bias);
         Tensor::from_data(
             burn::tensor::TensorData::new(logits, [n, bias.len()]),
             &device,
@@ -546,7 +526,54 @@ pub(super) fn transpose(values: &[f32], rows: usize, columns: usize) -> Vec<f32>
     out
 }
 
-fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+/// `features @ weight + bias` for every row of `features` (`width` values each, of which the
+/// first `dim` feed the classifier: `[dim, classes]`), the whole batch at once: a share of the
+/// rows per worker thread, so that the classifier's weights are read once per share, not once
+/// per image, and no core waits for this step.
+pub(super) fn classify_batch(
+    features: &[f32],
+    width: usize,
+    dim: usize,
+    weight: &[f32],
+    bias: &[f32],
+) -> Vec<f32> {
+    let n = features.len() / width.max(1);
+    let classes = bias.len();
+    let mut logits = vec![0.0; n * classes];
+    let rows = n.div_ceil(rayon::current_num_threads()).max(1);
+    logits
+        .par_chunks_mut(rows * classes)
+        .zip(features.par_chunks(rows * width))
+        .for_each(|(logits, features)| {
+            timed(LayerKind::Classifier, || {
+                let share = features.len() / width;
+                // The classifier's inputs, contiguous (a copy only when `width > dim`).
+                let inputs: std::borrow::Cow<'_, [f32]> = if width == dim {
+                    features.into()
+                } else {
+                    features
+                        .chunks_exact(width)
+                        .flat_map(|row| &row[..dim])
+                        .copied()
+                        .collect::<Vec<f32>>()
+                        .into()
+                };
+                kernels::pointwise(
+                    &inputs,
+                    share,
+                    dim,
+                    weight,
+                    bias,
+                    Activation::None,
+                    None,
+                    logits,
+                )
+            })
+        });
+    logits
+}
+
+pub(super) fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     // cannot fail: every backbone tensor is f32
     t.into_data().try_into_vec::<f32>().expect("f32 weights")
 }

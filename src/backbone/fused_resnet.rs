@@ -11,16 +11,12 @@ use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::FusedForward;
+use super::fused::{classify_batch, grow as sized, to_vec};
 use super::resnet::{ConvBn, ResNet};
 use crate::kernels::{self, Activation, ConvGeometry};
 
 /// Output pixels per im2col strip: the strip's columns stay in cache for the product.
 const STRIP: usize = 256;
-
-fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    // cannot fail: graft makes only f32 tensors (the default float dtype)
-    t.into_data().try_into_vec::<f32>().expect("f32 weights")
-}
 
 /// One folded conv, its weight as `[kernel * kernel * in, out]` with rows ordered (ky, kx,
 /// channel) to match [`kernels::im2col_nhwc`] (the stem's: (channel, ky, kx), planar input).
@@ -152,13 +148,6 @@ struct Scratch {
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
-}
-
-fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if buffer.len() < len {
-        buffer.resize(len, 0.0);
-    }
-    &mut buffer[..len]
 }
 
 /// A ResNet's folded weights laid out for [`crate::kernels`].
@@ -355,25 +344,9 @@ impl FusedForward for FusedResNet {
         let [n, ..] = batch.dims();
         let device = batch.device();
         let features = self.run(batch);
-        let classes = bias.len();
-        let mut logits = vec![0.0; n * classes];
-        logits
-            .par_chunks_mut(classes)
-            .zip(features.par_chunks(self.features))
-            .for_each(|(out, f)| {
-                kernels::pointwise(
-                    f,
-                    1,
-                    self.features,
-                    weight,
-                    bias,
-                    Activation::None,
-                    None,
-                    out,
-                )
-            });
+        let logits = classify_batch(&features, self.features, self.features, weight, bias);
         Some(Tensor::from_data(
-            TensorData::new(logits, [n, classes]),
+            TensorData::new(logits, [n, bias.len()]),
             &device,
         ))
     }

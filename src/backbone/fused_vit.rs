@@ -10,16 +10,12 @@ use std::cell::RefCell;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::vit::{Vit, antialiased_bicubic_weights};
+use super::fused::{classify_batch, grow as sized, to_vec};
+use super::vit::{Vit, resample_grid};
 use crate::kernels::transformer::{attention_head, gelu, layer_norm};
 use crate::kernels::{self, Activation, ConvGeometry};
 
 const LN_EPS: f32 = 1e-6;
-
-fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    // cannot fail: graft makes only f32 tensors (the default float dtype)
-    t.into_data().try_into_vec::<f32>().expect("f32 weights")
-}
 
 /// A Linear as `[in, out]` row-major weights and a bias, optionally scaled per output.
 #[derive(Debug, Clone)]
@@ -117,13 +113,6 @@ struct Scratch {
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
-}
-
-fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if buffer.len() < len {
-        buffer.resize(len, 0.0);
-    }
-    &mut buffer[..len]
 }
 
 /// A ViT's weights laid out for [`crate::kernels`].
@@ -225,61 +214,34 @@ impl super::FusedForward for FusedVit {
         let [n, ..] = batch.dims();
         let device = batch.device();
         let features = self.run(batch);
-        let width = self.feature_dim();
-        let classes = head.bias.len();
-        let mut logits = vec![0.0; n * classes];
-        logits
-            .par_chunks_mut(classes)
-            .zip(features.par_chunks(width))
-            .for_each(|(out, f)| head.forward(&f[..self.dim], 1, None, out));
+        // The classifier reads the class token (the first `dim` values of each row).
+        let logits = classify_batch(
+            &features,
+            self.feature_dim(),
+            self.dim,
+            &head.weight,
+            &head.bias,
+        );
         Some(Tensor::from_data(
-            TensorData::new(logits, [n, classes]),
+            TensorData::new(logits, [n, head.bias.len()]),
             &device,
         ))
     }
 }
 
 impl FusedVit {
-    /// The position embedding of the patches at `[h, w]` (resampled as [`super::vit`] does).
+    /// The position embedding of the patches at `[h, w]`, resampled by the burn network's
+    /// own [`resample_grid`] when the grid differs (once per batch; a few hundred KB).
     fn pos_for(&self, [h, w]: [usize; 2]) -> std::borrow::Cow<'_, [f32]> {
         if [h, w] == [self.grid, self.grid] {
             return std::borrow::Cow::Borrowed(&self.pos);
         }
-        let (g, d) = (self.grid, self.dim);
-        let rows = antialiased_bicubic_weights(g, h);
-        let cols = antialiased_bicubic_weights(g, w);
-        // First along the rows: [h, g, d], then along the columns: [h, w, d].
-        let mut tmp = vec![0.0f32; h * g * d];
-        for y in 0..h {
-            for (gy, wy) in rows[y * g..][..g].iter().enumerate() {
-                if *wy == 0.0 {
-                    continue;
-                }
-                for gx in 0..g {
-                    let src = &self.pos[(gy * g + gx) * d..][..d];
-                    let dst = &mut tmp[(y * g + gx) * d..][..d];
-                    for (o, s) in dst.iter_mut().zip(src) {
-                        *o += wy * s;
-                    }
-                }
-            }
-        }
-        let mut out = vec![0.0f32; h * w * d];
-        for y in 0..h {
-            for x in 0..w {
-                for (gx, wx) in cols[x * g..][..g].iter().enumerate() {
-                    if *wx == 0.0 {
-                        continue;
-                    }
-                    let src = &tmp[(y * g + gx) * d..][..d];
-                    let dst = &mut out[(y * w + x) * d..][..d];
-                    for (o, s) in dst.iter_mut().zip(src) {
-                        *o += wx * s;
-                    }
-                }
-            }
-        }
-        std::borrow::Cow::Owned(out)
+        let device = crate::backend::device();
+        let pos = Tensor::<3>::from_data(
+            TensorData::new(self.pos.clone(), [1, self.grid * self.grid, self.dim]),
+            &device,
+        );
+        std::borrow::Cow::Owned(to_vec(resample_grid(pos, self.grid, [h, w])))
     }
 
     /// Every image of `batch` through the network on the worker threads: `[N * feature_dim]`.

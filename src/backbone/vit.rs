@@ -447,7 +447,7 @@ impl Vit {
 /// The `[1, grid * grid, dim]` position embedding at `[h, w]` patches: unchanged when the
 /// size is the same, otherwise resampled as `F.interpolate(mode='bicubic', antialias=True)`
 /// does (timm's `resample_abs_pos_embed`). Written as two matrix products, so gradients flow.
-fn resample_grid(pos: Tensor<3>, grid: usize, [h, w]: [usize; 2]) -> Tensor<3> {
+pub(super) fn resample_grid(pos: Tensor<3>, grid: usize, [h, w]: [usize; 2]) -> Tensor<3> {
     if [h, w] == [grid, grid] {
         return pos;
     }
