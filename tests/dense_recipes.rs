@@ -1,7 +1,8 @@
 //! The dense families through the command line, with random weights in the layout of the real
 //! checkpoints (key names and shapes from tests/fixtures/backbones/keys.json): `summary`,
-//! `predict`, the head and logistic-regression recipes, `evaluate` and `report` on ResNet-18
-//! and ConvNeXt-Tiny; recipes not built for these families yet are refused in one line.
+//! `predict`, the head, logistic-regression and fine-tuning recipes (gradual unfreezing over
+//! the family's layer groups, per-group rates), `evaluate` and `report` on ResNet-18,
+//! ConvNeXt-Tiny, ViT-S/16 and DINOv2 ViT-S/14 with registers.
 
 mod common;
 
@@ -88,6 +89,7 @@ fn recipes_run_end_to_end(
     model: &str,
     groups: &[&str],
     options: &[&str],
+    tuned: &[(&str, usize)],
 ) {
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join(format!("{model}.safetensors"));
@@ -219,6 +221,7 @@ fn recipes_run_end_to_end(
         let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         let predictions = json["images"][0]["predictions"].as_array().unwrap();
         assert_eq!(predictions.len(), 2, "{stdout}");
+        finetune_runs_end_to_end(backbone, &weights, &data, &cache, &runs, options, tuned);
         return;
     }
     let (stdout, _) = ok(predict);
@@ -238,25 +241,138 @@ fn recipes_run_end_to_end(
             .all(|p| p["index"].as_u64().unwrap() < 1000)
     );
 
-    // Fine-tuning has no trainer for this family yet: refused at once, by name, in one line.
-    let out = graft()
+    finetune_runs_end_to_end(backbone, &weights, &data, &cache, &runs, options, tuned);
+}
+
+/// Fine-tuning with gradual unfreezing: the plan (printed and in plan.json) trains the
+/// family's top-most group, then the two top-most, each at its own rate (`--lr-decay` per
+/// group down); the saved backbone moved where it trained and nowhere else; evaluate scores
+/// the saved run as training did. `tuned` lists checkpoint keys with the stage from which each
+/// trains (0: never).
+fn finetune_runs_end_to_end(
+    backbone: &str,
+    weights: &Path,
+    data: &Path,
+    cache: &Path,
+    runs: &Path,
+    options: &[&str],
+    tuned: &[(&str, usize)],
+) {
+    let out = runs.join("finetune");
+    let mut size: Vec<&str> = options.to_vec();
+    if !options.contains(&"--input-size") {
+        // Small inputs keep burn's autodiff quick; ViTs resample their position embedding.
+        size.extend(["--input-size", "96"]);
+    }
+    let (_, stderr) = ok(graft()
         .args(["train", "--recipe", "finetune", "-b", backbone])
+        .args(&size)
+        .args(["--epochs", "5", "--stages", "2", "--epochs-per-stage", "1"])
+        .args(["--finetune-batch-size", "8", "--backbone-lr", "1e-3"])
+        .args(["--lr-decay", "0.5", "--augment", "none"])
         .arg("--weights")
-        .arg(&weights)
+        .arg(weights)
+        .arg("--cache-dir")
+        .arg(cache)
         .arg("--out")
-        .arg(runs.join("finetune"))
-        .arg(&data)
+        .arg(&out)
+        .arg(data)
         .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        .unwrap());
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("plan.json")).unwrap()).unwrap();
+    let stages = plan["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 2, "{plan}");
+    let rates = stages[1]["learning_rates"].as_array().unwrap();
+    // Every backbone group, then the top.
+    let groups: Vec<&str> = rates[..rates.len() - 1]
+        .iter()
+        .map(|r| r[0].as_str().unwrap())
+        .collect();
+    let (top, below) = (groups[groups.len() - 1], groups[groups.len() - 2]);
+    assert_eq!(
+        stages[0]["trainable_groups"],
+        serde_json::json!([top]),
+        "{plan}"
+    );
+    assert_eq!(
+        stages[1]["trainable_groups"],
+        serde_json::json!([below, top]),
+        "{plan}"
+    );
+    let rate = |g: &str| {
+        rates
+            .iter()
+            .find(|r| r[0] == g)
+            .map(|r| r[1].as_f64().unwrap())
+            .unwrap()
+    };
+    assert_eq!(rate(top), 1e-3, "{plan}");
+    assert!((rate(below) - 5e-4).abs() < 1e-12, "{plan}");
+    assert_eq!(rate(groups[0]), 0.0, "{plan}");
+    // The printed plan names each trained group's rate, and what BatchNorm does.
     assert!(
-        stderr.contains("fine-tuning")
-            && stderr.contains("not implemented for")
-            && stderr.contains(backbone),
+        stderr.contains(&format!("{below} 5.0e-4, {top} 1.0e-3, top 1.0e-3")),
         "{stderr}"
     );
-    assert!(!runs.join("finetune/model.json").exists());
+    let has_batch_norm = backbone.starts_with("resnet");
+    assert_eq!(
+        stderr.contains("BatchNorm none (LayerNorm only"),
+        !has_batch_norm,
+        "{stderr}"
+    );
+
+    // The saved backbone, in the checkpoint's own key names: frozen groups (and BatchNorm's
+    // running statistics) exactly as pretrained, the trained groups moved. The run keeps its
+    // best epoch: a group unfrozen in stage 2 moved only when that epoch is in stage 2.
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("model.json")).unwrap()).unwrap();
+    assert_eq!(card["recipe"], "finetune", "{card}");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let best = metrics["best_epoch"].as_u64().unwrap();
+    let kept_stage = card["hyperparameters"]["stage_starts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{card}"))
+        .iter()
+        .filter(|start| start.as_u64().unwrap() <= best)
+        .count();
+    assert!(kept_stage >= 1, "{card}");
+    let before = graft::weights::Checkpoint::open(weights).unwrap();
+    let after = graft::weights::Checkpoint::open(&out.join("backbone.safetensors")).unwrap();
+    for (key, trains_from) in tuned {
+        let (a, b) = (&before.tensors[*key], &after.tensors[*key]);
+        assert_eq!(a.shape, b.shape, "{key}");
+        let moves = *trains_from > 0 && kept_stage >= *trains_from;
+        assert_eq!(
+            a.values != b.values,
+            moves,
+            "{key}: moved should be {moves} (kept epoch {best}, stage {kept_stage})"
+        );
+    }
+
+    // The saved run scores on evaluation what training reported.
+    let eval = runs.join("finetune-eval.json");
+    ok(graft()
+        .args(["evaluate", "--split", "val"])
+        .arg("--cache-dir")
+        .arg(cache)
+        .arg("--model")
+        .arg(&out)
+        .arg("--output")
+        .arg(&eval)
+        .arg(data)
+        .output()
+        .unwrap());
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&eval).unwrap()).unwrap();
+    assert_eq!(
+        eval["metrics"]["accuracy"].as_f64(),
+        metrics["val"]["accuracy"].as_f64(),
+        "{eval}"
+    );
+    ok(graft().arg("report").arg(&out).output().unwrap());
+    assert!(out.join("report.html").is_file());
 }
 
 #[test]
@@ -267,6 +383,14 @@ fn resnet18_recipes_run_end_to_end() {
         "resnet18",
         &["stem", "layer1", "layer4"],
         &[],
+        &[
+            ("conv1.weight", 0),
+            ("layer3.1.conv2.weight", 2),
+            ("layer4.1.conv2.weight", 1),
+            ("layer4.1.bn2.weight", 1),
+            ("layer4.1.bn2.running_mean", 0),
+            ("layer4.1.bn2.running_var", 0),
+        ],
     );
 }
 
@@ -278,6 +402,14 @@ fn convnext_tiny_recipes_run_end_to_end() {
         "convnext_tiny.tv",
         &["stem", "stage0", "stage3"],
         &[],
+        &[
+            ("features.0.0.weight", 0),
+            ("features.3.0.block.0.weight", 0),
+            ("features.5.0.block.0.weight", 2),
+            ("features.7.2.block.5.weight", 1),
+            ("features.7.2.layer_scale", 1),
+            ("classifier.0.weight", 1),
+        ],
     );
 }
 
@@ -289,6 +421,13 @@ fn vit_small_recipes_run_end_to_end() {
         "vit_small_patch16_224.timm",
         &["embed", "blocks0", "blocks3", "norm"],
         &[],
+        &[
+            ("patch_embed.proj.weight", 0),
+            ("pos_embed", 0),
+            ("blocks.8.attn.qkv.weight", 0),
+            ("blocks.11.attn.qkv.weight", 2),
+            ("norm.weight", 1),
+        ],
     );
 }
 
@@ -303,6 +442,12 @@ fn dinov2_recipes_run_end_to_end_at_a_smaller_input_size() {
         "vit_small_patch14_reg4_dinov2.timm",
         &["embed", "blocks0", "blocks3", "norm"],
         &["--input-size", "112", "--pool", "class-and-patch-mean"],
+        &[
+            ("reg_token", 0),
+            ("blocks.0.ls1.gamma", 0),
+            ("blocks.11.ls2.gamma", 2),
+            ("blocks.11.mlp.fc1.weight", 2),
+        ],
     );
 }
 

@@ -118,6 +118,7 @@ fn two_finetune_steps() -> Vec<u32> {
     let loss_fn = burn::nn::loss::CrossEntropyLossConfig::new().init(&device);
     let mut optimizer = burn::optim::AdamWConfig::new().init();
     let lrs = vec![1e-3; groups + 1];
+    let pass = training_pass(&model.net, BnMode::Frozen);
     for step in 0..2 {
         model = train_step(
             model,
@@ -127,7 +128,7 @@ fn two_finetune_steps() -> Vec<u32> {
             y.clone(),
             &all,
             &lrs,
-            training_pass(BnMode::Frozen),
+            pass,
             None,
             &mut graft::rng::run_rng(42, step),
         )
@@ -137,6 +138,8 @@ fn two_finetune_steps() -> Vec<u32> {
     let top: Vec<f32> = record.top.weight.val().into_data().try_into_vec().unwrap();
     let stem: Vec<f32> = record
         .net
+        .as_mbconv()
+        .unwrap()
         .stem
         .weight
         .val()

@@ -172,13 +172,7 @@ fn resume_from_a_checkpoint_equals_an_uninterrupted_run() {
         ..FinetuneOptions::default()
     };
     let dir = tempfile::tempdir().unwrap();
-    let plan = graft::train::plan::Plan::new(
-        backbone().net.as_mbconv().unwrap(),
-        (info.name, 224),
-        &options,
-        0,
-        2,
-    );
+    let plan = graft::train::plan::Plan::new(&backbone().net, (info.name, 224), &options, 0, 2);
     let run = |checkpoints: Checkpoints| {
         finetune(
             backbone(),
@@ -208,7 +202,8 @@ fn resume_from_a_checkpoint_equals_an_uninterrupted_run() {
     assert_eq!(resumed.history, straight.history);
     assert_eq!(resumed.best_epoch, straight.best_epoch);
     assert_eq!(resumed.head, straight.head);
-    let weights = |net: &MbNet| -> Vec<f32> {
+    let weights = |net: &graft::backbone::Network| -> Vec<f32> {
+        let net = net.as_mbconv().unwrap();
         let mut all: Vec<f32> = net.head.weight.val().into_data().try_into_vec().unwrap();
         all.extend(
             net.stem

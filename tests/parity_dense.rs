@@ -39,6 +39,28 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_into_vec::<f32>().unwrap()
 }
 
+/// Saving the loaded network (what fine-tuning and pretraining write) gives back the
+/// checkpoint: the same float tensors under the same keys, nothing more.
+fn check_saved_keys(name: &str, net: &Network, arch: &Arch, checkpoint: &Checkpoint) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("saved.safetensors");
+    graft::backbone::export::save_safetensors(net, arch, &path).unwrap();
+    let saved = Checkpoint::open(&path).unwrap();
+    let floats: BTreeMap<&String, &StoredTensor> = checkpoint
+        .tensors
+        .iter()
+        .filter(|(_, t)| t.values.is_some())
+        .collect();
+    let saved_keys: Vec<&String> = saved.tensors.keys().collect();
+    let source_keys: Vec<&String> = floats.keys().copied().collect();
+    assert_eq!(saved_keys, source_keys, "{name}: saved keys");
+    for (key, stored) in floats {
+        let again = &saved.tensors[key];
+        assert_eq!(again.shape, stored.shape, "{name}: {key}");
+        assert!(again.values == stored.values, "{name}: {key} values differ");
+    }
+}
+
 /// Load the fixture `name` into `arch`'s network and compare with its goldens.
 fn check(name: &str, arch: Arch) {
     let device = graft::backend::device();
@@ -53,6 +75,7 @@ fn check(name: &str, arch: Arch) {
         &device,
     );
     assert!(report.is_clean(), "{name}: {report}");
+    check_saved_keys(name, &net, &arch, &checkpoint);
 
     let (shape, input) = golden(name, "input");
     let x = Tensor::<4>::from_data(

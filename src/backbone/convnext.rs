@@ -12,7 +12,7 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
 use super::mbnet::global_average_pool;
-use crate::weights::loader::TensorSource;
+use crate::weights::loader::TensorKeys;
 
 const LN_EPS: f64 = 1e-6;
 
@@ -123,7 +123,7 @@ impl ConvNeXtBlock {
         x + y.permute([0, 3, 1, 2])
     }
 
-    fn load(&mut self, source: &mut TensorSource, layout: ConvNeXtLayout, prefix: &str) {
+    fn visit_keys(&mut self, source: &mut impl TensorKeys, layout: ConvNeXtLayout, prefix: &str) {
         let [dim] = self.gamma.dims();
         match layout {
             ConvNeXtLayout::Torchvision => {
@@ -132,9 +132,11 @@ impl ConvNeXtBlock {
                 source.linear(&mut self.fc1, &format!("{prefix}.block.3"));
                 source.linear(&mut self.fc2, &format!("{prefix}.block.5"));
                 // Stored as [C, 1, 1] for broadcasting over an NCHW map.
-                if let Some(t) = source.tensor(&format!("{prefix}.layer_scale"), [dim, 1, 1]) {
-                    self.gamma = Param::from_tensor(t.reshape([dim]));
-                }
+                source.param_stored_as(
+                    &mut self.gamma,
+                    &format!("{prefix}.layer_scale"),
+                    [dim, 1, 1],
+                );
             }
             ConvNeXtLayout::Timm => {
                 source.conv2d(&mut self.dwconv, &format!("{prefix}.conv_dw"));
@@ -201,8 +203,9 @@ impl ConvNeXt {
         }
     }
 
-    /// Fill every tensor from keys named the way `layout` names them.
-    pub fn load(&mut self, source: &mut TensorSource, layout: ConvNeXtLayout) {
+    /// Walk every tensor under the key `layout` gives it: to load a checkpoint or to save one
+    /// (see [`TensorKeys`]).
+    pub fn visit_keys(&mut self, source: &mut impl TensorKeys, layout: ConvNeXtLayout) {
         let (stem, head_norm, fc) = match layout {
             ConvNeXtLayout::Torchvision => ("features.0", "classifier.0", "classifier.2"),
             ConvNeXtLayout::Timm => ("stem", "head.norm", "head.fc"),
@@ -225,7 +228,7 @@ impl ConvNeXt {
                 source.conv2d(&mut downsample.conv, &format!("{down}.1"));
             }
             for (i, block) in stage.blocks.iter_mut().enumerate() {
-                block.load(source, layout, &format!("{blocks}.{i}"));
+                block.visit_keys(source, layout, &format!("{blocks}.{i}"));
             }
         }
         source.layer_norm(&mut self.head_norm, head_norm);

@@ -697,7 +697,9 @@ mod tests {
         randomise_batch_norm(&mut net.head, rng, &device);
         let net = net.for_training(&device.autodiff());
         let all: Vec<usize> = (0..groups).collect();
-        set_trainable(net, &all, BnMode::Frozen)
+        set_trainable(net.into(), &all, BnMode::Frozen)
+            .into_mbconv()
+            .unwrap()
     }
 
     /// Every float parameter's gradient under both computations, by parameter: the largest

@@ -27,7 +27,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use rayon::prelude::*;
 
-use crate::weights::loader::TensorSource;
+use crate::weights::loader::{TensorKeys, TensorSource};
 use crate::weights::{Checkpoint, LoadReport, WeightsError};
 use convnext::{ConvNeXt, ConvNeXtLayout, ConvNeXtSpec};
 use fused::FusedNet;
@@ -941,7 +941,7 @@ impl Network {
             }
             (Self::ResNet(net), _) => {
                 let mut source = TensorSource::new(checkpoint, "layer1.0.conv1.weight", device);
-                net.load(&mut source);
+                net.visit_keys(&mut source);
                 source.finish()
             }
             (Self::ConvNeXt(net), Arch::ConvNeXt { layout, .. }) => {
@@ -950,7 +950,7 @@ impl Network {
                     ConvNeXtLayout::Timm => "stem.0.weight",
                 };
                 let mut source = TensorSource::new(checkpoint, anchor, device);
-                net.load(&mut source, *layout);
+                net.visit_keys(&mut source, *layout);
                 source.finish()
             }
             (Self::Vit(net), Arch::Vit { layout, .. }) => {
@@ -959,7 +959,7 @@ impl Network {
                     VitLayout::Timm => "patch_embed.proj.weight",
                 };
                 let mut source = TensorSource::new(checkpoint, anchor, device);
-                net.load(&mut source, *layout);
+                net.visit_keys(&mut source, *layout);
                 source.finish()
             }
             _ => unreachable!("Network::init builds the family of `arch`"),
@@ -1003,6 +1003,31 @@ impl Network {
             Self::ConvNeXt(net) => net.device(),
             Self::Vit(net) => net.device(),
         }
+    }
+
+    /// The family's name, for messages.
+    pub fn family(&self) -> &'static str {
+        match self {
+            Self::MbConv(_) => "MBConv",
+            Self::ResNet(_) => "ResNet",
+            Self::ConvNeXt(_) => "ConvNeXt",
+            Self::Vit(_) => "ViT",
+        }
+    }
+
+    /// Width of the pooled features.
+    pub fn feature_dim(&self) -> usize {
+        match self {
+            Self::MbConv(net) => net.head.out_channels(),
+            Self::ResNet(net) => net.feature_dim(),
+            Self::ConvNeXt(net) => net.head_norm.gamma.dims()[0],
+            Self::Vit(net) => net.norm.gamma.dims()[0] * if net.mean_patch_feature { 2 } else { 1 },
+        }
+    }
+
+    /// The network on `device`, ready for autodiff (what is frozen stays frozen).
+    pub fn for_training(self, device: &Device) -> Self {
+        self.fork(device).train()
     }
 
     pub fn as_mbconv(&self) -> Option<&MbNet> {

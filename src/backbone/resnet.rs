@@ -12,7 +12,7 @@ use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor};
 
 use super::mbnet::global_average_pool;
-use crate::weights::loader::TensorSource;
+use crate::weights::loader::TensorKeys;
 
 /// Which residual block the stages are made of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +123,7 @@ impl ConvBn {
         self.folded = true;
     }
 
-    fn load(&mut self, source: &mut TensorSource, conv: &str, bn: &str) {
+    fn visit_keys(&mut self, source: &mut impl TensorKeys, conv: &str, bn: &str) {
         source.param(&mut self.conv.weight, &format!("{conv}.weight"));
         source.batch_norm(&mut self.bn, bn);
     }
@@ -153,16 +153,16 @@ impl ResBlock {
         relu(y + identity)
     }
 
-    fn load(&mut self, source: &mut TensorSource, prefix: &str) {
+    fn visit_keys(&mut self, source: &mut impl TensorKeys, prefix: &str) {
         self.conv1
-            .load(source, &format!("{prefix}.conv1"), &format!("{prefix}.bn1"));
+            .visit_keys(source, &format!("{prefix}.conv1"), &format!("{prefix}.bn1"));
         self.conv2
-            .load(source, &format!("{prefix}.conv2"), &format!("{prefix}.bn2"));
+            .visit_keys(source, &format!("{prefix}.conv2"), &format!("{prefix}.bn2"));
         if let Some(conv3) = &mut self.conv3 {
-            conv3.load(source, &format!("{prefix}.conv3"), &format!("{prefix}.bn3"));
+            conv3.visit_keys(source, &format!("{prefix}.conv3"), &format!("{prefix}.bn3"));
         }
         if let Some(down) = &mut self.downsample {
-            down.load(
+            down.visit_keys(
                 source,
                 &format!("{prefix}.downsample.0"),
                 &format!("{prefix}.downsample.1"),
@@ -240,18 +240,29 @@ impl ResNet {
         }
     }
 
-    /// Fill every tensor from torchvision-named keys.
-    pub fn load(&mut self, source: &mut TensorSource) {
-        self.stem.load(source, "conv1", "bn1");
+    /// Walk every tensor under its torchvision key: to load a checkpoint or to save one (see
+    /// [`TensorKeys`]).
+    pub fn visit_keys(&mut self, source: &mut impl TensorKeys) {
+        self.stem.visit_keys(source, "conv1", "bn1");
         for (s, stage) in self.stages.iter_mut().enumerate() {
             for (i, block) in stage.blocks.iter_mut().enumerate() {
-                block.load(source, &format!("layer{}.{i}", s + 1));
+                block.visit_keys(source, &format!("layer{}.{i}", s + 1));
             }
         }
         match &mut self.fc {
             Some(fc) => source.linear(fc, "fc"),
             None => source.skip_prefix("fc."),
         }
+    }
+
+    /// Width of the pooled features: the last block's output channels.
+    pub fn feature_dim(&self) -> usize {
+        self.stages
+            .last()
+            .and_then(|stage| stage.blocks.last())
+            .map_or(0, |block| {
+                block.conv3.as_ref().unwrap_or(&block.conv2).bn.gamma.dims()[0]
+            })
     }
 
     /// Output of each layer group in order: stem (after the max-pool), layer1 … layer4.

@@ -19,7 +19,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::weights::loader::TensorSource;
+use crate::weights::loader::TensorKeys;
 
 const LN_EPS: f64 = 1e-6;
 
@@ -243,15 +243,13 @@ impl VitBlock {
         x + scaled(y, &self.ls2)
     }
 
-    fn load(&mut self, source: &mut TensorSource, layout: VitLayout, prefix: &str) {
+    fn visit_keys(&mut self, source: &mut impl TensorKeys, layout: VitLayout, prefix: &str) {
         match layout {
             VitLayout::Torchvision => {
                 source.layer_norm(&mut self.norm1, &format!("{prefix}.ln_1"));
                 let attn = format!("{prefix}.self_attention");
-                let [d, d3] = self.attn.qkv.weight.dims();
-                if let Some(w) = source.tensor(&format!("{attn}.in_proj_weight"), [d3, d]) {
-                    self.attn.qkv.weight = Param::from_tensor(w.transpose());
-                }
+                source
+                    .param_transposed(&mut self.attn.qkv.weight, &format!("{attn}.in_proj_weight"));
                 if let Some(bias) = &mut self.attn.qkv.bias {
                     source.param(bias, &format!("{attn}.in_proj_bias"));
                 }
@@ -328,8 +326,9 @@ impl Vit {
         }
     }
 
-    /// Fill every tensor from keys named the way `layout` names them.
-    pub fn load(&mut self, source: &mut TensorSource, layout: VitLayout) {
+    /// Walk every tensor under the key `layout` gives it: to load a checkpoint or to save one
+    /// (see [`TensorKeys`]).
+    pub fn visit_keys(&mut self, source: &mut impl TensorKeys, layout: VitLayout) {
         let (patch, cls, pos, blocks, norm, head) = match layout {
             VitLayout::Torchvision => (
                 "conv_proj",
@@ -355,7 +354,7 @@ impl Vit {
         }
         source.param(&mut self.pos_embed, pos);
         for (i, block) in self.blocks.iter_mut().enumerate() {
-            block.load(source, layout, &format!("{blocks}{i}"));
+            block.visit_keys(source, layout, &format!("{blocks}{i}"));
         }
         source.layer_norm(&mut self.norm, norm);
         match &mut self.head {

@@ -161,8 +161,7 @@ fn train_step(args: BenchArgs) -> Result<ExitCode> {
         bias: vec![0.0; classes],
     };
     let device = graft::backend::device().autodiff();
-    let net = backbone.into_mbconv("the training-step benchmark")?;
-    let mut model = new_model(net, &head, 0.2, &device);
+    let mut model = new_model(backbone.net, &head, 0.2, &device);
     let all: Vec<usize> = (0..groups).collect();
     model.net = set_trainable(model.net, &all, BnMode::Frozen);
     let mut optimizer = burn::optim::AdamWConfig::new().init();
@@ -182,7 +181,7 @@ fn train_step(args: BenchArgs) -> Result<ExitCode> {
     let pass = if args.burn_autodiff {
         BackbonePass::Burn
     } else {
-        training_pass(BnMode::Frozen)
+        training_pass(&model.net, BnMode::Frozen)
     };
     let mut run_once = |model| {
         train_step(

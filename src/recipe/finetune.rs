@@ -111,17 +111,13 @@ pub struct FinetunedRun {
 /// `path,label`), saved in `out`. Ctrl-C stops after the step in flight with
 /// [`RecipeError::Interrupted`]; the last finished epoch is checkpointed in `out`, and the same
 /// call with `resume` continues from it.
-/// Names the recipe in [`crate::backbone::Unsupported`] errors.
-const FINETUNE: &str = "fine-tuning (--recipe finetune)";
-
 pub fn train(
     data: &Path,
     out: &Path,
     options: &FinetuneRecipe,
     progress: &mut dyn Progress,
 ) -> Result<FinetunedRun, RecipeError> {
-    // Refused before any work: the head round alone would take minutes.
-    options.backbone.info()?.require_mbconv(FINETUNE)?;
+    let info = options.backbone.info()?;
     let tuning = &options.tuning;
     let dataset = open_dataset(data, options.split, progress)?;
     let classes = &dataset.classes;
@@ -145,7 +141,7 @@ pub fn train(
     // 2. The plan, made once: printed, saved, and followed by the training loop.
     let backbone = options.backbone.load_trainable()?;
     let plan = Plan::new(
-        backbone.mbconv(FINETUNE)?,
+        &backbone.net,
         (&backbone.config.name, backbone.config.resolution),
         tuning,
         head_epochs,
@@ -207,8 +203,7 @@ pub fn train(
 
     // 4. Save: backbone in checkpoint layout, top, card; then score through the saved model.
     let backbone_path = out.join(BACKBONE_FILE);
-    let (_, layout) = options.backbone.info()?.require_mbconv(FINETUNE)?;
-    save_safetensors(&result.net, layout, &backbone_path).map_err(run::io(&backbone_path))?;
+    save_safetensors(&result.net, &info.arch, &backbone_path).map_err(run::io(&backbone_path))?;
     let mut history = head_round.history.clone();
     history.extend(result.history.iter().cloned().map(|mut r| {
         r.epoch += head_epochs;

@@ -111,7 +111,8 @@ impl PretrainedRun {
 /// Ctrl-C stops after the step in flight with [`RecipeError::Interrupted`]; the last finished
 /// epoch is checkpointed in `out` and `resume` continues from it.
 /// Names the recipe in [`crate::backbone::Unsupported`] errors.
-const PRETRAIN: &str = "SimCLR pretraining (graft pretrain)";
+const PRETRAIN_FROM_SCRATCH: &str =
+    "SimCLR pretraining from random weights (graft pretrain --from-scratch)";
 
 pub fn pretrain(
     data: &Path,
@@ -132,10 +133,11 @@ pub fn pretrain(
     };
     let (paths, excluded) = pretraining_images(data, options, probe_data.as_ref(), progress)?;
     let info = options.backbone.info()?;
-    let (spec, layout) = info.require_mbconv(PRETRAIN)?;
     let device = crate::backend::device();
     let seed = options.simclr.seed;
     let parent = if options.from_scratch {
+        // Random initialisation is written for the MBConv family only.
+        let (spec, _) = info.require_mbconv(PRETRAIN_FROM_SCRATCH)?;
         let config = info.source_config(options.backbone.padding);
         let net = MbNet::init(
             &spec,
@@ -216,10 +218,7 @@ pub fn pretrain(
     let config = parent.config.clone();
     let shared = RefCell::new(&mut *progress);
     let result = simclr_pretrain(
-        parent
-            .net
-            .into_mbconv()
-            .ok_or_else(|| info.unsupported(PRETRAIN))?,
+        parent.net,
         &config,
         &paths,
         &simclr,
@@ -260,7 +259,7 @@ pub fn pretrain(
 
     // 3. Save the adapted backbone, then load it back as every other command will.
     let file = out.join(BACKBONE_FILE);
-    save_safetensors(&result.net, layout, &file).map_err(run::io(&file))?;
+    save_safetensors(&result.net, &info.arch, &file).map_err(run::io(&file))?;
     let load = LoadOptions {
         include_top: false,
         padding: Some(config.padding),

@@ -1,5 +1,5 @@
-//! How a training step runs the backbone: burn's autodiff over its modules, or on the CPU with
-//! frozen BatchNorm the fused kernels with their own backward pass
+//! How a training step runs the backbone: burn's autodiff over its modules, or for the MBConv
+//! family on the CPU with frozen BatchNorm the fused kernels with their own backward pass
 //! ([`crate::backbone::fused_grad`], several times faster: `bench/train_step.sh`). Either way
 //! what couples the batch (dropout, the top, the loss; for SimCLR the projection head and
 //! NT-Xent) runs on burn, on the whole batch's features.
@@ -7,44 +7,50 @@
 use burn::tensor::{Gradients, Tensor};
 
 use super::freeze::BnMode;
+use crate::backbone::Network;
 use crate::backbone::fused_grad;
-use crate::backbone::mbnet::{MbNet, Start};
+use crate::backbone::mbnet::Start;
 
 /// How a training step runs the backbone's forward and backward passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackbonePass {
-    /// burn's autodiff over the network's modules: on a GPU, or with BatchNorm on batch
-    /// statistics.
+    /// burn's autodiff over the network's modules: on a GPU, with BatchNorm on batch
+    /// statistics, or for a family without a fused backward.
     Burn,
     /// The fused CPU kernels with their own backward pass (they fold BatchNorm's running
     /// statistics into the convs, so BatchNorm must be frozen).
     Fused,
 }
 
-/// The pass a training step uses: [`BackbonePass::Fused`] on the CPU with frozen BatchNorm,
-/// else [`BackbonePass::Burn`].
-pub fn training_pass(bn_mode: BnMode) -> BackbonePass {
-    if !crate::backend::fused_cpu() || bn_mode != BnMode::Frozen {
-        BackbonePass::Burn
-    } else {
+/// The pass a training step of `net` uses: [`BackbonePass::Fused`] for the MBConv family on
+/// the CPU with frozen BatchNorm, else [`BackbonePass::Burn`].
+pub fn training_pass(net: &Network, bn_mode: BnMode) -> BackbonePass {
+    if crate::backend::fused_cpu() && bn_mode == BnMode::Frozen && net.as_mbconv().is_some() {
         BackbonePass::Fused
+    } else {
+        BackbonePass::Burn
     }
 }
 
 /// Forward `x` through `net` from `start` as `pass` says, compute the loss on the pooled
 /// features with `loss_of`, and backward. Returns the loss, what `loss_of` returned besides it,
 /// and the gradients (take the whole model's with `GradientsParams::from_module`: `net`'s and
-/// those of everything `loss_of` used).
+/// those of everything `loss_of` used). `start` other than the image is for MBConv networks
+/// (see [`crate::train::finetune::FrozenPrefix`]).
 pub fn backbone_backward<T>(
-    net: &MbNet,
+    net: &Network,
     start: Start,
     x: Tensor<4>,
     pass: BackbonePass,
     loss_of: impl FnOnce(Tensor<2>) -> (Tensor<1>, T),
 ) -> (Tensor<1>, T, Gradients) {
-    let features = match pass {
-        BackbonePass::Burn => net.forward_features_from(start, x),
-        BackbonePass::Fused => fused_grad::features(net, start, x),
+    let features = match (net, pass) {
+        (Network::MbConv(net), BackbonePass::Fused) => fused_grad::features(net, start, x),
+        (Network::MbConv(net), BackbonePass::Burn) => net.forward_features_from(start, x),
+        (net, _) => {
+            debug_assert!(matches!(start, Start::Image), "a prefix is MBConv's only");
+            net.forward_features(x)
+        }
     };
     let (loss, extra) = loss_of(features);
     let grads = loss.backward();

@@ -23,8 +23,8 @@ pub use super::freeze::{BnMode, set_trainable};
 use super::plan::Plan;
 use super::schedule::{Schedule, factor};
 use crate::backbone::fused::FusedNet;
-use crate::backbone::mbnet::{MbNet, Start};
-use crate::backbone::{Backbone, SourceConfig};
+use crate::backbone::mbnet::Start;
+use crate::backbone::{Backbone, Network, SourceConfig};
 use crate::data::augment::{Augment, augmented, image_rng};
 use crate::data::{DecodeLimits, decode_rgb, load_images, to_batch};
 use crate::head::Head;
@@ -93,7 +93,7 @@ impl Default for FinetuneOptions {
 /// The backbone and the new top, trained together.
 #[derive(Module, Debug)]
 pub struct FinetuneModel {
-    pub net: MbNet,
+    pub net: Network,
     pub dropout: Dropout,
     pub top: Linear,
 }
@@ -130,22 +130,24 @@ fn forward_backward(
     (loss, logits, grads)
 }
 
-/// The frozen layers below the first trainable group, run by the fused CPU inference network:
-/// they take no gradient, so a training step only needs their output, and the fused kernels
-/// give it several times faster than burn's generic ops (`graft bench forward`). Built once per
-/// stage of gradual unfreezing, from the weights the stage keeps fixed.
+/// The frozen layers below the first trainable group of an MBConv network, run by the fused
+/// CPU inference network: they take no gradient, so a training step only needs their output,
+/// and the fused kernels give it several times faster than burn's generic ops (`graft bench
+/// forward`). Built once per stage of gradual unfreezing, from the weights the stage keeps
+/// fixed. (The other families run their frozen layers on burn, without autodiff tracking.)
 pub struct FrozenPrefix {
     net: FusedNet,
     blocks: usize,
 }
 
 impl FrozenPrefix {
-    /// The prefix for a stage training `trainable`; `None` when the stem trains, on a GPU, or
-    /// with BatchNorm on batch statistics.
-    pub fn for_stage(net: &MbNet, trainable: &[usize], bn_mode: BnMode) -> Option<Self> {
+    /// The prefix for a stage training `trainable`; `None` when the stem trains, on a GPU,
+    /// with BatchNorm on batch statistics, or for another family than MBConv.
+    pub fn for_stage(net: &Network, trainable: &[usize], bn_mode: BnMode) -> Option<Self> {
         if !crate::backend::fused_cpu() || bn_mode != BnMode::Frozen {
             return None;
         }
+        let net = net.as_mbconv()?;
         let blocks = net.first_trainable_block(trainable)?;
         Some(Self {
             net: FusedNet::new(&net.valid()),
@@ -190,10 +192,15 @@ pub fn train_step(
 }
 
 /// The model to fine-tune: `net` on `device` with a top that starts from `head`.
-pub fn new_model(net: MbNet, head: &Head, dropout: f64, device: &Device) -> FinetuneModel {
-    let dim = net.head.out_channels();
+pub fn new_model(
+    net: impl Into<Network>,
+    head: &Head,
+    dropout: f64,
+    device: &Device,
+) -> FinetuneModel {
+    let dim = head.dim();
     FinetuneModel {
-        net: net.for_training(device),
+        net: net.into().for_training(device),
         dropout: DropoutConfig::new(dropout).init(),
         top: top_from_head(head, dim, device),
     }
@@ -215,7 +222,7 @@ pub struct EpochReport<'a> {
 
 #[derive(Debug)]
 pub struct FinetuneResult {
-    pub net: MbNet,
+    pub net: Network,
     pub head: Head,
     pub history: Vec<EpochRecord>,
     /// Mean learning rate of each group (backbone groups, then the top) over each epoch.
@@ -267,8 +274,12 @@ fn validate(
     }
     let device = crate::backend::device();
     let classes = model.top.weight.dims()[1];
-    // The backbone by the fused CPU kernels (BatchNorm on running statistics, as here).
-    let fused = crate::backend::fused_cpu().then(|| FusedNet::new(&model.net));
+    // An MBConv backbone by the fused CPU kernels (BatchNorm on running statistics, as here).
+    let fused = model
+        .net
+        .as_mbconv()
+        .filter(|_| crate::backend::fused_cpu())
+        .map(FusedNet::new);
     let (mut loss, mut correct) = (0.0f64, 0usize);
     for (chunk, labels) in examples
         .paths
@@ -349,8 +360,7 @@ pub fn finetune(
     let config = backbone.config.clone();
     let groups = config.layer_groups.len();
     let device = crate::backend::device().autodiff();
-    let net = backbone.into_mbconv("fine-tuning")?;
-    let mut model = new_model(net, head, options.dropout, &device);
+    let mut model = new_model(backbone.net, head, options.dropout, &device);
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(options.weight_decay as f32)
         .init();
@@ -397,6 +407,7 @@ pub fn finetune(
         let peak = stage.peak_rates();
         model.net = set_trainable(model.net, &trainable, options.bn_mode);
         let prefix = FrozenPrefix::for_stage(&model.net, &trainable, options.bn_mode);
+        let pass = training_pass(&model.net, options.bn_mode);
         stage_starts.push(epoch + 1);
         let total = stage.epochs * steps_per_epoch;
         let warmup = (steps_per_epoch / 4).max(1);
@@ -432,7 +443,7 @@ pub fn finetune(
                     y,
                     &trainable,
                     &lrs,
-                    training_pass(options.bn_mode),
+                    pass,
                     prefix.as_ref(),
                     // Dropout masks from the run's seed and the step, so a run (resumed or
                     // not) is reproducible whatever else runs in the process.
@@ -558,6 +569,7 @@ fn load_checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backbone::mbnet::MbNet;
     use crate::rng::random_tensor;
     use burn::tensor::Distribution;
 
@@ -608,6 +620,7 @@ mod tests {
             .with_weight_decay(0.0)
             .with_epsilon(1e-20)
             .init();
+        let pass = training_pass(&model.net, bn_mode);
         train_step(
             model,
             &mut optimizer,
@@ -616,7 +629,7 @@ mod tests {
             y,
             trainable,
             lrs,
-            training_pass(bn_mode),
+            pass,
             None,
             &mut rng,
         )
@@ -629,7 +642,7 @@ mod tests {
         let trainable = [GROUPS - 2, GROUPS - 1];
         let (model, device) = model(&trainable, BnMode::Frozen);
         let prefix = FrozenPrefix::for_stage(&model.net, &trainable, BnMode::Frozen).unwrap();
-        assert_eq!(prefix.blocks, model.net.stage_ends[5] + 1);
+        assert_eq!(prefix.blocks, mb(&model).stage_ends[5] + 1);
         let mut rng = run_rng(1, 0);
         let x = random_tensor::<4>(
             [4, 3, 64, 64],
@@ -675,19 +688,23 @@ mod tests {
             values(grads_p.get::<2>(id).unwrap()),
             "top",
         );
-        let last = model.net.blocks.last().unwrap();
+        let last = mb(&model).blocks.last().unwrap();
         for (param, what) in [
-            (&model.net.head.weight, "head conv"),
+            (&mb(&model).head.weight, "head conv"),
             (&last.depthwise.weight, "stage 7 depthwise"),
         ] {
             let (a, b) = (grads.get::<4>(param.id), grads_p.get::<4>(param.id));
             close(values(a.unwrap()), values(b.unwrap()), what);
         }
         // Frozen layers get no gradient either way.
-        assert!(grads_p.get::<4>(model.net.stem.weight.id).is_none());
+        assert!(grads_p.get::<4>(mb(&model).stem.weight.id).is_none());
         // No prefix when the stem trains, or with BatchNorm on batch statistics.
         assert!(FrozenPrefix::for_stage(&model.net, &[0, 8], BnMode::Frozen).is_none());
         assert!(FrozenPrefix::for_stage(&model.net, &trainable, BnMode::Train).is_none());
+    }
+
+    fn mb(model: &FinetuneModel) -> &crate::backbone::mbnet::MbNet {
+        model.net.as_mbconv().unwrap()
     }
 
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -709,7 +726,7 @@ mod tests {
     fn frozen_batchnorm_keeps_running_statistics_and_trains_gamma() {
         let trainable = [GROUPS - 1];
         let (model, device) = model(&trainable, BnMode::Frozen);
-        let bn = &model.net.head.bn;
+        let bn = &mb(&model).head.bn;
         let (mean, var, gamma) = (
             values(bn.running_mean.value()),
             values(bn.running_var.value()),
@@ -719,7 +736,7 @@ mod tests {
         lrs[GROUPS - 1] = 1e-2;
         lrs[GROUPS] = 1e-2;
         let model = step(model, &device, (&trainable, BnMode::Frozen), &lrs);
-        let bn = &model.net.head.bn;
+        let bn = &mb(&model).head.bn;
         assert!(
             values(bn.running_mean.value_sync()) == mean,
             "running mean moved"
@@ -735,11 +752,11 @@ mod tests {
     fn batchnorm_in_train_mode_updates_running_statistics() {
         let trainable = [GROUPS - 1];
         let (model, device) = model(&trainable, BnMode::Train);
-        let mean = values(model.net.head.bn.running_mean.value());
+        let mean = values(mb(&model).head.bn.running_mean.value());
         let mut lrs = vec![0.0; GROUPS + 1];
         lrs[GROUPS - 1] = 1e-2;
         let model = step(model, &device, (&trainable, BnMode::Train), &lrs);
-        let after = values(model.net.head.bn.running_mean.value_sync());
+        let after = values(mb(&model).head.bn.running_mean.value_sync());
         assert!(after != mean, "running mean did not move in train mode");
     }
 
@@ -747,16 +764,16 @@ mod tests {
     fn a_frozen_group_is_unchanged_and_a_trainable_one_moves() {
         let trainable = [GROUPS - 2, GROUPS - 1];
         let (model, device) = model(&trainable, BnMode::Frozen);
-        let stem = values(model.net.stem.weight.val());
-        let head = values(model.net.head.weight.val());
+        let stem = values(mb(&model).stem.weight.val());
+        let head = values(mb(&model).head.weight.val());
         let lrs = vec![1e-2; GROUPS + 1];
         let model = step(model, &device, (&trainable, BnMode::Frozen), &lrs);
         assert!(
-            values(model.net.stem.weight.val()) == stem,
+            values(mb(&model).stem.weight.val()) == stem,
             "frozen stem changed"
         );
         assert!(
-            values(model.net.head.weight.val()) != head,
+            values(mb(&model).head.weight.val()) != head,
             "trainable head conv did not"
         );
     }
@@ -765,8 +782,8 @@ mod tests {
     fn with_every_group_trainable_the_stem_moves_too() {
         let trainable: Vec<usize> = (0..GROUPS).collect();
         let (model, device) = model(&trainable, BnMode::Frozen);
-        let stem = values(model.net.stem.weight.val());
-        let depthwise = values(model.net.blocks[0].depthwise.weight.val());
+        let stem = values(mb(&model).stem.weight.val());
+        let depthwise = values(mb(&model).blocks[0].depthwise.weight.val());
         let model = step(
             model,
             &device,
@@ -774,13 +791,91 @@ mod tests {
             &[1e-2; GROUPS + 1],
         );
         assert!(
-            values(model.net.stem.weight.val()) != stem,
+            values(mb(&model).stem.weight.val()) != stem,
             "stem did not train"
         );
         assert!(
-            values(model.net.blocks[0].depthwise.weight.val()) != depthwise,
+            values(mb(&model).blocks[0].depthwise.weight.val()) != depthwise,
             "first depthwise conv did not train"
         );
+    }
+
+    /// Draws every float tensor anew (normal, std 0.1): the dense families' `init` leaves
+    /// weights for a checkpoint to fill.
+    struct Redraw(RunRng);
+
+    impl burn::module::ModuleMapper for Redraw {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let rng = &mut self.0;
+            param.map(|t| {
+                let shape: [usize; D] = t.dims();
+                random_tensor::<D>(shape, Distribution::Normal(0.0, 0.1), rng, &t.device())
+            })
+        }
+    }
+
+    /// Registry entry `name` with random weights and a 3-class top, the groups in `trainable`
+    /// training with BatchNorm frozen.
+    fn family_model(name: &str, trainable: &[usize]) -> (FinetuneModel, Device) {
+        let device = crate::backend::device().autodiff();
+        let info = crate::backbone::find(name).unwrap();
+        let net = Network::init(
+            &info.arch,
+            crate::backbone::PaddingMode::Symmetric,
+            1e-5,
+            false,
+            &crate::backend::device(),
+        )
+        .map(&mut Redraw(run_rng(5, 0)));
+        let head = Head::Linear {
+            weight: vec![0.01; 3 * info.arch.feature_dim()],
+            bias: vec![0.0; 3],
+        };
+        let mut model = new_model(net, &head, 0.0, &device);
+        model.net = set_trainable(model.net, trainable, BnMode::Frozen);
+        (model, device)
+    }
+
+    /// One step of the dense families' fine-tuning (burn's autodiff) with the two top-most
+    /// groups training: those move, the stem does not, BatchNorm's statistics stay.
+    #[test]
+    fn dense_families_train_their_top_groups_and_nothing_below() {
+        for name in ["resnet18", "convnext_tiny", "vit_small_patch16_224"] {
+            let groups = crate::backbone::find(name).unwrap().arch.group_names().len();
+            let trainable = [groups - 2, groups - 1];
+            let (model, device) = family_model(name, &trainable);
+            // (tensor, whether it must move)
+            let watched = |net: &Network| -> Vec<(Vec<f32>, bool)> {
+                match net {
+                    Network::ResNet(net) => vec![
+                        (values(net.stem.conv.weight.val()), false),
+                        (values(net.stages[2].blocks[0].conv1.conv.weight.val()), true),
+                        (values(net.stages[3].blocks[1].conv2.bn.gamma.val()), true),
+                        (values(net.stages[3].blocks[1].conv2.bn.running_mean.value()), false),
+                    ],
+                    Network::ConvNeXt(net) => vec![
+                        (values(net.stem_conv.weight.val()), false),
+                        (values(net.stages[1].blocks[0].fc1.weight.val()), false),
+                        (values(net.stages[2].blocks[0].fc1.weight.val()), true),
+                        (values(net.head_norm.gamma.val()), true),
+                    ],
+                    Network::Vit(net) => vec![
+                        (values(net.patch_embed.weight.val()), false),
+                        (values(net.pos_embed.val()), false),
+                        (values(net.blocks[8].fc1.weight.val()), false),
+                        (values(net.blocks[9].fc1.weight.val()), true),
+                        (values(net.norm.gamma.val()), true),
+                    ],
+                    Network::MbConv(_) => unreachable!("dense families only"),
+                }
+            };
+            let before = watched(&model.net);
+            let lrs = vec![1e-2; groups + 1];
+            let model = step(model, &device, (&trainable, BnMode::Frozen), &lrs);
+            for (i, ((a, moves), (b, _))) in before.iter().zip(watched(&model.net)).enumerate() {
+                assert_eq!(a != &b, *moves, "{name}: watched tensor {i}");
+            }
+        }
     }
 
     #[test]
@@ -805,14 +900,14 @@ mod tests {
             .map(|g| group_learning_rate(&options, g, GROUPS))
             .chain([1e-3])
             .collect();
-        let before_head = values(model.net.head.weight.val());
-        let last = model.net.blocks.len() - 1;
-        let before_stage7 = values(model.net.blocks[last].project.weight.val());
+        let before_head = values(mb(&model).head.weight.val());
+        let last = mb(&model).blocks.len() - 1;
+        let before_stage7 = values(mb(&model).blocks[last].project.weight.val());
         let model = step(model, &device, (&trainable, BnMode::Frozen), &lrs);
-        let moved_head = mean_abs_change(&before_head, &values(model.net.head.weight.val()));
+        let moved_head = mean_abs_change(&before_head, &values(mb(&model).head.weight.val()));
         let moved_stage7 = mean_abs_change(
             &before_stage7,
-            &values(model.net.blocks[last].project.weight.val()),
+            &values(mb(&model).blocks[last].project.weight.val()),
         );
         let ratio = moved_stage7 / moved_head;
         assert!(

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::finetune::{BnMode, FinetuneOptions, Unfreeze};
 use super::schedule::Schedule;
-use crate::backbone::mbnet::MbNet;
-use crate::backbone::summary::summarize;
+use crate::backbone::Network;
+use crate::backbone::summary::summarize_network;
 use crate::data::augment::Augment;
 
 /// `RUN_DIR/plan.json`.
@@ -70,6 +70,10 @@ pub struct Plan {
     pub head_round_epochs: usize,
     pub stages: Vec<PlannedStage>,
     pub bn_mode: BnMode,
+    /// The network has no BatchNorm (ConvNeXt, ViT: LayerNorm only), so `bn_mode` changes
+    /// nothing. Written only when true, so plans of MBConv runs read and write back unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub without_batch_norm: bool,
     pub augment: Augment,
     pub schedule: Schedule,
     pub batch_size: usize,
@@ -100,15 +104,19 @@ impl Plan {
     /// The plan for fine-tuning `net` (named `model`, inputs of side `resolution`) with a top
     /// of `classes` outputs, after a head round of `head_round_epochs`.
     pub fn new(
-        net: &MbNet,
+        net: &Network,
         (model, resolution): (&str, usize),
         options: &FinetuneOptions,
         head_round_epochs: usize,
         classes: usize,
     ) -> Self {
-        let names = net.group_names();
-        let summary = summarize(model, net, resolution);
-        let feature_dim = net.head.out_channels();
+        let summary = summarize_network(model, net, resolution);
+        // The summary's first rows are the layer groups, in order.
+        let names: Vec<String> = summary.rows[..net.group_count()]
+            .iter()
+            .map(|row| row.group.clone())
+            .collect();
+        let feature_dim = net.feature_dim();
         let top_params = feature_dim * classes + classes;
         let total = summary.total() + top_params;
         let mut first_epoch = head_round_epochs + 1;
@@ -152,6 +160,7 @@ impl Plan {
             head_round_epochs,
             stages,
             bn_mode: options.bn_mode,
+            without_batch_norm: !net.has_batch_norm(),
             augment: options.augment,
             schedule: options.schedule,
             batch_size: options.batch_size,
@@ -172,6 +181,8 @@ impl Plan {
             self.head_round_epochs,
             self.stages.len(),
             match self.bn_mode {
+                _ if self.without_batch_norm =>
+                    "none (LayerNorm only: nothing to freeze or update)",
                 BnMode::Frozen =>
                     "frozen (inference mode: running statistics kept, gamma/beta train with their layer)",
                 BnMode::Train => "in training mode (batch statistics)",

@@ -19,8 +19,8 @@ use super::checkpoint::{CheckpointError, Checkpoints};
 use super::epochs::{check_resumed_options, epoch_order};
 use super::freeze::{BnMode, set_trainable};
 use super::schedule::{Schedule, factor};
+use crate::backbone::Network;
 use crate::backbone::SourceConfig;
-use crate::backbone::mbnet::MbNet;
 use crate::backbone::mbnet::Start;
 use crate::data::augment::{image_rng, simclr_view};
 use crate::data::{Chw, DecodeLimits, decode_rgb, to_batch};
@@ -75,7 +75,7 @@ impl Default for SimclrOptions {
 /// The backbone and the projection head g(h) = W2 ReLU(W1 h).
 #[derive(Module, Debug)]
 pub struct SimclrModel {
-    pub net: MbNet,
+    pub net: Network,
     pub hidden: Linear,
     pub relu: Relu,
     pub output: Linear,
@@ -83,8 +83,8 @@ pub struct SimclrModel {
 
 impl SimclrModel {
     /// `net` with a new projection head whose initial weights come from `rng`.
-    pub fn new(net: MbNet, projection_dim: usize, rng: &mut RunRng, device: &Device) -> Self {
-        let dim = net.head.out_channels();
+    pub fn new(net: Network, projection_dim: usize, rng: &mut RunRng, device: &Device) -> Self {
+        let dim = net.feature_dim();
         Self {
             net,
             hidden: crate::rng::linear(dim, dim, rng, device),
@@ -170,7 +170,7 @@ struct State {
 #[derive(Debug)]
 pub struct PretrainResult {
     /// The adapted backbone (projection head dropped, as in the paper).
-    pub net: MbNet,
+    pub net: Network,
     pub history: Vec<PretrainEpoch>,
 }
 
@@ -249,7 +249,7 @@ const MODULES: [&str; 1] = ["model"];
 
 /// Pretrain `net` (unfolded BatchNorm) on the images at `paths` with SimCLR.
 pub fn pretrain(
-    net: MbNet,
+    net: Network,
     config: &SourceConfig,
     paths: &[PathBuf],
     options: &SimclrOptions,
@@ -261,6 +261,7 @@ pub fn pretrain(
     let groups = config.layer_groups.len();
     let all: Vec<usize> = (0..groups).collect();
     let net = set_trainable(net.for_training(&device), &all, options.bn_mode);
+    let pass = training_pass(&net, options.bn_mode);
     // The projection head's initial weights come from the run's seed.
     let mut model = SimclrModel::new(
         net,
@@ -312,7 +313,7 @@ pub fn pretrain(
                 x,
                 options.temperature,
                 (backbone_lr, options.learning_rate * f),
-                training_pass(options.bn_mode),
+                pass,
             );
             model = next;
             steps += 1;
@@ -379,21 +380,22 @@ mod tests {
         let info = crate::backbone::find("efficientnet-lite0").unwrap();
         let config = info.source_config(None);
         let mut rng = run_rng(0, 0);
-        let net = MbNet::init(
+        let net = crate::backbone::mbnet::MbNet::init(
             &info.mbconv().unwrap().0,
             config.padding,
             config.bn_eps,
             false,
             &mut rng,
             &plain,
-        )
-        .for_training(&device);
+        );
+        let net = Network::from(net).for_training(&device);
         let groups = config.layer_groups.len();
         let all: Vec<usize> = (0..groups).collect();
         let net = set_trainable(net, &all, BnMode::Frozen);
         let model = SimclrModel::new(net, 16, &mut rng, &device);
-        let stem = values(model.net.stem.weight.val());
-        let head = values(model.net.head.weight.val());
+        let mb = |model: &SimclrModel| model.net.as_mbconv().unwrap().clone();
+        let stem = values(mb(&model).stem.weight.val());
+        let head = values(mb(&model).head.weight.val());
         let hidden = values(model.hidden.weight.val());
         let x = crate::rng::random_tensor::<4>(
             [4, 3, 64, 64],
@@ -403,15 +405,15 @@ mod tests {
         );
         let mut optimizer = AdamWConfig::new().init();
         // As pretraining runs on the CPU with frozen BatchNorm.
-        let pass = training_pass(BnMode::Frozen);
+        let pass = training_pass(&model.net, BnMode::Frozen);
         let (model, loss, _) = train_step(model, &mut optimizer, x, 0.1, (1e-2, 1e-2), pass);
         assert!(loss.is_finite());
         assert!(
-            values(model.net.stem.weight.val()) != stem,
+            values(mb(&model).stem.weight.val()) != stem,
             "stem did not train"
         );
         assert!(
-            values(model.net.head.weight.val()) != head,
+            values(mb(&model).head.weight.val()) != head,
             "head conv did not train"
         );
         assert!(

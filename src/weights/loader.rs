@@ -7,6 +7,7 @@ use std::fmt;
 use burn::module::{Param, RunningState};
 use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, LayerNorm, Linear};
+use burn::tensor::Shape;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::checkpoint::Checkpoint;
@@ -116,58 +117,8 @@ impl<'a> TensorSource<'a> {
         ))
     }
 
-    /// Overwrite `param` with `key` when it is there and fits; otherwise leave it, recorded.
-    pub fn param<const D: usize>(&mut self, param: &mut Param<Tensor<D>>, key: &str) {
-        let shape: [usize; D] = param.dims();
-        if let Some(t) = self.tensor(key, shape) {
-            *param = Param::from_tensor(t);
-        }
-    }
-
-    /// A PyTorch BatchNorm: `weight`, `bias`, `running_mean`, `running_var` under `prefix`.
-    pub fn batch_norm(&mut self, bn: &mut BatchNorm, prefix: &str) {
-        let [c] = bn.gamma.dims();
-        self.param(&mut bn.gamma, &format!("{prefix}.weight"));
-        self.param(&mut bn.beta, &format!("{prefix}.bias"));
-        if let Some(t) = self.tensor(&format!("{prefix}.running_mean"), [c]) {
-            bn.running_mean = RunningState::new(t);
-        }
-        if let Some(t) = self.tensor(&format!("{prefix}.running_var"), [c]) {
-            bn.running_var = RunningState::new(t);
-        }
-        // An integer counter the model never reads; it is known, not unexpected.
-        self.mark_used(&format!("{prefix}.num_batches_tracked"));
-    }
-
-    /// A PyTorch Linear (`weight` is `[out, in]`; burn keeps `[in, out]`).
-    pub fn linear(&mut self, linear: &mut Linear, prefix: &str) {
-        let [d_in, d_out] = linear.weight.dims();
-        if let Some(w) = self.tensor(&format!("{prefix}.weight"), [d_out, d_in]) {
-            linear.weight = Param::from_tensor(w.transpose());
-        }
-        if let Some(bias) = &mut linear.bias {
-            self.param(bias, &format!("{prefix}.bias"));
-        }
-    }
-
-    /// A PyTorch Conv2d: `weight`, and `bias` when the layer has one.
-    pub fn conv2d(&mut self, conv: &mut Conv2d, prefix: &str) {
-        self.param(&mut conv.weight, &format!("{prefix}.weight"));
-        if let Some(bias) = &mut conv.bias {
-            self.param(bias, &format!("{prefix}.bias"));
-        }
-    }
-
-    /// A PyTorch LayerNorm: `weight` and `bias`.
-    pub fn layer_norm(&mut self, norm: &mut LayerNorm, prefix: &str) {
-        self.param(&mut norm.gamma, &format!("{prefix}.weight"));
-        if let Some(beta) = &mut norm.beta {
-            self.param(beta, &format!("{prefix}.bias"));
-        }
-    }
-
     /// Count keys under `prefix` as known (e.g. a classifier that was cut off).
-    pub fn skip_prefix(&mut self, prefix: &str) {
+    fn mark_prefix_used(&mut self, prefix: &str) {
         let full = format!("{}{prefix}", self.prefix);
         let keys: Vec<String> = self
             .checkpoint
@@ -196,5 +147,108 @@ impl<'a> TensorSource<'a> {
             .cloned()
             .collect();
         self.report
+    }
+}
+
+/// A model's tensors under checkpoint key names, one walk for both directions: each family
+/// names its tensors once (`load`), and the same walk reads a checkpoint into the model
+/// ([`TensorSource`]) or writes the model out under those names
+/// ([`crate::backbone::export::TensorSink`]).
+pub trait TensorKeys {
+    /// `param` as stored under `key` in `stored` shape (a reshape of the model's: ConvNeXt's
+    /// `[C, 1, 1]` layer scale).
+    fn param_stored_as<const D: usize, const S: usize>(
+        &mut self,
+        param: &mut Param<Tensor<D>>,
+        key: &str,
+        stored: [usize; S],
+    );
+
+    /// `param` stored transposed under `key` (PyTorch's `[out, in]` for burn's `[in, out]`).
+    fn param_transposed(&mut self, param: &mut Param<Tensor<2>>, key: &str);
+
+    /// A running statistic (BatchNorm's mean or variance).
+    fn running(&mut self, state: &mut RunningState<Tensor<1>>, key: &str);
+
+    /// A key the model knows but never reads (BatchNorm's `num_batches_tracked`).
+    fn known(&mut self, key: &str);
+
+    /// Keys under `prefix` the model leaves out (a classifier that was cut off).
+    fn skip_prefix(&mut self, prefix: &str);
+
+    /// `param` under `key`, in the model's own shape.
+    fn param<const D: usize>(&mut self, param: &mut Param<Tensor<D>>, key: &str) {
+        let shape: [usize; D] = param.dims();
+        self.param_stored_as(param, key, shape);
+    }
+
+    /// A PyTorch BatchNorm: `weight`, `bias`, `running_mean`, `running_var` under `prefix`.
+    fn batch_norm(&mut self, bn: &mut BatchNorm, prefix: &str) {
+        self.param(&mut bn.gamma, &format!("{prefix}.weight"));
+        self.param(&mut bn.beta, &format!("{prefix}.bias"));
+        self.running(&mut bn.running_mean, &format!("{prefix}.running_mean"));
+        self.running(&mut bn.running_var, &format!("{prefix}.running_var"));
+        // An integer counter the model never reads; it is known, not unexpected.
+        self.known(&format!("{prefix}.num_batches_tracked"));
+    }
+
+    /// A PyTorch Linear (`weight` is `[out, in]`; burn keeps `[in, out]`).
+    fn linear(&mut self, linear: &mut Linear, prefix: &str) {
+        self.param_transposed(&mut linear.weight, &format!("{prefix}.weight"));
+        if let Some(bias) = &mut linear.bias {
+            self.param(bias, &format!("{prefix}.bias"));
+        }
+    }
+
+    /// A PyTorch Conv2d: `weight`, and `bias` when the layer has one.
+    fn conv2d(&mut self, conv: &mut Conv2d, prefix: &str) {
+        self.param(&mut conv.weight, &format!("{prefix}.weight"));
+        if let Some(bias) = &mut conv.bias {
+            self.param(bias, &format!("{prefix}.bias"));
+        }
+    }
+
+    /// A PyTorch LayerNorm: `weight` and `bias`.
+    fn layer_norm(&mut self, norm: &mut LayerNorm, prefix: &str) {
+        self.param(&mut norm.gamma, &format!("{prefix}.weight"));
+        if let Some(beta) = &mut norm.beta {
+            self.param(beta, &format!("{prefix}.bias"));
+        }
+    }
+}
+
+impl TensorKeys for TensorSource<'_> {
+    fn param_stored_as<const D: usize, const S: usize>(
+        &mut self,
+        param: &mut Param<Tensor<D>>,
+        key: &str,
+        stored: [usize; S],
+    ) {
+        let shape: [usize; D] = param.dims();
+        if let Some(t) = self.tensor(key, stored) {
+            *param = Param::from_tensor(t.reshape(Shape::from(shape)));
+        }
+    }
+
+    fn param_transposed(&mut self, param: &mut Param<Tensor<2>>, key: &str) {
+        let [d_in, d_out] = param.dims();
+        if let Some(w) = self.tensor(key, [d_out, d_in]) {
+            *param = Param::from_tensor(w.transpose());
+        }
+    }
+
+    fn running(&mut self, state: &mut RunningState<Tensor<1>>, key: &str) {
+        let shape = state.value().dims();
+        if let Some(t) = self.tensor(key, shape) {
+            *state = RunningState::new(t);
+        }
+    }
+
+    fn known(&mut self, key: &str) {
+        self.mark_used(key);
+    }
+
+    fn skip_prefix(&mut self, prefix: &str) {
+        self.mark_prefix_used(prefix);
     }
 }
