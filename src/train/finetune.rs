@@ -841,7 +841,11 @@ mod tests {
     #[test]
     fn dense_families_train_their_top_groups_and_nothing_below() {
         for name in ["resnet18", "convnext_tiny", "vit_small_patch16_224"] {
-            let groups = crate::backbone::find(name).unwrap().arch.group_names().len();
+            let groups = crate::backbone::find(name)
+                .unwrap()
+                .arch
+                .group_names()
+                .len();
             let trainable = [groups - 2, groups - 1];
             let (model, device) = family_model(name, &trainable);
             // (tensor, whether it must move)
@@ -849,9 +853,15 @@ mod tests {
                 match net {
                     Network::ResNet(net) => vec![
                         (values(net.stem.conv.weight.val()), false),
-                        (values(net.stages[2].blocks[0].conv1.conv.weight.val()), true),
+                        (
+                            values(net.stages[2].blocks[0].conv1.conv.weight.val()),
+                            true,
+                        ),
                         (values(net.stages[3].blocks[1].conv2.bn.gamma.val()), true),
-                        (values(net.stages[3].blocks[1].conv2.bn.running_mean.value()), false),
+                        (
+                            values(net.stages[3].blocks[1].conv2.bn.running_mean.value()),
+                            false,
+                        ),
                     ],
                     Network::ConvNeXt(net) => vec![
                         (values(net.stem_conv.weight.val()), false),
