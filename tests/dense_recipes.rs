@@ -492,3 +492,84 @@ fn an_input_size_off_the_patch_grid_is_refused_by_name() {
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     }
 }
+
+/// SimCLR on the dense families: the adapted backbone is saved under the checkpoint's own key
+/// names, has moved from its parent (DINOv2's position embedding too, through its resampling
+/// to the smaller input; ResNet's BatchNorm statistics stay frozen), and loads wherever a
+/// backbone does (`--weights RUN_DIR`).
+#[test]
+fn simclr_adapts_resnet_and_dinov2_backbones() {
+    for (backbone, model, size, watched) in [
+        (
+            "resnet18",
+            "resnet18",
+            "64",
+            [
+                ("conv1.weight", true),
+                ("layer4.1.conv2.weight", true),
+                ("layer4.1.bn2.running_mean", false),
+            ],
+        ),
+        (
+            "vit_small_patch14_reg4_dinov2",
+            "vit_small_patch14_reg4_dinov2.timm",
+            "56",
+            [
+                ("pos_embed", true),
+                ("reg_token", true),
+                ("blocks.11.mlp.fc1.weight", true),
+            ],
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let weights = dir.path().join(format!("{model}.safetensors"));
+        random_checkpoint(model, &weights);
+        let data = dir.path().join("flowers");
+        copy_flowers(&data, &["daisy", "tulips"], 4);
+        let run = dir.path().join("pretrain");
+        ok(graft()
+            .args(["pretrain", "-b", backbone, "--input-size", size])
+            .args([
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--backbone-lr",
+                "1e-3",
+            ])
+            .arg("--weights")
+            .arg(&weights)
+            .arg("--out")
+            .arg(&run)
+            .arg(&data)
+            .output()
+            .unwrap());
+        let before = graft::weights::Checkpoint::open(&weights).unwrap();
+        let after = graft::weights::Checkpoint::open(&run.join("backbone.safetensors")).unwrap();
+        let float_keys = |c: &graft::weights::Checkpoint| -> Vec<String> {
+            c.tensors
+                .iter()
+                .filter(|(k, _)| !k.starts_with("fc.") && !k.starts_with("head"))
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        assert_eq!(float_keys(&after), float_keys(&before), "{backbone}");
+        for (key, moves) in watched {
+            let moved = before.tensors[key].values != after.tensors[key].values;
+            assert_eq!(moved, moves, "{backbone}: {key} moved should be {moves}");
+        }
+        let (stdout, _) = ok(graft()
+            .args(["extract", "-b", backbone, "--input-size", size])
+            .arg("--weights")
+            .arg(&run)
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .arg(&data)
+            .output()
+            .unwrap());
+        assert!(
+            stdout.contains("extracted 8, reused 0, skipped 0"),
+            "{stdout}"
+        );
+    }
+}
