@@ -116,6 +116,25 @@ fn check(name: &str, arch: Arch) {
         assert!(err < 1e-4, "{name}: fused logits differ by {err}");
     }
 
+    // ConvNeXt's fused CPU form.
+    if let Network::ConvNeXt(convnext) = &net {
+        let config = graft::backbone::find("convnext_tiny")
+            .unwrap()
+            .source_config(None);
+        let fused = Backbone::new(config, convnext.clone(), "fixture".into()).for_inference();
+        assert_eq!(fused.runs_fused(), graft::backend::fused_cpu());
+        let err = max_abs_diff(
+            &values(fused.features(x.clone())),
+            &golden(name, "features").1,
+        );
+        assert!(err < 1e-4, "{name}: fused features differ by {err}");
+        let err = max_abs_diff(
+            &values(fused.logits(x.clone()).unwrap()),
+            &golden(name, "logits").1,
+        );
+        assert!(err < 1e-4, "{name}: fused logits differ by {err}");
+    }
+
     let first = x.narrow(0, 0, 1);
     let groups = match &net {
         Network::ResNet(net) => net.forward_groups(first),

@@ -11,82 +11,10 @@ use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::fused::{classify_batch, grow as sized, to_vec};
+use super::fused_layers::{Dense, Norm};
 use super::vit::{Vit, resample_grid};
-use crate::kernels::transformer::{attention_head, gelu, layer_norm};
+use crate::kernels::transformer::{attention_head, gelu};
 use crate::kernels::{self, Activation, ConvGeometry};
-
-const LN_EPS: f32 = 1e-6;
-
-/// A Linear as `[in, out]` row-major weights and a bias, optionally scaled per output.
-#[derive(Debug, Clone)]
-struct Dense {
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-}
-
-impl Dense {
-    fn new(linear: &burn::nn::Linear, scale: Option<Vec<f32>>) -> Self {
-        let [_, out] = linear.weight.dims();
-        let mut weight = to_vec(linear.weight.val());
-        let mut bias = match &linear.bias {
-            Some(bias) => to_vec(bias.val()),
-            None => vec![0.0; out],
-        };
-        // Layer scale `ls * (x W + b)` is `x (W ls) + b ls`.
-        if let Some(scale) = scale {
-            for row in weight.chunks_exact_mut(out) {
-                for (w, s) in row.iter_mut().zip(&scale) {
-                    *w *= s;
-                }
-            }
-            for (b, s) in bias.iter_mut().zip(&scale) {
-                *b *= s;
-            }
-        }
-        Self { weight, bias }
-    }
-
-    fn inputs(&self) -> usize {
-        self.weight.len() / self.bias.len()
-    }
-
-    /// `out = input @ W + b (+ residual)` for `rows` rows.
-    fn forward(&self, input: &[f32], rows: usize, residual: Option<&[f32]>, out: &mut [f32]) {
-        kernels::pointwise(
-            input,
-            rows,
-            self.inputs(),
-            &self.weight,
-            &self.bias,
-            Activation::None,
-            residual,
-            out,
-        );
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Norm {
-    gamma: Vec<f32>,
-    beta: Vec<f32>,
-}
-
-impl Norm {
-    fn new(norm: &burn::nn::LayerNorm) -> Self {
-        let dim = norm.gamma.dims()[0];
-        Self {
-            gamma: to_vec(norm.gamma.val()),
-            beta: norm
-                .beta
-                .as_ref()
-                .map_or_else(|| vec![0.0; dim], |b| to_vec(b.val())),
-        }
-    }
-
-    fn forward(&self, x: &[f32], out: &mut [f32]) {
-        layer_norm(x, &self.gamma, &self.beta, LN_EPS, out);
-    }
-}
 
 #[derive(Debug, Clone)]
 struct Block {

@@ -7,7 +7,9 @@ pub mod convnext;
 pub mod efficientnet_lite;
 pub mod export;
 pub mod fused;
+pub mod fused_convnext;
 pub mod fused_grad;
+mod fused_layers;
 pub mod fused_resnet;
 pub mod fused_vit;
 pub mod groups;
@@ -31,6 +33,7 @@ use crate::weights::loader::{TensorKeys, TensorSource};
 use crate::weights::{Checkpoint, LoadReport, WeightsError};
 use convnext::{ConvNeXt, ConvNeXtLayout, ConvNeXtSpec};
 use fused::FusedNet;
+use fused_convnext::FusedConvNeXt;
 use fused_resnet::FusedResNet;
 use fused_vit::FusedVit;
 use mbnet::{MbNet, MbNetSpec};
@@ -1134,7 +1137,7 @@ impl Backbone {
 
     /// The same backbone prepared for inference only: BatchNorm folded into the convs and, on
     /// the CPU, `features` / `logits` run by the fused kernels of [`fused`] (MBConv),
-    /// [`fused_resnet`] and [`fused_vit`]. Outputs are
+    /// [`fused_resnet`], [`fused_convnext`] and [`fused_vit`]. Outputs are
     /// unchanged up to float rounding; it can no longer be fine-tuned.
     pub fn for_inference(mut self) -> Self {
         match &mut self.net {
@@ -1155,7 +1158,11 @@ impl Backbone {
                     self.fused_other = Some(Arc::new(FusedVit::new(net)));
                 }
             }
-            Network::ConvNeXt(_) => {}
+            Network::ConvNeXt(net) => {
+                if crate::backend::fused_cpu() {
+                    self.fused_other = Some(Arc::new(FusedConvNeXt::new(net)));
+                }
+            }
         }
         self
     }

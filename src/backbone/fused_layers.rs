@@ -1,0 +1,87 @@
+//! Layers the fused transformer-style forms share (ViT, ConvNeXt): a Linear as a product
+//! with its bias (and a residual) fused into the output tiles, with an optional per-output
+//! scale folded in (layer scale), and a one-pass LayerNorm over rows.
+
+use super::fused::to_vec;
+use crate::kernels::transformer::layer_norm;
+use crate::kernels::{self, Activation};
+
+/// LayerNorm's epsilon in every source these forms load (timm, torchvision: ViT and ConvNeXt).
+const LN_EPS: f32 = 1e-6;
+
+/// A Linear as `[in, out]` row-major weights and a bias, optionally scaled per output.
+#[derive(Debug, Clone)]
+pub(super) struct Dense {
+    pub(super) weight: Vec<f32>,
+    pub(super) bias: Vec<f32>,
+}
+
+impl Dense {
+    pub(super) fn new(linear: &burn::nn::Linear, scale: Option<Vec<f32>>) -> Self {
+        let [_, out] = linear.weight.dims();
+        let mut weight = to_vec(linear.weight.val());
+        let mut bias = match &linear.bias {
+            Some(bias) => to_vec(bias.val()),
+            None => vec![0.0; out],
+        };
+        // Layer scale `ls * (x W + b)` is `x (W ls) + b ls`.
+        if let Some(scale) = scale {
+            for row in weight.chunks_exact_mut(out) {
+                for (w, s) in row.iter_mut().zip(&scale) {
+                    *w *= s;
+                }
+            }
+            for (b, s) in bias.iter_mut().zip(&scale) {
+                *b *= s;
+            }
+        }
+        Self { weight, bias }
+    }
+
+    pub(super) fn inputs(&self) -> usize {
+        self.weight.len() / self.bias.len()
+    }
+
+    /// `out = input @ W + b (+ residual)` for `rows` rows.
+    pub(super) fn forward(
+        &self,
+        input: &[f32],
+        rows: usize,
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
+        kernels::pointwise(
+            input,
+            rows,
+            self.inputs(),
+            &self.weight,
+            &self.bias,
+            Activation::None,
+            residual,
+            out,
+        );
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Norm {
+    pub(super) gamma: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+impl Norm {
+    pub(super) fn new(norm: &burn::nn::LayerNorm) -> Self {
+        let dim = norm.gamma.dims()[0];
+        Self {
+            gamma: to_vec(norm.gamma.val()),
+            beta: norm
+                .beta
+                .as_ref()
+                .map_or_else(|| vec![0.0; dim], |b| to_vec(b.val())),
+        }
+    }
+
+    pub(super) fn forward(&self, x: &[f32], out: &mut [f32]) {
+        layer_norm(x, &self.gamma, &self.beta, LN_EPS, out);
+    }
+}
