@@ -4,7 +4,8 @@
 # machine in one run. Prints a markdown table with the ratio and writes bench/out/train_step.md.
 #
 # Environment: ITERS=3 (timed steps after one warm-up), NO_BUILD=1, GRAFT_HOME, MNV2_WEIGHTS
-# as in run.sh.
+# as in run.sh; MODELS (default "efficientnet-lite0 mobilenet-v2-tf resnet50"; ResNet-50 with
+# the random weights bench/run.sh's PyTorch peer writes, made here when missing).
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,9 +30,21 @@ installed mobilenet-v2-tf || "$GRAFT" weights import mobilenet-v2-tf "$MNV2_WEIG
 
 RESULTS="$OUT_DIR/train_step.jsonl"
 : > "$RESULTS"
-for model in efficientnet-lite0 mobilenet-v2-tf; do
+read -r -a MODELS <<< "${MODELS:-efficientnet-lite0 mobilenet-v2-tf resnet50}"
+for model in "${MODELS[@]}"; do
+    weights=()
+    case "$model" in
+        efficientnet-lite0|mobilenet-v2-tf) ;;
+        *)
+            if [ ! -f "$OUT_DIR/$model.safetensors" ]; then
+                echo "train_step.sh: $model: writing random weights" >&2
+                "$PYTHON" "$BENCH_DIR/peers.py" pytorch --model "$model" --batch-size 1 --iters 1 \
+                    --threads "$THREADS" --out-dir "$OUT_DIR" --mnv2-weights "$MNV2_WEIGHTS" > /dev/null
+            fi
+            weights=(--weights "$OUT_DIR/$model.safetensors") ;;
+    esac
     echo "train_step.sh: $model: graft" >&2
-    "$GRAFT" --threads "$THREADS" bench train-step -b "$model" --batch-size "$BATCH" \
+    "$GRAFT" --threads "$THREADS" bench train-step -b "$model" "${weights[@]}" --batch-size "$BATCH" \
         --iters "$ITERS" --json | grep '^{' >> "$RESULTS"
     echo "train_step.sh: $model: PyTorch" >&2
     (cd "$BENCH_DIR" && "$PYTHON" train_step_torch.py --model "$model" --batch-size "$BATCH" \

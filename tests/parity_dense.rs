@@ -93,47 +93,14 @@ fn check(name: &str, arch: Arch) {
     if let Network::ResNet(resnet) = &net {
         let mut folded = resnet.clone();
         folded.fold_batch_norm();
-        let err = max_abs_diff(
-            &values(folded.forward_features(x.clone())),
+        assert_close(
+            name,
+            "folded features",
+            values(folded.forward_features(x.clone())),
             &golden(name, "features").1,
         );
-        assert!(err < 1e-4, "{name}: folded features differ by {err}");
-        // The fused CPU form (what predict and extract run).
-        let config = graft::backbone::find("resnet18")
-            .unwrap()
-            .source_config(None);
-        let fused = Backbone::new(config, resnet.clone(), "fixture".into()).for_inference();
-        assert_eq!(fused.runs_fused(), graft::backend::fused_cpu());
-        let err = max_abs_diff(
-            &values(fused.features(x.clone())),
-            &golden(name, "features").1,
-        );
-        assert!(err < 1e-4, "{name}: fused features differ by {err}");
-        let err = max_abs_diff(
-            &values(fused.logits(x.clone()).unwrap()),
-            &golden(name, "logits").1,
-        );
-        assert!(err < 1e-4, "{name}: fused logits differ by {err}");
     }
-
-    // ConvNeXt's fused CPU form.
-    if let Network::ConvNeXt(convnext) = &net {
-        let config = graft::backbone::find("convnext_tiny")
-            .unwrap()
-            .source_config(None);
-        let fused = Backbone::new(config, convnext.clone(), "fixture".into()).for_inference();
-        assert_eq!(fused.runs_fused(), graft::backend::fused_cpu());
-        let err = max_abs_diff(
-            &values(fused.features(x.clone())),
-            &golden(name, "features").1,
-        );
-        assert!(err < 1e-4, "{name}: fused features differ by {err}");
-        let err = max_abs_diff(
-            &values(fused.logits(x.clone()).unwrap()),
-            &golden(name, "logits").1,
-        );
-        assert!(err < 1e-4, "{name}: fused logits differ by {err}");
-    }
+    check_fused(name, "", net.clone(), x.clone(), "features", Some("logits"));
 
     let first = x.narrow(0, 0, 1);
     let groups = match &net {
@@ -210,6 +177,38 @@ fn assert_close(name: &str, what: &str, got: Vec<f32>, expected: &[f32]) {
     assert!(err < 1e-4, "{name}: {what} differ by {err}");
 }
 
+/// The fused CPU form of `net` (what predict and extract run) against the goldens `features`
+/// and, where given, `logits`; `what` qualifies the input in messages.
+fn check_fused(
+    name: &str,
+    what: &str,
+    net: Network,
+    x: Tensor<4>,
+    features: &str,
+    logits: Option<&str>,
+) {
+    // Only the inference form is used: any entry's source config will do.
+    let config = graft::backbone::find("resnet18")
+        .unwrap()
+        .source_config(None);
+    let fused = Backbone::new(config, net, "fixture".into()).for_inference();
+    assert_eq!(fused.runs_fused(), graft::backend::fused_cpu());
+    assert_close(
+        name,
+        &format!("fused {what}features"),
+        values(fused.features(x.clone())),
+        &golden(name, features).1,
+    );
+    if let Some(logits) = logits {
+        assert_close(
+            name,
+            &format!("fused {what}logits"),
+            values(fused.logits(x).unwrap()),
+            &golden(name, logits).1,
+        );
+    }
+}
+
 /// The ViT fixture `name` (inputs from vit_inputs.safetensors) against its goldens at 224, and
 /// at 518 when `native`.
 fn check_vit(name: &str, spec: VitSpec, layout: VitLayout, native: bool) {
@@ -252,29 +251,8 @@ fn check_vit(name: &str, spec: VitSpec, layout: VitLayout, native: bool) {
         assert_close(name, &format!("group {k}"), values(group), &expected);
     }
     // The fused CPU form (what predict and extract run) gives the same features and logits.
-    let fused = Backbone::new(
-        graft::backbone::find("vit_small_patch16_224")
-            .unwrap()
-            .source_config(None),
-        load(spec),
-        "fixture".into(),
-    )
-    .for_inference();
-    assert_eq!(fused.runs_fused(), graft::backend::fused_cpu());
-    assert_close(
-        name,
-        "fused features",
-        values(fused.features(x.clone())),
-        &golden(name, "features").1,
-    );
-    if let Some(logits) = fused.logits(x.clone()) {
-        assert_close(
-            name,
-            "fused logits",
-            values(logits),
-            &golden(name, "logits").1,
-        );
-    }
+    let logits = (spec.num_classes > 0).then_some("logits");
+    check_fused(name, "", load(spec), x.clone(), "features", logits);
     let with_mean = load(VitSpec {
         pool: VitPool::TokenAndPatchMean,
         ..spec
@@ -285,19 +263,13 @@ fn check_vit(name: &str, spec: VitSpec, layout: VitLayout, native: bool) {
         values(with_mean.forward_features(x.clone())),
         &golden(name, "features_avg").1,
     );
-    let fused = Backbone::new(
-        graft::backbone::find("vit_small_patch16_224")
-            .unwrap()
-            .source_config(None),
-        with_mean,
-        "fixture".into(),
-    )
-    .for_inference();
-    assert_close(
+    check_fused(
         name,
-        "fused class token + mean patch features",
-        values(fused.features(x)),
-        &golden(name, "features_avg").1,
+        "class token + mean patch ",
+        with_mean,
+        x,
+        "features_avg",
+        None,
     );
     if native {
         let x = tensor("vit_inputs", "input_518");
@@ -307,16 +279,7 @@ fn check_vit(name: &str, spec: VitSpec, layout: VitLayout, native: bool) {
             values(net.forward_features(x.clone())),
             &golden(name, "features_518").1,
         );
-        let config = graft::backbone::find("vit_small_patch16_224")
-            .unwrap()
-            .source_config(None);
-        let fused = Backbone::new(config, net, "fixture".into()).for_inference();
-        assert_close(
-            name,
-            "fused features at 518 px",
-            values(fused.features(x)),
-            &golden(name, "features_518").1,
-        );
+        check_fused(name, "518 px ", net, x, "features_518", None);
     }
 }
 
