@@ -162,7 +162,9 @@ impl SourceConfig {
         // then stay valid.
         let decode = match self.decode {
             DecodeMode::Exact => "",
-            DecodeMode::DctScaled => "|dct-scaled",
+            // `-2`: libjpeg's scaled IDCT since 2026-12-02 (jpeg-decoder's before): rows
+            // from the two decoders differ slightly and must not mix in one cache.
+            DecodeMode::DctScaled => "|dct-scaled-2",
         };
         format!(
             "{}px|{:?}|{:?}|mean{:?}|std{:?}{decode}",

@@ -189,35 +189,31 @@ fn dct_scaled(bytes: &[u8], (w, h): (u32, u32), short: u32) -> Option<RgbImage> 
         .into_iter()
         .find(|&k| (w.min(h) * k).div_ceil(8) >= short)?;
     let (sw, sh) = ((w * k).div_ceil(8), (h * k).div_ceil(8));
-    // jpeg-decoder panics on some frame headers it does not support (e.g. two components): a
-    // panic here only means "decode it the other way".
+    // libjpeg reports a fatal error by unwinding out of the decoder (mozjpeg's `unwinding`
+    // error manager, which bypasses the panic hook): here that only means "decode it the other
+    // way". Its warnings (corrupt data) are silenced; truncated files were refused before.
     let decoded = std::panic::catch_unwind(|| {
-        let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
-        decoder.read_info().ok()?;
-        let info = decoder.info()?;
-        let gray = match info.pixel_format {
-            jpeg_decoder::PixelFormat::RGB24 => false,
-            jpeg_decoder::PixelFormat::L8 => true,
-            _ => return None,
-        };
-        let size = decoder
-            .scale(u16::try_from(sw).ok()?, u16::try_from(sh).ok()?)
-            .ok()?;
-        let pixels = decoder.decode().ok()?;
-        Some((size, gray, pixels))
+        let mut decoder = mozjpeg::Decompress::new_mem(bytes).ok()?;
+        // CMYK / YCCK files go the other way, where they are converted as before.
+        if !matches!(
+            decoder.color_space(),
+            mozjpeg::ColorSpace::JCS_YCbCr | mozjpeg::ColorSpace::JCS_RGB | mozjpeg::ColorSpace::JCS_GRAYSCALE
+        ) {
+            return None;
+        }
+        decoder.scale(u8::try_from(k).ok()?);
+        let mut started = decoder.rgb().ok()?;
+        let size = (started.width(), started.height());
+        let pixels: Vec<[u8; 3]> = started.read_scanlines().ok()?;
+        started.finish().ok()?;
+        Some((size, pixels))
     })
     .ok()??;
-    let ((dw, dh), gray, pixels) = decoded;
-    let (dw, dh) = (u32::from(dw), u32::from(dh));
-    if (dw, dh) != (sw, sh) {
+    let ((dw, dh), pixels) = decoded;
+    if (u32::try_from(dw).ok()?, u32::try_from(dh).ok()?) != (sw, sh) {
         return None;
     }
-    if gray {
-        let rgb: Vec<u8> = pixels.iter().flat_map(|&v| [v, v, v]).collect();
-        RgbImage::from_raw(dw, dh, rgb)
-    } else {
-        RgbImage::from_raw(dw, dh, pixels)
-    }
+    RgbImage::from_raw(sw, sh, pixels.into_flattened())
 }
 
 /// The colour model a file stores its pixels in (before graft converts them to RGB).
