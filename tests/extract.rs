@@ -166,8 +166,12 @@ fn assert_rows_match(
 }
 
 /// Start `command` 5 times and SIGKILL it at a moment drawn from a seeded RNG over what is
-/// left of a run that takes `full` uninterrupted; after each kill every cached row must be
-/// unique and equal to `expected`'s. Returns the number of rows after each kill.
+/// left of a run that takes `full` uninterrupted; the first time, once the run has committed
+/// its first rows, within a drawn share of one image's time after that, so that at least one
+/// kill lands mid-run whatever the machine's load (moments drawn over `full` alone all fell
+/// after a run that went faster than the timed one, one local run in three: rows after each
+/// kill [60, 60, 60, 60, 60]). After each kill every cached row must be unique and equal to
+/// `expected`'s. Returns the number of rows after each kill.
 fn kill_five_times(
     command: impl Fn() -> Command,
     full: Duration,
@@ -189,7 +193,14 @@ fn kill_five_times(
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + wait;
+        let deadline = if attempt == 0 {
+            while rows(cache).len() == before && child.try_wait().unwrap().is_none() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Instant::now() + (full / n.max(1) as u32).mul_f64(rng.random_range(0.0..1.0))
+        } else {
+            Instant::now() + wait
+        };
         while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -197,7 +197,9 @@ fn dct_scaled(bytes: &[u8], (w, h): (u32, u32), short: u32) -> Option<RgbImage> 
         // CMYK / YCCK files go the other way, where they are converted as before.
         if !matches!(
             decoder.color_space(),
-            mozjpeg::ColorSpace::JCS_YCbCr | mozjpeg::ColorSpace::JCS_RGB | mozjpeg::ColorSpace::JCS_GRAYSCALE
+            mozjpeg::ColorSpace::JCS_YCbCr
+                | mozjpeg::ColorSpace::JCS_RGB
+                | mozjpeg::ColorSpace::JCS_GRAYSCALE
         ) {
             return None;
         }

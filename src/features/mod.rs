@@ -122,13 +122,21 @@ pub fn extract(
     progress(summary.reused + summary.skipped.len());
     let device = backbone.device();
     let dim = backbone.config.feature_dim;
-    for chunk in todo.chunks(batch_size.max(1)) {
+    let chunks: Vec<&[usize]> = todo.chunks(batch_size.max(1)).collect();
+    let decode = |chunk: &[usize]| {
+        let chunk_paths: Vec<PathBuf> = chunk.iter().map(|&i| paths[i].clone()).collect();
+        load_images(&chunk_paths, &backbone.config, limits)
+    };
+    // The next batch decodes while the network runs on this one (both on the worker threads,
+    // which take whichever work is left): at most two batches of images are in memory.
+    let mut next_decoded = chunks.first().map(|chunk| decode(chunk));
+    for (n, chunk) in chunks.iter().enumerate() {
         if crate::interrupt::requested() {
             summary.interrupted = true;
             break;
         }
-        let chunk_paths: Vec<PathBuf> = chunk.iter().map(|&i| paths[i].clone()).collect();
-        let decoded = load_images(&chunk_paths, &backbone.config, limits);
+        // cannot fail: decoded ahead for every chunk (the first before the loop)
+        let decoded = next_decoded.take().expect("the batch was decoded ahead");
         let mut keys = Vec::new();
         let mut images = Vec::new();
         for (&i, result) in chunk.iter().zip(&decoded) {
@@ -141,14 +149,21 @@ pub fn extract(
                 Err(e) => summary.skipped.push(e.clone()),
             }
         }
-        if !images.is_empty() {
-            let batch = to_batch(&images, backbone.config.resolution, &device);
-            let features = backbone
-                .features(batch)
-                .into_data()
-                .try_into_vec::<f32>()
-                // cannot fail: graft makes only f32 tensors (the default float dtype)
-                .expect("features are f32");
+        let forward = || {
+            (!images.is_empty()).then(|| {
+                let batch = to_batch(&images, backbone.config.resolution, &device);
+                backbone
+                    .features(batch)
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    // cannot fail: graft makes only f32 tensors (the default float dtype)
+                    .expect("features are f32")
+            })
+        };
+        let (features, ahead) =
+            rayon::join(forward, || chunks.get(n + 1).map(|chunk| decode(chunk)));
+        next_decoded = ahead;
+        if let Some(features) = features {
             cache.append(&keys, &features, dim)?;
             summary.extracted += keys.len();
         }
