@@ -573,6 +573,27 @@ pub(super) fn classify_batch(
     logits
 }
 
+/// Every image of `batch` (`[N, 3, H, W]`) through `forward_image(image, [H, W], out)` on the
+/// worker threads, one image per task, each writing its `width` outputs: `[N * width]`. The
+/// per-image loop of the non-MBConv fused forms (ResNet, ConvNeXt, ViT).
+pub(super) fn per_image(
+    batch: Tensor<4>,
+    width: usize,
+    forward_image: impl Fn(&[f32], [usize; 2], &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let [n, _, h, w] = batch.dims();
+    let data = batch.into_data();
+    // cannot fail: image batches are f32
+    let input: &[f32] = data.as_slice().expect("an f32 batch");
+    let image_len = input.len() / n.max(1);
+    let mut features = vec![0.0; n * width];
+    features
+        .par_chunks_mut(width.max(1))
+        .zip(input.par_chunks(image_len.max(1)))
+        .for_each(|(out, image)| forward_image(image, [h, w], out));
+    features
+}
+
 pub(super) fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     // cannot fail: every backbone tensor is f32
     t.into_data().try_into_vec::<f32>().expect("f32 weights")

@@ -10,11 +10,10 @@
 use std::cell::RefCell;
 
 use burn::tensor::{Tensor, TensorData};
-use rayon::prelude::*;
 
 use super::FusedForward;
 use super::convnext::{ConvNeXt, ConvNeXtBlock, Downsample};
-use super::fused::{classify_batch, grow as sized, to_vec};
+use super::fused::{classify_batch, grow as sized, per_image, to_vec};
 use super::fused_layers::{Dense, Norm};
 use crate::kernels::transformer::gelu;
 use crate::kernels::{self, Activation, ConvGeometry, Rows};
@@ -182,20 +181,9 @@ impl FusedConvNeXt {
 
     /// Every image of `batch` through the network on the worker threads: `[N * feature_dim]`.
     fn run(&self, batch: Tensor<4>) -> Vec<f32> {
-        let [n, _, h, w] = batch.dims();
-        let data = batch.into_data();
-        // cannot fail: image batches are f32
-        let input: &[f32] = data.as_slice().expect("an f32 batch");
-        let width = self.feature_dim();
-        let mut features = vec![0.0; n * width];
-        let image_len = input.len() / n.max(1);
-        features
-            .par_chunks_mut(width)
-            .zip(input.par_chunks(image_len.max(1)))
-            .for_each(|(out, image)| {
-                SCRATCH.with_borrow_mut(|s| self.forward_image(image, [h, w], s, out))
-            });
-        features
+        per_image(batch, self.feature_dim(), |image, size, out| {
+            SCRATCH.with_borrow_mut(|s| self.forward_image(image, size, s, out))
+        })
     }
 
     fn forward_image(&self, image: &[f32], size: [usize; 2], s: &mut Scratch, out: &mut [f32]) {

@@ -8,10 +8,9 @@
 use std::cell::RefCell;
 
 use burn::tensor::{Tensor, TensorData};
-use rayon::prelude::*;
 
 use super::FusedForward;
-use super::fused::{classify_batch, grow as sized, to_vec};
+use super::fused::{classify_batch, grow as sized, per_image, to_vec};
 use super::resnet::{ConvBn, ResNet};
 use crate::kernels::{self, Activation, ConvGeometry};
 
@@ -203,19 +202,9 @@ impl FusedResNet {
 
     /// Pooled features of every image of `batch` on the worker threads: `[N * features]`.
     fn run(&self, batch: Tensor<4>) -> Vec<f32> {
-        let [n, _, h, w] = batch.dims();
-        let data = batch.into_data();
-        // cannot fail: image batches are f32
-        let input: &[f32] = data.as_slice().expect("an f32 batch");
-        let image_len = input.len() / n.max(1);
-        let mut features = vec![0.0; n * self.features];
-        features
-            .par_chunks_mut(self.features.max(1))
-            .zip(input.par_chunks(image_len.max(1)))
-            .for_each(|(out, image)| {
-                SCRATCH.with_borrow_mut(|s| self.forward_image(image, [h, w], s, out))
-            });
-        features
+        per_image(batch, self.features, |image, size, out| {
+            SCRATCH.with_borrow_mut(|s| self.forward_image(image, size, s, out))
+        })
     }
 
     fn forward_image(&self, image: &[f32], size: [usize; 2], s: &mut Scratch, out: &mut [f32]) {
