@@ -199,6 +199,18 @@ fn check_fused(
         values(fused.features(x.clone())),
         &golden(name, features).1,
     );
+    // On one worker thread the images go through the fused forms' grouped stages together
+    // (ResNet's deep stages run a group of images per task).
+    let one_thread = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    assert_close(
+        name,
+        &format!("fused {what}features, images grouped"),
+        values(one_thread.install(|| fused.features(x.clone()))),
+        &golden(name, features).1,
+    );
     if let Some(logits) = logits {
         assert_close(
             name,

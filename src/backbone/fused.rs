@@ -581,16 +581,35 @@ pub(super) fn per_image(
     width: usize,
     forward_image: impl Fn(&[f32], [usize; 2], &mut [f32]) + Sync,
 ) -> Vec<f32> {
+    per_group(batch, width, 1, |images, _, size, out| {
+        forward_image(images, size, out)
+    })
+}
+
+/// [`per_image`] in groups of up to `max_group` consecutive images per task:
+/// `forward_group(images, count, [H, W], out)` gets `count` images back to back and writes
+/// `count * width` outputs. Groups are made smaller rather than leave a worker thread idle.
+pub(super) fn per_group(
+    batch: Tensor<4>,
+    width: usize,
+    max_group: usize,
+    forward_group: impl Fn(&[f32], usize, [usize; 2], &mut [f32]) + Sync,
+) -> Vec<f32> {
     let [n, _, h, w] = batch.dims();
     let data = batch.into_data();
     // cannot fail: image batches are f32
     let input: &[f32] = data.as_slice().expect("an f32 batch");
     let image_len = input.len() / n.max(1);
+    let group = n
+        .div_ceil(rayon::current_num_threads())
+        .clamp(1, max_group.max(1));
     let mut features = vec![0.0; n * width];
     features
-        .par_chunks_mut(width.max(1))
-        .zip(input.par_chunks(image_len.max(1)))
-        .for_each(|(out, image)| forward_image(image, [h, w], out));
+        .par_chunks_mut((group * width).max(1))
+        .zip(input.par_chunks((group * image_len).max(1)))
+        .for_each(|(out, images)| {
+            forward_group(images, images.len() / image_len.max(1), [h, w], out)
+        });
     features
 }
 

@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use burn::tensor::{Tensor, TensorData};
 
 use super::FusedForward;
-use super::fused::{classify_batch, grow as sized, per_image, to_vec};
+use super::fused::{classify_batch, grow as sized, per_group, to_vec};
 use super::resnet::{ConvBn, ResNet};
 use crate::kernels::{self, Activation, ConvGeometry};
 
@@ -24,8 +24,11 @@ struct Conv {
     kernel: usize,
     stride: usize,
     inputs: usize,
+    /// Empty where `winograd` holds the weights.
     weight: Vec<f32>,
     bias: Vec<f32>,
+    /// Stride-1 3x3 convs run by Winograd's F(2x2, 3x3).
+    winograd: Option<kernels::Winograd3x3>,
 }
 
 impl Conv {
@@ -50,12 +53,16 @@ impl Conv {
             // cannot happen: FusedResNet::new folds the network first
             None => vec![0.0; out],
         };
+        let stride = layer.conv.stride[0];
+        let winograd = (k == 3 && stride == 1 && !planar)
+            .then(|| kernels::Winograd3x3::new(&std::mem::take(&mut weight), inputs, out));
         Self {
             kernel: k,
-            stride: layer.conv.stride[0],
+            stride,
             inputs,
             weight,
             bias,
+            winograd,
         }
     }
 
@@ -77,11 +84,13 @@ impl Conv {
         }
     }
 
-    /// `out = act(conv(input) + bias (+ residual))` on an NHWC map of `size`; returns the
-    /// output size. `columns` is scratch.
+    /// `out = act(conv(input) + bias (+ residual))` on `count` NHWC maps of `size`, back to
+    /// back; returns the output size. `columns` is scratch.
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         input: &[f32],
+        count: usize,
         size: [usize; 2],
         activation: Activation,
         residual: Option<&[f32]>,
@@ -91,10 +100,16 @@ impl Conv {
         let g = self.geometry(size);
         let pixels = g.out_height * g.out_width;
         let n = self.outputs();
+        if let Some(winograd) = &self.winograd {
+            winograd.forward(
+                input, count, size, &self.bias, activation, residual, columns, out,
+            );
+            return [g.out_height, g.out_width];
+        }
         if self.kernel == 1 && self.stride == 1 {
             kernels::pointwise(
                 input,
-                pixels,
+                count * pixels,
                 self.inputs,
                 &self.weight,
                 &self.bias,
@@ -105,13 +120,27 @@ impl Conv {
             return [g.out_height, g.out_width];
         }
         let k = self.kernel * self.kernel * self.inputs;
-        if columns.len() < STRIP * k {
-            columns.resize(STRIP * k, 0.0);
-        }
-        for start in (0..pixels).step_by(STRIP) {
-            let rows = STRIP.min(pixels - start);
-            // A 1x1 conv with a stride reads every stride-th pixel: im2col with one tap.
-            kernels::im2col_nhwc(input, self.inputs, g, start, rows, columns);
+        let image_len = size[0] * size[1] * self.inputs;
+        let columns = sized(columns, STRIP * k);
+        let total = count * pixels;
+        for start in (0..total).step_by(STRIP) {
+            let rows = STRIP.min(total - start);
+            // The strip's rows may span images: im2col each image's share of it. A 1x1 conv
+            // with a stride reads every stride-th pixel: im2col with one tap.
+            let mut row = start;
+            while row < start + rows {
+                let (image, pixel) = (row / pixels, row % pixels);
+                let take = (pixels - pixel).min(start + rows - row);
+                kernels::im2col_nhwc(
+                    &input[image * image_len..][..image_len],
+                    self.inputs,
+                    g,
+                    pixel,
+                    take,
+                    &mut columns[(row - start) * k..],
+                );
+                row += take;
+            }
             kernels::pointwise(
                 &columns[..rows * k],
                 rows,
@@ -135,15 +164,32 @@ struct Block {
     downsample: Option<Conv>,
 }
 
+/// The activations of one run through blocks: `x` in, `out` out (swapped after each block).
 #[derive(Default)]
-struct Scratch {
+struct Maps {
     x: Vec<f32>,
     a: Vec<f32>,
     b: Vec<f32>,
     identity: Vec<f32>,
     out: Vec<f32>,
+}
+
+#[derive(Default)]
+struct Scratch {
+    /// One image's maps, through the stem and the early blocks.
+    image: Maps,
+    /// The group's maps, through the blocks from [`FusedResNet::grouped_from`].
+    group: Maps,
     columns: Vec<f32>,
 }
+
+/// Images per task in the deep stages: one image's 14x14 or 7x7 map is too few rows for a
+/// product to pay for packing its weights (up to 9 MB in layer4), a group of them is not.
+const GROUP: usize = 8;
+
+/// Blocks whose input map has at most this many pixels (layer3 and layer4 at 224 px) run a
+/// group of images at a time. Grouping layer2 too was no faster and held more memory.
+const GROUPED_PIXELS: usize = 14 * 14;
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
@@ -202,24 +248,100 @@ impl FusedResNet {
 
     /// Pooled features of every image of `batch` on the worker threads: `[N * features]`.
     fn run(&self, batch: Tensor<4>) -> Vec<f32> {
-        per_image(batch, self.features, |image, size, out| {
-            SCRATCH.with_borrow_mut(|s| self.forward_image(image, size, s, out))
+        per_group(batch, self.features, GROUP, |images, count, size, out| {
+            SCRATCH.with_borrow_mut(|s| self.forward_group(images, count, size, s, out))
         })
     }
 
-    fn forward_image(&self, image: &[f32], size: [usize; 2], s: &mut Scratch, out: &mut [f32]) {
+    /// `count` planar images back to back through the network: each alone through the stem
+    /// and the blocks on large maps, then all together through the rest.
+    fn forward_group(
+        &self,
+        images: &[f32],
+        count: usize,
+        size: [usize; 2],
+        s: &mut Scratch,
+        out: &mut [f32],
+    ) {
+        let image_len = images.len() / count;
+        let split = self.grouped_from(size);
+        let mut group_size = size;
+        let mut channels = 0;
+        for (i, image) in images.chunks_exact(image_len).enumerate() {
+            let (map, c) = self.stem_forward(image, size, &mut s.image, &mut s.columns);
+            let (map, c) = Self::blocks_forward(
+                &self.blocks[..split],
+                1,
+                map,
+                c,
+                &mut s.image,
+                &mut s.columns,
+            );
+            let len = map[0] * map[1] * c;
+            sized(&mut s.group.x, count * len)[i * len..][..len].copy_from_slice(&s.image.x[..len]);
+            (group_size, channels) = (map, c);
+        }
+        let (map, channels) = Self::blocks_forward(
+            &self.blocks[split..],
+            count,
+            group_size,
+            channels,
+            &mut s.group,
+            &mut s.columns,
+        );
+
+        // Global average pool, image by image.
+        let pixels = map[0] * map[1];
+        for (image, out) in s.group.x[..count * pixels * channels]
+            .chunks_exact(pixels * channels)
+            .zip(out.chunks_exact_mut(channels))
+        {
+            out.fill(0.0);
+            for row in image.chunks_exact(channels) {
+                for (o, v) in out.iter_mut().zip(row) {
+                    *o += v;
+                }
+            }
+            for o in out.iter_mut() {
+                *o /= pixels as f32;
+            }
+        }
+    }
+
+    /// The index of the first block that runs on a group of images at input `size`.
+    fn grouped_from(&self, size: [usize; 2]) -> usize {
+        let mut map = self.stem.geometry(size).out_size();
+        map = [(map[0] + 2 - 3) / 2 + 1, (map[1] + 2 - 3) / 2 + 1];
+        for (i, block) in self.blocks.iter().enumerate() {
+            if map[0] * map[1] <= GROUPED_PIXELS {
+                return i;
+            }
+            let m = block.conv1.geometry(map).out_size();
+            map = block.conv2.geometry(m).out_size();
+        }
+        self.blocks.len()
+    }
+
+    /// Stem conv and max-pool of one planar image into `s.x`: returns its size and channels.
+    fn stem_forward(
+        &self,
+        image: &[f32],
+        size: [usize; 2],
+        s: &mut Maps,
+        columns: &mut Vec<f32>,
+    ) -> ([usize; 2], usize) {
         // Stem: 7x7/2 conv on the planar image (im2col of its planes), bias and ReLU fused.
         let g = self.stem.geometry(size);
         let pixels = g.out_height * g.out_width;
         let c = self.stem.outputs();
         let k = self.stem.kernel * self.stem.kernel * self.stem.inputs;
         let stem = sized(&mut s.a, pixels * c);
-        sized(&mut s.columns, STRIP * k);
+        let columns = sized(columns, STRIP * k);
         for start in (0..pixels).step_by(STRIP) {
             let rows = STRIP.min(pixels - start);
-            kernels::im2col_planar(image, 3, g, start, rows, &mut s.columns);
+            kernels::im2col_planar(image, 3, g, start, rows, columns);
             kernels::pointwise(
-                &s.columns[..rows * k],
+                &columns[..rows * k],
                 rows,
                 k,
                 &self.stem.weight,
@@ -247,23 +369,33 @@ impl FusedResNet {
                 }
             }
         }
-        let mut size = [oh, ow];
-        let mut channels = c;
+        ([oh, ow], c)
+    }
 
-        for block in &self.blocks {
-            let x = &s.x[..size[0] * size[1] * channels];
+    /// `blocks` on `count` NHWC maps of `size` back to back in `s.x`, the result left in
+    /// `s.x`: returns its size and channels.
+    fn blocks_forward(
+        blocks: &[Block],
+        count: usize,
+        mut size: [usize; 2],
+        mut channels: usize,
+        s: &mut Maps,
+        columns: &mut Vec<f32>,
+    ) -> ([usize; 2], usize) {
+        for block in blocks {
+            let x = &s.x[..count * size[0] * size[1] * channels];
             let [h1, w1] = block.conv1.geometry(size).out_size();
-            let a = sized(&mut s.a, h1 * w1 * block.conv1.outputs());
+            let a = sized(&mut s.a, count * h1 * w1 * block.conv1.outputs());
             block
                 .conv1
-                .forward(x, size, Activation::Relu, None, &mut s.columns, a);
+                .forward(x, count, size, Activation::Relu, None, columns, a);
             let last = block.conv3.as_ref().unwrap_or(&block.conv2);
             let [h2, w2] = block.conv2.geometry([h1, w1]).out_size();
-            let out_len = h2 * w2 * last.outputs();
+            let out_len = count * h2 * w2 * last.outputs();
             let identity: &[f32] = match &block.downsample {
                 Some(down) => {
                     let id = sized(&mut s.identity, out_len);
-                    down.forward(x, size, Activation::None, None, &mut s.columns, id);
+                    down.forward(x, count, size, Activation::None, None, columns, id);
                     id
                 }
                 None => x,
@@ -271,26 +403,28 @@ impl FusedResNet {
             let out = sized(&mut s.out, out_len);
             match &block.conv3 {
                 Some(conv3) => {
-                    let b = sized(&mut s.b, h2 * w2 * block.conv2.outputs());
+                    let b = sized(&mut s.b, count * h2 * w2 * block.conv2.outputs());
                     block
                         .conv2
-                        .forward(a, [h1, w1], Activation::Relu, None, &mut s.columns, b);
+                        .forward(a, count, [h1, w1], Activation::Relu, None, columns, b);
                     conv3.forward(
                         b,
+                        count,
                         [h2, w2],
                         Activation::Relu,
                         Some(identity),
-                        &mut s.columns,
+                        columns,
                         out,
                     );
                 }
                 None => {
                     block.conv2.forward(
                         a,
+                        count,
                         [h1, w1],
                         Activation::Relu,
                         Some(identity),
-                        &mut s.columns,
+                        columns,
                         out,
                     );
                 }
@@ -299,18 +433,7 @@ impl FusedResNet {
             size = [h2, w2];
             channels = last.outputs();
         }
-
-        // Global average pool.
-        out.fill(0.0);
-        let pixels = size[0] * size[1];
-        for row in s.x[..pixels * channels].chunks_exact(channels) {
-            for (o, v) in out.iter_mut().zip(row) {
-                *o += v;
-            }
-        }
-        for o in out.iter_mut() {
-            *o /= pixels as f32;
-        }
+        (size, channels)
     }
 }
 

@@ -12,10 +12,13 @@ mod backward;
 mod lanes;
 mod simd;
 pub mod transformer;
+mod winograd;
 
 pub use backward::{
     add_column_sums, depthwise_backward, input_gradient, relu6_backward, weight_gradient,
 };
+
+pub use winograd::Winograd3x3;
 
 use simd::dispatch;
 
@@ -458,6 +461,63 @@ pub fn im2col_nhwc(
 /// width]`) image: one row per output pixel, columns ordered (channel, ky, kx) like a
 /// `[out, in, k, k]` weight; zeros where the window leaves the image.
 pub fn im2col_planar(
+    image: &[f32],
+    channels: usize,
+    geometry: ConvGeometry,
+    row_start: usize,
+    rows: usize,
+    out: &mut [f32],
+) {
+    match geometry.kernel {
+        // ResNet's stem: whole 7-tap window rows as one vector move each.
+        7 => im2col_planar_k::<7>(image, channels, geometry, row_start, rows, out),
+        3 => im2col_planar_k::<3>(image, channels, geometry, row_start, rows, out),
+        _ => im2col_planar_any(image, channels, geometry, row_start, rows, out),
+    }
+}
+
+/// [`im2col_planar`] for a `K`x`K` kernel: rows of windows inside the image are copied as
+/// `[f32; K]`; the rest through [`im2col_planar_any`].
+fn im2col_planar_k<const K: usize>(
+    image: &[f32],
+    channels: usize,
+    geometry: ConvGeometry,
+    row_start: usize,
+    rows: usize,
+    out: &mut [f32],
+) {
+    let g = geometry;
+    let cols = channels * K * K;
+    assert!(image.len() >= channels * g.height * g.width && out.len() >= rows * cols);
+    let interior = g.interior_columns();
+    for (r, row) in out[..rows * cols].chunks_exact_mut(cols).enumerate() {
+        let pixel = row_start + r;
+        let (oy, ox) = (pixel / g.out_width, pixel % g.out_width);
+        if !interior.contains(&ox) {
+            im2col_planar_any(image, channels, g, pixel, 1, row);
+            continue;
+        }
+        let ix = ox * g.stride - g.pad_left;
+        for ci in 0..channels {
+            let plane = &image[ci * g.height * g.width..][..g.height * g.width];
+            for ky in 0..K {
+                let dst: &mut [f32; K] = (&mut row[(ci * K + ky) * K..][..K])
+                    .try_into()
+                    .expect("K taps");
+                match (oy * g.stride + ky).checked_sub(g.pad_top) {
+                    Some(iy) if iy < g.height => {
+                        *dst = *<&[f32; K]>::try_from(&plane[iy * g.width + ix..][..K])
+                            .expect("K taps");
+                    }
+                    _ => *dst = [0.0; K],
+                }
+            }
+        }
+    }
+}
+
+/// [`im2col_planar`] element by element, for any kernel and window.
+fn im2col_planar_any(
     image: &[f32],
     channels: usize,
     geometry: ConvGeometry,

@@ -360,3 +360,115 @@ fn depthwise_gradients_equal_naive_loops_for_every_padding_and_stride() {
         }
     }
 }
+
+/// A naive 3x3, stride-1, pad-1 conv of `count` NHWC maps with a `[(ky, kx, c), out]` weight.
+#[allow(clippy::too_many_arguments)]
+fn naive_conv3x3(
+    input: &[f32],
+    count: usize,
+    [h, w]: [usize; 2],
+    ci: usize,
+    weight: &[f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
+    let co = bias.len();
+    let mut out = vec![0.0; count * h * w * co];
+    for n in 0..count {
+        for y in 0..h {
+            for x in 0..w {
+                for o in 0..co {
+                    let at = ((n * h + y) * w + x) * co + o;
+                    let mut v = bias[o] + residual.map_or(0.0, |r| r[at]);
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let (iy, ix) = ((y + ky).wrapping_sub(1), (x + kx).wrapping_sub(1));
+                            if iy >= h || ix >= w {
+                                continue;
+                            }
+                            for c in 0..ci {
+                                v += input[((n * h + iy) * w + ix) * ci + c]
+                                    * weight[((ky * 3 + kx) * ci + c) * co + o];
+                            }
+                        }
+                    }
+                    out[at] = if relu { v.max(0.0) } else { v };
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn winograd_equals_a_naive_3x3_convolution_on_odd_and_even_maps() {
+    // Odd sizes leave part of the last tiles outside the map; passes of 7 tiles end mid-image
+    // (3 maps of 9x9 are 75 tiles), 17 and 33 channels leave partial chunks of 16.
+    for (count, size, ci, co, tiles) in [
+        (3, [9, 9], 5, 7, 7),
+        (2, [14, 15], 17, 33, 256),
+        (1, [23, 24], 3, 4, 50),
+        (1, [1, 1], 2, 3, 256),
+    ] {
+        let pixels = size[0] * size[1];
+        let input = random(count * pixels * ci, 10);
+        let weight = random(9 * ci * co, 11);
+        let bias = random(co, 12);
+        let residual = random(count * pixels * co, 13);
+        let conv = Winograd3x3::new(&weight, ci, co).in_passes_of(tiles);
+        let mut scratch = Vec::new();
+        for (res, relu) in [(None, false), (Some(&residual[..]), true)] {
+            let activation = if relu {
+                Activation::Relu
+            } else {
+                Activation::None
+            };
+            let mut out = vec![f32::NAN; count * pixels * co];
+            conv.forward(
+                &input,
+                count,
+                size,
+                &bias,
+                activation,
+                res,
+                &mut scratch,
+                &mut out,
+            );
+            let expected = naive_conv3x3(&input, count, size, ci, &weight, &bias, res, relu);
+            let err = worst(&out, &expected);
+            assert!(
+                err < 1e-4,
+                "{count} maps of {size:?}, {ci}->{co}: max error {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn im2col_planar_fast_paths_equal_the_element_by_element_one() {
+    // ResNet's stem (7x7/2, pad 3) and a 3x3/1, on odd sizes with padding on every side.
+    for (kernel, stride, pad, height, width) in
+        [(7, 2, 3, 23, 18), (3, 1, 1, 9, 11), (7, 2, 3, 5, 4)]
+    {
+        let out_height = (height + 2 * pad - kernel) / stride + 1;
+        let out_width = (width + 2 * pad - kernel) / stride + 1;
+        let g = ConvGeometry {
+            height,
+            width,
+            kernel,
+            stride,
+            pad_top: pad,
+            pad_left: pad,
+            out_height,
+            out_width,
+        };
+        let image = random(3 * height * width, 20);
+        let (rows, cols) = (out_height * out_width, 3 * kernel * kernel);
+        let mut fast = vec![f32::NAN; rows * cols];
+        let mut slow = vec![f32::NAN; rows * cols];
+        im2col_planar(&image, 3, g, 0, rows, &mut fast);
+        im2col_planar_any(&image, 3, g, 0, rows, &mut slow);
+        assert_eq!(fast, slow, "{kernel}x{kernel}/{stride} on {height}x{width}");
+    }
+}
