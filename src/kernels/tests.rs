@@ -403,12 +403,12 @@ fn naive_conv3x3(
 
 #[test]
 fn winograd_equals_a_naive_3x3_convolution_on_odd_and_even_maps() {
-    // Odd sizes leave part of the last tiles outside the map; passes of 7 tiles end mid-image
-    // (3 maps of 9x9 are 75 tiles), 17 and 33 channels leave partial chunks of 16.
+    // Sizes not a multiple of 4 leave part of the last tiles outside the map; passes of 7 tiles
+    // end mid-image (a 9x9 map is 9 tiles), 17 and 33 channels leave partial chunks of 16.
     for (count, size, ci, co, tiles) in [
         (3, [9, 9], 5, 7, 7),
         (2, [14, 15], 17, 33, 256),
-        (1, [23, 24], 3, 4, 50),
+        (1, [23, 24], 3, 4, 10),
         (1, [1, 1], 2, 3, 256),
     ] {
         let pixels = size[0] * size[1];
@@ -436,10 +436,13 @@ fn winograd_equals_a_naive_3x3_convolution_on_odd_and_even_maps() {
                 &mut out,
             );
             let expected = naive_conv3x3(&input, count, size, ci, &weight, &bias, res, relu);
-            let err = worst(&out, &expected);
+            // F(4x4, 3x3)'s transforms scale values by up to 8 before the products sum them:
+            // rounding relative to the outputs' size, as for f32 sums of this length.
+            let scale = expected.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            let err = worst(&out, &expected) / scale;
             assert!(
-                err < 1e-4,
-                "{count} maps of {size:?}, {ci}->{co}: max error {err}"
+                err < 1e-5,
+                "{count} maps of {size:?}, {ci}->{co}: relative error {err}"
             );
         }
     }

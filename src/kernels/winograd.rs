@@ -1,12 +1,14 @@
-//! A 3x3, stride-1, pad-1 convolution by Winograd's minimal filtering F(2x2, 3x3) (Lavin &
-//! Gray, "Fast Algorithms for Convolutional Neural Networks", 2016), on NHWC maps: every 4x4
-//! input tile becomes 16 transformed values per channel, one matrix product per value with
-//! the transformed weights, and every 4x4 product tile becomes 2x2 outputs with the bias,
-//! residual and ReLU fused. 16 products per 4 outputs instead of 36: 2.25x fewer
-//! multiply-adds, which are ~37% of a ResNet-50 (the stride-1 3x3 convs) and its largest cost.
+//! A 3x3, stride-1, pad-1 convolution by Winograd's minimal filtering F(4x4, 3x3) (Lavin &
+//! Gray, "Fast Algorithms for Convolutional Neural Networks", 2016), on NHWC maps: every 6x6
+//! input tile becomes 36 transformed values per channel, one matrix product per value with the
+//! transformed weights, and every 6x6 product tile becomes 4x4 outputs with the bias, residual
+//! and ReLU fused. 36 products per 16 outputs instead of 144: 4x fewer multiply-adds, on the
+//! convs that are ~37% of a ResNet-50's and its largest cost.
 //!
 //! Why: the direct (im2col) products already run at the gemm crate's full speed, as fast as
-//! ONNX Runtime's; fewer of them is what was left.
+//! ONNX Runtime's; fewer of them is what was left. F(2x2, 3x3) (2.25x fewer) took ResNet-50
+//! from 0.84x to 0.95x ONNX Runtime's speed; F(4x4, 3x3) saves more and still matches
+//! torchvision to 1e-4 (parity tests).
 
 use super::simd::dispatch;
 use super::{Activation, Matrix, MatrixRef, product};
@@ -22,28 +24,33 @@ pub struct Winograd3x3 {
 
 impl Winograd3x3 {
     /// From a `[9 * inputs, outputs]` weight whose rows are ordered (ky, kx, channel), as for
-    /// [`super::im2col_nhwc`]: `U = G g Gᵀ` for every (input, output) pair.
+    /// [`super::im2col_nhwc`]: `U = G g Gᵀ` for every (input, output) pair (in f64: the
+    /// sixths and twenty-fourths are not exact in f32).
     pub fn new(weight: &[f32], inputs: usize, outputs: usize) -> Self {
         assert_eq!(weight.len(), 9 * inputs * outputs);
-        const G: [[f32; 3]; 4] = [
-            [1.0, 0.0, 0.0],
-            [0.5, 0.5, 0.5],
-            [0.5, -0.5, 0.5],
+        const G: [[f64; 3]; 6] = [
+            [1.0 / 4.0, 0.0, 0.0],
+            [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+            [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+            [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+            [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
             [0.0, 0.0, 1.0],
         ];
-        let mut transformed = vec![0.0; 16 * inputs * outputs];
+        let mut transformed = vec![0.0; VALUES * inputs * outputs];
         for c in 0..inputs {
             for o in 0..outputs {
-                let g = |ky: usize, kx: usize| weight[((ky * 3 + kx) * inputs + c) * outputs + o];
-                for i in 0..4 {
-                    for j in 0..4 {
+                let g = |ky: usize, kx: usize| {
+                    f64::from(weight[((ky * 3 + kx) * inputs + c) * outputs + o])
+                };
+                for i in 0..SIDE {
+                    for j in 0..SIDE {
                         let mut u = 0.0;
                         for (k, gik) in G[i].iter().enumerate() {
                             for (l, gjl) in G[j].iter().enumerate() {
                                 u += gik * gjl * g(k, l);
                             }
                         }
-                        transformed[((i * 4 + j) * inputs + c) * outputs + o] = u;
+                        transformed[((i * SIDE + j) * inputs + c) * outputs + o] = u as f32;
                     }
                 }
             }
@@ -82,18 +89,18 @@ impl Winograd3x3 {
         assert!(input.len() >= count * pixels * ci && out.len() >= count * pixels * co);
         assert_eq!(bias.len(), co);
         assert!(residual.is_none_or(|r| r.len() >= count * pixels * co));
-        let (tiles_y, tiles_x) = (height.div_ceil(2), width.div_ceil(2));
+        let (tiles_y, tiles_x) = (height.div_ceil(OUT), width.div_ceil(OUT));
         let per_image = tiles_y * tiles_x;
         let total = count * per_image;
         let strip = self.tiles_per_pass.min(total);
-        let needed = 16 * strip * (ci + co) + ci;
+        let needed = VALUES * strip * (ci + co) + ci;
         if scratch.len() < needed {
             scratch.resize(needed, 0.0);
         }
-        // Tile-major: a tile's 16 transformed values (and its 16 products) lie together, so
+        // Tile-major: a tile's 36 transformed values (and its 36 products) lie together, so
         // the transforms read and write one block; each product reads a strided matrix.
-        let (transformed, rest) = scratch.split_at_mut(16 * strip * ci);
-        let (products, zeros) = rest.split_at_mut(16 * strip * co);
+        let (transformed, rest) = scratch.split_at_mut(VALUES * strip * ci);
+        let (products, zeros) = rest.split_at_mut(VALUES * strip * co);
         let zeros = &mut zeros[..ci];
         zeros.fill(0.0);
         let zeros = &*zeros;
@@ -101,16 +108,19 @@ impl Winograd3x3 {
         // Relu6 never follows a 3x3 conv in the families that use this; treated as none.
         for start in (0..total).step_by(strip) {
             let rows = strip.min(total - start);
-            for (t, block) in transformed[..rows * 16 * ci]
-                .chunks_exact_mut(16 * ci)
+            for (t, block) in transformed[..rows * VALUES * ci]
+                .chunks_exact_mut(VALUES * ci)
                 .enumerate()
             {
                 let (image, tile) = ((start + t) / per_image, (start + t) % per_image);
-                let (y0, x0) = (2 * (tile / tiles_x), 2 * (tile % tiles_x));
+                let (y0, x0) = (OUT * (tile / tiles_x), OUT * (tile % tiles_x));
                 let map = &input[image * pixels * ci..][..pixels * ci];
-                // The tile's 4x4 input pixels (rows y0-1..y0+3, columns x0-1..x0+3).
-                let d: [&[f32]; 16] = std::array::from_fn(|k| {
-                    let (y, x) = ((y0 + k / 4).wrapping_sub(1), (x0 + k % 4).wrapping_sub(1));
+                // The tile's 6x6 input pixels (rows y0-1..y0+5, columns x0-1..x0+5).
+                let d: [&[f32]; VALUES] = std::array::from_fn(|k| {
+                    let (y, x) = (
+                        (y0 + k / SIDE).wrapping_sub(1),
+                        (x0 + k % SIDE).wrapping_sub(1),
+                    );
                     if y < height && x < width {
                         &map[(y * width + x) * ci..][..ci]
                     } else {
@@ -119,15 +129,15 @@ impl Winograd3x3 {
                 });
                 dispatch!(input_tile(&d, block));
             }
-            for xi in 0..16 {
+            for xi in 0..VALUES {
                 product(
                     Matrix {
                         values: &mut products[xi * co..],
-                        row_stride: 16 * co,
+                        row_stride: VALUES * co,
                     },
                     MatrixRef {
                         values: &transformed[xi * ci..],
-                        row_stride: 16 * ci,
+                        row_stride: VALUES * ci,
                         column_stride: 1,
                     },
                     MatrixRef::row_major(&self.transformed[xi * ci * co..][..ci * co], co),
@@ -135,15 +145,17 @@ impl Winograd3x3 {
                     false,
                 );
             }
-            for (t, m) in products[..rows * 16 * co].chunks_exact(16 * co).enumerate() {
+            for (t, m) in products[..rows * VALUES * co]
+                .chunks_exact(VALUES * co)
+                .enumerate()
+            {
                 let (image, tile) = ((start + t) / per_image, (start + t) % per_image);
-                let (y0, x0) = (2 * (tile / tiles_x), 2 * (tile % tiles_x));
+                let (y0, x0) = (OUT * (tile / tiles_x), OUT * (tile % tiles_x));
                 let base = image * pixels;
-                let at = |dy: usize, dx: usize| {
-                    let (y, x) = (y0 + dy, x0 + dx);
+                let pixels: [Option<usize>; OUT * OUT] = std::array::from_fn(|k| {
+                    let (y, x) = (y0 + k / OUT, x0 + k % OUT);
                     (y < height && x < width).then(|| (base + y * width + x) * co)
-                };
-                let pixels = [at(0, 0), at(0, 1), at(1, 0), at(1, 1)];
+                });
                 dispatch!(output_tile(m, bias, pixels, residual, relu, out));
             }
         }
@@ -155,60 +167,87 @@ impl Winograd3x3 {
 /// tiles, 38-39.5 with 256 (`graft bench forward`, batch 32, 2 threads).
 const TILES: usize = 256;
 
+/// Outputs per tile side, input pixels per tile side, transformed values per tile.
+const OUT: usize = 4;
+const SIDE: usize = OUT + 2;
+const VALUES: usize = SIDE * SIDE;
+
 /// 16 channels at a time: the unit the transforms are written in, so LLVM keeps them in
 /// vector registers.
 const LANES: usize = 16;
 
-/// `V = Bᵀ d B` of one tile (Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]) into `block`
-/// (`[16, channels]`), from its 16 input pixels `d` (`channels` each).
+/// `Bᵀ x` of one column of six, lane by lane:
+/// Bᵀ = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0;
+/// 0 4 0 -5 0 1].
 #[inline(always)]
-fn input_tile(d: &[&[f32]; 16], block: &mut [f32]) {
+fn input_1d(x: [&[f32; LANES]; SIDE]) -> [[f32; LANES]; SIDE] {
+    let mut t = [[0.0f32; LANES]; SIDE];
+    for l in 0..LANES {
+        let [d0, d1, d2, d3, d4, d5] = x.map(|x| x[l]);
+        t[0][l] = 4.0 * d0 - 5.0 * d2 + d4;
+        t[1][l] = d3 + d4 - 4.0 * (d1 + d2);
+        t[2][l] = d4 - d3 + 4.0 * (d1 - d2);
+        t[3][l] = d4 - d2 + 2.0 * (d3 - d1);
+        t[4][l] = d4 - d2 + 2.0 * (d1 - d3);
+        t[5][l] = 4.0 * d1 - 5.0 * d3 + d5;
+    }
+    t
+}
+
+/// `Aᵀ m` of one column of six, lane by lane: Aᵀ = [1 1 1 1 1 0; 0 1 -1 2 -2 0;
+/// 0 1 1 4 4 0; 0 1 -1 8 -8 1].
+#[inline(always)]
+fn output_1d(m: [&[f32; LANES]; SIDE]) -> [[f32; LANES]; OUT] {
+    let mut y = [[0.0f32; LANES]; OUT];
+    for l in 0..LANES {
+        let [m0, m1, m2, m3, m4, m5] = m.map(|m| m[l]);
+        let (a, b) = (m1 + m2, m3 + m4);
+        let (c, d) = (m1 - m2, m3 - m4);
+        y[0][l] = m0 + a + b;
+        y[1][l] = c + 2.0 * d;
+        y[2][l] = a + 4.0 * b;
+        y[3][l] = c + 8.0 * d + m5;
+    }
+    y
+}
+
+/// `V = Bᵀ d B` of one tile into `block` (`[36, channels]`), from its 36 input pixels `d`
+/// (`channels` each).
+#[inline(always)]
+fn input_tile(d: &[&[f32]; VALUES], block: &mut [f32]) {
     let channels = d[0].len();
     for c in (0..channels).step_by(LANES) {
         let n = LANES.min(channels - c);
-        let mut x = [[0.0f32; LANES]; 16];
+        let mut x = [[0.0f32; LANES]; VALUES];
         for (x, d) in x.iter_mut().zip(d) {
             load(x, &d[c..c + n]);
         }
-        // Bᵀ d: rows combined, then (Bᵀ d) B: columns combined the same way.
-        let mut t = [[0.0f32; LANES]; 16];
-        for j in 0..4 {
-            for l in 0..LANES {
-                let (d0, d1, d2, d3) = (x[j][l], x[4 + j][l], x[8 + j][l], x[12 + j][l]);
-                t[j][l] = d0 - d2;
-                t[4 + j][l] = d1 + d2;
-                t[8 + j][l] = d2 - d1;
-                t[12 + j][l] = d1 - d3;
+        // Bᵀ d: each column of six combined over its rows.
+        let mut t = [[0.0f32; LANES]; VALUES];
+        for j in 0..SIDE {
+            let column = input_1d(std::array::from_fn(|i| &x[i * SIDE + j]));
+            for (i, v) in column.into_iter().enumerate() {
+                t[i * SIDE + j] = v;
             }
         }
-        for i in 0..4 {
-            for l in 0..LANES {
-                let (t0, t1, t2, t3) = (
-                    t[i * 4][l],
-                    t[i * 4 + 1][l],
-                    t[i * 4 + 2][l],
-                    t[i * 4 + 3][l],
-                );
-                x[i * 4][l] = t0 - t2;
-                x[i * 4 + 1][l] = t1 + t2;
-                x[i * 4 + 2][l] = t2 - t1;
-                x[i * 4 + 3][l] = t1 - t3;
+        // (Bᵀ d) B: each row of six combined over its columns.
+        for i in 0..SIDE {
+            let row = input_1d(std::array::from_fn(|j| &t[i * SIDE + j]));
+            for (j, v) in row.iter().enumerate() {
+                store(&mut block[(i * SIDE + j) * channels + c..][..n], v);
             }
-        }
-        for (xi, v) in x.iter().enumerate() {
-            store(&mut block[xi * channels + c..][..n], v);
         }
     }
 }
 
-/// `Y = Aᵀ m A` of one tile (Aᵀ = [1 1 1 0; 0 1 -1 -1]) from its 16 products `m` (`[16,
-/// channels]`), plus bias (and residual), ReLU'd if asked, into the output pixels at the
-/// given offsets (`None`: outside the map).
+/// `Y = Aᵀ m A` of one tile from its 36 products `m` (`[36, channels]`), plus bias (and
+/// residual), ReLU'd if asked, into the output pixels at the given offsets (`None`: outside
+/// the map).
 #[inline(always)]
 fn output_tile(
     m: &[f32],
     bias: &[f32],
-    pixels: [Option<usize>; 4],
+    pixels: [Option<usize>; OUT * OUT],
     residual: Option<&[f32]>,
     relu: bool,
     out: &mut [f32],
@@ -216,46 +255,42 @@ fn output_tile(
     let channels = bias.len();
     for c in (0..channels).step_by(LANES) {
         let n = LANES.min(channels - c);
-        let mut x = [[0.0f32; LANES]; 16];
+        let mut x = [[0.0f32; LANES]; VALUES];
         for (xi, x) in x.iter_mut().enumerate() {
             load(x, &m[xi * channels + c..][..n]);
         }
-        // Aᵀ m: two rows of four.
-        let mut s = [[0.0f32; LANES]; 8];
-        for j in 0..4 {
-            for l in 0..LANES {
-                let (m0, m1, m2, m3) = (x[j][l], x[4 + j][l], x[8 + j][l], x[12 + j][l]);
-                s[j][l] = m0 + m1 + m2;
-                s[4 + j][l] = m1 - m2 - m3;
+        let mut b = [0.0f32; LANES];
+        load(&mut b, &bias[c..c + n]);
+        // Aᵀ m: each column of six to four rows.
+        let mut s = [[0.0f32; LANES]; OUT * SIDE];
+        for j in 0..SIDE {
+            let column = output_1d(std::array::from_fn(|i| &x[i * SIDE + j]));
+            for (a, v) in column.into_iter().enumerate() {
+                s[a * SIDE + j] = v;
             }
         }
-        // (Aᵀ m) A: two by two.
-        let mut y = [[0.0f32; LANES]; 4];
-        for i in 0..2 {
-            for l in 0..LANES {
-                let (s0, s1, s2, s3) = (
-                    s[i * 4][l],
-                    s[i * 4 + 1][l],
-                    s[i * 4 + 2][l],
-                    s[i * 4 + 3][l],
-                );
-                y[i * 2][l] = s0 + s1 + s2 + bias_at(bias, c + l);
-                y[i * 2 + 1][l] = s1 - s2 - s3 + bias_at(bias, c + l);
-            }
-        }
-        for (y, pixel) in y.iter_mut().zip(pixels) {
-            let Some(at) = pixel else { continue };
-            if let Some(residual) = residual {
-                for (y, r) in y[..n].iter_mut().zip(&residual[at + c..][..n]) {
-                    *y += r;
+        // (Aᵀ m) A: each row of six to four outputs.
+        for a in 0..OUT {
+            let row = output_1d(std::array::from_fn(|j| &s[a * SIDE + j]));
+            for (k, mut y) in row.into_iter().enumerate() {
+                let Some(at) = pixels[a * OUT + k] else {
+                    continue;
+                };
+                for (y, b) in y.iter_mut().zip(&b) {
+                    *y += b;
                 }
-            }
-            if relu {
-                for y in y.iter_mut() {
-                    *y = y.max(0.0);
+                if let Some(residual) = residual {
+                    for (y, r) in y[..n].iter_mut().zip(&residual[at + c..][..n]) {
+                        *y += r;
+                    }
                 }
+                if relu {
+                    for y in y.iter_mut() {
+                        *y = y.max(0.0);
+                    }
+                }
+                store(&mut out[at + c..][..n], &y);
             }
-            store(&mut out[at + c..][..n], y);
         }
     }
 }
@@ -280,10 +315,4 @@ fn store(out: &mut [f32], lanes: &[f32; LANES]) {
             out.copy_from_slice(&lanes[..n])
         }
     }
-}
-
-/// `bias[c]`, zero past its end (the lanes of a partial chunk).
-#[inline(always)]
-fn bias_at(bias: &[f32], c: usize) -> f32 {
-    bias.get(c).copied().unwrap_or(0.0)
 }
