@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::blocks::{ConvBnAct, axis_padding, conv_output_size};
@@ -571,6 +571,50 @@ pub(super) fn classify_batch(
             })
         });
     logits
+}
+
+/// A fused form that pools each image to one row (ResNet, ConvNeXt, ViT): its
+/// [`FusedForward`](super::FusedForward) follows from these three.
+pub(super) trait PooledForward: std::fmt::Debug + Send + Sync {
+    /// Values per row of [`PooledForward::pooled`].
+    fn row_width(&self) -> usize;
+    /// `[N * row_width]` rows of a batch `[N, 3, H, W]`: the pooled features.
+    fn pooled(&self, batch: Tensor<4>) -> Vec<f32>;
+    /// The pretrained classifier, if kept.
+    fn classifier(&self) -> Option<Classifier<'_>>;
+}
+
+/// A classifier on pooled rows: `[inputs, classes]` weight and bias, reading the first
+/// `inputs` values of each row.
+pub(super) struct Classifier<'a> {
+    pub weight: &'a [f32],
+    pub bias: &'a [f32],
+    pub inputs: usize,
+}
+
+impl<T: PooledForward> super::FusedForward for T {
+    fn features(&self, batch: Tensor<4>) -> Tensor<2> {
+        let [n, ..] = batch.dims();
+        let device = batch.device();
+        let rows = self.pooled(batch);
+        Tensor::from_data(TensorData::new(rows, [n, self.row_width()]), &device)
+    }
+
+    fn logits(&self, batch: Tensor<4>) -> Option<Tensor<2>> {
+        let classifier = self.classifier()?;
+        let [n, ..] = batch.dims();
+        let device = batch.device();
+        let rows = self.pooled(batch);
+        let logits = classify_batch(
+            &rows,
+            self.row_width(),
+            classifier.inputs,
+            classifier.weight,
+            classifier.bias,
+        );
+        let classes = classifier.bias.len();
+        Some(Tensor::from_data(TensorData::new(logits, [n, classes]), &device))
+    }
 }
 
 /// Every image of `batch` (`[N, 3, H, W]`) through `forward_image(image, [H, W], out)` on the

@@ -9,11 +9,10 @@
 
 use std::cell::RefCell;
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 
-use super::FusedForward;
 use super::convnext::{ConvNeXt, ConvNeXtBlock, Downsample};
-use super::fused::{classify_batch, grow as sized, per_image, to_vec};
+use super::fused::{Classifier, PooledForward, grow as sized, per_image, to_vec};
 use super::fused_layers::{Dense, Norm};
 use crate::kernels::transformer::gelu;
 use crate::kernels::{self, Activation, ConvGeometry, Rows};
@@ -276,26 +275,21 @@ impl FusedConvNeXt {
     }
 }
 
-impl FusedForward for FusedConvNeXt {
-    /// Pooled features `[N, feature_dim]` of a batch `[N, 3, H, W]`, images in parallel.
-    fn features(&self, batch: Tensor<4>) -> Tensor<2> {
-        let [n, ..] = batch.dims();
-        let device = batch.device();
-        let features = self.run(batch);
-        Tensor::from_data(TensorData::new(features, [n, self.feature_dim()]), &device)
+impl PooledForward for FusedConvNeXt {
+    fn row_width(&self) -> usize {
+        self.feature_dim()
     }
 
-    /// ImageNet logits, or `None` without the top.
-    fn logits(&self, batch: Tensor<4>) -> Option<Tensor<2>> {
+    fn pooled(&self, batch: Tensor<4>) -> Vec<f32> {
+        self.run(batch)
+    }
+
+    fn classifier(&self) -> Option<Classifier<'_>> {
         let fc = self.fc.as_ref()?;
-        let [n, ..] = batch.dims();
-        let device = batch.device();
-        let features = self.run(batch);
-        let dim = self.feature_dim();
-        let logits = classify_batch(&features, dim, dim, &fc.weight, &fc.bias);
-        Some(Tensor::from_data(
-            TensorData::new(logits, [n, fc.bias.len()]),
-            &device,
-        ))
+        Some(Classifier {
+            weight: &fc.weight,
+            bias: &fc.bias,
+            inputs: self.feature_dim(),
+        })
     }
 }

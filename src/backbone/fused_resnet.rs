@@ -7,10 +7,9 @@
 
 use std::cell::RefCell;
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 
-use super::FusedForward;
-use super::fused::{classify_batch, grow as sized, per_group, to_vec};
+use super::fused::{Classifier, PooledForward, grow as sized, per_group, to_vec};
 use super::resnet::{ConvBn, ResNet};
 use crate::kernels::{self, Activation, ConvGeometry};
 
@@ -443,23 +442,21 @@ impl ConvGeometry {
     }
 }
 
-impl FusedForward for FusedResNet {
-    fn features(&self, batch: Tensor<4>) -> Tensor<2> {
-        let [n, ..] = batch.dims();
-        let device = batch.device();
-        let features = self.run(batch);
-        Tensor::from_data(TensorData::new(features, [n, self.features]), &device)
+impl PooledForward for FusedResNet {
+    fn row_width(&self) -> usize {
+        self.features
     }
 
-    fn logits(&self, batch: Tensor<4>) -> Option<Tensor<2>> {
+    fn pooled(&self, batch: Tensor<4>) -> Vec<f32> {
+        self.run(batch)
+    }
+
+    fn classifier(&self) -> Option<Classifier<'_>> {
         let (weight, bias) = self.fc.as_ref()?;
-        let [n, ..] = batch.dims();
-        let device = batch.device();
-        let features = self.run(batch);
-        let logits = classify_batch(&features, self.features, self.features, weight, bias);
-        Some(Tensor::from_data(
-            TensorData::new(logits, [n, bias.len()]),
-            &device,
-        ))
+        Some(Classifier {
+            weight,
+            bias,
+            inputs: self.features,
+        })
     }
 }

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 
 use burn::tensor::{Tensor, TensorData};
 
-use super::fused::{classify_batch, grow as sized, per_image, to_vec};
+use super::fused::{Classifier, PooledForward, grow as sized, per_image, to_vec};
 use super::fused_layers::{Dense, Norm};
 use super::vit::{Vit, resample_grid};
 use crate::kernels::transformer::{attention_head, gelu};
@@ -126,33 +126,23 @@ impl FusedVit {
     }
 }
 
-impl super::FusedForward for FusedVit {
-    /// Pooled features `[N, feature_dim]` of a batch `[N, 3, H, W]`, images in parallel.
-    fn features(&self, batch: Tensor<4>) -> Tensor<2> {
-        let [n, ..] = batch.dims();
-        let device = batch.device();
-        let features = self.run(batch);
-        Tensor::from_data(TensorData::new(features, [n, self.feature_dim()]), &device)
+impl PooledForward for FusedVit {
+    fn row_width(&self) -> usize {
+        self.feature_dim()
     }
 
-    /// ImageNet logits of the class token, or `None` without a classifier.
-    fn logits(&self, batch: Tensor<4>) -> Option<Tensor<2>> {
+    fn pooled(&self, batch: Tensor<4>) -> Vec<f32> {
+        self.run(batch)
+    }
+
+    /// The classifier reads the class token (the first `dim` values of each row).
+    fn classifier(&self) -> Option<Classifier<'_>> {
         let head = self.head.as_ref()?;
-        let [n, ..] = batch.dims();
-        let device = batch.device();
-        let features = self.run(batch);
-        // The classifier reads the class token (the first `dim` values of each row).
-        let logits = classify_batch(
-            &features,
-            self.feature_dim(),
-            self.dim,
-            &head.weight,
-            &head.bias,
-        );
-        Some(Tensor::from_data(
-            TensorData::new(logits, [n, head.bias.len()]),
-            &device,
-        ))
+        Some(Classifier {
+            weight: &head.weight,
+            bias: &head.bias,
+            inputs: self.dim,
+        })
     }
 }
 
