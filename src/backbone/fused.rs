@@ -323,31 +323,12 @@ impl FusedNet {
     /// fine-tuning, where the layers below the first trainable group are frozen: they need no
     /// backward, so they can run here.
     pub fn forward_prefix(&self, batch: Tensor<4>, blocks: usize) -> Tensor<4> {
-        let [n, _, h, w] = batch.dims();
-        let device = batch.device();
-        let data = batch.into_data();
-        // cannot fail: image batches are f32
-        let input: &[f32] = data.as_slice().expect("an f32 batch");
-        let image_len = input.len() / n.max(1);
-        let maps: Vec<(Vec<f32>, [usize; 3])> = input
-            .par_chunks(image_len.max(1))
-            .map(|image| {
-                SCRATCH.with_borrow_mut(|scratch| {
-                    let (oh, ow, c) = self.forward_trunk(image, h, w, blocks, scratch, None);
-                    // NHWC -> CHW for burn.
-                    let mut chw = vec![0.0; c * oh * ow];
-                    for (pixel, values) in scratch.x[..oh * ow * c].chunks_exact(c).enumerate() {
-                        for (channel, v) in values.iter().enumerate() {
-                            chw[channel * oh * ow + pixel] = *v;
-                        }
-                    }
-                    (chw, [c, oh, ow])
-                })
+        per_image_maps(batch, |image, [h, w]| {
+            SCRATCH.with_borrow_mut(|scratch| {
+                let (oh, ow, c) = self.forward_trunk(image, h, w, blocks, scratch, None);
+                chw(&scratch.x[..oh * ow * c], [oh, ow, c])
             })
-            .collect();
-        let [c, oh, ow] = maps.first().map_or([0, 0, 0], |(_, shape)| *shape);
-        let flat: Vec<f32> = maps.into_iter().flat_map(|(chw, _)| chw).collect();
-        Tensor::from_data(burn::tensor::TensorData::new(flat, [n, c, oh, ow]), &device)
+        })
     }
 
     /// Every image of `batch` through the backbone on the worker threads, one image at a time
@@ -573,6 +554,40 @@ pub(super) fn classify_batch(
     logits
 }
 
+/// Every image of `batch` (`[N, 3, H, W]`) through `forward_image(image, [H, W])` on the
+/// worker threads, each giving a `[C, H', W']` map: the `[N, C, H', W']` batch of them (a frozen
+/// prefix's output, for burn to go on from).
+pub(super) fn per_image_maps(
+    batch: Tensor<4>,
+    forward_image: impl Fn(&[f32], [usize; 2]) -> (Vec<f32>, [usize; 3]) + Sync,
+) -> Tensor<4> {
+    let [n, _, h, w] = batch.dims();
+    let device = batch.device();
+    let data = batch.into_data();
+    // cannot fail: image batches are f32
+    let input: &[f32] = data.as_slice().expect("an f32 batch");
+    let image_len = input.len() / n.max(1);
+    let maps: Vec<(Vec<f32>, [usize; 3])> = input
+        .par_chunks(image_len.max(1))
+        .map(|image| forward_image(image, [h, w]))
+        .collect();
+    let [c, oh, ow] = maps.first().map_or([0, 0, 0], |(_, shape)| *shape);
+    let flat: Vec<f32> = maps.into_iter().flat_map(|(chw, _)| chw).collect();
+    Tensor::from_data(TensorData::new(flat, [n, c, oh, ow]), &device)
+}
+
+/// An NHWC map of `[height, width, channels]` as CHW (burn's layout), with its shape.
+pub(super) fn chw(nhwc: &[f32], [height, width, channels]: [usize; 3]) -> (Vec<f32>, [usize; 3]) {
+    let pixels = height * width;
+    let mut out = vec![0.0; channels * pixels];
+    for (pixel, values) in nhwc[..pixels * channels].chunks_exact(channels).enumerate() {
+        for (channel, v) in values.iter().enumerate() {
+            out[channel * pixels + pixel] = *v;
+        }
+    }
+    (out, [channels, height, width])
+}
+
 /// A fused form that pools each image to one row (ResNet, ConvNeXt, ViT): its
 /// [`FusedForward`](super::FusedForward) follows from these three.
 pub(super) trait PooledForward: std::fmt::Debug + Send + Sync {
@@ -613,7 +628,10 @@ impl<T: PooledForward> super::FusedForward for T {
             classifier.bias,
         );
         let classes = classifier.bias.len();
-        Some(Tensor::from_data(TensorData::new(logits, [n, classes]), &device))
+        Some(Tensor::from_data(
+            TensorData::new(logits, [n, classes]),
+            &device,
+        ))
     }
 }
 

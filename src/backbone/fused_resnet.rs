@@ -9,7 +9,9 @@ use std::cell::RefCell;
 
 use burn::tensor::Tensor;
 
-use super::fused::{Classifier, PooledForward, grow as sized, per_group, to_vec};
+use super::fused::{
+    Classifier, PooledForward, chw, grow as sized, per_group, per_image_maps, to_vec,
+};
 use super::resnet::{ConvBn, ResNet};
 use crate::kernels::{self, Activation, ConvGeometry};
 
@@ -249,6 +251,20 @@ impl FusedResNet {
     fn run(&self, batch: Tensor<4>) -> Vec<f32> {
         per_group(batch, self.features, GROUP, |images, count, size, out| {
             SCRATCH.with_borrow_mut(|s| self.forward_group(images, count, size, s, out))
+        })
+    }
+
+    /// The `[N, C, H', W']` maps entering block `blocks` (of all the stages' blocks in order):
+    /// a frozen prefix's output for burn's [`ResNet::forward_features_from`].
+    pub fn forward_prefix(&self, batch: Tensor<4>, blocks: usize) -> Tensor<4> {
+        let blocks = &self.blocks[..blocks.min(self.blocks.len())];
+        per_image_maps(batch, |image, size| {
+            SCRATCH.with_borrow_mut(|s| {
+                let (map, c) = self.stem_forward(image, size, &mut s.image, &mut s.columns);
+                let (map, c) =
+                    Self::blocks_forward(blocks, 1, map, c, &mut s.image, &mut s.columns);
+                chw(&s.image.x, [map[0], map[1], c])
+            })
         })
     }
 

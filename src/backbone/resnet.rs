@@ -11,7 +11,7 @@ use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor};
 
-use super::mbnet::global_average_pool;
+use super::mbnet::{Start, global_average_pool};
 use crate::weights::loader::TensorKeys;
 
 /// Which residual block the stages are made of.
@@ -282,6 +282,31 @@ impl ResNet {
             outputs.push(x.clone());
         }
         outputs
+    }
+
+    /// Pooled features from `start`: the image, or the map entering block `n` of all the
+    /// stages' blocks in order (the output of a frozen prefix, see
+    /// [`crate::train::finetune::FrozenPrefix`]).
+    pub fn forward_features_from(&self, start: Start, x: Tensor<4>) -> Tensor<2> {
+        let Start::Block(first) = start else {
+            return self.forward_features(x);
+        };
+        let x = self
+            .stages
+            .iter()
+            .flat_map(|s| &s.blocks)
+            .skip(first)
+            .fold(x, |x, block| block.forward(x));
+        global_average_pool(x)
+    }
+
+    /// The first block of layer group `min(trainable)` (group 0 is the stem, group `s + 1` the
+    /// stage `layer{s+1}`): where a frozen prefix ends. `None` when the stem trains.
+    pub fn first_trainable_block(&self, trainable: &[usize]) -> Option<usize> {
+        match *trainable.iter().min()? {
+            0 => None,
+            g => Some(self.stages.iter().take(g - 1).map(|s| s.blocks.len()).sum()),
+        }
     }
 
     /// Pooled features `[N, 512 × expansion]`.

@@ -36,7 +36,7 @@ pub fn training_pass(net: &Network, bn_mode: BnMode) -> BackbonePass {
 /// features with `loss_of`, and backward. Returns the loss, what `loss_of` returned besides it,
 /// and the gradients (take the whole model's with `GradientsParams::from_module`: `net`'s and
 /// those of everything `loss_of` used). `start` other than the image is for MBConv networks
-/// (see [`crate::train::finetune::FrozenPrefix`]).
+/// and ResNets (see [`crate::train::finetune::FrozenPrefix`]).
 pub fn backbone_backward<T>(
     net: &Network,
     start: Start,
@@ -47,8 +47,12 @@ pub fn backbone_backward<T>(
     let features = match (net, pass) {
         (Network::MbConv(net), BackbonePass::Fused) => fused_grad::features(net, start, x),
         (Network::MbConv(net), BackbonePass::Burn) => net.forward_features_from(start, x),
+        (Network::ResNet(net), _) => net.forward_features_from(start, x),
         (net, _) => {
-            debug_assert!(matches!(start, Start::Image), "a prefix is MBConv's only");
+            debug_assert!(
+                matches!(start, Start::Image),
+                "a prefix is MBConv's and ResNet's only"
+            );
             net.forward_features(x)
         }
     };

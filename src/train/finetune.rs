@@ -23,6 +23,7 @@ pub use super::freeze::{BnMode, set_trainable};
 use super::plan::Plan;
 use super::schedule::{Schedule, factor};
 use crate::backbone::fused::FusedNet;
+use crate::backbone::fused_resnet::FusedResNet;
 use crate::backbone::mbnet::Start;
 use crate::backbone::{Backbone, Network, SourceConfig};
 use crate::data::augment::{Augment, augmented, image_rng};
@@ -130,37 +131,50 @@ fn forward_backward(
     (loss, logits, grads)
 }
 
-/// The frozen layers below the first trainable group of an MBConv network, run by the fused
-/// CPU inference network: they take no gradient, so a training step only needs their output,
-/// and the fused kernels give it several times faster than burn's generic ops (`graft bench
-/// forward`). Built once per stage of gradual unfreezing, from the weights the stage keeps
-/// fixed. (The other families run their frozen layers on burn, without autodiff tracking.)
+/// The frozen layers below the first trainable group of an MBConv network or a ResNet, run by
+/// the fused CPU inference network: they take no gradient, so a training step only needs their
+/// output, and the fused kernels give it several times faster than burn's generic ops (`graft
+/// bench forward`). Built once per stage of gradual unfreezing, from the weights the stage
+/// keeps fixed. (ConvNeXt and ViT run their frozen layers on burn, without autodiff tracking.)
 pub struct FrozenPrefix {
-    net: FusedNet,
+    net: PrefixNet,
     blocks: usize,
+}
+
+/// The fused inference form a [`FrozenPrefix`] runs.
+enum PrefixNet {
+    MbConv(FusedNet),
+    ResNet(FusedResNet),
 }
 
 impl FrozenPrefix {
     /// The prefix for a stage training `trainable`; `None` when the stem trains, on a GPU,
-    /// with BatchNorm on batch statistics, or for another family than MBConv.
+    /// with BatchNorm on batch statistics, or for ConvNeXt and ViT.
     pub fn for_stage(net: &Network, trainable: &[usize], bn_mode: BnMode) -> Option<Self> {
         if !crate::backend::fused_cpu() || bn_mode != BnMode::Frozen {
             return None;
         }
-        let net = net.as_mbconv()?;
-        let blocks = net.first_trainable_block(trainable)?;
-        Some(Self {
-            net: FusedNet::new(&net.valid()),
-            blocks,
-        })
+        let (net, blocks) = match net {
+            Network::MbConv(net) => (
+                PrefixNet::MbConv(FusedNet::new(&net.valid())),
+                net.first_trainable_block(trainable)?,
+            ),
+            Network::ResNet(net) => (
+                PrefixNet::ResNet(FusedResNet::new(&net.valid())),
+                net.first_trainable_block(trainable)?,
+            ),
+            Network::ConvNeXt(_) | Network::Vit(_) => return None,
+        };
+        Some(Self { net, blocks })
     }
 
     /// The batch through the frozen layers: where the trainable part starts, and its input.
     pub fn forward(&self, x: Tensor<4>) -> (Start, Tensor<4>) {
-        (
-            Start::Block(self.blocks),
-            self.net.forward_prefix(x, self.blocks),
-        )
+        let maps = match &self.net {
+            PrefixNet::MbConv(net) => net.forward_prefix(x, self.blocks),
+            PrefixNet::ResNet(net) => net.forward_prefix(x, self.blocks),
+        };
+        (Start::Block(self.blocks), maps)
     }
 }
 
@@ -669,18 +683,6 @@ mod tests {
             Some(&prefix),
             &mut run_rng(2, 0),
         );
-        let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {
-            let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-            let worst = a
-                .iter()
-                .zip(&b)
-                .map(|(p, q)| (p - q).abs())
-                .fold(0.0, f32::max);
-            assert!(
-                worst <= 1e-3 * scale,
-                "{what}: differs by {worst} (scale {scale})"
-            );
-        };
         close(values(loss), values(loss_p), "loss");
         let id = model.top.weight.id;
         close(
@@ -701,6 +703,97 @@ mod tests {
         // No prefix when the stem trains, or with BatchNorm on batch statistics.
         assert!(FrozenPrefix::for_stage(&model.net, &[0, 8], BnMode::Frozen).is_none());
         assert!(FrozenPrefix::for_stage(&model.net, &trainable, BnMode::Train).is_none());
+    }
+
+    /// `a` and `b` agree to 1e-3 of `a`'s largest value.
+    fn close(a: Vec<f32>, b: Vec<f32>, what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            worst <= 1e-3 * scale,
+            "{what}: differs by {worst} (scale {scale})"
+        );
+    }
+
+    #[test]
+    fn resnet_frozen_prefix_gives_the_same_loss_and_gradients() {
+        // layer3, layer4 and the top train; the stem, layer1 and layer2 are the fused prefix.
+        let trainable = [3, 4];
+        let (mut model, device) = family_model("resnet18", &trainable);
+        let Network::ResNet(net) = &mut model.net else {
+            unreachable!("resnet18 is a ResNet")
+        };
+        // Redraw draws BatchNorm's variances around 0: make them valid ones.
+        for block in net.stages.iter_mut().flat_map(|s| s.blocks.iter_mut()) {
+            for conv in [
+                Some(&mut block.conv1),
+                Some(&mut block.conv2),
+                block.downsample.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let var = (conv.bn.running_var.value().abs() + 0.5).detach();
+                conv.bn.running_var = burn::module::RunningState::new(var);
+            }
+        }
+        let var = (net.stem.bn.running_var.value().abs() + 0.5).detach();
+        net.stem.bn.running_var = burn::module::RunningState::new(var);
+        let prefix = FrozenPrefix::for_stage(&model.net, &trainable, BnMode::Frozen).unwrap();
+        assert_eq!(prefix.blocks, 4, "layer1 and layer2 have two blocks each");
+        let mut rng = run_rng(1, 0);
+        let x = random_tensor::<4>(
+            [3, 3, 64, 64],
+            Distribution::Normal(0.0, 1.0),
+            &mut rng,
+            &device,
+        );
+        let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 2, 1], [3]), &device);
+        let loss_fn = CrossEntropyLossConfig::new().init(&device);
+        let pass = training_pass(&model.net, BnMode::Frozen);
+        let run = |prefix: Option<&FrozenPrefix>| {
+            let batch = (x.clone(), y.clone());
+            forward_backward(&model, &loss_fn, batch, pass, prefix, &mut run_rng(2, 0))
+        };
+        let (loss, _, grads) = run(None);
+        let (loss_p, _, grads_p) = run(Some(&prefix));
+        close(values(loss), values(loss_p), "loss");
+        let id = model.top.weight.id;
+        close(
+            values(grads.get::<2>(id).unwrap()),
+            values(grads_p.get::<2>(id).unwrap()),
+            "top",
+        );
+        let Network::ResNet(net) = &model.net else {
+            unreachable!("resnet18 is a ResNet")
+        };
+        for (param, what) in [
+            (&net.stages[2].blocks[0].conv1.conv.weight, "layer3.0.conv1"),
+            (&net.stages[3].blocks[1].conv2.conv.weight, "layer4.1.conv2"),
+        ] {
+            let (a, b) = (grads.get::<4>(param.id), grads_p.get::<4>(param.id));
+            close(values(a.unwrap()), values(b.unwrap()), what);
+        }
+        let gamma = &net.stages[3].blocks[1].conv2.bn.gamma;
+        close(
+            values(grads.get::<1>(gamma.id).unwrap()),
+            values(grads_p.get::<1>(gamma.id).unwrap()),
+            "layer4.1.bn2 gamma",
+        );
+        // Frozen layers get no gradient either way.
+        assert!(grads_p.get::<4>(net.stem.conv.weight.id).is_none());
+        assert!(
+            grads_p
+                .get::<4>(net.stages[1].blocks[1].conv2.conv.weight.id)
+                .is_none()
+        );
+        // No prefix when the stem trains.
+        assert!(FrozenPrefix::for_stage(&model.net, &[0, 4], BnMode::Frozen).is_none());
     }
 
     fn mb(model: &FinetuneModel) -> &crate::backbone::mbnet::MbNet {
