@@ -371,7 +371,7 @@ fn naive_conv3x3(
     weight: &[f32],
     bias: &[f32],
     residual: Option<&[f32]>,
-    relu: bool,
+    activation: Activation,
 ) -> Vec<f32> {
     let co = bias.len();
     let mut out = vec![0.0; count * h * w * co];
@@ -393,7 +393,11 @@ fn naive_conv3x3(
                             }
                         }
                     }
-                    out[at] = if relu { v.max(0.0) } else { v };
+                    out[at] = match activation {
+                        Activation::None => v,
+                        Activation::Relu => v.max(0.0),
+                        Activation::Relu6 => v.clamp(0.0, 6.0),
+                    };
                 }
             }
         }
@@ -418,12 +422,11 @@ fn winograd_equals_a_naive_3x3_convolution_on_odd_and_even_maps() {
         let residual = random(count * pixels * co, 13);
         let conv = Winograd3x3::new(&weight, ci, co).in_passes_of(tiles);
         let mut scratch = Vec::new();
-        for (res, relu) in [(None, false), (Some(&residual[..]), true)] {
-            let activation = if relu {
-                Activation::Relu
-            } else {
-                Activation::None
-            };
+        for (res, activation) in [
+            (None, Activation::None),
+            (Some(&residual[..]), Activation::Relu),
+            (None, Activation::Relu6),
+        ] {
             let mut out = vec![f32::NAN; count * pixels * co];
             conv.forward(
                 &input,
@@ -435,10 +438,20 @@ fn winograd_equals_a_naive_3x3_convolution_on_odd_and_even_maps() {
                 &mut scratch,
                 &mut out,
             );
-            let expected = naive_conv3x3(&input, count, size, ci, &weight, &bias, res, relu);
+            let expected = naive_conv3x3(&input, count, size, ci, &weight, &bias, res, activation);
             // F(4x4, 3x3)'s transforms scale values by up to 8 before the products sum them:
-            // rounding relative to the outputs' size, as for f32 sums of this length.
-            let scale = expected.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            // rounding relative to the size of the outputs before the activation clamps them.
+            let raw = naive_conv3x3(
+                &input,
+                count,
+                size,
+                ci,
+                &weight,
+                &bias,
+                res,
+                Activation::None,
+            );
+            let scale = raw.iter().fold(1.0f32, |m, v| m.max(v.abs()));
             let err = worst(&out, &expected) / scale;
             assert!(
                 err < 1e-5,

@@ -104,8 +104,11 @@ impl Winograd3x3 {
         let zeros = &mut zeros[..ci];
         zeros.fill(0.0);
         let zeros = &*zeros;
-        let relu = activation == Activation::Relu;
-        // Relu6 never follows a 3x3 conv in the families that use this; treated as none.
+        let bounds = match activation {
+            Activation::None => (f32::NEG_INFINITY, f32::INFINITY),
+            Activation::Relu => (0.0, f32::INFINITY),
+            Activation::Relu6 => (0.0, 6.0),
+        };
         for start in (0..total).step_by(strip) {
             let rows = strip.min(total - start);
             for (t, block) in transformed[..rows * VALUES * ci]
@@ -156,7 +159,7 @@ impl Winograd3x3 {
                     let (y, x) = (y0 + k / OUT, x0 + k % OUT);
                     (y < height && x < width).then(|| (base + y * width + x) * co)
                 });
-                dispatch!(output_tile(m, bias, pixels, residual, relu, out));
+                dispatch!(output_tile(m, bias, pixels, residual, bounds, out));
             }
         }
     }
@@ -241,15 +244,15 @@ fn input_tile(d: &[&[f32]; VALUES], block: &mut [f32]) {
 }
 
 /// `Y = Aᵀ m A` of one tile from its 36 products `m` (`[36, channels]`), plus bias (and
-/// residual), ReLU'd if asked, into the output pixels at the given offsets (`None`: outside
-/// the map).
+/// residual), clamped to `bounds` (the activation), into the output pixels at the given offsets
+/// (`None`: outside the map).
 #[inline(always)]
 fn output_tile(
     m: &[f32],
     bias: &[f32],
     pixels: [Option<usize>; OUT * OUT],
     residual: Option<&[f32]>,
-    relu: bool,
+    (low, high): (f32, f32),
     out: &mut [f32],
 ) {
     let channels = bias.len();
@@ -284,10 +287,8 @@ fn output_tile(
                         *y += r;
                     }
                 }
-                if relu {
-                    for y in y.iter_mut() {
-                        *y = y.max(0.0);
-                    }
+                for y in y.iter_mut() {
+                    *y = y.max(low).min(high);
                 }
                 store(&mut out[at + c..][..n], &y);
             }
