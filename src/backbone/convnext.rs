@@ -174,7 +174,7 @@ pub struct ConvNeXt {
 }
 
 impl ConvNeXt {
-    /// The network of `spec` (weights to be filled by [`ConvNeXt::load`]); `fc` only when
+    /// The network of `spec` (weights to be filled by [`Network::load`](super::Network::load)); `fc` only when
     /// `include_top`.
     pub fn init(spec: &ConvNeXtSpec, include_top: bool, device: &Device) -> Self {
         let stages = (0..4)

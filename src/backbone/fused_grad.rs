@@ -58,7 +58,7 @@ pub fn features(net: &MbNet, start: Start, x: Tensor<4>) -> Tensor<2> {
 }
 
 /// Free the buffers each training step keeps for the next one (see
-/// [`super::buffer_pool`]); for when training ends.
+/// `buffer_pool`); for when training ends.
 pub fn release_buffers() {
     buffer_pool::clear();
 }

@@ -185,7 +185,7 @@ pub struct ResNet {
 }
 
 impl ResNet {
-    /// The network of `spec` with zero weights (to be filled by [`ResNet::load`]); `fc` only
+    /// The network of `spec` with zero weights (to be filled by [`Network::load`](super::Network::load)); `fc` only
     /// when `include_top`.
     pub fn init(spec: &ResNetSpec, include_top: bool, device: &Device) -> Self {
         let expansion = spec.expansion();

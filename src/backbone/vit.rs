@@ -298,7 +298,7 @@ pub struct Vit {
 }
 
 impl Vit {
-    /// The network of `spec` (weights to be filled by [`Vit::load`]); the classifier only when
+    /// The network of `spec` (weights to be filled by [`Network::load`](super::Network::load)); the classifier only when
     /// `include_top` and the spec has one.
     pub fn init(spec: &VitSpec, include_top: bool, device: &Device) -> Self {
         let d = spec.dim;

@@ -1,8 +1,9 @@
-//! CPU inference kernels for the MobileNetV2 / EfficientNet-Lite family, on one image in NHWC
-//! layout (`[height * width, channels]`, channels contiguous): a 1x1 convolution as a matrix
-//! product with bias, ReLU6 and residual fused into its output tiles, a depthwise convolution
-//! vectorised over channels, and the stem's im2col. The network built on them is
-//! [`crate::backbone::fused`]; these functions know nothing about it.
+//! CPU kernels on NHWC maps (`[height * width, channels]`, channels contiguous): a 1x1
+//! convolution as a matrix product with bias, activation and residual fused into its output
+//! tiles, a depthwise convolution vectorised over channels, im2col for the KxK convs, Winograd's
+//! F(4x4, 3x3) for stride-1 3x3 convs ([`Winograd3x3`]), the transformer's row kernels
+//! ([`transformer`]) and the MBConv backward kernels. The networks built on them are in
+//! `crate::backbone::fused*`; these functions know nothing about them.
 //!
 //! Why: burn-flex runs these layers NCHW with a separate pass for every bias, BatchNorm, clamp
 //! and add, and its depthwise convolution loops over the channels; the memory traffic, not the
