@@ -29,6 +29,7 @@ use rayon::prelude::*;
 use super::blocks::ConvBnAct;
 use super::buffer_pool;
 use super::fused::{Layer, STEM_ROWS, activation_of, grow, transpose};
+use super::fused_resnet_grad::{self, ResNetPlan};
 use super::layer_profile::{LayerKind, timed};
 use super::mbnet::{MbNet, Start};
 use super::source_config::PaddingMode;
@@ -63,7 +64,7 @@ pub fn release_buffers() {
     buffer_pool::clear();
 }
 
-/// The op, as a burn backend extension: forward on the CPU backend, forward with saved
+/// The ops, as a burn backend extension: forward on the CPU backend, forward with saved
 /// activations and a handwritten backward under autodiff.
 #[backend_extension(Flex, Autodiff)]
 pub trait FusedTrainOps: Backend {
@@ -73,11 +74,26 @@ pub trait FusedTrainOps: Backend {
         params: FloatTensor<Self>,
         plan: Arc<TrainPlan>,
     ) -> FloatTensor<Self>;
+
+    /// See [`super::fused_resnet_grad::features`]: the same contract for a ResNet.
+    fn resnet_features(
+        images: FloatTensor<Self>,
+        params: FloatTensor<Self>,
+        plan: Arc<ResNetPlan>,
+    ) -> FloatTensor<Self>;
 }
 
 impl FusedTrainOps for Flex {
     fn mbnet_features(images: FlexTensor, params: FlexTensor, plan: Arc<TrainPlan>) -> FlexTensor {
         forward_batch(plan, &images, &params, false).0
+    }
+
+    fn resnet_features(
+        images: FlexTensor,
+        params: FlexTensor,
+        plan: Arc<ResNetPlan>,
+    ) -> FlexTensor {
+        fused_resnet_grad::forward_batch(plan, &images, &params, false).0
     }
 }
 
@@ -87,67 +103,90 @@ impl<C: CheckpointStrategy> FusedTrainOps for Autodiff<Flex, C> {
         params: FloatTensor<Self>,
         plan: Arc<TrainPlan>,
     ) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct FeaturesBackward;
+        tracked::<C, _>(images, params, |images, params, save| {
+            forward_batch(plan.clone(), images, params, save)
+        })
+    }
 
-        impl Backward<Flex, 1> for FeaturesBackward {
-            type State = Arc<SavedBatch>;
+    fn resnet_features(
+        images: FloatTensor<Self>,
+        params: FloatTensor<Self>,
+        plan: Arc<ResNetPlan>,
+    ) -> FloatTensor<Self> {
+        tracked::<C, _>(images, params, |images, params, save| {
+            fused_resnet_grad::forward_batch(plan.clone(), images, params, save)
+        })
+    }
+}
 
-            fn backward(
-                self,
-                ops: Ops<Self::State, 1>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let saved = ops.state;
-                unary::<Flex, _>(ops.parents, ops.node, grads, |d_features| {
-                    saved.backward(&d_features)
-                });
-            }
+/// What a fused forward pass keeps for its backward pass: the gradient of the flat parameter
+/// vector from the features' gradient.
+pub(super) trait SavedForward: std::fmt::Debug + Send + Sync + 'static {
+    fn backward(&self, d_features: &FlexTensor) -> FlexTensor;
+}
+
+#[derive(Debug)]
+struct FeaturesBackward<S>(std::marker::PhantomData<S>);
+
+impl<S: SavedForward> Backward<Flex, 1> for FeaturesBackward<S> {
+    type State = Arc<S>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let saved = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |d_features| {
+            saved.backward(&d_features)
+        });
+    }
+}
+
+/// A fused features op under autodiff: `forward(images, params, save)` returns the features
+/// and, when `save`, what its backward pass needs; the gradient flows into `params` only.
+fn tracked<C: CheckpointStrategy, S: SavedForward>(
+    images: FloatTensor<Autodiff<Flex, C>>,
+    params: FloatTensor<Autodiff<Flex, C>>,
+    forward: impl Fn(&FlexTensor, &FlexTensor, bool) -> (FlexTensor, Option<S>),
+) -> FloatTensor<Autodiff<Flex, C>> {
+    let params_node = params.node();
+    // The images are a constant of this op (the batch, or the frozen prefix's output).
+    let images = images.into_primitive();
+    let params = params.into_primitive();
+    match FeaturesBackward::<S>(std::marker::PhantomData)
+        .prepare::<C>([params_node])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (features, saved) = forward(&images, &params, true);
+            // cannot fail: the forward passes save when asked to
+            prep.finish(Arc::new(saved.expect("saved activations")), features)
         }
-
-        let params_node = params.node();
-        // The images are a constant of this op (the batch, or the frozen prefix's output).
-        let images = images.into_primitive();
-        let params = params.into_primitive();
-        match FeaturesBackward
-            .prepare::<C>([params_node])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (features, saved) = forward_batch(plan, &images, &params, true);
-                // cannot fail: forward_batch saves when asked to
-                prep.finish(Arc::new(saved.expect("saved activations")), features)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(forward_batch(plan, &images, &params, false).0),
-        }
+        OpsKind::UnTracked(prep) => prep.finish(forward(&images, &params, false).0),
     }
 }
 
 /// One conv of the plan: where its folded weight (burn layout) and then its bias sit in the
 /// flat parameter vector, and its shape.
 #[derive(Debug, Clone, Copy)]
-struct ConvSlot {
-    at: usize,
+pub(super) struct ConvSlot {
+    pub(super) at: usize,
     /// burn's `[out, in/groups, k, k]`.
-    dims: [usize; 4],
-    kernel: usize,
-    stride: usize,
-    activation: Activation,
+    pub(super) dims: [usize; 4],
+    pub(super) kernel: usize,
+    pub(super) stride: usize,
+    pub(super) activation: Activation,
 }
 
 impl ConvSlot {
-    fn weight_len(&self) -> usize {
+    pub(super) fn weight_len(&self) -> usize {
         self.dims.iter().product()
     }
 
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.weight_len() + self.dims[0]
     }
 
     /// This conv's kernel-layout weight and its bias in a vector laid out like the plan's.
-    fn split_mut<'a>(&self, values: &'a mut [f32]) -> (&'a mut [f32], &'a mut [f32]) {
+    pub(super) fn split_mut<'a>(&self, values: &'a mut [f32]) -> (&'a mut [f32], &'a mut [f32]) {
         values[self.at..][..self.len()].split_at_mut(self.weight_len())
     }
 }
@@ -409,7 +448,7 @@ fn forward_image(
     (features, saved)
 }
 
-impl SavedBatch {
+impl SavedForward for SavedBatch {
     /// The gradient of the flat parameter vector from the features' gradient `[N, dim]`:
     /// images on the worker threads, each thread summing into its own gradient vector.
     fn backward(&self, d_features: &FlexTensor) -> FlexTensor {
@@ -446,7 +485,9 @@ impl SavedBatch {
         let grads = self.plan.to_burn_layout(grads);
         FlexTensor::from_data(TensorData::new(grads, [len]))
     }
+}
 
+impl SavedBatch {
     /// Adds one image's parameter gradients (kernel layout) into `grads`.
     fn backward_image(
         &self,
@@ -655,7 +696,7 @@ impl Drop for SavedImage {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::backbone::mbnet::{MbNetSpec, StageSpec};
     use crate::backbone::source_config::PaddingMode;
@@ -704,11 +745,26 @@ mod tests {
 
     /// Every float parameter's gradient under both computations, by parameter: the largest
     /// difference may be `tolerance` times the parameter's largest gradient.
-    struct Compare<'a> {
+    pub(crate) struct Compare<'a> {
         burn: &'a GradientsParams,
         fused: &'a GradientsParams,
         tolerance: f32,
-        compared: usize,
+        pub(crate) compared: usize,
+    }
+
+    impl<'a> Compare<'a> {
+        pub(crate) fn new(
+            burn: &'a GradientsParams,
+            fused: &'a GradientsParams,
+            tolerance: f32,
+        ) -> Self {
+            Self {
+                burn,
+                fused,
+                tolerance,
+                compared: 0,
+            }
+        }
     }
 
     impl ModuleVisitor for Compare<'_> {
@@ -778,12 +834,7 @@ mod tests {
             (loss - loss_fused).abs() <= 1e-4 * loss.abs().max(1.0),
             "loss {loss} vs {loss_fused}"
         );
-        let mut compare = Compare {
-            burn: &burn,
-            fused: &fused,
-            tolerance,
-            compared: 0,
-        };
+        let mut compare = Compare::new(&burn, &fused, tolerance);
         net.visit(&mut compare);
         // conv weight, gamma and beta of every layer the pass runs.
         let convs = TrainPlan::new(net, start).1.len();

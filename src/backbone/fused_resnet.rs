@@ -16,62 +16,69 @@ use super::resnet::{ConvBn, ResNet};
 use crate::kernels::{self, Activation, ConvGeometry};
 
 /// Output pixels per im2col strip: the strip's columns stay in cache for the product.
-const STRIP: usize = 256;
+pub(super) const STRIP: usize = 256;
 
 /// One folded conv, its weight as `[kernel * kernel * in, out]` with rows ordered (ky, kx,
 /// channel) to match [`kernels::im2col_nhwc`] (the stem's: (channel, ky, kx), planar input).
 #[derive(Debug, Clone)]
-struct Conv {
-    kernel: usize,
-    stride: usize,
-    inputs: usize,
+pub(super) struct Conv {
+    pub(super) kernel: usize,
+    pub(super) stride: usize,
+    pub(super) inputs: usize,
     /// Empty where `winograd` holds the weights.
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-    /// Stride-1 3x3 convs run by Winograd's F(2x2, 3x3).
-    winograd: Option<kernels::Winograd3x3>,
+    pub(super) weight: Vec<f32>,
+    pub(super) bias: Vec<f32>,
+    /// Stride-1 3x3 convs run by Winograd's F(4x4, 3x3).
+    pub(super) winograd: Option<kernels::Winograd3x3>,
 }
 
 impl Conv {
     fn new(layer: &ConvBn, planar: bool) -> Self {
-        let [out, inputs, k, _] = layer.conv.weight.dims();
-        let w = to_vec(layer.conv.weight.val());
-        let mut weight = vec![0.0; k * k * inputs * out];
-        for o in 0..out {
-            for c in 0..inputs {
-                for t in 0..k * k {
-                    let row = if planar {
-                        c * k * k + t
-                    } else {
-                        t * inputs + c
-                    };
-                    weight[row * out + o] = w[((o * inputs + c) * k * k) + t];
-                }
-            }
-        }
+        let dims = layer.conv.weight.dims();
         let bias = match &layer.conv.bias {
             Some(bias) => to_vec(bias.val()),
             // cannot happen: FusedResNet::new folds the network first
-            None => vec![0.0; out],
+            None => vec![0.0; dims[0]],
         };
+        let weight = to_vec(layer.conv.weight.val());
         let stride = layer.conv.stride[0];
-        let winograd = (k == 3 && stride == 1 && !planar)
-            .then(|| kernels::Winograd3x3::new(&std::mem::take(&mut weight), inputs, out));
+        Self::from_burn_layout(&weight, dims, bias, stride, planar, &Buffers::FRESH)
+    }
+
+    /// From a folded weight in burn's `[out, in, k, k]` layout and its bias, its buffers from
+    /// `buffers`.
+    pub(super) fn from_burn_layout(
+        weight: &[f32],
+        dims: [usize; 4],
+        bias: Vec<f32>,
+        stride: usize,
+        planar: bool,
+        buffers: &Buffers,
+    ) -> Self {
+        let [_, inputs, k, _] = dims;
+        let mut kernel = (buffers.take)(weight.len());
+        kernel_layout(weight, dims, planar, &mut kernel);
+        let winograd = (k == 3 && stride == 1 && !planar).then(|| {
+            let buffer = (buffers.take)(36 * inputs * bias.len());
+            let winograd = kernels::Winograd3x3::new_in(&kernel, inputs, bias.len(), buffer);
+            (buffers.give)(std::mem::take(&mut kernel));
+            winograd
+        });
         Self {
             kernel: k,
             stride,
             inputs,
-            weight,
+            weight: kernel,
             bias,
             winograd,
         }
     }
 
-    fn outputs(&self) -> usize {
+    pub(super) fn outputs(&self) -> usize {
         self.bias.len()
     }
 
-    fn geometry(&self, [h, w]: [usize; 2]) -> ConvGeometry {
+    pub(super) fn geometry(&self, [h, w]: [usize; 2]) -> ConvGeometry {
         let pad = (self.kernel - 1) / 2;
         ConvGeometry {
             height: h,
@@ -88,7 +95,7 @@ impl Conv {
     /// `out = act(conv(input) + bias (+ residual))` on `count` NHWC maps of `size`, back to
     /// back; returns the output size. `columns` is scratch.
     #[allow(clippy::too_many_arguments)]
-    fn forward(
+    pub(super) fn forward(
         &self,
         input: &[f32],
         count: usize,
@@ -126,21 +133,16 @@ impl Conv {
         let total = count * pixels;
         for start in (0..total).step_by(STRIP) {
             let rows = STRIP.min(total - start);
-            // The strip's rows may span images: im2col each image's share of it. A 1x1 conv
-            // with a stride reads every stride-th pixel: im2col with one tap.
-            let mut row = start;
-            while row < start + rows {
-                let (image, pixel) = (row / pixels, row % pixels);
-                let take = (pixels - pixel).min(start + rows - row);
+            // A 1x1 conv with a stride reads every stride-th pixel: im2col with one tap.
+            for (image, pixel, take, at) in strip_shares(start, rows, pixels) {
                 kernels::im2col_nhwc(
                     &input[image * image_len..][..image_len],
                     self.inputs,
                     g,
                     pixel,
                     take,
-                    &mut columns[(row - start) * k..],
+                    &mut columns[at * k..],
                 );
-                row += take;
             }
             kernels::pointwise(
                 &columns[..rows * k],
@@ -154,6 +156,148 @@ impl Conv {
             );
         }
         [g.out_height, g.out_width]
+    }
+}
+
+/// The stem's 7x7/2 conv on one planar image (im2col of its planes), bias and ReLU fused,
+/// into `out` (NHWC).
+pub(super) fn stem_conv(
+    stem: &Conv,
+    image: &[f32],
+    size: [usize; 2],
+    columns: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let g = stem.geometry(size);
+    let pixels = g.out_height * g.out_width;
+    let (c, k) = (stem.outputs(), stem.kernel * stem.kernel * stem.inputs);
+    let columns = sized(columns, STRIP * k);
+    for start in (0..pixels).step_by(STRIP) {
+        let rows = STRIP.min(pixels - start);
+        kernels::im2col_planar(image, stem.inputs, g, start, rows, columns);
+        kernels::pointwise(
+            &columns[..rows * k],
+            rows,
+            k,
+            &stem.weight,
+            &stem.bias,
+            Activation::Relu,
+            None,
+            &mut out[start * c..],
+        );
+    }
+}
+
+/// The output size of the stem's 3x3/2 max-pool (padding 1) on a map of `[h, w]`.
+pub(super) fn pooled_size([h, w]: [usize; 2]) -> [usize; 2] {
+    [(h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1]
+}
+
+/// The 3x3 window rows or columns, stride 2, padding 1, of pooled index `o` in a side of `n`.
+pub(super) fn pool_window(o: usize, n: usize) -> std::ops::Range<usize> {
+    (2 * o).saturating_sub(1)..(2 * o + 2).min(n)
+}
+
+/// Max-pool 3x3/2, padding 1, of one NHWC map (padding never wins, as in PyTorch).
+pub(super) fn max_pool(input: &[f32], [h, w]: [usize; 2], c: usize, out: &mut [f32]) {
+    let [oh, ow] = pooled_size([h, w]);
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let o = &mut out[(oy * ow + ox) * c..][..c];
+            o.fill(f32::NEG_INFINITY);
+            for iy in pool_window(oy, h) {
+                for ix in pool_window(ox, w) {
+                    let v = &input[(iy * w + ix) * c..][..c];
+                    for (o, v) in o.iter_mut().zip(v) {
+                        *o = o.max(*v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The rows `[start, start + rows)` of `count` images' im2col matrices back to back (`pixels`
+/// rows each), image by image: `(image, first pixel, pixels, offset in the strip)`.
+pub(super) fn strip_shares(
+    start: usize,
+    rows: usize,
+    pixels: usize,
+) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+    let end = start + rows;
+    let mut row = start;
+    std::iter::from_fn(move || {
+        (row < end).then(|| {
+            let (image, pixel) = (row / pixels, row % pixels);
+            let take = (pixels - pixel).min(end - row);
+            let share = (image, pixel, take, row - start);
+            row += take;
+            share
+        })
+    })
+}
+
+/// Where a [`Conv`]'s weight buffers come from and go: fresh ones for inference, a pool
+/// reused from step to step in training.
+pub(super) struct Buffers {
+    pub(super) take: fn(usize) -> Vec<f32>,
+    pub(super) give: fn(Vec<f32>),
+}
+
+impl Buffers {
+    pub(super) const FRESH: Buffers = Buffers {
+        take: |len| vec![0.0; len],
+        give: drop,
+    };
+}
+
+/// Output channels handled together by the layout changes: one cache line of each.
+const LAYOUT_BLOCK: usize = 16;
+
+/// The row of a conv's kernel-layout weight for input channel `c` and tap `t` (`ky * k + kx`):
+/// ordered (ky, kx, channel) for NHWC im2col, (channel, ky, kx) for the planar stem's.
+fn kernel_row(c: usize, t: usize, [_, inputs, k, _]: [usize; 4], planar: bool) -> usize {
+    if planar {
+        c * k * k + t
+    } else {
+        t * inputs + c
+    }
+}
+
+/// burn's `[out, in, k, k]` weight as `[k * k * in, out]` (see [`kernel_row`]) into `kernel`,
+/// a block of output channels at a time: every source row is read in order.
+pub(super) fn kernel_layout(weight: &[f32], dims: [usize; 4], planar: bool, kernel: &mut [f32]) {
+    let [out, inputs, k, _] = dims;
+    let row = inputs * k * k;
+    assert!(weight.len() == out * row && kernel.len() == weight.len());
+    for o0 in (0..out).step_by(LAYOUT_BLOCK) {
+        let block = LAYOUT_BLOCK.min(out - o0);
+        for c in 0..inputs {
+            for t in 0..k * k {
+                let dst = &mut kernel[kernel_row(c, t, dims, planar) * out + o0..][..block];
+                for (o, d) in dst.iter_mut().enumerate() {
+                    *d = weight[(o0 + o) * row + c * k * k + t];
+                }
+            }
+        }
+    }
+}
+
+/// The inverse of [`kernel_layout`]: a weight gradient back to burn's layout.
+pub(super) fn burn_layout(kernel: &[f32], dims: [usize; 4], planar: bool, weight: &mut [f32]) {
+    let [out, inputs, k, _] = dims;
+    let row = inputs * k * k;
+    assert!(weight.len() == out * row && kernel.len() == weight.len());
+    for o0 in (0..out).step_by(LAYOUT_BLOCK) {
+        let block = LAYOUT_BLOCK.min(out - o0);
+        for c in 0..inputs {
+            for t in 0..k * k {
+                let src = &kernel[kernel_row(c, t, dims, planar) * out + o0..][..block];
+                for (o, s) in src.iter().enumerate() {
+                    weight[(o0 + o) * row + c * k * k + t] = *s;
+                }
+            }
+        }
     }
 }
 
@@ -326,7 +470,7 @@ impl FusedResNet {
     /// The index of the first block that runs on a group of images at input `size`.
     fn grouped_from(&self, size: [usize; 2]) -> usize {
         let mut map = self.stem.geometry(size).out_size();
-        map = [(map[0] + 2 - 3) / 2 + 1, (map[1] + 2 - 3) / 2 + 1];
+        map = pooled_size(map);
         for (i, block) in self.blocks.iter().enumerate() {
             if map[0] * map[1] <= GROUPED_PIXELS {
                 return i;
@@ -345,45 +489,13 @@ impl FusedResNet {
         s: &mut Maps,
         columns: &mut Vec<f32>,
     ) -> ([usize; 2], usize) {
-        // Stem: 7x7/2 conv on the planar image (im2col of its planes), bias and ReLU fused.
         let g = self.stem.geometry(size);
-        let pixels = g.out_height * g.out_width;
         let c = self.stem.outputs();
-        let k = self.stem.kernel * self.stem.kernel * self.stem.inputs;
-        let stem = sized(&mut s.a, pixels * c);
-        let columns = sized(columns, STRIP * k);
-        for start in (0..pixels).step_by(STRIP) {
-            let rows = STRIP.min(pixels - start);
-            kernels::im2col_planar(image, 3, g, start, rows, columns);
-            kernels::pointwise(
-                &columns[..rows * k],
-                rows,
-                k,
-                &self.stem.weight,
-                &self.stem.bias,
-                Activation::Relu,
-                None,
-                &mut stem[start * c..],
-            );
-        }
-        // Max-pool 3x3/2, padding 1 (padding never wins, as in PyTorch).
-        let (h, w) = (g.out_height, g.out_width);
-        let (oh, ow) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
+        let stem = sized(&mut s.a, g.out_height * g.out_width * c);
+        stem_conv(&self.stem, image, size, columns, stem);
+        let [oh, ow] = pooled_size(g.out_size());
         let x = sized(&mut s.x, oh * ow * c);
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let o = &mut x[(oy * ow + ox) * c..][..c];
-                o.fill(f32::NEG_INFINITY);
-                for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
-                    for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
-                        let v = &s.a[(iy * w + ix) * c..][..c];
-                        for (o, v) in o.iter_mut().zip(v) {
-                            *o = o.max(*v);
-                        }
-                    }
-                }
-            }
-        }
+        max_pool(stem, g.out_size(), c, x);
         ([oh, ow], c)
     }
 
@@ -453,7 +565,7 @@ impl FusedResNet {
 }
 
 impl ConvGeometry {
-    fn out_size(&self) -> [usize; 2] {
+    pub(super) fn out_size(&self) -> [usize; 2] {
         [self.out_height, self.out_width]
     }
 }

@@ -11,6 +11,7 @@ pub mod fused_convnext;
 pub mod fused_grad;
 mod fused_layers;
 pub mod fused_resnet;
+pub mod fused_resnet_grad;
 pub mod fused_vit;
 pub mod groups;
 pub mod layer_profile;

@@ -123,6 +123,37 @@ impl ConvBn {
         self.folded = true;
     }
 
+    /// What the fused training op folds itself ([`super::fused_resnet_grad`]): the conv's
+    /// weight `[out, in, k, k]`, BatchNorm's gamma, beta, running mean and running variance,
+    /// and its epsilon. A conv folded for inference gives the identity BatchNorm around its
+    /// bias.
+    pub fn unfolded_parts(&self) -> (Tensor<4>, [Tensor<1>; 4], f64) {
+        let weight = self.conv.weight.val();
+        let device = weight.device();
+        if self.folded {
+            let [out, ..] = weight.dims();
+            let bias = match &self.conv.bias {
+                Some(bias) => bias.val(),
+                None => Tensor::zeros([out], &device),
+            };
+            let ones = Tensor::ones([out], &device);
+            return (
+                weight,
+                [ones.clone(), bias, Tensor::zeros([out], &device), ones],
+                0.0,
+            );
+        }
+        let bn = &self.bn;
+        let statistics =
+            [bn.running_mean.value(), bn.running_var.value()].map(|t| t.to_device(&device));
+        let [mean, var] = statistics;
+        (
+            weight,
+            [bn.gamma.val(), bn.beta.val(), mean, var],
+            bn.epsilon,
+        )
+    }
+
     fn visit_keys(&mut self, source: &mut impl TensorKeys, conv: &str, bn: &str) {
         source.param(&mut self.conv.weight, &format!("{conv}.weight"));
         source.batch_norm(&mut self.bn, bn);

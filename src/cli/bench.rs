@@ -100,7 +100,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         cpu,
     );
     if args.profile {
-        print_layer_profile(backbone.fused().is_some(), || {
+        let profiled = backbone.fused().is_some() && backbone.net.as_mbconv().is_some();
+        print_layer_profile(profiled, || {
             for _ in 0..args.iters {
                 run_once();
             }
@@ -114,7 +115,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
 fn print_layer_profile(fused: bool, work: impl FnOnce()) {
     use graft::backbone::layer_profile;
     if !fused {
-        eprintln!("--profile: per-layer times come from the fused CPU network; not used here");
+        eprintln!(
+            "--profile: per-layer times are kept by the MBConv family's fused CPU network; not used here"
+        );
         return;
     }
     layer_profile::start();
@@ -216,7 +219,8 @@ fn train_step(args: BenchArgs) -> Result<ExitCode> {
         cpu,
     );
     if args.profile {
-        print_layer_profile(pass == BackbonePass::Fused, move || {
+        let profiled = pass == BackbonePass::Fused && model.net.as_mbconv().is_some();
+        print_layer_profile(profiled, move || {
             for _ in 0..args.iters {
                 model = run_once(model);
             }

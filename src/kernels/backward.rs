@@ -41,6 +41,31 @@ pub fn relu6_backward(d_out: &mut [f32], out: &[f32]) {
     dispatch!(relu6_mask(d_out, out))
 }
 
+/// `d_out *= relu'`, from ReLU's output `out`: the gradient passes where `out > 0`.
+pub fn relu_backward(d_out: &mut [f32], out: &[f32]) {
+    assert_eq!(d_out.len(), out.len());
+    dispatch!(relu_mask(d_out, out))
+}
+
+/// The adjoint of [`super::im2col_nhwc`]: adds rows `[row_start, row_start + rows)` of an
+/// im2col matrix's gradient (`columns`, one row per output pixel, columns ordered (ky, kx,
+/// channel)) into the gradient of the NHWC image they were gathered from; taps that fell
+/// outside the image are dropped. A KxK conv's input gradient is `columns = d_out @ weightᵀ`
+/// then this.
+pub fn col2im_nhwc_add(
+    columns: &[f32],
+    channels: usize,
+    geometry: ConvGeometry,
+    row_start: usize,
+    rows: usize,
+    d_image: &mut [f32],
+) {
+    let g = geometry;
+    let cols = g.kernel * g.kernel * channels;
+    assert!(d_image.len() >= channels * g.height * g.width && columns.len() >= rows * cols);
+    dispatch!(col2im_impl(columns, channels, g, row_start, rows, d_image))
+}
+
 /// `sums[j] += sum over rows of rows[row, j]`: a bias's gradient from its output's, or the
 /// sum a global average pool divides.
 pub fn add_column_sums(rows: &[f32], sums: &mut [f32]) {
@@ -77,6 +102,52 @@ fn relu6_mask(d_out: &mut [f32], out: &[f32]) {
     for (d, y) in d_out.iter_mut().zip(out) {
         if *y <= 0.0 || *y >= 6.0 {
             *d = 0.0;
+        }
+    }
+}
+
+#[inline(always)]
+fn relu_mask(d_out: &mut [f32], out: &[f32]) {
+    for (d, y) in d_out.iter_mut().zip(out) {
+        if *y <= 0.0 {
+            *d = 0.0;
+        }
+    }
+}
+
+#[inline(always)]
+fn col2im_impl(
+    columns: &[f32],
+    channels: usize,
+    g: ConvGeometry,
+    row_start: usize,
+    rows: usize,
+    d_image: &mut [f32],
+) {
+    let cols = g.kernel * g.kernel * channels;
+    for (r, row) in columns[..rows * cols].chunks_exact(cols).enumerate() {
+        let pixel = row_start + r;
+        let (oy, ox) = (pixel / g.out_width, pixel % g.out_width);
+        for ky in 0..g.kernel {
+            let Some(iy) = (oy * g.stride + ky)
+                .checked_sub(g.pad_top)
+                .filter(|&y| y < g.height)
+            else {
+                continue;
+            };
+            for kx in 0..g.kernel {
+                let Some(ix) = (ox * g.stride + kx)
+                    .checked_sub(g.pad_left)
+                    .filter(|&x| x < g.width)
+                else {
+                    continue;
+                };
+                let src = &row[(ky * g.kernel + kx) * channels..][..channels];
+                let dst = &mut d_image[(iy * g.width + ix) * channels..][..channels];
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d += s;
+                }
+            }
         }
     }
 }

@@ -16,7 +16,8 @@ pub mod transformer;
 mod winograd;
 
 pub use backward::{
-    add_column_sums, depthwise_backward, input_gradient, relu6_backward, weight_gradient,
+    add_column_sums, col2im_nhwc_add, depthwise_backward, input_gradient, relu_backward,
+    relu6_backward, weight_gradient,
 };
 
 pub use winograd::Winograd3x3;

@@ -13,7 +13,7 @@
 use super::simd::dispatch;
 use super::{Activation, Matrix, MatrixRef, product};
 
-/// A folded 3x3 conv's weights transformed for F(2x2, 3x3): `[16, inputs, outputs]`.
+/// A folded 3x3 conv's weights transformed for F(4x4, 3x3): `[36, inputs, outputs]`.
 #[derive(Debug, Clone)]
 pub struct Winograd3x3 {
     inputs: usize,
@@ -24,9 +24,16 @@ pub struct Winograd3x3 {
 
 impl Winograd3x3 {
     /// From a `[9 * inputs, outputs]` weight whose rows are ordered (ky, kx, channel), as for
-    /// [`super::im2col_nhwc`]: `U = G g Gᵀ` for every (input, output) pair (in f64: the
-    /// sixths and twenty-fourths are not exact in f32).
+    /// [`super::im2col_nhwc`]: `U = G g Gᵀ` for every (input, output) pair, in f64 (the sixths
+    /// and twenty-fourths are not exact in f32), a whole row of outputs at a time (fine-tuning
+    /// transforms every 3x3 conv's weights at every step).
     pub fn new(weight: &[f32], inputs: usize, outputs: usize) -> Self {
+        Self::new_in(weight, inputs, outputs, Vec::new())
+    }
+
+    /// [`Self::new`] with the transformed weights written into `buffer` (resized; a buffer
+    /// from [`Self::into_buffer`] of the same shape is reused as it is).
+    pub fn new_in(weight: &[f32], inputs: usize, outputs: usize, buffer: Vec<f32>) -> Self {
         assert_eq!(weight.len(), 9 * inputs * outputs);
         const G: [[f64; 3]; 6] = [
             [1.0 / 4.0, 0.0, 0.0],
@@ -36,21 +43,42 @@ impl Winograd3x3 {
             [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
             [0.0, 0.0, 1.0],
         ];
-        let mut transformed = vec![0.0; VALUES * inputs * outputs];
+        let mut transformed = buffer;
+        transformed.resize(VALUES * inputs * outputs, 0.0);
+        let co = outputs;
+        // (G g)[i][l] for the 6x3 intermediate, then (G g Gᵀ)[i][j], each a row over outputs.
+        let mut taps = vec![0.0f64; 9 * co];
+        let mut half = vec![0.0f64; SIDE * 3 * co];
+        let mut row = vec![0.0f64; co];
         for c in 0..inputs {
-            for o in 0..outputs {
-                let g = |ky: usize, kx: usize| {
-                    f64::from(weight[((ky * 3 + kx) * inputs + c) * outputs + o])
-                };
-                for i in 0..SIDE {
-                    for j in 0..SIDE {
-                        let mut u = 0.0;
-                        for (k, gik) in G[i].iter().enumerate() {
-                            for (l, gjl) in G[j].iter().enumerate() {
-                                u += gik * gjl * g(k, l);
-                            }
+            for t in 0..9 {
+                let src = &weight[(t * inputs + c) * co..][..co];
+                for (d, s) in taps[t * co..][..co].iter_mut().zip(src) {
+                    *d = f64::from(*s);
+                }
+            }
+            for i in 0..SIDE {
+                for l in 0..3 {
+                    let dst = &mut half[(i * 3 + l) * co..][..co];
+                    dst.fill(0.0);
+                    for (k, gik) in G[i].iter().enumerate().filter(|(_, g)| **g != 0.0) {
+                        for (d, g) in dst.iter_mut().zip(&taps[(k * 3 + l) * co..][..co]) {
+                            *d += gik * g;
                         }
-                        transformed[((i * SIDE + j) * inputs + c) * outputs + o] = u as f32;
+                    }
+                }
+            }
+            for i in 0..SIDE {
+                for j in 0..SIDE {
+                    row.fill(0.0);
+                    for (l, gjl) in G[j].iter().enumerate().filter(|(_, g)| **g != 0.0) {
+                        for (d, h) in row.iter_mut().zip(&half[(i * 3 + l) * co..][..co]) {
+                            *d += gjl * h;
+                        }
+                    }
+                    let dst = &mut transformed[((i * SIDE + j) * inputs + c) * co..][..co];
+                    for (d, v) in dst.iter_mut().zip(&row) {
+                        *d = *v as f32;
                     }
                 }
             }
@@ -61,6 +89,11 @@ impl Winograd3x3 {
             transformed,
             tiles_per_pass: TILES,
         }
+    }
+
+    /// The transformed weights' buffer, for [`Self::new_in`].
+    pub fn into_buffer(self) -> Vec<f32> {
+        self.transformed
     }
 
     /// The same conv in passes of `tiles` tiles (tests: passes that end mid-image).

@@ -1,6 +1,7 @@
 //! How a training step runs the backbone: burn's autodiff over its modules, or for the MBConv
-//! family on the CPU with frozen BatchNorm the fused kernels with their own backward pass
-//! ([`crate::backbone::fused_grad`], several times faster: `bench/train_step.sh`). Either way
+//! and ResNet families on the CPU with frozen BatchNorm the fused kernels with their own
+//! backward pass ([`crate::backbone::fused_grad`], [`crate::backbone::fused_resnet_grad`],
+//! several times faster: `bench/train_step.sh`). Either way
 //! what couples the batch (dropout, the top, the loss; for SimCLR the projection head and
 //! NT-Xent) runs on burn, on the whole batch's features.
 
@@ -8,8 +9,8 @@ use burn::tensor::{Gradients, Tensor};
 
 use super::freeze::BnMode;
 use crate::backbone::Network;
-use crate::backbone::fused_grad;
 use crate::backbone::mbnet::Start;
+use crate::backbone::{fused_grad, fused_resnet_grad};
 
 /// How a training step runs the backbone's forward and backward passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,10 +23,11 @@ pub enum BackbonePass {
     Fused,
 }
 
-/// The pass a training step of `net` uses: [`BackbonePass::Fused`] for the MBConv family on
-/// the CPU with frozen BatchNorm, else [`BackbonePass::Burn`].
+/// The pass a training step of `net` uses: [`BackbonePass::Fused`] for the MBConv and ResNet
+/// families on the CPU with frozen BatchNorm, else [`BackbonePass::Burn`].
 pub fn training_pass(net: &Network, bn_mode: BnMode) -> BackbonePass {
-    if crate::backend::fused_cpu() && bn_mode == BnMode::Frozen && net.as_mbconv().is_some() {
+    let fused_family = matches!(net, Network::MbConv(_) | Network::ResNet(_));
+    if crate::backend::fused_cpu() && bn_mode == BnMode::Frozen && fused_family {
         BackbonePass::Fused
     } else {
         BackbonePass::Burn
@@ -47,7 +49,8 @@ pub fn backbone_backward<T>(
     let features = match (net, pass) {
         (Network::MbConv(net), BackbonePass::Fused) => fused_grad::features(net, start, x),
         (Network::MbConv(net), BackbonePass::Burn) => net.forward_features_from(start, x),
-        (Network::ResNet(net), _) => net.forward_features_from(start, x),
+        (Network::ResNet(net), BackbonePass::Fused) => fused_resnet_grad::features(net, start, x),
+        (Network::ResNet(net), BackbonePass::Burn) => net.forward_features_from(start, x),
         (net, _) => {
             debug_assert!(
                 matches!(start, Start::Image),
