@@ -3,8 +3,8 @@
 
     train_step_torch.py --model efficientnet-lite0 [--batch-size 16] [--iters 3] [--threads 2]
 
-The same step as `graft bench train-step`: the pretrained model (ResNet-50: random weights)
-with a new 10-class top,
+The same step as `graft bench train-step`: the pretrained model (ResNet-50, ConvNeXt, ViT:
+random weights) with a new 10-class top,
 every layer trainable, BatchNorm frozen (eval mode: running statistics kept, affine parameters
 train), cross-entropy, backward, AdamW (lr 1e-4). Random input at the model's resolution. One
 untimed warm-up step, then `iters` timed steps. Prints one JSON line shaped like graft's.
@@ -36,7 +36,9 @@ def main() -> None:
     torch.manual_seed(0)
     model, resolution = build_torch_model(args.model, args.mnv2_weights)
     # A new 10-class top on the pooled features.
-    if hasattr(model, "_fc"):
+    if hasattr(model, "reset_classifier"):  # timm's ViT and DINOv2
+        model.reset_classifier(10)
+    elif hasattr(model, "_fc"):
         model._fc = torch.nn.Linear(model._fc.in_features, 10)
     elif isinstance(getattr(model, "fc", None), torch.nn.Linear):  # torchvision's ResNet
         model.fc = torch.nn.Linear(model.fc.in_features, 10)

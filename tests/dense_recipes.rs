@@ -80,6 +80,30 @@ fn os<S: AsRef<std::ffi::OsStr> + ?Sized>(s: &S) -> &std::ffi::OsStr {
     s.as_ref()
 }
 
+/// `graft evaluate --split val` of the run `model` on `data` (with `extra` arguments): its
+/// JSON output, written next to the run.
+fn evaluate(
+    model: &Path,
+    data: &Path,
+    cache: &Path,
+    extra: &[&std::ffi::OsStr],
+) -> serde_json::Value {
+    let output = model.with_extension("eval.json");
+    ok(graft()
+        .args(["evaluate", "--split", "val"])
+        .args(extra)
+        .arg("--cache-dir")
+        .arg(cache)
+        .arg("--model")
+        .arg(model)
+        .arg("--output")
+        .arg(&output)
+        .arg(data)
+        .output()
+        .unwrap());
+    serde_json::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap()
+}
+
 /// Head and logreg on a small folder, then evaluate, report, predict, and the refusals.
 /// `name` is the registry entry `backbone` selects; `options` go to every command that loads
 /// the backbone by name.
@@ -158,22 +182,8 @@ fn recipes_run_end_to_end(
         accuracy.insert(recipe, val);
     }
 
-    let eval = dir.path().join("eval.json");
-    ok(graft()
-        .args(["evaluate", "--split", "val"])
-        .arg("--weights")
-        .arg(&weights)
-        .arg("--cache-dir")
-        .arg(&cache)
-        .arg("--model")
-        .arg(runs.join("head"))
-        .arg("--output")
-        .arg(&eval)
-        .arg(&data)
-        .output()
-        .unwrap());
-    let eval: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&eval).unwrap()).unwrap();
+    let weights_arg = [std::ffi::OsStr::new("--weights"), weights.as_os_str()];
+    let eval = evaluate(&runs.join("head"), &data, &cache, &weights_arg);
     // The saved model, reloaded with the same weights, scores what training reported.
     assert_eq!(
         eval["metrics"]["accuracy"].as_f64(),
@@ -352,20 +362,7 @@ fn finetune_runs_end_to_end(
     }
 
     // The saved run scores on evaluation what training reported.
-    let eval = runs.join("finetune-eval.json");
-    ok(graft()
-        .args(["evaluate", "--split", "val"])
-        .arg("--cache-dir")
-        .arg(cache)
-        .arg("--model")
-        .arg(&out)
-        .arg("--output")
-        .arg(&eval)
-        .arg(data)
-        .output()
-        .unwrap());
-    let eval: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&eval).unwrap()).unwrap();
+    let eval = evaluate(&out, data, cache, &[]);
     assert_eq!(
         eval["metrics"]["accuracy"].as_f64(),
         metrics["val"]["accuracy"].as_f64(),

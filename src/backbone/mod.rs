@@ -902,6 +902,19 @@ impl From<Vit> for Network {
     }
 }
 
+/// An MBConv network of `spec` with placeholder weights (the generator only fills tensors a
+/// checkpoint overwrites).
+fn mbnet_init(
+    spec: &MbNetSpec,
+    padding: PaddingMode,
+    bn_eps: f64,
+    include_top: bool,
+    device: &Device,
+) -> MbNet {
+    let mut rng = crate::rng::run_rng(0, 0);
+    MbNet::init(spec, padding, bn_eps, include_top, &mut rng, device)
+}
+
 impl Network {
     /// `arch`'s network with placeholder weights: enough for shapes and parameter counts, and
     /// what [`Network::load`] fills.
@@ -913,14 +926,9 @@ impl Network {
         device: &Device,
     ) -> Self {
         match *arch {
-            Arch::MbConv { spec, .. } => Self::MbConv(MbNet::init(
-                &spec(),
-                padding,
-                bn_eps,
-                include_top,
-                &mut crate::rng::run_rng(0, 0),
-                device,
-            )),
+            Arch::MbConv { spec, .. } => {
+                Self::MbConv(mbnet_init(&spec(), padding, bn_eps, include_top, device))
+            }
             Arch::ResNet(spec) => Self::ResNet(ResNet::init(&spec, include_top, device)),
             Arch::ConvNeXt { spec, .. } => {
                 Self::ConvNeXt(ConvNeXt::init(&spec, include_top, device))
@@ -938,37 +946,42 @@ impl Network {
         include_top: bool,
         device: &Device,
     ) -> (Self, LoadReport) {
-        let mut net = Self::init(arch, padding, bn_eps, include_top, device);
-        let report = match (&mut net, arch) {
-            (Self::MbConv(net), Arch::MbConv { layout, .. }) => {
-                fill(net, checkpoint, *layout, device)
+        // The checkpoint's tensors under the family's key names, found from `anchor`.
+        let keyed = |anchor: &str, visit: &mut dyn FnMut(&mut TensorSource)| {
+            let mut source = TensorSource::new(checkpoint, anchor, device);
+            visit(&mut source);
+            source.finish()
+        };
+        match *arch {
+            Arch::MbConv { spec, layout } => {
+                let mut net = mbnet_init(&spec(), padding, bn_eps, include_top, device);
+                let report = fill(&mut net, checkpoint, layout, device);
+                (Self::MbConv(net), report)
             }
-            (Self::ResNet(net), _) => {
-                let mut source = TensorSource::new(checkpoint, "layer1.0.conv1.weight", device);
-                net.visit_keys(&mut source);
-                source.finish()
+            Arch::ResNet(spec) => {
+                let mut net = ResNet::init(&spec, include_top, device);
+                let report = keyed("layer1.0.conv1.weight", &mut |s| net.visit_keys(s));
+                (Self::ResNet(net), report)
             }
-            (Self::ConvNeXt(net), Arch::ConvNeXt { layout, .. }) => {
+            Arch::ConvNeXt { spec, layout } => {
+                let mut net = ConvNeXt::init(&spec, include_top, device);
                 let anchor = match layout {
                     ConvNeXtLayout::Torchvision => "features.0.0.weight",
                     ConvNeXtLayout::Timm => "stem.0.weight",
                 };
-                let mut source = TensorSource::new(checkpoint, anchor, device);
-                net.visit_keys(&mut source, *layout);
-                source.finish()
+                let report = keyed(anchor, &mut |s| net.visit_keys(s, layout));
+                (Self::ConvNeXt(net), report)
             }
-            (Self::Vit(net), Arch::Vit { layout, .. }) => {
+            Arch::Vit { spec, layout } => {
+                let mut net = Vit::init(&spec, include_top, device);
                 let anchor = match layout {
                     VitLayout::Torchvision => "conv_proj.weight",
                     VitLayout::Timm => "patch_embed.proj.weight",
                 };
-                let mut source = TensorSource::new(checkpoint, anchor, device);
-                net.visit_keys(&mut source, *layout);
-                source.finish()
+                let report = keyed(anchor, &mut |s| net.visit_keys(s, layout));
+                (Self::Vit(net), report)
             }
-            _ => unreachable!("Network::init builds the family of `arch`"),
-        };
-        (net, report)
+        }
     }
 
     /// Pooled features `[N, feature_dim]`.

@@ -665,39 +665,16 @@ mod tests {
             &device,
         );
         let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 2, 1, 0], [4]), &device);
-        let loss_fn = CrossEntropyLossConfig::new().init(&device);
-        let (loss, _, grads) = forward_backward(
-            &model,
-            &loss_fn,
-            (x.clone(), y.clone()),
-            BackbonePass::Burn,
-            None,
-            &mut run_rng(2, 0),
-        );
-        // The prefix's output continues on the fused kernels, as in fine-tuning on the CPU.
-        let (loss_p, _, grads_p) = forward_backward(
-            &model,
-            &loss_fn,
-            (x, y),
-            BackbonePass::Fused,
-            Some(&prefix),
-            &mut run_rng(2, 0),
-        );
-        close(values(loss), values(loss_p), "loss");
-        let id = model.top.weight.id;
-        close(
-            values(grads.get::<2>(id).unwrap()),
-            values(grads_p.get::<2>(id).unwrap()),
-            "top",
-        );
         let last = mb(&model).blocks.last().unwrap();
-        for (param, what) in [
-            (&mb(&model).head.weight, "head conv"),
-            (&last.depthwise.weight, "stage 7 depthwise"),
-        ] {
-            let (a, b) = (grads.get::<4>(param.id), grads_p.get::<4>(param.id));
-            close(values(a.unwrap()), values(b.unwrap()), what);
-        }
+        let (_, grads_p) = assert_prefix_gives_burns_gradients(
+            &model,
+            &prefix,
+            (x, y),
+            &[
+                (mb(&model).head.weight.id, "head conv"),
+                (last.depthwise.weight.id, "stage 7 depthwise"),
+            ],
+        );
         // Frozen layers get no gradient either way.
         assert!(grads_p.get::<4>(mb(&model).stem.weight.id).is_none());
         // No prefix when the stem trains, or with BatchNorm on batch statistics.
@@ -718,6 +695,40 @@ mod tests {
             worst <= 1e-3 * scale,
             "{what}: differs by {worst} (scale {scale})"
         );
+    }
+
+    /// A step's loss and the gradients of the top and of the conv weights `params` agree
+    /// (1e-3) between burn's autodiff of the whole network and the fine-tuning path on the CPU:
+    /// `prefix`'s fused output, then the fused backward. Returns both gradients, in that order.
+    fn assert_prefix_gives_burns_gradients(
+        model: &FinetuneModel,
+        prefix: &FrozenPrefix,
+        (x, y): (Tensor<4>, Tensor<1, Int>),
+        params: &[(burn::module::ParamId, &str)],
+    ) -> (GradientsParams, GradientsParams) {
+        assert_eq!(
+            training_pass(&model.net, BnMode::Frozen),
+            BackbonePass::Fused
+        );
+        let loss_fn = CrossEntropyLossConfig::new().init(&x.device());
+        let run = |pass, prefix| {
+            let batch = (x.clone(), y.clone());
+            forward_backward(model, &loss_fn, batch, pass, prefix, &mut run_rng(2, 0))
+        };
+        let (loss, _, grads) = run(BackbonePass::Burn, None);
+        let (loss_p, _, grads_p) = run(BackbonePass::Fused, Some(prefix));
+        close(values(loss), values(loss_p), "loss");
+        let id = model.top.weight.id;
+        close(
+            values(grads.get::<2>(id).unwrap()),
+            values(grads_p.get::<2>(id).unwrap()),
+            "top",
+        );
+        for &(id, what) in params {
+            let (a, b) = (grads.get::<4>(id), grads_p.get::<4>(id));
+            close(values(a.unwrap()), values(b.unwrap()), what);
+        }
+        (grads, grads_p)
     }
 
     #[test]
@@ -754,31 +765,24 @@ mod tests {
             &device,
         );
         let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 2, 1], [3]), &device);
-        let loss_fn = CrossEntropyLossConfig::new().init(&device);
-        let pass = training_pass(&model.net, BnMode::Frozen);
-        let run = |prefix: Option<&FrozenPrefix>| {
-            let batch = (x.clone(), y.clone());
-            forward_backward(&model, &loss_fn, batch, pass, prefix, &mut run_rng(2, 0))
-        };
-        let (loss, _, grads) = run(None);
-        let (loss_p, _, grads_p) = run(Some(&prefix));
-        close(values(loss), values(loss_p), "loss");
-        let id = model.top.weight.id;
-        close(
-            values(grads.get::<2>(id).unwrap()),
-            values(grads_p.get::<2>(id).unwrap()),
-            "top",
-        );
         let Network::ResNet(net) = &model.net else {
             unreachable!("resnet18 is a ResNet")
         };
-        for (param, what) in [
-            (&net.stages[2].blocks[0].conv1.conv.weight, "layer3.0.conv1"),
-            (&net.stages[3].blocks[1].conv2.conv.weight, "layer4.1.conv2"),
-        ] {
-            let (a, b) = (grads.get::<4>(param.id), grads_p.get::<4>(param.id));
-            close(values(a.unwrap()), values(b.unwrap()), what);
-        }
+        let (grads, grads_p) = assert_prefix_gives_burns_gradients(
+            &model,
+            &prefix,
+            (x, y),
+            &[
+                (
+                    net.stages[2].blocks[0].conv1.conv.weight.id,
+                    "layer3.0.conv1",
+                ),
+                (
+                    net.stages[3].blocks[1].conv2.conv.weight.id,
+                    "layer4.1.conv2",
+                ),
+            ],
+        );
         let gamma = &net.stages[3].blocks[1].conv2.bn.gamma;
         close(
             values(grads.get::<1>(gamma.id).unwrap()),
