@@ -30,6 +30,7 @@ use super::blocks::ConvBnAct;
 use super::buffer_pool;
 use super::fused::{Layer, STEM_ROWS, activation_of, grow, transpose};
 use super::fused_resnet_grad::{self, ResNetPlan};
+use super::fused_vit_grad::{self, VitPlan};
 use super::layer_profile::{LayerKind, timed};
 use super::mbnet::{MbNet, Start};
 use super::source_config::PaddingMode;
@@ -81,6 +82,13 @@ pub trait FusedTrainOps: Backend {
         params: FloatTensor<Self>,
         plan: Arc<ResNetPlan>,
     ) -> FloatTensor<Self>;
+
+    /// See [`super::fused_vit_grad::features`]: the same contract for a ViT.
+    fn vit_features(
+        images: FloatTensor<Self>,
+        params: FloatTensor<Self>,
+        plan: Arc<VitPlan>,
+    ) -> FloatTensor<Self>;
 }
 
 impl FusedTrainOps for Flex {
@@ -94,6 +102,10 @@ impl FusedTrainOps for Flex {
         plan: Arc<ResNetPlan>,
     ) -> FlexTensor {
         fused_resnet_grad::forward_batch(plan, &images, &params, false).0
+    }
+
+    fn vit_features(images: FlexTensor, params: FlexTensor, plan: Arc<VitPlan>) -> FlexTensor {
+        fused_vit_grad::forward_batch(plan, &images, &params, false).0
     }
 }
 
@@ -115,6 +127,16 @@ impl<C: CheckpointStrategy> FusedTrainOps for Autodiff<Flex, C> {
     ) -> FloatTensor<Self> {
         tracked::<C, _>(images, params, |images, params, save| {
             fused_resnet_grad::forward_batch(plan.clone(), images, params, save)
+        })
+    }
+
+    fn vit_features(
+        images: FloatTensor<Self>,
+        params: FloatTensor<Self>,
+        plan: Arc<VitPlan>,
+    ) -> FloatTensor<Self> {
+        tracked::<C, _>(images, params, |images, params, save| {
+            fused_vit_grad::forward_batch(plan.clone(), images, params, save)
         })
     }
 }

@@ -7,7 +7,7 @@ use crate::kernels::transformer::layer_norm;
 use crate::kernels::{self, Activation};
 
 /// LayerNorm's epsilon in every source these forms load (timm, torchvision: ViT and ConvNeXt).
-const LN_EPS: f32 = 1e-6;
+pub(super) const LN_EPS: f32 = 1e-6;
 
 /// A Linear as `[in, out]` row-major weights and a bias, optionally scaled per output.
 #[derive(Debug, Clone)]

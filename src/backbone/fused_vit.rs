@@ -7,11 +7,11 @@
 
 use std::cell::RefCell;
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use super::fused::{Classifier, PooledForward, grow as sized, per_image, to_vec};
 use super::fused_layers::{Dense, Norm};
-use super::vit::{Vit, resample_grid};
+use super::vit::{Vit, resample_rows};
 use crate::kernels::transformer::{attention_head, gelu};
 use crate::kernels::{self, Activation, ConvGeometry};
 
@@ -147,18 +147,13 @@ impl PooledForward for FusedVit {
 }
 
 impl FusedVit {
-    /// The position embedding of the patches at `[h, w]`, resampled by the burn network's
-    /// own [`resample_grid`] when the grid differs (once per batch; a few hundred KB).
+    /// The position embedding of the patches at `[h, w]`, resampled as the burn network does
+    /// when the grid differs (once per batch; a few hundred KB).
     fn pos_for(&self, [h, w]: [usize; 2]) -> std::borrow::Cow<'_, [f32]> {
         if [h, w] == [self.grid, self.grid] {
             return std::borrow::Cow::Borrowed(&self.pos);
         }
-        let device = crate::backend::device();
-        let pos = Tensor::<3>::from_data(
-            TensorData::new(self.pos.clone(), [1, self.grid * self.grid, self.dim]),
-            &device,
-        );
-        std::borrow::Cow::Owned(to_vec(resample_grid(pos, self.grid, [h, w])))
+        std::borrow::Cow::Owned(resample_rows(&self.pos, self.grid, [h, w], self.dim))
     }
 
     /// Every image of `batch` through the network on the worker threads: `[N * feature_dim]`.
@@ -221,8 +216,10 @@ impl FusedVit {
             let qkv = sized(&mut s.qkv, tokens * 3 * d);
             block.qkv.forward(normed, tokens, None, qkv);
             let attended = sized(&mut s.attended, tokens * d);
+            let scores = sized(&mut s.scores, tokens * tokens);
             for head in 0..heads {
-                attention_head(qkv, tokens, d, head, head_dim, &mut s.scores, attended);
+                let shape = [tokens, tokens, d, head, head_dim];
+                attention_head(qkv, shape, scores, attended);
             }
             let next = sized(&mut s.next, tokens * d);
             block.proj.forward(attended, tokens, Some(x), next);

@@ -13,6 +13,7 @@ mod fused_layers;
 pub mod fused_resnet;
 pub mod fused_resnet_grad;
 pub mod fused_vit;
+pub mod fused_vit_grad;
 pub mod groups;
 pub mod layer_profile;
 pub mod mbnet;

@@ -465,6 +465,74 @@ pub(super) fn resample_grid(pos: Tensor<3>, grid: usize, [h, w]: [usize; 2]) -> 
     resampled.permute([1, 2, 0]).reshape([1, h * w, d])
 }
 
+/// [`resample_grid`] on plain rows for the fused forms: `pos` `[grid * grid, dim]` to
+/// `[h * w, dim]`, first along the rows of the grid, then along its columns.
+pub(super) fn resample_rows(pos: &[f32], grid: usize, [h, w]: [usize; 2], dim: usize) -> Vec<f32> {
+    let (rows, columns) = (
+        antialiased_bicubic_weights(grid, h),
+        antialiased_bicubic_weights(grid, w),
+    );
+    // [h, grid, dim], then [h, w, dim]
+    let mut partial = vec![0.0f32; h * grid * dim];
+    for (i, out) in partial.chunks_exact_mut(grid * dim).enumerate() {
+        for (a, pos) in pos.chunks_exact(grid * dim).enumerate() {
+            axpy(rows[i * grid + a], pos, out);
+        }
+    }
+    let mut resampled = vec![0.0f32; h * w * dim];
+    for (out, partial) in resampled
+        .chunks_exact_mut(w * dim)
+        .zip(partial.chunks_exact(grid * dim))
+    {
+        for (j, out) in out.chunks_exact_mut(dim).enumerate() {
+            for (b, partial) in partial.chunks_exact(dim).enumerate() {
+                axpy(columns[j * grid + b], partial, out);
+            }
+        }
+    }
+    resampled
+}
+
+/// The adjoint of [`resample_rows`]: the gradient of the `[grid * grid, dim]` embedding from
+/// that of the resampled `[h * w, dim]` one.
+pub(super) fn resample_rows_adjoint(
+    d_resampled: &[f32],
+    grid: usize,
+    [h, w]: [usize; 2],
+    dim: usize,
+) -> Vec<f32> {
+    let (rows, columns) = (
+        antialiased_bicubic_weights(grid, h),
+        antialiased_bicubic_weights(grid, w),
+    );
+    // [h, grid, dim], then [grid, grid, dim]
+    let mut partial = vec![0.0f32; h * grid * dim];
+    for (partial, d) in partial
+        .chunks_exact_mut(grid * dim)
+        .zip(d_resampled.chunks_exact(w * dim))
+    {
+        for (j, d) in d.chunks_exact(dim).enumerate() {
+            for (b, partial) in partial.chunks_exact_mut(dim).enumerate() {
+                axpy(columns[j * grid + b], d, partial);
+            }
+        }
+    }
+    let mut d_pos = vec![0.0f32; grid * grid * dim];
+    for (i, partial) in partial.chunks_exact(grid * dim).enumerate() {
+        for (a, out) in d_pos.chunks_exact_mut(grid * dim).enumerate() {
+            axpy(rows[i * grid + a], partial, out);
+        }
+    }
+    d_pos
+}
+
+/// `out += a * x`.
+fn axpy(a: f32, x: &[f32], out: &mut [f32]) {
+    if a != 0.0 {
+        out.iter_mut().zip(x).for_each(|(o, x)| *o += a * x);
+    }
+}
+
 /// The `[out, input]` weights of PyTorch's antialiased bicubic resampling along one axis
 /// (`_compute_weights_aa`: Keys cubic with a = -0.5, support widened by the scale when
 /// shrinking, half-pixel centres, each row normalised).

@@ -15,13 +15,64 @@ pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f
 fn layer_norm_rows(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {
     let dim = gamma.len();
     for (row, out) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
-        let mean = row.iter().sum::<f32>() / dim as f32;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
+        let mean = sum_of(row, |v| v) / dim as f32;
+        let var = sum_of(row, |v| (v - mean) * (v - mean)) / dim as f32;
         let inv = 1.0 / (var + eps).sqrt();
         for (((o, v), g), b) in out.iter_mut().zip(row).zip(gamma).zip(beta) {
             *o = (v - mean) * inv * g + b;
         }
     }
+}
+
+// Reductions in 16 partial results, so that they vectorise: a plain float sum over an
+// iterator is one chain of dependent additions (about 4 cycles a value), which made
+// LayerNorm's and softmax's statistics cost more than the rest of them.
+
+/// `Σ f(v)` over `values`.
+#[inline(always)]
+fn sum_of(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let chunks = values.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for chunk in chunks {
+        for (l, &v) in lanes.iter_mut().zip(chunk) {
+            *l += f(v);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// `Σ a ⊙ b`.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let chunks = a.chunks_exact(16).zip(b.chunks_exact(16));
+    let tail = a.len() / 16 * 16;
+    let tail: f32 = a[tail..].iter().zip(&b[tail..]).map(|(a, b)| a * b).sum();
+    for (a, b) in chunks {
+        for l in 0..16 {
+            lanes[l] += a[l] * b[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// The largest of `values` (`-inf` for none).
+#[inline(always)]
+fn max_of(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = values.chunks_exact(16);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for chunk in chunks {
+        for (l, &v) in lanes.iter_mut().zip(chunk) {
+            *l = l.max(v);
+        }
+    }
+    lanes.iter().copied().fold(tail, f32::max)
 }
 
 /// `x = x * Φ(x)` (exact GELU, PyTorch's default), in place.
@@ -56,21 +107,21 @@ pub fn erf(x: f32) -> f32 {
 }
 
 /// One head of self-attention over `tokens` rows of `qkv` (`[tokens, 3 * dim]`: q, k, v side by
-/// side, each `dim = heads * head_dim` wide): `out[:, h*hd..(h+1)*hd] = softmax(q_h k_hᵀ /
-/// sqrt(hd)) v_h`, with `out` `[tokens, dim]` row-major. `scores` is scratch (`tokens²`).
+/// side, each `dim = heads * head_dim` wide), for the first `queries` rows as queries:
+/// `out[:queries, h*hd..(h+1)*hd] = softmax(q_h k_hᵀ / sqrt(hd)) v_h`, with `out` row-major,
+/// `dim` wide. `scores` (`queries * tokens` values) is left holding the softmax weights, which
+/// the backward pass reads. Fewer queries than tokens: only the class token's output is used.
 pub fn attention_head(
     qkv: &[f32],
-    tokens: usize,
-    dim: usize,
-    head: usize,
-    head_dim: usize,
-    scores: &mut Vec<f32>,
+    [queries, tokens, dim, head, head_dim]: [usize; 5],
+    scores: &mut [f32],
     out: &mut [f32],
 ) {
     let stride = 3 * dim;
-    assert!(qkv.len() >= tokens * stride && out.len() >= tokens * dim);
+    assert!(queries <= tokens && qkv.len() >= tokens * stride);
+    assert!(queries == 0 || out.len() >= (queries - 1) * dim + (head + 1) * head_dim);
     let offset = head * head_dim;
-    scores.resize(tokens * tokens, 0.0);
+    let scores = &mut scores[..queries * tokens];
     let q = MatrixRef {
         values: &qkv[offset..],
         row_stride: stride,
@@ -86,7 +137,7 @@ pub fn attention_head(
         Matrix::row_major(scores, tokens),
         q,
         k_t,
-        [tokens, tokens, head_dim],
+        [queries, tokens, head_dim],
         false,
     );
     let scale = (head_dim as f32).powf(-0.5);
@@ -103,9 +154,202 @@ pub fn attention_head(
         },
         MatrixRef::row_major(scores, tokens),
         v,
-        [tokens, head_dim, tokens],
+        [queries, head_dim, tokens],
         false,
     );
+}
+
+/// The gradient of [`attention_head`] for one head: from `d_out` (the `queries` rows' output
+/// gradient, `dim` wide, the head's columns read) and the forward's `qkv` and softmax weights
+/// `probs` (`queries * tokens`), writes the head's q, k and v columns of `d_qkv`
+/// (`[tokens, 3 * dim]`; q zero past the queries). `d_scores` is scratch (`queries * tokens`).
+/// With `P` the weights and `s` the scale: `dV = Pᵀ dO`, `dP = dO Vᵀ`,
+/// `dS = s P ⊙ (dP - rowsum(dP ⊙ P))`, `dQ = dS K`, `dK = dSᵀ Q`.
+pub fn attention_head_backward(
+    qkv: &[f32],
+    probs: &[f32],
+    d_out: &[f32],
+    [queries, tokens, dim, head, head_dim]: [usize; 5],
+    d_scores: &mut [f32],
+    d_qkv: &mut [f32],
+) {
+    let stride = 3 * dim;
+    assert!(queries <= tokens && qkv.len() >= tokens * stride);
+    assert!(d_qkv.len() >= tokens * stride && probs.len() >= queries * tokens);
+    assert!(queries == 0 || d_out.len() >= (queries - 1) * dim + (head + 1) * head_dim);
+    let offset = head * head_dim;
+    let probs = &probs[..queries * tokens];
+    let d_scores = &mut d_scores[..queries * tokens];
+    let part = |i: usize| MatrixRef {
+        values: &qkv[i * dim + offset..],
+        row_stride: stride,
+        column_stride: 1,
+    };
+    let d_o = || MatrixRef {
+        values: &d_out[offset..],
+        row_stride: dim,
+        column_stride: 1,
+    };
+    // dV = Pᵀ dO
+    product(
+        Matrix {
+            values: &mut d_qkv[2 * dim + offset..],
+            row_stride: stride,
+        },
+        MatrixRef::transposed(probs, tokens),
+        d_o(),
+        [tokens, head_dim, queries],
+        false,
+    );
+    // dP = dO Vᵀ (Vᵀ: element (channel c, token t) at t * stride + c)
+    let v_t = MatrixRef {
+        values: &qkv[2 * dim + offset..],
+        row_stride: 1,
+        column_stride: stride,
+    };
+    product(
+        Matrix::row_major(d_scores, tokens),
+        d_o(),
+        v_t,
+        [queries, tokens, head_dim],
+        false,
+    );
+    let scale = (head_dim as f32).powf(-0.5);
+    softmax_backward_rows(d_scores, probs, tokens, scale);
+    // dQ = dS K, dK = dSᵀ Q
+    product(
+        Matrix {
+            values: &mut d_qkv[offset..],
+            row_stride: stride,
+        },
+        MatrixRef::row_major(d_scores, tokens),
+        part(1),
+        [queries, head_dim, tokens],
+        false,
+    );
+    for row in d_qkv.chunks_exact_mut(stride).take(tokens).skip(queries) {
+        row[offset..offset + head_dim].fill(0.0);
+    }
+    product(
+        Matrix {
+            values: &mut d_qkv[dim + offset..],
+            row_stride: stride,
+        },
+        MatrixRef::transposed(d_scores, tokens),
+        part(0),
+        [tokens, head_dim, queries],
+        false,
+    );
+}
+
+/// `d = scale * p ⊙ (d - rowsum(d ⊙ p))` for each row: the gradient of the logits of
+/// `softmax(scale * logits)` from that of its output `p`, in place.
+fn softmax_backward_rows(d: &mut [f32], probs: &[f32], tokens: usize, scale: f32) {
+    dispatch!(softmax_backward_inner(d, probs, tokens, scale))
+}
+
+#[inline(always)]
+fn softmax_backward_inner(d: &mut [f32], probs: &[f32], tokens: usize, scale: f32) {
+    for (row, p) in d.chunks_exact_mut(tokens).zip(probs.chunks_exact(tokens)) {
+        let dot = dot(row, p);
+        for (d, p) in row.iter_mut().zip(p) {
+            *d = scale * p * (*d - dot);
+        }
+    }
+}
+
+/// The gradient of [`layer_norm`] for the rows of `x` whose output gradient is `d_out`: adds
+/// the input gradient into `d_x` and the gamma / beta gradients into `d_gamma` / `d_beta`.
+/// With `x̂` the normalised row and `g = d_out ⊙ gamma`:
+/// `d_x = (g - mean(g) - x̂ mean(g ⊙ x̂)) / sqrt(var + eps)`.
+pub fn layer_norm_backward(
+    x: &[f32],
+    gamma: &[f32],
+    eps: f32,
+    d_out: &[f32],
+    [d_gamma, d_beta]: [&mut [f32]; 2],
+    d_x: &mut [f32],
+) {
+    assert!(x.len() == d_out.len() && x.len() == d_x.len());
+    dispatch!(layer_norm_backward_rows(
+        x, gamma, eps, d_out, d_gamma, d_beta, d_x
+    ))
+}
+
+#[inline(always)]
+fn layer_norm_backward_rows(
+    x: &[f32],
+    gamma: &[f32],
+    eps: f32,
+    d_out: &[f32],
+    d_gamma: &mut [f32],
+    d_beta: &mut [f32],
+    d_x: &mut [f32],
+) {
+    let dim = gamma.len();
+    let rows = x
+        .chunks_exact(dim)
+        .zip(d_out.chunks_exact(dim))
+        .zip(d_x.chunks_exact_mut(dim));
+    for ((row, dy), dx) in rows {
+        // The forward's statistics, computed the same way.
+        let mean = sum_of(row, |v| v) / dim as f32;
+        let var = sum_of(row, |v| (v - mean) * (v - mean)) / dim as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        let mut scaled = [0.0f32; 16];
+        let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
+        // dy ⊙ gamma, 16 values at a time, into both sums' lanes.
+        let mut lanes_g = [0.0f32; 16];
+        let mut lanes_gx = [0.0f32; 16];
+        let chunks = row
+            .chunks_exact(16)
+            .zip(dy.chunks_exact(16))
+            .zip(gamma.chunks_exact(16));
+        for ((v, dy), g) in chunks {
+            for l in 0..16 {
+                scaled[l] = dy[l] * g[l];
+                lanes_g[l] += scaled[l];
+                lanes_gx[l] += scaled[l] * (v[l] - mean) * inv;
+            }
+        }
+        let tail = dim / 16 * 16;
+        for ((v, dy), g) in row[tail..].iter().zip(&dy[tail..]).zip(&gamma[tail..]) {
+            sum_g += dy * g;
+            sum_gx += dy * g * (v - mean) * inv;
+        }
+        sum_g += lanes_g.iter().sum::<f32>();
+        sum_gx += lanes_gx.iter().sum::<f32>();
+        let (a, b) = (sum_g / dim as f32, sum_gx / dim as f32);
+        for ((((v, dy), g), dx), (dg, db)) in row
+            .iter()
+            .zip(dy)
+            .zip(gamma)
+            .zip(dx.iter_mut())
+            .zip(d_gamma.iter_mut().zip(d_beta.iter_mut()))
+        {
+            let xhat = (v - mean) * inv;
+            *dx += inv * (dy * g - a - xhat * b);
+            *dg += dy * xhat;
+            *db += dy;
+        }
+    }
+}
+
+/// `d *= gelu'(x)` with `gelu'(x) = Φ(x) + x φ(x)` (exact GELU), in place: the gradient of
+/// [`gelu`]'s input from that of its output.
+pub fn gelu_backward(x: &[f32], d: &mut [f32]) {
+    assert_eq!(x.len(), d.len());
+    dispatch!(gelu_backward_values(x, d))
+}
+
+#[inline(always)]
+fn gelu_backward_values(x: &[f32], d: &mut [f32]) {
+    const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+    for (d, &x) in d.iter_mut().zip(x) {
+        let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+        let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * x * x);
+        *d *= cdf + x * pdf;
+    }
 }
 
 /// Each row of `tokens` values: `softmax(scale * row)`, in place.
@@ -116,12 +360,11 @@ fn softmax_rows(scores: &mut [f32], tokens: usize, scale: f32) {
 #[inline(always)]
 fn softmax_rows_inner(scores: &mut [f32], tokens: usize, scale: f32) {
     for row in scores.chunks_exact_mut(tokens) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        // Separate loops: the exponentials vectorise, the (ordered) sum does not need to.
+        let max = max_of(row);
         for v in row.iter_mut() {
             *v = exp((*v - max) * scale);
         }
-        let inv = 1.0 / row.iter().sum::<f32>();
+        let inv = 1.0 / sum_of(row, |v| v);
         for v in row.iter_mut() {
             *v *= inv;
         }
@@ -143,7 +386,10 @@ pub fn exp(x: f32) -> f32 {
     p = r.mul_add(p, 1.666_666_5e-1);
     p = r.mul_add(p, 0.5);
     let e = (p * r).mul_add(r, r) + 1.0;
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // SAFETY: the clamp above keeps n within [-126, 0], which i32 represents. (`as` would
+    // saturate, a scalar instruction sequence per value that stops the loop vectorising.)
+    let n: i32 = unsafe { n.to_int_unchecked() };
+    e * f32::from_bits(((n + 127) as u32) << 23)
 }
 
 #[cfg(test)]
@@ -202,9 +448,10 @@ mod tests {
             .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
             .collect();
         let mut out = vec![0.0; tokens * dim];
-        let mut scores = Vec::new();
+        let mut scores = vec![0.0; tokens * tokens];
         for h in 0..heads {
-            attention_head(&qkv, tokens, dim, h, head_dim, &mut scores, &mut out);
+            let shape = [tokens, tokens, dim, h, head_dim];
+            attention_head(&qkv, shape, &mut scores, &mut out);
         }
         let at = |t: usize, part: usize, h: usize, c: usize| {
             f64::from(qkv[t * 3 * dim + part * dim + h * head_dim + c])

@@ -10,7 +10,7 @@ use burn::tensor::{Gradients, Tensor};
 use super::freeze::BnMode;
 use crate::backbone::Network;
 use crate::backbone::mbnet::Start;
-use crate::backbone::{fused_grad, fused_resnet_grad};
+use crate::backbone::{fused_grad, fused_resnet_grad, fused_vit_grad};
 
 /// How a training step runs the backbone's forward and backward passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +26,10 @@ pub enum BackbonePass {
 /// The pass a training step of `net` uses: [`BackbonePass::Fused`] for the MBConv and ResNet
 /// families on the CPU with frozen BatchNorm, else [`BackbonePass::Burn`].
 pub fn training_pass(net: &Network, bn_mode: BnMode) -> BackbonePass {
-    let fused_family = matches!(net, Network::MbConv(_) | Network::ResNet(_));
+    let fused_family = matches!(
+        net,
+        Network::MbConv(_) | Network::ResNet(_) | Network::Vit(_)
+    );
     if crate::backend::fused_cpu() && bn_mode == BnMode::Frozen && fused_family {
         BackbonePass::Fused
     } else {
@@ -51,6 +54,13 @@ pub fn backbone_backward<T>(
         (Network::MbConv(net), BackbonePass::Burn) => net.forward_features_from(start, x),
         (Network::ResNet(net), BackbonePass::Fused) => fused_resnet_grad::features(net, start, x),
         (Network::ResNet(net), BackbonePass::Burn) => net.forward_features_from(start, x),
+        (Network::Vit(net), BackbonePass::Fused) => {
+            debug_assert!(
+                matches!(start, Start::Image),
+                "a ViT's op has its own prefix"
+            );
+            fused_vit_grad::features(net, x)
+        }
         (net, _) => {
             debug_assert!(
                 matches!(start, Start::Image),
