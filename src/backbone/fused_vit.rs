@@ -209,31 +209,39 @@ impl FusedVit {
 
         let heads = self.heads;
         let head_dim = d / heads;
-        for block in &self.blocks {
+        let last = self.blocks.len().saturating_sub(1);
+        for (i, block) in self.blocks.iter().enumerate() {
+            // Past the last block's attention only the class token's row is read when it is
+            // the feature: its query, projection and MLP alone (6% of a ViT-S/16's work).
+            let rows = if i == last && !self.mean_patch_feature {
+                1
+            } else {
+                tokens
+            };
             let x = &s.x[..tokens * d];
             let normed = sized(&mut s.normed, tokens * d);
             block.norm1.forward(x, normed);
             let qkv = sized(&mut s.qkv, tokens * 3 * d);
             block.qkv.forward(normed, tokens, None, qkv);
-            let attended = sized(&mut s.attended, tokens * d);
+            let attended = &mut sized(&mut s.attended, tokens * d)[..rows * d];
             let scores = sized(&mut s.scores, tokens * tokens);
             for head in 0..heads {
-                let shape = [tokens, tokens, d, head, head_dim];
+                let shape = [rows, tokens, d, head, head_dim];
                 attention_head(qkv, shape, scores, attended);
             }
-            let next = sized(&mut s.next, tokens * d);
-            block.proj.forward(attended, tokens, Some(x), next);
+            let next = &mut sized(&mut s.next, tokens * d)[..rows * d];
+            block.proj.forward(attended, rows, Some(&x[..rows * d]), next);
             std::mem::swap(&mut s.x, &mut s.next);
 
-            let x = &s.x[..tokens * d];
-            let normed = sized(&mut s.normed, tokens * d);
+            let x = &s.x[..rows * d];
+            let normed = &mut sized(&mut s.normed, tokens * d)[..rows * d];
             block.norm2.forward(x, normed);
             let mlp = block.fc1.bias.len();
-            let hidden = sized(&mut s.hidden, tokens * mlp);
-            block.fc1.forward(normed, tokens, None, hidden);
+            let hidden = &mut sized(&mut s.hidden, tokens * mlp)[..rows * mlp];
+            block.fc1.forward(normed, rows, None, hidden);
             gelu(hidden);
-            let next = sized(&mut s.next, tokens * d);
-            block.fc2.forward(hidden, tokens, Some(x), next);
+            let next = &mut sized(&mut s.next, tokens * d)[..rows * d];
+            block.fc2.forward(hidden, rows, Some(x), next);
             std::mem::swap(&mut s.x, &mut s.next);
         }
 
