@@ -29,6 +29,7 @@ use rayon::prelude::*;
 use super::blocks::ConvBnAct;
 use super::buffer_pool;
 use super::fused::{Layer, STEM_ROWS, activation_of, grow, transpose};
+use super::fused_convnext_grad::{self, ConvNeXtPlan};
 use super::fused_resnet_grad::{self, ResNetPlan};
 use super::fused_vit_grad::{self, VitPlan};
 use super::layer_profile::{LayerKind, timed};
@@ -89,6 +90,13 @@ pub trait FusedTrainOps: Backend {
         params: FloatTensor<Self>,
         plan: Arc<VitPlan>,
     ) -> FloatTensor<Self>;
+
+    /// See [`super::fused_convnext_grad::features`]: the same contract for a ConvNeXt.
+    fn convnext_features(
+        images: FloatTensor<Self>,
+        params: FloatTensor<Self>,
+        plan: Arc<ConvNeXtPlan>,
+    ) -> FloatTensor<Self>;
 }
 
 impl FusedTrainOps for Flex {
@@ -106,6 +114,14 @@ impl FusedTrainOps for Flex {
 
     fn vit_features(images: FlexTensor, params: FlexTensor, plan: Arc<VitPlan>) -> FlexTensor {
         fused_vit_grad::forward_batch(plan, &images, &params, false).0
+    }
+
+    fn convnext_features(
+        images: FlexTensor,
+        params: FlexTensor,
+        plan: Arc<ConvNeXtPlan>,
+    ) -> FlexTensor {
+        fused_convnext_grad::forward_batch(plan, &images, &params, false).0
     }
 }
 
@@ -137,6 +153,16 @@ impl<C: CheckpointStrategy> FusedTrainOps for Autodiff<Flex, C> {
     ) -> FloatTensor<Self> {
         tracked::<C, _>(images, params, |images, params, save| {
             fused_vit_grad::forward_batch(plan.clone(), images, params, save)
+        })
+    }
+
+    fn convnext_features(
+        images: FloatTensor<Self>,
+        params: FloatTensor<Self>,
+        plan: Arc<ConvNeXtPlan>,
+    ) -> FloatTensor<Self> {
+        tracked::<C, _>(images, params, |images, params, save| {
+            fused_convnext_grad::forward_batch(plan.clone(), images, params, save)
         })
     }
 }

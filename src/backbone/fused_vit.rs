@@ -230,7 +230,9 @@ impl FusedVit {
                 attention_head(qkv, shape, scores, attended);
             }
             let next = &mut sized(&mut s.next, tokens * d)[..rows * d];
-            block.proj.forward(attended, rows, Some(&x[..rows * d]), next);
+            block
+                .proj
+                .forward(attended, rows, Some(&x[..rows * d]), next);
             std::mem::swap(&mut s.x, &mut s.next);
 
             let x = &s.x[..rows * d];

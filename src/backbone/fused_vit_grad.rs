@@ -23,14 +23,16 @@ use std::sync::Arc;
 
 use burn::backend::Dispatch;
 use burn::backend::flex::FlexTensor;
-use burn::nn::{LayerNorm, Linear};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::buffer_pool;
 use super::fused::transpose;
 use super::fused_grad::{FusedTrainOps, SavedForward};
 use super::fused_layers::LN_EPS;
+use super::fused_params::{
+    Builder, Dense, LinearSlots, NormSlots, add, norm, pooled, two_mut, unfold_scale,
+};
 use super::vit::{Vit, resample_rows, resample_rows_adjoint};
 use crate::kernels::transformer::{
     attention_head, attention_head_backward, gelu, gelu_backward, layer_norm, layer_norm_backward,
@@ -47,20 +49,6 @@ pub fn features(net: &Vit, x: Tensor<4>) -> Tensor<2> {
         Tensor::cat(tensors, 0).into_dispatch(),
         Arc::new(plan),
     ))
-}
-
-/// A Linear's weight (`[in, out]`) and bias in the parameter vector.
-#[derive(Debug, Clone)]
-struct LinearSlots {
-    weight: Range<usize>,
-    bias: Range<usize>,
-}
-
-/// A LayerNorm's gamma and beta, side by side.
-#[derive(Debug, Clone)]
-struct NormSlots {
-    gamma: Range<usize>,
-    beta: Range<usize>,
 }
 
 #[derive(Debug)]
@@ -110,51 +98,10 @@ pub struct VitPlan {
     len: usize,
 }
 
-/// The parameter vector as it is built: its tensors, flattened, in order.
-struct Builder {
-    tensors: Vec<Tensor<1>>,
-    len: usize,
-    device: Device,
-}
-
-impl Builder {
-    fn push<const D: usize>(&mut self, t: Tensor<D>) -> Range<usize> {
-        let n = t.shape().num_elements();
-        self.tensors.push(t.reshape([n]));
-        self.len += n;
-        self.len - n..self.len
-    }
-
-    /// A missing bias or beta as zeros: a constant of the op, so it gets no gradient.
-    fn push_or_zeros(&mut self, t: Option<Tensor<1>>, n: usize) -> Range<usize> {
-        self.push(t.unwrap_or_else(|| Tensor::zeros([n], &self.device)))
-    }
-
-    fn linear(&mut self, linear: &Linear) -> LinearSlots {
-        let [_, out] = linear.weight.dims();
-        LinearSlots {
-            weight: self.push(linear.weight.val()),
-            bias: self.push_or_zeros(linear.bias.as_ref().map(|b| b.val()), out),
-        }
-    }
-
-    fn norm(&mut self, norm: &LayerNorm) -> NormSlots {
-        let n = norm.gamma.dims()[0];
-        NormSlots {
-            gamma: self.push(norm.gamma.val()),
-            beta: self.push_or_zeros(norm.beta.as_ref().map(|b| b.val()), n),
-        }
-    }
-}
-
 impl VitPlan {
     /// The plan for `net` and the tensors of its parameter vector, in order.
     fn new(net: &Vit) -> (Self, Vec<Tensor<1>>) {
-        let mut b = Builder {
-            tensors: Vec::new(),
-            len: 0,
-            device: net.device(),
-        };
+        let mut b = Builder::new(net.device());
         let [dim, _, patch, _] = net.patch_embed.weight.dims();
         let embed = EmbedSlots {
             weight: b.push(net.patch_embed.weight.val()),
@@ -231,49 +178,6 @@ impl VitPlan {
     }
 }
 
-/// A Linear as the kernels read it: `[in, out]` weight and bias, layer scale folded in.
-struct Dense<'a> {
-    weight: Cow<'a, [f32]>,
-    bias: Cow<'a, [f32]>,
-}
-
-impl<'a> Dense<'a> {
-    /// `ls * (x W + b)` is `x (W ls) + b ls`.
-    fn new(params: &'a [f32], slots: &LinearSlots, scale: Option<&Range<usize>>) -> Self {
-        let (weight, bias) = (&params[slots.weight.clone()], &params[slots.bias.clone()]);
-        let Some(scale) = scale else {
-            return Self {
-                weight: Cow::Borrowed(weight),
-                bias: Cow::Borrowed(bias),
-            };
-        };
-        let scale = &params[scale.clone()];
-        let mut folded = weight.to_vec();
-        for row in folded.chunks_exact_mut(scale.len()) {
-            row.iter_mut().zip(scale).for_each(|(w, s)| *w *= s);
-        }
-        Self {
-            weight: Cow::Owned(folded),
-            bias: Cow::Owned(bias.iter().zip(scale).map(|(b, s)| b * s).collect()),
-        }
-    }
-
-    /// `out = input @ W + b (+ residual)` for `rows` rows.
-    fn forward(&self, input: &[f32], rows: usize, residual: Option<&[f32]>, out: &mut [f32]) {
-        let inputs = self.weight.len() / self.bias.len();
-        kernels::pointwise(
-            input,
-            rows,
-            inputs,
-            &self.weight,
-            &self.bias,
-            Activation::None,
-            residual,
-            out,
-        );
-    }
-}
-
 struct BlockWeights<'a> {
     norm1: [&'a [f32]; 2],
     qkv: Dense<'a>,
@@ -294,10 +198,6 @@ struct Weights<'a> {
     pos: Cow<'a, [f32]>,
     blocks: Vec<BlockWeights<'a>>,
     norm: [&'a [f32]; 2],
-}
-
-fn norm<'a>(params: &'a [f32], slots: &NormSlots) -> [&'a [f32]; 2] {
-    [&params[slots.gamma.clone()], &params[slots.beta.clone()]]
 }
 
 impl<'a> Weights<'a> {
@@ -419,15 +319,6 @@ struct Scratch {
     d_tokens: Vec<f32>,
     /// One row per image: the class tokens of a `class_only` block.
     class_rows: Vec<f32>,
-}
-
-/// `buffer` as `len` values (their contents undefined), from the pool when it has another
-/// length.
-fn pooled(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if buffer.len() != len {
-        buffer_pool::give(std::mem::replace(buffer, buffer_pool::take(len)));
-    }
-    buffer
 }
 
 impl Drop for Scratch {
@@ -759,18 +650,6 @@ impl SavedForward for SavedVit {
     }
 }
 
-/// `sum += values`.
-fn add(values: &[f32], sum: &mut [f32]) {
-    sum.iter_mut().zip(values).for_each(|(s, v)| *s += v);
-}
-
-/// Two disjoint ranges of `values`, mutably.
-fn two_mut<'a>(values: &'a mut [f32], a: &Range<usize>, b: &Range<usize>) -> [&'a mut [f32]; 2] {
-    assert!(a.end <= b.start, "ranges in order");
-    let (low, high) = values.split_at_mut(b.start);
-    [&mut low[a.clone()], &mut high[..b.len()]]
-}
-
 impl SavedVit {
     /// Adds one group's parameter gradients into `grads` (see [`SavedForward::backward`]).
     fn backward_group(
@@ -891,35 +770,6 @@ impl SavedVit {
     }
 }
 
-/// The gradients of `W`, `b` and `ls` from those of the folded `W ls`, `b ls` (held in the
-/// weight and bias slots of `grads`): `dW = dW' ls`, `db = db' ls`,
-/// `dls = Σ_rows dW' ⊙ W + db' ⊙ b`.
-fn unfold_scale(grads: &mut [f32], params: &[f32], linear: &LinearSlots, scale: &Range<usize>) {
-    let ls = &params[scale.clone()];
-    let mut d_scale = vec![0.0f32; ls.len()];
-    let weight = &params[linear.weight.clone()];
-    for (d_row, row) in grads[linear.weight.clone()]
-        .chunks_exact_mut(ls.len())
-        .zip(weight.chunks_exact(ls.len()))
-    {
-        for (((g, w), s), ds) in d_row.iter_mut().zip(row).zip(ls).zip(&mut d_scale) {
-            *ds += *g * w;
-            *g *= s;
-        }
-    }
-    let bias = &params[linear.bias.clone()];
-    for (((g, b), s), ds) in grads[linear.bias.clone()]
-        .iter_mut()
-        .zip(bias)
-        .zip(ls)
-        .zip(&mut d_scale)
-    {
-        *ds += *g * b;
-        *g *= s;
-    }
-    grads[scale.clone()].copy_from_slice(&d_scale);
-}
-
 /// One block's backward pass on a group's rows: adds its parameters' gradients into `grads`
 /// and turns `d_x`, the gradient of its output, into that of its input (see
 /// [`block_forward`] for `class_only`, where only the class rows of `d_x` are non-zero).
@@ -1026,7 +876,7 @@ fn mlp_and_proj_backward(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::backbone::Network;
     use crate::backbone::fused_grad::tests::Compare;
@@ -1040,7 +890,7 @@ mod tests {
     /// Draws every tensor: matrices and the patch conv scaled by their fan-in (so the tokens
     /// keep their size through the blocks), LayerNorm, biases and layer scale around one,
     /// tokens and position embedding normal.
-    struct Randomise<'a>(&'a mut RunRng);
+    pub(crate) struct Randomise<'a>(pub(crate) &'a mut RunRng);
 
     impl ModuleMapper for Randomise<'_> {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {

@@ -1,7 +1,7 @@
-//! How a training step runs the backbone: burn's autodiff over its modules, or for the MBConv
-//! and ResNet families on the CPU with frozen BatchNorm the fused kernels with their own
-//! backward pass ([`crate::backbone::fused_grad`], [`crate::backbone::fused_resnet_grad`],
-//! several times faster: `bench/train_step.sh`). Either way
+//! How a training step runs the backbone: burn's autodiff over its modules, or on the CPU with
+//! frozen BatchNorm (or none) the fused kernels with their own backward pass
+//! ([`crate::backbone::fused_grad`] for MBConv, `fused_resnet_grad`, `fused_convnext_grad`,
+//! `fused_vit_grad`; faster than PyTorch's step: `bench/train_step.sh`). Either way
 //! what couples the batch (dropout, the top, the loss; for SimCLR the projection head and
 //! NT-Xent) runs on burn, on the whole batch's features.
 
@@ -10,7 +10,7 @@ use burn::tensor::{Gradients, Tensor};
 use super::freeze::BnMode;
 use crate::backbone::Network;
 use crate::backbone::mbnet::Start;
-use crate::backbone::{fused_grad, fused_resnet_grad, fused_vit_grad};
+use crate::backbone::{fused_convnext_grad, fused_grad, fused_resnet_grad, fused_vit_grad};
 
 /// How a training step runs the backbone's forward and backward passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,12 +23,12 @@ pub enum BackbonePass {
     Fused,
 }
 
-/// The pass a training step of `net` uses: [`BackbonePass::Fused`] for the MBConv and ResNet
-/// families on the CPU with frozen BatchNorm, else [`BackbonePass::Burn`].
+/// The pass a training step of `net` uses: [`BackbonePass::Fused`] on the CPU with frozen
+/// BatchNorm (every family has a fused op), else [`BackbonePass::Burn`].
 pub fn training_pass(net: &Network, bn_mode: BnMode) -> BackbonePass {
     let fused_family = matches!(
         net,
-        Network::MbConv(_) | Network::ResNet(_) | Network::Vit(_)
+        Network::MbConv(_) | Network::ResNet(_) | Network::ConvNeXt(_) | Network::Vit(_)
     );
     if crate::backend::fused_cpu() && bn_mode == BnMode::Frozen && fused_family {
         BackbonePass::Fused
@@ -54,6 +54,13 @@ pub fn backbone_backward<T>(
         (Network::MbConv(net), BackbonePass::Burn) => net.forward_features_from(start, x),
         (Network::ResNet(net), BackbonePass::Fused) => fused_resnet_grad::features(net, start, x),
         (Network::ResNet(net), BackbonePass::Burn) => net.forward_features_from(start, x),
+        (Network::ConvNeXt(net), BackbonePass::Fused) => {
+            debug_assert!(
+                matches!(start, Start::Image),
+                "ConvNeXt's op has its own prefix"
+            );
+            fused_convnext_grad::features(net, x)
+        }
         (Network::Vit(net), BackbonePass::Fused) => {
             debug_assert!(
                 matches!(start, Start::Image),
