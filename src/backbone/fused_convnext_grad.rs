@@ -29,7 +29,8 @@ use super::convnext::ConvNeXt;
 use super::fused_grad::{FusedTrainOps, SavedForward};
 use super::fused_layers::LN_EPS;
 use super::fused_params::{
-    Builder, ConvSlots, Dense, LinearSlots, NormSlots, add, norm, pooled, two_mut, unfold_scale,
+    Builder, ConvSlots, Dense, LinearSlots, NormSlots, add, norm, pooled, summed_group_gradients,
+    two_mut, unfold_scale,
 };
 use crate::kernels::transformer::{gelu, gelu_backward, layer_norm, layer_norm_backward};
 use crate::kernels::{self, Activation, ConvGeometry, Rows};
@@ -658,37 +659,15 @@ impl SavedForward for SavedConvNeXt {
         let weights = Weights::new(plan, params);
         let width = plan.feature_dim();
         let len = plan.gradient_len;
-        let mut first = 0;
-        let starts: Vec<usize> = self
-            .groups
-            .iter()
-            .map(|g| {
-                first += g.images;
-                first - g.images
-            })
-            .collect();
-        let mut per_group: Vec<Vec<f32>> = self
-            .groups
-            .par_iter()
-            .zip(starts)
-            .map(|(group, start)| {
-                let mut grads = buffer_pool::zeroed(len);
+        let grads = summed_group_gradients(
+            &self.groups,
+            |g| g.images,
+            len,
+            |group, start, grads| {
                 let d = &d_features[start * width..][..group.images * width];
-                backward_group(plan, &weights, group, d, &mut grads);
-                grads
-            })
-            .collect();
-        let mut grads = per_group.pop().unwrap_or_else(|| vec![0.0; len]);
-        const CHUNK: usize = 1 << 16;
-        grads
-            .par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(i, sum)| {
-                for other in &per_group {
-                    add(&other[i * CHUNK..][..sum.len()], sum);
-                }
-            });
-        per_group.into_iter().for_each(buffer_pool::give);
+                backward_group(plan, &weights, group, d, grads);
+            },
+        );
         let out = finish_gradient(plan, &grads, params);
         buffer_pool::give(grads);
         FlexTensor::from_data(TensorData::new(out, [plan.len]))

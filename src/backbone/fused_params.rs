@@ -205,3 +205,45 @@ pub(super) fn unfold_scale(
     }
     grads[scale.clone()].copy_from_slice(&d_scale);
 }
+
+/// The parameter gradient of a batch from its worker groups: `backward(group, first, grads)`
+/// adds one group's gradient into a zeroed vector of `len` values (`first`: the batch index of
+/// its first image), one group per task; the vectors are then summed, a chunk per task. The
+/// caller gives the result back to the pool.
+pub(super) fn summed_group_gradients<G: Sync>(
+    groups: &[G],
+    images: impl Fn(&G) -> usize,
+    len: usize,
+    backward: impl Fn(&G, usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut first = 0;
+    let starts: Vec<usize> = groups
+        .iter()
+        .map(|g| {
+            first += images(g);
+            first - images(g)
+        })
+        .collect();
+    let mut per_group: Vec<Vec<f32>> = groups
+        .par_iter()
+        .zip(starts)
+        .map(|(group, start)| {
+            let mut grads = buffer_pool::zeroed(len);
+            backward(group, start, &mut grads);
+            grads
+        })
+        .collect();
+    let mut grads = per_group.pop().unwrap_or_else(|| vec![0.0; len]);
+    const CHUNK: usize = 1 << 16;
+    grads
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(i, sum)| {
+            for other in &per_group {
+                add(&other[i * CHUNK..][..sum.len()], sum);
+            }
+        });
+    per_group.into_iter().for_each(buffer_pool::give);
+    grads
+}

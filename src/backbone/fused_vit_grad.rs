@@ -31,7 +31,8 @@ use super::fused::transpose;
 use super::fused_grad::{FusedTrainOps, SavedForward};
 use super::fused_layers::LN_EPS;
 use super::fused_params::{
-    Builder, Dense, LinearSlots, NormSlots, add, norm, pooled, two_mut, unfold_scale,
+    Builder, Dense, LinearSlots, NormSlots, add, norm, pooled, summed_group_gradients, two_mut,
+    unfold_scale,
 };
 use super::vit::{Vit, resample_rows, resample_rows_adjoint};
 use crate::kernels::transformer::{
@@ -612,38 +613,15 @@ impl SavedForward for SavedVit {
         let k = 3 * plan.patch * plan.patch;
         let patches = self.grid[0] * self.grid[1];
         let len = plan.len + k * plan.dim + patches * plan.dim;
-        let mut first = 0;
-        let starts: Vec<usize> = self
-            .groups
-            .iter()
-            .map(|g| {
-                first += g.images;
-                first - g.images
-            })
-            .collect();
-        let mut per_group: Vec<Vec<f32>> = self
-            .groups
-            .par_iter()
-            .zip(starts)
-            .map(|(group, start)| {
-                let mut grads = buffer_pool::zeroed(len);
+        let grads = summed_group_gradients(
+            &self.groups,
+            |g| g.images,
+            len,
+            |group, start, grads| {
                 let d = &d_features[start * width..][..group.images * width];
-                self.backward_group(&weights, group, d, &mut grads);
-                grads
-            })
-            .collect();
-        let mut grads = per_group.pop().unwrap_or_else(|| vec![0.0; len]);
-        // The groups' sums, a chunk per task.
-        const CHUNK: usize = 1 << 16;
-        grads
-            .par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(i, sum)| {
-                for other in &per_group {
-                    add(&other[i * CHUNK..][..sum.len()], sum);
-                }
-            });
-        per_group.into_iter().for_each(buffer_pool::give);
+                self.backward_group(&weights, group, d, grads);
+            },
+        );
         let unfolded = self.finish_gradient(&grads, params);
         buffer_pool::give(grads);
         FlexTensor::from_data(TensorData::new(unfolded, [plan.len]))
