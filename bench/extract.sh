@@ -20,6 +20,9 @@
 #   MODEL=efficientnet-lite0      or vit_small_patch14_dinov2: DINOv2 ViT-S/14 at 224 px with
 #                                 random weights (made here, as peers.py does), graft against the
 #                                 PyTorch DataLoader only (no ONNX Runtime peer, no camera set)
+#   PRECISION=f32                 graft's --precision; with bf16 the PyTorch DataLoader script
+#                                 also runs under bfloat16 autocast (same WORKERS), next to its
+#                                 float32 runs, and the table compares graft with both
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -45,6 +48,7 @@ if [ "${NO_BUILD:-0}" != 1 ]; then
     (cd "$REPO_DIR" && cargo build --release)
 fi
 MODEL="${MODEL:-efficientnet-lite0}"
+export PRECISION="${PRECISION:-f32}"
 GRAFT_MODEL=(-b "$MODEL")
 if [ "$MODEL" = efficientnet-lite0 ]; then
     if ! "$GRAFT" weights list | grep -E "[ (]efficientnet-lite0[,)]" | grep -qv "not installed"; then
@@ -57,12 +61,13 @@ else
     PEERS="${PEERS/ort/}"
 fi
 
-# First 60 images of each class, for the memory comparison.
+# First 60 images of each class, for the memory comparison (sed, not head: head exiting early
+# would kill sort with SIGPIPE, which pipefail turns into a silent exit).
 SUBSET="$OUT_DIR/extract-subset.csv"
 echo "path,label" > "$SUBSET"
 for class_dir in "$DATA"/*/; do
     class="$(basename "$class_dir")"
-    find "$class_dir" -maxdepth 1 -type f | sort | head -n 60 | sed "s|\$|,$class|" >> "$SUBSET"
+    find "$class_dir" -maxdepth 1 -type f | sort | sed -n 1,60p | sed "s|\$|,$class|" >> "$SUBSET"
 done
 
 RESULTS="$OUT_DIR/extract.jsonl"
@@ -74,16 +79,17 @@ graft_extract() { # name data
     rm -rf "$cache"
     log "graft extract ($1)"
     /usr/bin/time -f "%e %M %U %S" -o "$OUT_DIR/time-$1.txt" \
-        "$GRAFT" --threads "$THREADS" extract "${GRAFT_MODEL[@]}" --batch-size 32 --cache-dir "$cache" "$2" > "$OUT_DIR/graft-$1.txt"
+        "$GRAFT" --threads "$THREADS" --precision "$PRECISION" extract "${GRAFT_MODEL[@]}" --batch-size 32 --cache-dir "$cache" "$2" > "$OUT_DIR/graft-$1.txt"
     rm -rf "$cache"
     local images
     images="$(grep -oE '^[0-9]+ images' "$OUT_DIR/graft-$1.txt" | cut -d' ' -f1)"
     read -r wall rss user sys < "$OUT_DIR/time-$1.txt"
     "$PYTHON" - "$1" "$images" "$wall" "$rss" "$user" "$sys" "$("$GRAFT" --version)" >> "$RESULTS" <<'PY'
-import json, sys
+import json, os, sys
 name, images, wall, rss, user, sys_s, version = sys.argv[1:]
 images, wall = int(images), float(wall)
 print(json.dumps({"tool": "graft", "version": version, "what": "extract", "run": name,
+                  "precision": os.environ["PRECISION"],
                   "images": images, "wall_s": wall, "images_per_sec": images / wall,
                   "cpu_over_wall": (float(user) + float(sys_s)) / wall,
                   "peak_rss_mb": int(rss) * 1024 / 1e6}))
@@ -100,10 +106,15 @@ if [ "$MODEL" = efficientnet-lite0 ]; then
     graft_extract camera "$CAMERA"
 fi
 if [[ " $PEERS " == *" torch "* ]]; then
-    for workers in $WORKERS; do
-        log "PyTorch DataLoader, num_workers=$workers"
-        (cd "$BENCH_DIR" && "$PYTHON" extract_torch.py "$DATA" --out "$OUT_DIR/torch-features.npy" \
-            --model "$MODEL" --workers "$workers" --threads "$THREADS") >> "$RESULTS"
+    torch_precisions=(f32)
+    [ "$PRECISION" = bf16 ] && torch_precisions+=(bf16)
+    for precision in "${torch_precisions[@]}"; do
+        flag=(); [ "$precision" = bf16 ] && flag=(--bf16)
+        for workers in $WORKERS; do
+            log "PyTorch DataLoader, num_workers=$workers, $precision"
+            (cd "$BENCH_DIR" && "$PYTHON" extract_torch.py "$DATA" --out "$OUT_DIR/torch-features.npy" \
+                --model "$MODEL" --workers "$workers" --threads "$THREADS" "${flag[@]}") >> "$RESULTS"
+        done
     done
 fi
 if [[ " $PEERS " == *" ort "* ]]; then
@@ -132,12 +143,16 @@ for run, data in [("all", "flowers"), ("camera", "camera-sized (12 MP)")]:
     if run in ort:
         line("ONNX Runtime + PIL draft, 2 processes", data, ort[run])
 for r in torch:
-    line(f"PyTorch DataLoader, num_workers={r['workers']}", "flowers", r)
+    autocast = ", bfloat16 autocast" if r.get("precision") == "bf16" else ""
+    line(f"PyTorch DataLoader, num_workers={r['workers']}{autocast}", "flowers", r)
 print()
-if torch:
-    best = max(torch, key=lambda r: r["images_per_sec"])
-    print(f"graft / best PyTorch (num_workers={best['workers']}): "
-          f"{graft['all']['images_per_sec'] / best['images_per_sec']:.2f}x images/s")
+precision = graft["all"].get("precision", "f32")
+for p in ["f32", "bf16"]:
+    runs = [r for r in torch if r.get("precision", "f32") == p]
+    if runs:
+        best = max(runs, key=lambda r: r["images_per_sec"])
+        print(f"graft ({precision}) / best PyTorch {p} (num_workers={best['workers']}): "
+              f"{graft['all']['images_per_sec'] / best['images_per_sec']:.2f}x images/s")
 for run, data in [("all", "flowers"), ("camera", "camera-sized set")]:
     if run in ort:
         print(f"graft / ONNX Runtime + PIL on the {data}: "

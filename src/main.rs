@@ -73,6 +73,7 @@ fn main() -> ExitCode {
     }
     graft::data::complete::set_allow_truncated(args.allow_truncated);
     graft::backbone::source_config::set_exact_decode(args.exact_decode);
+    graft::backbone::source_config::set_precision(args.precision);
     if matches!(args.command, cli::Command::Extract(_)) {
         return_freed_pages_at_once();
     }

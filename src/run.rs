@@ -369,6 +369,9 @@ impl TrainedModel {
         // Images are decoded as they were for training (runs from before the decode mode
         // existed decoded exactly).
         backbone.config.decode = card.source.decode;
+        // And computed in the same precision where this CPU can (`for_inference` says when
+        // it cannot).
+        backbone.config.precision = card.source.precision;
         if backbone.weights_id != card.weights_id {
             return Err(invalid(
                 &path,

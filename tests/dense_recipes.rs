@@ -570,3 +570,98 @@ fn simclr_adapts_resnet_and_dinov2_backbones() {
         );
     }
 }
+
+/// `--precision bf16` (DINOv2 on AMX tiles): its features are cached apart from float32's,
+/// the run records the precision, and evaluate reloads the run in it and scores what
+/// training reported. Without AMX, graft says so, runs float32 and records that.
+#[test]
+fn bfloat16_features_are_cached_apart_and_recorded_in_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = "vit_small_patch14_dinov2.timm";
+    let weights = dir.path().join("dinov2.safetensors");
+    random_checkpoint(model, &weights);
+    let data = dir.path().join("flowers");
+    copy_flowers(&data, &["daisy", "tulips"], 6);
+    let cache = dir.path().join("cache");
+    let amx = graft::kernels::amx::available();
+    let variants = |cache: &Path| -> Vec<std::ffi::OsString> {
+        let dir = cache.join("vit_small_patch14_dinov2.lvd142m");
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let mut cards = BTreeMap::new();
+    let mut new_variant = BTreeMap::new();
+    for precision in ["f32", "bf16"] {
+        let out = dir.path().join(precision);
+        let (_, stderr) = ok(graft()
+            .args(["--precision", precision, "train", "--recipe", "logreg"])
+            .args(["-b", "vit_small_patch14_dinov2", "--input-size", "56"])
+            .arg("--weights")
+            .arg(&weights)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .arg("--out")
+            .arg(&out)
+            .arg(&data)
+            .output()
+            .unwrap());
+        assert_eq!(
+            stderr.contains("runs in float32 instead of bfloat16"),
+            precision == "bf16" && !amx,
+            "{stderr}"
+        );
+        let card: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("model.json")).unwrap())
+                .unwrap();
+        cards.insert(precision, card);
+        let seen: Vec<_> = new_variant.values().flatten().cloned().collect();
+        let fresh: Vec<_> = variants(&cache)
+            .into_iter()
+            .filter(|v| !seen.contains(v))
+            .collect();
+        new_variant.insert(precision, fresh.first().cloned());
+    }
+    let recorded = |p: &str| cards[p]["source"]["precision"].clone();
+    assert_eq!(
+        recorded("f32"),
+        serde_json::Value::Null,
+        "float32 is left out"
+    );
+    if !amx {
+        assert_eq!(recorded("bf16"), serde_json::Value::Null);
+        assert_eq!(
+            variants(&cache).len(),
+            1,
+            "float32 rows both times, one cache"
+        );
+        return;
+    }
+    assert_eq!(recorded("bf16"), "bf16");
+    assert_eq!(
+        variants(&cache).len(),
+        2,
+        "bfloat16 rows are kept apart from float32's"
+    );
+    let metrics: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("bf16/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    // evaluate without --precision: the run's own precision, so its own features.
+    let weights_arg = [std::ffi::OsStr::new("--weights"), weights.as_os_str()];
+    let fresh_cache = dir.path().join("fresh-cache");
+    let eval = evaluate(&dir.path().join("bf16"), &data, &fresh_cache, &weights_arg);
+    assert_eq!(
+        eval["metrics"]["accuracy"].as_f64(),
+        metrics["val"]["accuracy"].as_f64(),
+        "{eval}"
+    );
+    assert_eq!(
+        variants(&fresh_cache),
+        vec![new_variant["bf16"].clone().unwrap()],
+        "evaluate computed bfloat16 rows, under their key"
+    );
+}

@@ -12,7 +12,7 @@ use burn::tensor::{Tensor, TensorData};
 use graft::backbone::convnext::{self, ConvNeXtLayout, ConvNeXtSpec};
 use graft::backbone::resnet::{self, ResBlockKind, ResNetSpec};
 use graft::backbone::vit::{self, VitLayout, VitPool, VitSpec};
-use graft::backbone::{Arch, Backbone, Network, PaddingMode};
+use graft::backbone::{Arch, Backbone, Network, PaddingMode, Precision};
 use graft::weights::Checkpoint;
 use graft::weights::checkpoint::StoredTensor;
 
@@ -224,22 +224,7 @@ fn check_fused(
 /// The ViT fixture `name` (inputs from vit_inputs.safetensors) against its goldens at 224, and
 /// at 518 when `native`.
 fn check_vit(name: &str, spec: VitSpec, layout: VitLayout, native: bool) {
-    let device = graft::backend::device();
-    let path = fixtures().join(format!("{name}.weights.safetensors"));
-    let checkpoint = Checkpoint::open(&path).unwrap();
-    let load = |spec: VitSpec| {
-        let arch = Arch::Vit { spec, layout };
-        let (net, report) = Network::load(
-            &arch,
-            &checkpoint,
-            PaddingMode::Symmetric,
-            1e-6,
-            true,
-            &device,
-        );
-        assert!(report.is_clean(), "{name}: {report}");
-        net
-    };
+    let load = |spec: VitSpec| load_vit(name, spec, layout);
     let net = load(spec);
     let x = tensor("vit_inputs", "input_224");
     assert_close(
@@ -293,6 +278,23 @@ fn check_vit(name: &str, spec: VitSpec, layout: VitLayout, native: bool) {
         );
         check_fused(name, "518 px ", net, x, "features_518", None);
     }
+}
+
+/// The ViT fixture `name`'s network.
+fn load_vit(name: &str, spec: VitSpec, layout: VitLayout) -> Network {
+    let path = fixtures().join(format!("{name}.weights.safetensors"));
+    let checkpoint = Checkpoint::open(&path).unwrap();
+    let arch = Arch::Vit { spec, layout };
+    let (net, report) = Network::load(
+        &arch,
+        &checkpoint,
+        PaddingMode::Symmetric,
+        1e-6,
+        true,
+        &graft::backend::device(),
+    );
+    assert!(report.is_clean(), "{name}: {report}");
+    net
 }
 
 const SMALL_VIT: VitSpec = VitSpec {
@@ -426,4 +428,56 @@ fn full_size_layouts_match_the_published_key_sets() {
         &device,
     );
     assert!(!report.is_clean());
+}
+
+/// `--precision bf16`: the products in bfloat16 on AMX tiles stay close to timm's float32
+/// features (DINOv2 with registers, resampled to 224 px; ViT-S/16 layout with its logits).
+#[test]
+fn vit_in_bfloat16_stays_close_to_timm() {
+    let dinov2 = VitSpec {
+        depth: 2,
+        mlp_dim: 384,
+        ..VitSpec::dinov2(96, 3, 4)
+    };
+    for (name, spec, outputs) in [
+        ("dinov2_reg4", dinov2, &["features"][..]),
+        ("vit_timm", SMALL_VIT, &["features", "logits"][..]),
+    ] {
+        let mut config = graft::backbone::find("vit_small_patch16_224")
+            .unwrap()
+            .source_config(None);
+        config.precision = Precision::Bf16;
+        let net = load_vit(name, spec, VitLayout::Timm);
+        let backbone = Backbone::new(config, net, "fixture".into()).for_inference();
+        if !(graft::kernels::amx::available() && graft::backend::fused_cpu()) {
+            // Refused, and the config says what runs.
+            assert_eq!(backbone.config.precision, Precision::F32);
+            eprintln!("skipped: no AMX bfloat16 on this CPU (float32 kept, as recorded)");
+            return;
+        }
+        assert_eq!(backbone.config.precision, Precision::Bf16);
+        let x = tensor("vit_inputs", "input_224");
+        for what in outputs {
+            let got = match *what {
+                "features" => values(backbone.features(x.clone())),
+                _ => values(backbone.logits(x.clone()).unwrap()),
+            };
+            let expected = golden(name, what).1;
+            let size = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let err = max_abs_diff(&got, &expected);
+            let dot: f64 = got
+                .iter()
+                .zip(&expected)
+                .map(|(a, b)| f64::from(a * b))
+                .sum();
+            let norm = |v: &[f32]| v.iter().map(|x| f64::from(x * x)).sum::<f64>().sqrt();
+            let cosine = dot / (norm(&got) * norm(&expected));
+            eprintln!("{name} {what}: bfloat16 error {err} of {size}, cosine {cosine}");
+            // bfloat16 keeps 8 bits of mantissa: about 0.4% per rounded input.
+            assert!(err < 0.01 * size, "{name} {what}: {err} of {size}");
+            assert!(cosine > 0.9999, "{name} {what}: cosine {cosine}");
+            // And it is bfloat16 that ran: float32 matches to 1e-4 (the parity tests).
+            assert!(err > 1e-4, "{name} {what}: no bfloat16 rounding seen");
+        }
+    }
 }

@@ -56,7 +56,7 @@ impl Patchify {
             .map_or_else(|| vec![0.0; out], |b| to_vec(b.val()));
         Self {
             kernel: k,
-            conv: Dense { weight, bias },
+            conv: Dense::from_parts(weight, bias),
         }
     }
 

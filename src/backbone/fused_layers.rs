@@ -3,6 +3,7 @@
 //! scale folded in (layer scale), and a one-pass LayerNorm over rows.
 
 use super::fused::to_vec;
+use crate::kernels::amx::{self, PackedBf16};
 use crate::kernels::transformer::layer_norm;
 use crate::kernels::{self, Activation};
 
@@ -14,6 +15,8 @@ pub(super) const LN_EPS: f32 = 1e-6;
 pub(super) struct Dense {
     pub(super) weight: Vec<f32>,
     pub(super) bias: Vec<f32>,
+    /// The weights as bfloat16 tiles when products run on AMX ([`Dense::in_bf16`]).
+    bf16: Option<PackedBf16>,
 }
 
 impl Dense {
@@ -35,7 +38,26 @@ impl Dense {
                 *b *= s;
             }
         }
-        Self { weight, bias }
+        Self::from_parts(weight, bias)
+    }
+
+    /// `[in, out]` row-major weights and their bias.
+    pub(super) fn from_parts(weight: Vec<f32>, bias: Vec<f32>) -> Self {
+        Self {
+            weight,
+            bias,
+            bf16: None,
+        }
+    }
+
+    /// The same layer with its products in bfloat16 on AMX tiles (float32 sums).
+    pub(super) fn in_bf16(mut self) -> Self {
+        self.bf16 = Some(PackedBf16::pack(
+            &self.weight,
+            self.inputs(),
+            self.bias.len(),
+        ));
+        self
     }
 
     pub(super) fn inputs(&self) -> usize {
@@ -50,6 +72,10 @@ impl Dense {
         residual: Option<&[f32]>,
         out: &mut [f32],
     ) {
+        if let Some(packed) = &self.bf16 {
+            amx::matmul(input, rows, packed, &self.bias, residual, out);
+            return;
+        }
         kernels::pointwise(
             input,
             rows,

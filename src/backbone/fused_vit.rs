@@ -4,6 +4,8 @@
 //! QKV product, softmax fused with the scaling, and DINOv2's layer scale folded into the
 //! weights. burn-flex ran each of these as separate passes over the whole batch (permutes,
 //! bias adds, the residual adds); results equal the burn network's to float rounding (test).
+//! At [`Precision::Bf16`] the patch embedding and every Linear run on AMX tiles in bfloat16
+//! (float32 sums); attention, LayerNorm, GELU and the residual stream stay float32.
 
 use std::cell::RefCell;
 
@@ -11,9 +13,10 @@ use burn::tensor::Tensor;
 
 use super::fused::{Classifier, PooledForward, grow as sized, per_image, to_vec};
 use super::fused_layers::{Dense, Norm};
+use super::source_config::Precision;
 use super::vit::{Vit, resample_rows};
 use crate::kernels::transformer::{attention_head, gelu};
-use crate::kernels::{self, Activation, ConvGeometry};
+use crate::kernels::{self, ConvGeometry};
 
 #[derive(Debug, Clone)]
 struct Block {
@@ -49,8 +52,7 @@ pub struct FusedVit {
     dim: usize,
     heads: usize,
     /// `[3 * patch * patch, dim]`, rows ordered (channel, ky, kx) like the im2col columns.
-    patch_weight: Vec<f32>,
-    patch_bias: Vec<f32>,
+    patch_embed: Dense,
     /// Class token then registers, `[prefix_tokens, dim]`, their position embedding added.
     prefix: Vec<f32>,
     prefix_tokens: usize,
@@ -64,7 +66,10 @@ pub struct FusedVit {
 }
 
 impl FusedVit {
-    pub fn new(net: &Vit) -> Self {
+    /// The network's weights for the fused kernels; at [`Precision::Bf16`] its products run
+    /// in bfloat16 on AMX tiles, which the caller has checked are
+    /// [available](crate::kernels::amx::available).
+    pub fn new(net: &Vit, precision: Precision) -> Self {
         let [dim, _, patch, _] = net.patch_embed.weight.dims();
         // [dim, 3, p, p] -> [3 * p * p, dim]
         let conv = to_vec(net.patch_embed.weight.val());
@@ -85,16 +90,20 @@ impl FusedVit {
         }
         let scale =
             |ls: &Option<burn::module::Param<Tensor<1>>>| ls.as_ref().map(|p| to_vec(p.val()));
+        let patch_bias = net
+            .patch_embed
+            .bias
+            .as_ref()
+            .map_or_else(|| vec![0.0; dim], |b| to_vec(b.val()));
+        let dense = |d: Dense| match precision {
+            Precision::F32 => d,
+            Precision::Bf16 => d.in_bf16(),
+        };
         Self {
             patch,
             dim,
             heads: net.blocks.first().map_or(1, |b| b.attn.heads),
-            patch_weight,
-            patch_bias: net
-                .patch_embed
-                .bias
-                .as_ref()
-                .map_or_else(|| vec![0.0; dim], |b| to_vec(b.val())),
+            patch_embed: dense(Dense::from_parts(patch_weight, patch_bias)),
             prefix,
             prefix_tokens: net.prefix_tokens,
             pos: pos[net.pos_prefix * dim..].to_vec(),
@@ -104,11 +113,11 @@ impl FusedVit {
                 .iter()
                 .map(|b| Block {
                     norm1: Norm::new(&b.norm1),
-                    qkv: Dense::new(&b.attn.qkv, None),
-                    proj: Dense::new(&b.attn.proj, scale(&b.ls1)),
+                    qkv: dense(Dense::new(&b.attn.qkv, None)),
+                    proj: dense(Dense::new(&b.attn.proj, scale(&b.ls1))),
                     norm2: Norm::new(&b.norm2),
-                    fc1: Dense::new(&b.fc1, None),
-                    fc2: Dense::new(&b.fc2, scale(&b.ls2)),
+                    fc1: dense(Dense::new(&b.fc1, None)),
+                    fc2: dense(Dense::new(&b.fc2, scale(&b.ls2))),
                 })
                 .collect(),
             norm: Norm::new(&net.norm),
@@ -196,16 +205,8 @@ impl FusedVit {
         let x = sized(&mut s.x, tokens * d);
         x[..self.prefix.len()].copy_from_slice(&self.prefix);
         let body = &mut x[self.prefix_tokens * d..];
-        kernels::pointwise(
-            &s.patches[..patches * k],
-            patches,
-            k,
-            &self.patch_weight,
-            &self.patch_bias,
-            Activation::None,
-            Some(pos),
-            body,
-        );
+        self.patch_embed
+            .forward(&s.patches[..patches * k], patches, Some(pos), body);
 
         let heads = self.heads;
         let head_dim = d / heads;

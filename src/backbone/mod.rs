@@ -44,7 +44,8 @@ use mbnet::{MbNet, MbNetSpec};
 use names::{BlockPart, KeyLayout};
 use resnet::{ResNet, ResNetSpec};
 pub use source_config::{
-    CropRule, DecodeMode, LabelSet, Normalization, PaddingMode, Pooling, ResizeFilter, SourceConfig,
+    CropRule, DecodeMode, LabelSet, Normalization, PaddingMode, Pooling, Precision, ResizeFilter,
+    SourceConfig,
 };
 use vit::{Vit, VitLayout, VitSpec};
 
@@ -855,6 +856,7 @@ impl BackboneInfo {
             weights_origin: self.description.into(),
             decode: source_config::default_decode(),
             pool: Pooling::Source,
+            precision: Precision::F32,
         }
     }
 }
@@ -1156,7 +1158,26 @@ impl Backbone {
     /// the CPU, `features` / `logits` run by the fused kernels of [`fused`] (MBConv),
     /// [`fused_resnet`], [`fused_convnext`] and [`fused_vit`]. Outputs are
     /// unchanged up to float rounding; it can no longer be fine-tuned.
+    ///
+    /// [`Precision::Bf16`], asked for by the run being loaded or by
+    /// [`source_config::set_precision`], is granted to a ViT on a CPU with AMX; otherwise the
+    /// backbone runs (and its config records) float32, with a note on stderr.
     pub fn for_inference(mut self) -> Self {
+        let asked = if source_config::requested_precision() == Precision::Bf16 {
+            Precision::Bf16
+        } else {
+            self.config.precision
+        };
+        self.config.precision = Precision::F32;
+        if asked == Precision::Bf16 {
+            match self.bf16_refusal() {
+                None => self.config.precision = Precision::Bf16,
+                Some(why) => note_once(&format!(
+                    "note: {} runs in float32 instead of bfloat16: {why}",
+                    self.config.name
+                )),
+            }
+        }
         match &mut self.net {
             Network::MbConv(net) => {
                 net.fold_batch_norm();
@@ -1172,7 +1193,8 @@ impl Backbone {
             }
             Network::Vit(net) => {
                 if crate::backend::fused_cpu() {
-                    self.fused_other = Some(Arc::new(FusedVit::new(net)));
+                    let precision = self.config.precision;
+                    self.fused_other = Some(Arc::new(FusedVit::new(net, precision)));
                 }
             }
             Network::ConvNeXt(net) => {
@@ -1182,6 +1204,19 @@ impl Backbone {
             }
         }
         self
+    }
+
+    /// Why this backbone cannot run its inference in bfloat16 here, if it cannot.
+    fn bf16_refusal(&self) -> Option<&'static str> {
+        if !matches!(self.net, Network::Vit(_)) {
+            Some("bfloat16 inference is implemented for ViT and DINOv2 only")
+        } else if !crate::backend::fused_cpu() {
+            Some("bfloat16 inference runs on the CPU's AMX tiles only")
+        } else if !crate::kernels::amx::available() {
+            Some("this CPU has no AMX bfloat16 unit (Intel Xeon Sapphire Rapids or later)")
+        } else {
+            None
+        }
     }
 
     /// The MBConv network, for the code that runs that family only; `what` names that code in
@@ -1314,6 +1349,17 @@ fn fill(
         None => source.skip_prefix(&format!("{}.", layout.classifier())),
     }
     source.finish()
+}
+
+/// Prints `message` on stderr the first time it is given in this process (a backbone is
+/// prepared once per worker in some commands).
+fn note_once(message: &str) {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if !seen.iter().any(|m| m == message) {
+        eprintln!("{message}");
+        seen.push(message.to_string());
+    }
 }
 
 #[cfg(test)]

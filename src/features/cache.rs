@@ -77,6 +77,10 @@ impl FeatureCache {
         if backbone.config.pool != crate::backbone::Pooling::Source {
             variant.push_str(&format!("|{:?}", backbone.config.pool));
         }
+        // So are bfloat16 products' rows (float32's keep the old key).
+        if !backbone.config.precision.is_f32() {
+            variant.push_str(&format!("|{:?}", backbone.config.precision));
+        }
         let dir = root.join(&backbone.config.name).join(format!(
             "{}-{}",
             backbone.weights_id,

@@ -488,3 +488,50 @@ fn im2col_planar_fast_paths_equal_the_element_by_element_one() {
         assert_eq!(fast, slow, "{kernel}x{kernel}/{stride} on {height}x{width}");
     }
 }
+
+#[test]
+fn amx_bf16_product_equals_the_product_of_the_rounded_inputs() {
+    if !amx::available() {
+        eprintln!("skipped: this CPU has no AMX bfloat16 (Intel Xeon Sapphire Rapids or later)");
+        return;
+    }
+    let round = |v: &[f32]| -> Vec<f64> {
+        v.iter()
+            .map(|x| f64::from(f32::from_bits(u32::from(amx::bf16(*x)) << 16)))
+            .collect()
+    };
+    // Odd sizes: a 16-row strip after the 32-row blocks, k and n past whole tiles; then one
+    // row (a class token alone) and a ViT-S Linear.
+    for (m, k, n) in [(53, 70, 50), (1, 33, 17), (257, 384, 1152)] {
+        let a = random(m * k, 5);
+        let w = random(k * n, 6);
+        let bias = random(n, 7);
+        let residual = random(m * n, 8);
+        let packed = amx::PackedBf16::pack(&w, k, n);
+        let (ra, rw) = (round(&a), round(&w));
+        for res in [None, Some(&residual[..])] {
+            let mut out = vec![f32::NAN; m * n];
+            amx::matmul(&a, m, &packed, &bias, res, &mut out);
+            let mut worst_error = 0.0f64;
+            for i in 0..m {
+                for j in 0..n {
+                    let mut v = f64::from(bias[j]) + res.map_or(0.0, |r| f64::from(r[i * n + j]));
+                    for l in 0..k {
+                        v += ra[i * k + l] * rw[l * n + j];
+                    }
+                    worst_error = worst_error.max((v - f64::from(out[i * n + j])).abs());
+                }
+            }
+            // Products of bfloat16 values are exact in float32; only the float32 sums round.
+            assert!(
+                worst_error < 1e-4 * (k as f64).sqrt() * 4.0,
+                "{m}x{k}x{n}: worst error {worst_error}"
+            );
+        }
+    }
+    // Rounding: ties to even, and a value between two bfloat16s to the nearer.
+    assert_eq!(amx::bf16(1.0), 0x3f80);
+    assert_eq!(amx::bf16(f32::from_bits(0x3f80_8000)), 0x3f80);
+    assert_eq!(amx::bf16(f32::from_bits(0x3f81_8000)), 0x3f82);
+    assert_eq!(amx::bf16(f32::from_bits(0x3f80_8001)), 0x3f81);
+}
