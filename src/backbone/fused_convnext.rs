@@ -60,18 +60,8 @@ impl Patchify {
         }
     }
 
-    fn geometry(&self, [height, width]: [usize; 2]) -> ConvGeometry {
-        let k = self.kernel;
-        ConvGeometry {
-            height,
-            width,
-            kernel: k,
-            stride: k,
-            pad_top: 0,
-            pad_left: 0,
-            out_height: height.saturating_sub(k) / k + 1,
-            out_width: width.saturating_sub(k) / k + 1,
-        }
+    fn geometry(&self, size: [usize; 2]) -> ConvGeometry {
+        ConvGeometry::patches(size, self.kernel)
     }
 }
 
@@ -236,17 +226,7 @@ impl FusedConvNeXt {
     /// `x + fc2(gelu(fc1(LN(dwconv(x)))))` on `s.x` (`[h * w, c]`), in place.
     fn block(&self, block: &Block, [h, w]: [usize; 2], c: usize, s: &mut Scratch) {
         let pixels = h * w;
-        let pad = DEPTHWISE_KERNEL / 2;
-        let g = ConvGeometry {
-            height: h,
-            width: w,
-            kernel: DEPTHWISE_KERNEL,
-            stride: 1,
-            pad_top: pad,
-            pad_left: pad,
-            out_height: h,
-            out_width: w,
-        };
+        let g = ConvGeometry::same([h, w], DEPTHWISE_KERNEL);
         let depthwise = sized(&mut s.depthwise, pixels * c);
         kernels::depthwise(
             &s.x[..pixels * c],

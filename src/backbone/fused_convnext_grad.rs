@@ -286,18 +286,8 @@ impl Patch<'_> {
         }
     }
 
-    fn geometry(&self, [height, width]: [usize; 2]) -> ConvGeometry {
-        let k = self.kernel;
-        ConvGeometry {
-            height,
-            width,
-            kernel: k,
-            stride: k,
-            pad_top: 0,
-            pad_left: 0,
-            out_height: height.saturating_sub(k) / k + 1,
-            out_width: width.saturating_sub(k) / k + 1,
-        }
+    fn geometry(&self, size: [usize; 2]) -> ConvGeometry {
+        ConvGeometry::patches(size, self.kernel)
     }
 
     fn forward(&self, columns: &[f32], rows: usize, out: &mut [f32]) {
@@ -483,18 +473,8 @@ pub(super) fn forward_batch(
     (features, saved)
 }
 
-fn depthwise_geometry([h, w]: [usize; 2]) -> ConvGeometry {
-    let pad = DEPTHWISE / 2;
-    ConvGeometry {
-        height: h,
-        width: w,
-        kernel: DEPTHWISE,
-        stride: 1,
-        pad_top: pad,
-        pad_left: pad,
-        out_height: h,
-        out_width: w,
-    }
+fn depthwise_geometry(size: [usize; 2]) -> ConvGeometry {
+    ConvGeometry::same(size, DEPTHWISE)
 }
 
 /// `count` planar images through the network: their features and saved maps.

@@ -27,16 +27,8 @@ impl Dense {
             Some(bias) => to_vec(bias.val()),
             None => vec![0.0; out],
         };
-        // Layer scale `ls * (x W + b)` is `x (W ls) + b ls`.
         if let Some(scale) = scale {
-            for row in weight.chunks_exact_mut(out) {
-                for (w, s) in row.iter_mut().zip(&scale) {
-                    *w *= s;
-                }
-            }
-            for (b, s) in bias.iter_mut().zip(&scale) {
-                *b *= s;
-            }
+            fold_layer_scale(&mut weight, &mut bias, &scale);
         }
         Self::from_parts(weight, bias)
     }
@@ -87,6 +79,15 @@ impl Dense {
             out,
         );
     }
+}
+
+/// Layer scale `ls * (x W + b)` is `x (W ls) + b ls`: folds `scale` (one per output) into
+/// `[in, out]` row-major weights and their bias.
+pub(super) fn fold_layer_scale(weight: &mut [f32], bias: &mut [f32], scale: &[f32]) {
+    for row in weight.chunks_exact_mut(scale.len()) {
+        row.iter_mut().zip(scale).for_each(|(w, s)| *w *= s);
+    }
+    bias.iter_mut().zip(scale).for_each(|(b, s)| *b *= s);
 }
 
 #[derive(Debug, Clone)]

@@ -11,6 +11,7 @@ use burn::nn::{LayerNorm, Linear};
 use burn::tensor::{Device, Tensor};
 
 use super::buffer_pool;
+use super::fused_layers::fold_layer_scale;
 use crate::kernels::{self, Activation};
 
 /// A Linear's weight (`[in, out]`) and bias in the parameter vector.
@@ -110,14 +111,11 @@ impl<'a> Dense<'a> {
                 bias: Cow::Borrowed(bias),
             };
         };
-        let scale = &params[scale.clone()];
-        let mut folded = weight.to_vec();
-        for row in folded.chunks_exact_mut(scale.len()) {
-            row.iter_mut().zip(scale).for_each(|(w, s)| *w *= s);
-        }
+        let (mut weight, mut bias) = (weight.to_vec(), bias.to_vec());
+        fold_layer_scale(&mut weight, &mut bias, &params[scale.clone()]);
         Self {
-            weight: Cow::Owned(folded),
-            bias: Cow::Owned(bias.iter().zip(scale).map(|(b, s)| b * s).collect()),
+            weight: Cow::Owned(weight),
+            bias: Cow::Owned(bias),
         }
     }
 

@@ -28,6 +28,7 @@ use rayon::prelude::*;
 use super::buffer_pool;
 use super::fused::grow as sized;
 use super::fused_grad::{ConvSlot, FusedTrainOps, SavedForward};
+use super::fused_params::summed_group_gradients;
 use super::fused_resnet::{
     Buffers, Conv, STRIP, burn_layout, max_pool, pool_window, pooled_size, stem_conv, strip_shares,
 };
@@ -578,40 +579,15 @@ impl SavedForward for SavedResNet {
         let d_features: &[f32] = d_features.as_slice().expect("f32 gradient");
         let n: usize = self.groups.iter().map(|g| g.count).sum();
         let dim = d_features.len() / n.max(1);
-        let len = self.plan.folded_len;
-        let mut first = 0;
-        let starts: Vec<usize> = self
-            .groups
-            .iter()
-            .map(|g| {
-                first += g.count;
-                first - g.count
-            })
-            .collect();
-        let mut per_group: Vec<Vec<f32>> = self
-            .groups
-            .par_iter()
-            .zip(starts)
-            .map(|(group, start)| {
-                let mut grads = buffer_pool::zeroed(len);
+        let grads = summed_group_gradients(
+            &self.groups,
+            |g| g.count,
+            self.plan.folded_len,
+            |group, start, grads| {
                 let d = &d_features[start * dim..][..group.count * dim];
-                self.backward_group(group, start, d, &mut grads);
-                grads
-            })
-            .collect();
-        let mut grads = per_group.pop().unwrap_or_else(|| vec![0.0; len]);
-        // The groups' sums, a chunk per task.
-        const CHUNK: usize = 1 << 16;
-        grads
-            .par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(i, sum)| {
-                for other in &per_group {
-                    let other = &other[i * CHUNK..][..sum.len()];
-                    sum.iter_mut().zip(other).for_each(|(s, o)| *s += o);
-                }
-            });
-        per_group.into_iter().for_each(buffer_pool::give);
+                self.backward_group(group, start, d, grads);
+            },
+        );
         // cannot fail: graft's tensors are f32
         let params: &[f32] = self.params.as_slice().expect("f32 parameters");
         let unfolded = self.plan.unfold_gradient(&grads, params);

@@ -190,16 +190,8 @@ impl FusedVit {
         let k = 3 * p * p;
 
         // Patch embedding: im2col (non-overlapping windows) and one product, bias fused.
-        let geometry = ConvGeometry {
-            height,
-            width,
-            kernel: p,
-            stride: p,
-            pad_top: 0,
-            pad_left: 0,
-            out_height: gh,
-            out_width: gw,
-        };
+        let geometry = ConvGeometry::patches([height, width], p);
+        debug_assert_eq!(geometry.out_size(), [gh, gw]);
         let columns = sized(&mut s.patches, patches * k);
         kernels::im2col_planar(image, 3, geometry, 0, patches, columns);
         let x = sized(&mut s.x, tokens * d);

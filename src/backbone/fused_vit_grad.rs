@@ -510,16 +510,8 @@ fn forward_group(
 
     // Patch embedding, image by image: im2col and one product, bias and position embedding
     // fused, behind the prefix tokens.
-    let geometry = ConvGeometry {
-        height: batch.size[0],
-        width: batch.size[1],
-        kernel: p,
-        stride: p,
-        pad_top: 0,
-        pad_left: 0,
-        out_height: gh,
-        out_width: gw,
-    };
+    let geometry = ConvGeometry::patches(batch.size, p);
+    debug_assert_eq!(geometry.out_size(), [gh, gw]);
     let mut columns = buffer_pool::take(count * patches * k);
     let mut x = buffer_pool::take(rows * d);
     let image_len = batch.pixels.len() / count.max(1);

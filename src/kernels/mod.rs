@@ -200,6 +200,35 @@ pub struct ConvGeometry {
 }
 
 impl ConvGeometry {
+    /// Non-overlapping `kernel` x `kernel` windows, unpadded (a ViT's patch embedding, a
+    /// ConvNeXt's stem and downsampling convs).
+    pub fn patches([height, width]: [usize; 2], kernel: usize) -> Self {
+        Self {
+            height,
+            width,
+            kernel,
+            stride: kernel,
+            pad_top: 0,
+            pad_left: 0,
+            out_height: height.saturating_sub(kernel) / kernel + 1,
+            out_width: width.saturating_sub(kernel) / kernel + 1,
+        }
+    }
+
+    /// Stride 1 with `kernel / 2` zeros around (odd `kernel`): the output has the input's size.
+    pub fn same([height, width]: [usize; 2], kernel: usize) -> Self {
+        Self {
+            height,
+            width,
+            kernel,
+            stride: 1,
+            pad_top: kernel / 2,
+            pad_left: kernel / 2,
+            out_height: height,
+            out_width: width,
+        }
+    }
+
     /// The output columns whose whole window lies inside the image (no padding read).
     pub fn interior_columns(&self) -> std::ops::Range<usize> {
         let start = self.pad_left.div_ceil(self.stride).min(self.out_width);
