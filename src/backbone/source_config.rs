@@ -105,7 +105,8 @@ pub enum Precision {
     F32,
     /// The patch embedding and every Linear of a ViT / DINOv2 in bfloat16 on Intel AMX tiles
     /// (Xeon Sapphire Rapids and later), summed in float32; attention, LayerNorm and GELU stay
-    /// float32. Several times faster; features differ from float32's by about 1% of their size.
+    /// float32. 2.7x the float32 forward of a DINOv2 ViT-S/14 on 2 cores (`graft bench
+    /// forward`); features within about 1% of their largest value of float32's.
     Bf16,
 }
 
