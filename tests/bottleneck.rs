@@ -310,9 +310,7 @@ fn flowers_bottleneck_recipes_end_to_end() {
         .arg(dir.path().join("eval.json"))
         .arg(&flowers);
     run_ok(cmd);
-    let eval: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("eval.json")).unwrap())
-            .unwrap();
+    let eval: serde_json::Value = json(&dir.path().join("eval.json"));
     assert_eq!(
         eval["metrics"]["accuracy"].as_f64(),
         Some(accuracy["logreg"])

@@ -101,7 +101,7 @@ fn evaluate(
         .arg(data)
         .output()
         .unwrap());
-    serde_json::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap()
+    json(&output)
 }
 
 /// Head and logreg on a small folder, then evaluate, report, predict, and the refusals.
@@ -162,9 +162,7 @@ fn recipes_run_end_to_end(
             .arg(&data)
             .output()
             .unwrap());
-        let card: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("model.json")).unwrap())
-                .unwrap();
+        let card: serde_json::Value = json(&out.join("model.json"));
         assert_eq!(card["backbone"], name);
         if let Some(size) = options.iter().position(|o| *o == "--input-size") {
             assert_eq!(card["source"]["resolution"].to_string(), options[size + 1]);
@@ -174,9 +172,7 @@ fn recipes_run_end_to_end(
             assert_eq!(card["source"]["feature_dim"], 768);
             assert_eq!(card["source"]["pool"], "class_and_patch_mean");
         }
-        let metrics: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap())
-                .unwrap();
+        let metrics: serde_json::Value = json(&out.join("metrics.json"));
         let val = metrics["val"]["accuracy"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&val), "{stderr}");
         accuracy.insert(recipe, val);
@@ -289,8 +285,7 @@ fn finetune_runs_end_to_end(
         .arg(data)
         .output()
         .unwrap());
-    let plan: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("plan.json")).unwrap()).unwrap();
+    let plan: serde_json::Value = json(&out.join("plan.json"));
     let stages = plan["stages"].as_array().unwrap();
     assert_eq!(stages.len(), 2, "{plan}");
     let rates = stages[1]["learning_rates"].as_array().unwrap();
@@ -335,11 +330,9 @@ fn finetune_runs_end_to_end(
     // The saved backbone, in the checkpoint's own key names: frozen groups (and BatchNorm's
     // running statistics) exactly as pretrained, the trained groups moved. The run keeps its
     // best epoch: a group unfrozen in stage 2 moved only when that epoch is in stage 2.
-    let card: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("model.json")).unwrap()).unwrap();
+    let card: serde_json::Value = json(&out.join("model.json"));
     assert_eq!(card["recipe"], "finetune", "{card}");
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let metrics: serde_json::Value = json(&out.join("metrics.json"));
     let best = metrics["best_epoch"].as_u64().unwrap();
     let kept_stage = card["hyperparameters"]["stage_starts"]
         .as_array()
@@ -614,9 +607,7 @@ fn bfloat16_features_are_cached_apart_and_recorded_in_the_run() {
             precision == "bf16" && !amx,
             "{stderr}"
         );
-        let card: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("model.json")).unwrap())
-                .unwrap();
+        let card: serde_json::Value = json(&out.join("model.json"));
         cards.insert(precision, card);
         let seen: Vec<_> = new_variant.values().flatten().cloned().collect();
         let fresh: Vec<_> = variants(&cache)

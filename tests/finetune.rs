@@ -56,22 +56,19 @@ fn finetune_saves_a_backbone_that_predict_and_evaluate_use() {
     ] {
         assert!(run.join(file).is_file(), "no {file}");
     }
-    let card: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("model.json")).unwrap()).unwrap();
+    let card: serde_json::Value = json(&run.join("model.json"));
     assert_eq!(card["recipe"], "finetune");
     assert_eq!(card["backbone_file"], "backbone.safetensors");
     assert_ne!(
         card["weights_id"],
         card["hyperparameters"]["parent_weights_id"]
     );
-    let plan: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("plan.json")).unwrap()).unwrap();
+    let plan: serde_json::Value = json(&run.join("plan.json"));
     assert_eq!(plan["stages"].as_array().unwrap().len(), 2);
     assert_eq!(plan["bn_mode"], "frozen");
 
     // evaluate through the saved backbone reproduces the training metrics.
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    let metrics: serde_json::Value = json(&run.join("metrics.json"));
     let eval = dir.path().join("eval.json");
     ok(graft()
         .args(["evaluate", "--split", "val", "--cache-dir"])
@@ -83,8 +80,7 @@ fn finetune_saves_a_backbone_that_predict_and_evaluate_use() {
         .arg(&data)
         .output()
         .unwrap());
-    let eval: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&eval).unwrap()).unwrap();
+    let eval: serde_json::Value = json(&eval);
     assert_eq!(eval["metrics"]["accuracy"], metrics["val"]["accuracy"]);
 
     let photo = std::fs::read_dir(data.join("roses"))

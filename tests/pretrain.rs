@@ -9,10 +9,6 @@ use std::process::Command;
 
 use common::*;
 
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
 /// Small, fast settings: 64 px views, 3 epochs of 3 steps.
 fn pretrain(data: &Path, cache: &Path) -> Command {
     let mut cmd = graft();

@@ -694,8 +694,7 @@ fn images_with_missing_data_are_named_and_leave_no_feature_row() {
     ]);
     assert_eq!(status, Some(0), "{stderr}");
     named_once("train", &stderr);
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let metrics: serde_json::Value = json(&out.join("metrics.json"));
     assert_eq!(
         metrics["train_size"].as_u64().unwrap() + metrics["val_size"].as_u64().unwrap(),
         8

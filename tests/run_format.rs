@@ -17,10 +17,6 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
 /// A copy of a committed run directory (tests that write into it work on the copy).
 fn copy(name: &str, to: &Path) -> PathBuf {
     let dir = to.join(name);

@@ -149,6 +149,11 @@ pub fn copy_flowers(root: &Path, classes: &[&str], per_class: usize) {
     }
 }
 
+/// A JSON file a run wrote (model.json, metrics.json, plan.json, ...).
+pub fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 /// The graft binary under test, on 2 threads.
 pub fn graft() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_graft"));
