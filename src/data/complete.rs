@@ -109,13 +109,16 @@ pub fn jpeg_missing(bytes: &[u8]) -> Option<Missing> {
         }
         if marker == 0xDA {
             // Start of scan: entropy-coded data up to the next marker that is not a stuffed
-            // 0xFF00 or a restart marker.
-            // A 0xFF byte is rare in it (one in a few hundred): searched for, not stepped to.
+            // 0xFF00 or a restart marker. 0xFF bytes are rare in it: searched for, not stepped to.
             let start = i;
-            let is_marker = |&at: &usize| matches!(bytes.get(at + 1), Some(&code) if code != 0 && !(0xD0..=0xD7).contains(&code));
+            let ends_scan = |at: &usize| {
+                bytes
+                    .get(at + 1)
+                    .is_some_and(|&code| code != 0 && !(0xD0..=0xD7).contains(&code))
+            };
             i = memchr::memchr_iter(0xFF, &bytes[start..])
                 .map(|offset| start + offset)
-                .find(is_marker)
+                .find(ends_scan)
                 .unwrap_or(start.max(bytes.len() - 1));
             if i > start {
                 scans += 1;
