@@ -8,10 +8,9 @@ use std::path::Path;
 use burn::module::{Param, RunningState};
 use burn::tensor::Tensor;
 
-use super::blocks::ConvBnAct;
-use super::mbnet::MbNet;
-use super::names::{BlockPart, KeyLayout};
-use super::{Arch, Network};
+use super::arch::Arch;
+use super::mbconv;
+use super::network::Network;
 use crate::weights::loader::TensorKeys;
 
 /// Collects a model's tensors under their checkpoint keys, as f32, for [`TensorSink::write`].
@@ -73,42 +72,18 @@ impl TensorKeys for TensorSink {
     fn skip_prefix(&mut self, _prefix: &str) {}
 }
 
-fn mbconv_keys(mut net: MbNet, layout: KeyLayout, out: &mut TensorSink) {
-    let mut conv = |layer: &mut ConvBnAct, (conv, bn): (String, String)| {
-        out.param(&mut layer.weight, &conv);
-        out.batch_norm(&mut layer.bn, &bn);
-    };
-    conv(&mut net.stem, layout.stem());
-    let blocks = net.blocks.len();
-    for (index, block) in net.blocks.iter_mut().enumerate() {
-        let has_expand = block.expand.is_some();
-        if let Some(expand) = &mut block.expand {
-            conv(expand, layout.block(index, BlockPart::Expand, has_expand));
-        }
-        conv(
-            &mut block.depthwise,
-            layout.block(index, BlockPart::Depthwise, has_expand),
-        );
-        conv(
-            &mut block.project,
-            layout.block(index, BlockPart::Project, has_expand),
-        );
-    }
-    conv(&mut net.head, layout.head(blocks));
-}
-
 /// Write `net` (of `arch`, with unfolded BatchNorm) to `path` in the checkpoint key names of
 /// `arch`'s layout. A pretrained classifier is saved when the network has one; a fine-tuned
 /// backbone is loaded without it (it has its own head).
 pub fn save_safetensors(net: &Network, arch: &Arch, path: &Path) -> std::io::Result<()> {
     let mut out = TensorSink::default();
     match (net.clone(), arch) {
-        (Network::MbConv(net), Arch::MbConv { layout, .. }) => {
+        (Network::MbConv(mut net), Arch::MbConv { layout, .. }) => {
             assert!(
                 net.stem.folded_bias.is_none(),
                 "a network with folded BatchNorm cannot be saved in checkpoint layout"
             );
-            mbconv_keys(net, *layout, &mut out);
+            mbconv::keys::visit_keys(&mut net, *layout, &mut out);
         }
         (Network::ResNet(mut net), Arch::ResNet(_)) => {
             assert!(

@@ -119,7 +119,7 @@ impl Precision {
 static BF16_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 /// Ask for [`Precision::Bf16`] inference in this process (the command line's `--precision`);
-/// [`Backbone::for_inference`](super::Backbone::for_inference) grants it where it can.
+/// [`Backbone::for_inference`](crate::backbone::Backbone::for_inference) grants it where it can.
 pub fn set_precision(precision: Precision) {
     BF16_REQUESTED.store(precision == Precision::Bf16, Ordering::Relaxed);
 }

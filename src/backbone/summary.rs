@@ -6,10 +6,10 @@ use burn::module::Module;
 use burn::nn::BatchNorm;
 use burn::tensor::Tensor;
 
-use super::Network;
-use super::blocks::{ConvBnAct, conv_output_size};
 use super::convnext::ConvNeXt;
-use super::mbnet::MbNet;
+use super::mbconv::MbNet;
+use super::mbconv::blocks::{ConvBnAct, conv_output_size};
+use super::network::Network;
 use super::resnet::{ResBlock, ResNet};
 use super::vit::Vit;
 

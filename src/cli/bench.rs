@@ -113,7 +113,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
 /// Run `work` with per-layer timing on and print the CPU time per layer type of the fused CPU
 /// network (`fused`: whether it runs at all), and the CPU time spent outside it.
 fn print_layer_profile(fused: bool, work: impl FnOnce()) {
-    use graft::backbone::layer_profile;
+    use graft::backbone::fused::profile as layer_profile;
     if !fused {
         eprintln!(
             "--profile: per-layer times are kept by the MBConv family's fused CPU network; not used here"

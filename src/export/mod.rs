@@ -21,8 +21,8 @@ use burn::tensor::Tensor;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::blocks::{ConvBnAct, axis_padding};
-use crate::backbone::mbnet::MbNet;
+use crate::backbone::mbconv::MbNet;
+use crate::backbone::mbconv::blocks::{ConvBnAct, axis_padding};
 use crate::backbone::{Backbone, CropRule, SourceConfig};
 use crate::head::Head;
 use crate::run::TrainedModel;
@@ -456,7 +456,7 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
-    use crate::backbone::mbnet::MbNet;
+    use crate::backbone::mbconv::MbNet;
     use crate::backbone::{PaddingMode, find};
 
     fn random_backbone(name: &str, padding: PaddingMode) -> Backbone {

@@ -1,5 +1,5 @@
 //! The backward kernels of the training form of the fused network
-//! ([`crate::backbone::fused_grad`]): the two products of a 1x1 conv's gradient, a depthwise
+//! ([`crate::backbone::fused::train`]): the two products of a 1x1 conv's gradient, a depthwise
 //! conv's weight and input gradients in one pass over its output gradient, ReLU6's mask and
 //! column sums (a bias's gradient). NHWC, one image per call, like the forward kernels.
 

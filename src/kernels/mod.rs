@@ -3,7 +3,7 @@
 //! tiles, a depthwise convolution vectorised over channels, im2col for the KxK convs, Winograd's
 //! F(4x4, 3x3) for stride-1 3x3 convs ([`Winograd3x3`]), the transformer's row kernels
 //! ([`transformer`]), bfloat16 products on AMX tiles ([`amx`]) and the MBConv backward kernels. The networks built on them are in
-//! `crate::backbone::fused*`; these functions know nothing about them.
+//! `crate::backbone::*/fused*`; these functions know nothing about them.
 //!
 //! Why: burn-flex runs these layers NCHW with a separate pass for every bias, BatchNorm, clamp
 //! and add, and its depthwise convolution loops over the channels; the memory traffic, not the

@@ -1,7 +1,7 @@
 //! Transformer-block kernels on one image's tokens (`[tokens, dim]`, row-major): LayerNorm in
 //! one pass per row, exact GELU as a vectorisable rational approximation of erf, and one
 //! attention head as two matrix products around a fused scale + softmax, reading q, k and v in
-//! place from the QKV product. The network built on them is [`crate::backbone::fused_vit`].
+//! place from the QKV product. The network built on them is [`crate::backbone::vit::fused`].
 
 use super::simd::dispatch;
 use super::{Matrix, MatrixRef, product};

@@ -32,7 +32,7 @@ use crate::adapted::{
     self, BACKBONE_FILE, CHECKPOINT_DIR, PretrainCard, PretrainMetrics, Probe, ProbeScores,
 };
 use crate::backbone::export::save_safetensors;
-use crate::backbone::mbnet::MbNet;
+use crate::backbone::mbconv::MbNet;
 use crate::backbone::{Backbone, LoadOptions};
 use crate::data::dataset::{self, Dataset, SplitOptions};
 use crate::progress::Progress;

@@ -1,7 +1,7 @@
 //! How a training step runs the backbone: burn's autodiff over its modules, or on the CPU with
 //! frozen BatchNorm (or none) the fused kernels with their own backward pass
-//! ([`crate::backbone::fused_grad`] for MBConv, `fused_resnet_grad`, `fused_convnext_grad`,
-//! `fused_vit_grad`; faster than PyTorch's step: `bench/train_step.sh`). Either way
+//! (each family's `fused_grad`, through [`crate::backbone::fused::train`]; faster than
+//! PyTorch's step: `bench/train_step.sh`). Either way
 //! what couples the batch (dropout, the top, the loss; for SimCLR the projection head and
 //! NT-Xent) runs on burn, on the whole batch's features.
 
@@ -9,8 +9,8 @@ use burn::tensor::{Gradients, Tensor};
 
 use super::freeze::BnMode;
 use crate::backbone::Network;
-use crate::backbone::mbnet::Start;
-use crate::backbone::{fused_convnext_grad, fused_grad, fused_resnet_grad, fused_vit_grad};
+use crate::backbone::family::Start;
+use crate::backbone::{convnext, mbconv, resnet, vit};
 
 /// How a training step runs the backbone's forward and backward passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,23 +50,23 @@ pub fn backbone_backward<T>(
     loss_of: impl FnOnce(Tensor<2>) -> (Tensor<1>, T),
 ) -> (Tensor<1>, T, Gradients) {
     let features = match (net, pass) {
-        (Network::MbConv(net), BackbonePass::Fused) => fused_grad::features(net, start, x),
+        (Network::MbConv(net), BackbonePass::Fused) => mbconv::fused_grad::features(net, start, x),
         (Network::MbConv(net), BackbonePass::Burn) => net.forward_features_from(start, x),
-        (Network::ResNet(net), BackbonePass::Fused) => fused_resnet_grad::features(net, start, x),
+        (Network::ResNet(net), BackbonePass::Fused) => resnet::fused_grad::features(net, start, x),
         (Network::ResNet(net), BackbonePass::Burn) => net.forward_features_from(start, x),
         (Network::ConvNeXt(net), BackbonePass::Fused) => {
             debug_assert!(
                 matches!(start, Start::Image),
                 "ConvNeXt's op has its own prefix"
             );
-            fused_convnext_grad::features(net, x)
+            convnext::fused_grad::features(net, x)
         }
         (Network::Vit(net), BackbonePass::Fused) => {
             debug_assert!(
                 matches!(start, Start::Image),
                 "a ViT's op has its own prefix"
             );
-            fused_vit_grad::features(net, x)
+            vit::fused_grad::features(net, x)
         }
         (net, _) => {
             debug_assert!(

@@ -21,75 +21,17 @@ use super::epochs::{Best, EarlyStopping, check_resumed_options, epoch_order};
 use super::freeze::group_rates;
 pub use super::freeze::{BnMode, set_trainable};
 use super::plan::Plan;
-use super::schedule::{Schedule, factor};
-use crate::backbone::fused::FusedNet;
-use crate::backbone::fused_resnet::FusedResNet;
-use crate::backbone::mbnet::Start;
+pub use super::plan::{FinetuneOptions, Unfreeze};
+use super::schedule::factor;
+use crate::backbone::family::Start;
+use crate::backbone::mbconv::fused::FusedNet;
+use crate::backbone::resnet::fused::FusedResNet;
 use crate::backbone::{Backbone, Network, SourceConfig};
-use crate::data::augment::{Augment, augmented, image_rng};
+use crate::data::augment::{augmented, image_rng};
 use crate::data::{DecodeLimits, decode_rgb, load_images, to_batch};
 use crate::head::Head;
 use crate::metrics::argmax_rows;
 use crate::rng::{RunRng, dropout, run_rng};
-
-/// How the backbone is unfrozen after the head round.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Unfreeze {
-    /// One more layer group per stage, from the top (head conv, last stage, ...).
-    Gradual,
-    /// Every group at once.
-    All,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FinetuneOptions {
-    /// Peak learning rate of the new top.
-    pub head_learning_rate: f64,
-    /// Peak learning rate of the top-most backbone group; lower groups get it times
-    /// `lr_decay` per group further down.
-    pub backbone_learning_rate: f64,
-    pub lr_decay: f64,
-    pub unfreeze: Unfreeze,
-    pub stages: usize,
-    pub epochs_per_stage: usize,
-    pub schedule: Schedule,
-    pub batch_size: usize,
-    pub bn_mode: BnMode,
-    pub augment: Augment,
-    pub dropout: f64,
-    pub weight_decay: f64,
-    pub label_smoothing: f64,
-    pub seed: u64,
-    /// Epochs of the head round on cached features before unfreezing (0 = none).
-    pub head_epochs: usize,
-    /// Stop after this many epochs without a lower validation loss (the best weights are kept
-    /// either way).
-    pub patience: usize,
-}
-
-impl Default for FinetuneOptions {
-    fn default() -> Self {
-        Self {
-            head_learning_rate: 1e-3,
-            backbone_learning_rate: 1e-4,
-            lr_decay: 0.7,
-            unfreeze: Unfreeze::Gradual,
-            stages: 3,
-            epochs_per_stage: 2,
-            schedule: Schedule::Cosine,
-            batch_size: 16,
-            bn_mode: BnMode::Frozen,
-            augment: Augment::Light,
-            dropout: 0.2,
-            weight_decay: 1e-4,
-            label_smoothing: 0.1,
-            seed: 0,
-            head_epochs: 100,
-            patience: 10,
-        }
-    }
-}
 
 /// The backbone and the new top, trained together.
 #[derive(Module, Debug)]
@@ -517,7 +459,7 @@ pub fn finetune(
             }
         }
     }
-    crate::backbone::fused_grad::release_buffers();
+    crate::backbone::fused::train::release_buffers();
     // A stage that an early stop skipped entirely never started.
     stage_starts.retain(|&start| start <= history.len());
     let (best_epoch, best_model) = stopping
@@ -583,7 +525,7 @@ fn load_checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backbone::mbnet::MbNet;
+    use crate::backbone::mbconv::MbNet;
     use crate::rng::random_tensor;
     use burn::tensor::Distribution;
 
@@ -800,7 +742,7 @@ mod tests {
         assert!(FrozenPrefix::for_stage(&model.net, &[0, 4], BnMode::Frozen).is_none());
     }
 
-    fn mb(model: &FinetuneModel) -> &crate::backbone::mbnet::MbNet {
+    fn mb(model: &FinetuneModel) -> &crate::backbone::mbconv::MbNet {
         model.net.as_mbconv().unwrap()
     }
 

@@ -1,11 +1,13 @@
 //! The fine-tuning plan: which layer groups train in each stage of gradual unfreezing, and at
 //! what peak learning rate. It is made once, by [`Plan::new`]; the training loop reads its
 //! rates ([`PlannedStage::peak_rates`]), the command line prints it ([`Plan::lines`]), the run
-//! directory stores it (`plan.json`) and the report draws it, all through this one type.
+//! directory stores it (`plan.json`) and the report draws it, all through this one type. Its
+//! input, [`FinetuneOptions`], lives here too, below the training loop that follows the plan
+//! (`train::finetune` re-exports it).
 
 use serde::{Deserialize, Serialize};
 
-use super::finetune::{BnMode, FinetuneOptions, Unfreeze};
+use super::freeze::BnMode;
 use super::schedule::Schedule;
 use crate::backbone::Network;
 use crate::backbone::summary::summarize_network;
@@ -16,6 +18,65 @@ pub const PLAN_FILE: &str = "plan.json";
 
 /// The top's name in [`PlannedStage::learning_rates`] (after the backbone's layer groups).
 pub const TOP: &str = "top";
+
+/// How the backbone is unfrozen after the head round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Unfreeze {
+    /// One more layer group per stage, from the top (head conv, last stage, ...).
+    Gradual,
+    /// Every group at once.
+    All,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneOptions {
+    /// Peak learning rate of the new top.
+    pub head_learning_rate: f64,
+    /// Peak learning rate of the top-most backbone group; lower groups get it times
+    /// `lr_decay` per group further down.
+    pub backbone_learning_rate: f64,
+    pub lr_decay: f64,
+    pub unfreeze: Unfreeze,
+    pub stages: usize,
+    pub epochs_per_stage: usize,
+    pub schedule: Schedule,
+    pub batch_size: usize,
+    pub bn_mode: BnMode,
+    pub augment: Augment,
+    pub dropout: f64,
+    pub weight_decay: f64,
+    pub label_smoothing: f64,
+    pub seed: u64,
+    /// Epochs of the head round on cached features before unfreezing (0 = none).
+    pub head_epochs: usize,
+    /// Stop after this many epochs without a lower validation loss (the best weights are kept
+    /// either way).
+    pub patience: usize,
+}
+
+impl Default for FinetuneOptions {
+    fn default() -> Self {
+        Self {
+            head_learning_rate: 1e-3,
+            backbone_learning_rate: 1e-4,
+            lr_decay: 0.7,
+            unfreeze: Unfreeze::Gradual,
+            stages: 3,
+            epochs_per_stage: 2,
+            schedule: Schedule::Cosine,
+            batch_size: 16,
+            bn_mode: BnMode::Frozen,
+            augment: Augment::Light,
+            dropout: 0.2,
+            weight_decay: 1e-4,
+            label_smoothing: 0.1,
+            seed: 0,
+            head_epochs: 100,
+            patience: 10,
+        }
+    }
+}
 
 /// One stage of the plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -21,7 +21,7 @@ use super::freeze::{BnMode, set_trainable};
 use super::schedule::{Schedule, factor};
 use crate::backbone::Network;
 use crate::backbone::SourceConfig;
-use crate::backbone::mbnet::Start;
+use crate::backbone::family::Start;
 use crate::data::augment::{image_rng, simclr_view};
 use crate::data::{Chw, DecodeLimits, decode_rgb, to_batch};
 use crate::metrics::argmax_rows;
@@ -344,7 +344,7 @@ pub fn pretrain(
             },
         )?;
     }
-    crate::backbone::fused_grad::release_buffers();
+    crate::backbone::fused::train::release_buffers();
     Ok(PretrainResult {
         net: model.valid().net,
         history,
@@ -380,7 +380,7 @@ mod tests {
         let info = crate::backbone::find("efficientnet-lite0").unwrap();
         let config = info.source_config(None);
         let mut rng = run_rng(0, 0);
-        let net = crate::backbone::mbnet::MbNet::init(
+        let net = crate::backbone::mbconv::MbNet::init(
             &info.mbconv().unwrap().0,
             config.padding,
             config.bn_eps,

@@ -11,7 +11,7 @@ use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig, Pa
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
-use super::mbnet::global_average_pool;
+use crate::backbone::family::global_average_pool;
 use crate::weights::loader::TensorKeys;
 
 const LN_EPS: f64 = 1e-6;
@@ -174,7 +174,7 @@ pub struct ConvNeXt {
 }
 
 impl ConvNeXt {
-    /// The network of `spec` (weights to be filled by [`Network::load`](super::Network::load)); `fc` only when
+    /// The network of `spec` (weights to be filled by [`Network::load`](crate::backbone::Network::load)); `fc` only when
     /// `include_top`.
     pub fn init(spec: &ConvNeXtSpec, include_top: bool, device: &Device) -> Self {
         let stages = (0..4)

@@ -11,10 +11,10 @@ use std::cell::RefCell;
 
 use burn::tensor::Tensor;
 
-use super::fused::{Classifier, PooledForward, grow as sized, per_image, to_vec};
-use super::fused_layers::{Dense, Norm};
-use super::source_config::Precision;
-use super::vit::{Vit, resample_rows};
+use super::model::{Vit, resample_rows};
+use crate::backbone::fused::layers::{Dense, Norm};
+use crate::backbone::fused::{Classifier, PooledForward, grow as sized, per_image, to_vec};
+use crate::backbone::source_config::Precision;
 use crate::kernels::transformer::{attention_head, gelu};
 use crate::kernels::{self, ConvGeometry};
 

@@ -7,29 +7,30 @@
 
 use std::cell::RefCell;
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::blocks::{ConvBnAct, axis_padding, conv_output_size};
-use super::layer_profile::{LayerKind, timed};
-use super::mbnet::MbNet;
-use super::source_config::PaddingMode;
+use super::model::MbNet;
+use crate::backbone::fused::profile::{LayerKind, timed};
+use crate::backbone::fused::{chw, classify_batch, grow, per_image_maps, to_vec, transpose};
+use crate::backbone::source_config::PaddingMode;
 use crate::kernels::{self, Activation, ConvGeometry};
 
 /// Rows of the stem's im2col matrix built at a time.
-pub(super) const STEM_ROWS: usize = 256;
+pub(in crate::backbone) const STEM_ROWS: usize = 256;
 
 /// Output pixels per strip of an MBConv block (see [`Block::forward`]).
 const STRIP_PIXELS: usize = 256;
 
 /// A convolution's folded weights in the layout its kernel reads.
-pub(super) struct Layer {
+pub(in crate::backbone) struct Layer {
     /// 1x1: `[in, out]`; depthwise: `[kernel * kernel, channels]`; stem: `[in * k * k, out]`.
-    pub(super) weight: Vec<f32>,
-    pub(super) bias: Vec<f32>,
-    pub(super) kernel: usize,
-    pub(super) stride: usize,
-    pub(super) activation: Activation,
+    pub(in crate::backbone) weight: Vec<f32>,
+    pub(in crate::backbone) bias: Vec<f32>,
+    pub(in crate::backbone) kernel: usize,
+    pub(in crate::backbone) stride: usize,
+    pub(in crate::backbone) activation: Activation,
 }
 
 impl Layer {
@@ -47,7 +48,7 @@ impl Layer {
 
     /// A layer from its folded `weight` in burn's `[out, in/groups, k, k]` layout (`dims`),
     /// its `bias`, and its `(kernel, stride, activation)`.
-    pub(super) fn from_burn_layout(
+    pub(in crate::backbone) fn from_burn_layout(
         weight: &[f32],
         dims: [usize; 4],
         bias: Vec<f32>,
@@ -66,16 +67,16 @@ impl Layer {
         }
     }
 
-    pub(super) fn out_channels(&self) -> usize {
+    pub(in crate::backbone) fn out_channels(&self) -> usize {
         self.bias.len()
     }
 
     /// Rows of the weight matrix: input channels of a 1x1 conv, `in * k * k` for the stem.
-    pub(super) fn rows(&self) -> usize {
+    pub(in crate::backbone) fn rows(&self) -> usize {
         self.weight.len() / self.out_channels()
     }
 
-    pub(super) fn geometry(
+    pub(in crate::backbone) fn geometry(
         &self,
         padding: PaddingMode,
         height: usize,
@@ -95,7 +96,7 @@ impl Layer {
     }
 
     /// 1x1 convolution of `pixels` NHWC rows.
-    pub(super) fn pointwise(
+    pub(in crate::backbone) fn pointwise(
         &self,
         input: &[f32],
         pixels: usize,
@@ -120,7 +121,7 @@ impl Layer {
     /// The stem: this dense conv on a planar RGB image (`[3, H, W]`) into NHWC `out`; the
     /// direct kernel when it takes the channel count, else im2col a band of output pixels at a
     /// time into `columns` and one product per band.
-    pub(super) fn conv_image(
+    pub(in crate::backbone) fn conv_image(
         &self,
         image: &[f32],
         g: ConvGeometry,
@@ -239,13 +240,6 @@ struct Scratch {
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::default();
-}
-
-pub(super) fn grow(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if buffer.len() < len {
-        buffer.resize(len, 0.0);
-    }
-    &mut buffer[..len]
 }
 
 /// One activation map reported by [`FusedNet::forward_taps`]: NHWC values of one image.
@@ -487,195 +481,10 @@ impl FusedNet {
 }
 
 /// What follows `layer`'s convolution, for the kernels.
-pub(super) fn activation_of(layer: &ConvBnAct) -> Activation {
+pub(in crate::backbone) fn activation_of(layer: &ConvBnAct) -> Activation {
     if layer.activation {
         Activation::Relu6
     } else {
         Activation::None
     }
-}
-
-/// The `[columns, rows]` transpose of the row-major `[rows, columns]` matrix `values`.
-pub(super) fn transpose(values: &[f32], rows: usize, columns: usize) -> Vec<f32> {
-    assert_eq!(values.len(), rows * columns);
-    let mut out = vec![0.0; values.len()];
-    for (r, row) in values.chunks_exact(columns.max(1)).enumerate() {
-        for (c, v) in row.iter().enumerate() {
-            out[c * rows + r] = *v;
-        }
-    }
-    out
-}
-
-/// `features @ weight + bias` for every row of `features` (`width` values each, of which the
-/// first `dim` feed the classifier: `[dim, classes]`), the whole batch at once: a share of the
-/// rows per worker thread, so that the classifier's weights are read once per share, not once
-/// per image, and no core waits for this step.
-pub(super) fn classify_batch(
-    features: &[f32],
-    width: usize,
-    dim: usize,
-    weight: &[f32],
-    bias: &[f32],
-) -> Vec<f32> {
-    let n = features.len() / width.max(1);
-    let classes = bias.len();
-    let mut logits = vec![0.0; n * classes];
-    let rows = n.div_ceil(rayon::current_num_threads()).max(1);
-    logits
-        .par_chunks_mut(rows * classes)
-        .zip(features.par_chunks(rows * width))
-        .for_each(|(logits, features)| {
-            timed(LayerKind::Classifier, || {
-                let share = features.len() / width;
-                // The classifier's inputs, contiguous (a copy only when `width > dim`).
-                let inputs: std::borrow::Cow<'_, [f32]> = if width == dim {
-                    features.into()
-                } else {
-                    features
-                        .chunks_exact(width)
-                        .flat_map(|row| &row[..dim])
-                        .copied()
-                        .collect::<Vec<f32>>()
-                        .into()
-                };
-                kernels::pointwise(
-                    &inputs,
-                    share,
-                    dim,
-                    weight,
-                    bias,
-                    Activation::None,
-                    None,
-                    logits,
-                )
-            })
-        });
-    logits
-}
-
-/// Every image of `batch` (`[N, 3, H, W]`) through `forward_image(image, [H, W])` on the
-/// worker threads, each giving a `[C, H', W']` map: the `[N, C, H', W']` batch of them (a frozen
-/// prefix's output, for burn to go on from).
-pub(super) fn per_image_maps(
-    batch: Tensor<4>,
-    forward_image: impl Fn(&[f32], [usize; 2]) -> (Vec<f32>, [usize; 3]) + Sync,
-) -> Tensor<4> {
-    let [n, _, h, w] = batch.dims();
-    let device = batch.device();
-    let data = batch.into_data();
-    // cannot fail: image batches are f32
-    let input: &[f32] = data.as_slice().expect("an f32 batch");
-    let image_len = input.len() / n.max(1);
-    let maps: Vec<(Vec<f32>, [usize; 3])> = input
-        .par_chunks(image_len.max(1))
-        .map(|image| forward_image(image, [h, w]))
-        .collect();
-    let [c, oh, ow] = maps.first().map_or([0, 0, 0], |(_, shape)| *shape);
-    let flat: Vec<f32> = maps.into_iter().flat_map(|(chw, _)| chw).collect();
-    Tensor::from_data(TensorData::new(flat, [n, c, oh, ow]), &device)
-}
-
-/// An NHWC map of `[height, width, channels]` as CHW (burn's layout), with its shape.
-pub(super) fn chw(nhwc: &[f32], [height, width, channels]: [usize; 3]) -> (Vec<f32>, [usize; 3]) {
-    let pixels = height * width;
-    let mut out = vec![0.0; channels * pixels];
-    for (pixel, values) in nhwc[..pixels * channels].chunks_exact(channels).enumerate() {
-        for (channel, v) in values.iter().enumerate() {
-            out[channel * pixels + pixel] = *v;
-        }
-    }
-    (out, [channels, height, width])
-}
-
-/// A fused form that pools each image to one row (ResNet, ConvNeXt, ViT): its
-/// [`FusedForward`](super::FusedForward) follows from these three.
-pub(super) trait PooledForward: std::fmt::Debug + Send + Sync {
-    /// Values per row of [`PooledForward::pooled`].
-    fn row_width(&self) -> usize;
-    /// `[N * row_width]` rows of a batch `[N, 3, H, W]`: the pooled features.
-    fn pooled(&self, batch: Tensor<4>) -> Vec<f32>;
-    /// The pretrained classifier, if kept.
-    fn classifier(&self) -> Option<Classifier<'_>>;
-}
-
-/// A classifier on pooled rows: `[inputs, classes]` weight and bias, reading the first
-/// `inputs` values of each row.
-pub(super) struct Classifier<'a> {
-    pub weight: &'a [f32],
-    pub bias: &'a [f32],
-    pub inputs: usize,
-}
-
-impl<T: PooledForward> super::FusedForward for T {
-    fn features(&self, batch: Tensor<4>) -> Tensor<2> {
-        let [n, ..] = batch.dims();
-        let device = batch.device();
-        let rows = self.pooled(batch);
-        Tensor::from_data(TensorData::new(rows, [n, self.row_width()]), &device)
-    }
-
-    fn logits(&self, batch: Tensor<4>) -> Option<Tensor<2>> {
-        let classifier = self.classifier()?;
-        let [n, ..] = batch.dims();
-        let device = batch.device();
-        let rows = self.pooled(batch);
-        let logits = classify_batch(
-            &rows,
-            self.row_width(),
-            classifier.inputs,
-            classifier.weight,
-            classifier.bias,
-        );
-        let classes = classifier.bias.len();
-        Some(Tensor::from_data(
-            TensorData::new(logits, [n, classes]),
-            &device,
-        ))
-    }
-}
-
-/// Every image of `batch` (`[N, 3, H, W]`) through `forward_image(image, [H, W], out)` on the
-/// worker threads, one image per task, each writing its `width` outputs: `[N * width]`. The
-/// per-image loop of the non-MBConv fused forms (ResNet, ConvNeXt, ViT).
-pub(super) fn per_image(
-    batch: Tensor<4>,
-    width: usize,
-    forward_image: impl Fn(&[f32], [usize; 2], &mut [f32]) + Sync,
-) -> Vec<f32> {
-    per_group(batch, width, 1, |images, _, size, out| {
-        forward_image(images, size, out)
-    })
-}
-
-/// [`per_image`] in groups of up to `max_group` consecutive images per task:
-/// `forward_group(images, count, [H, W], out)` gets `count` images back to back and writes
-/// `count * width` outputs. Groups are made smaller rather than leave a worker thread idle.
-pub(super) fn per_group(
-    batch: Tensor<4>,
-    width: usize,
-    max_group: usize,
-    forward_group: impl Fn(&[f32], usize, [usize; 2], &mut [f32]) + Sync,
-) -> Vec<f32> {
-    let [n, _, h, w] = batch.dims();
-    let data = batch.into_data();
-    // cannot fail: image batches are f32
-    let input: &[f32] = data.as_slice().expect("an f32 batch");
-    let image_len = input.len() / n.max(1);
-    let group = n
-        .div_ceil(rayon::current_num_threads())
-        .clamp(1, max_group.max(1));
-    let mut features = vec![0.0; n * width];
-    features
-        .par_chunks_mut((group * width).max(1))
-        .zip(input.par_chunks((group * image_len).max(1)))
-        .for_each(|(out, images)| {
-            forward_group(images, images.len() / image_len.max(1), [h, w], out)
-        });
-    features
-}
-
-pub(super) fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    // cannot fail: every backbone tensor is f32
-    t.into_data().try_into_vec::<f32>().expect("f32 weights")
 }

@@ -11,9 +11,9 @@ use std::cell::RefCell;
 
 use burn::tensor::Tensor;
 
-use super::convnext::{ConvNeXt, ConvNeXtBlock, Downsample};
-use super::fused::{Classifier, PooledForward, grow as sized, per_image, to_vec};
-use super::fused_layers::{Dense, Norm};
+use super::model::{ConvNeXt, ConvNeXtBlock, Downsample};
+use crate::backbone::fused::layers::{Dense, Norm};
+use crate::backbone::fused::{Classifier, PooledForward, grow as sized, per_image, to_vec};
 use crate::kernels::transformer::gelu;
 use crate::kernels::{self, Activation, ConvGeometry, Rows};
 

@@ -2,25 +2,25 @@
 //! with its bias (and a residual) fused into the output tiles, with an optional per-output
 //! scale folded in (layer scale), and a one-pass LayerNorm over rows.
 
-use super::fused::to_vec;
+use super::to_vec;
 use crate::kernels::amx::{self, PackedBf16};
 use crate::kernels::transformer::layer_norm;
 use crate::kernels::{self, Activation};
 
 /// LayerNorm's epsilon in every source these forms load (timm, torchvision: ViT and ConvNeXt).
-pub(super) const LN_EPS: f32 = 1e-6;
+pub(in crate::backbone) const LN_EPS: f32 = 1e-6;
 
 /// A Linear as `[in, out]` row-major weights and a bias, optionally scaled per output.
 #[derive(Debug, Clone)]
-pub(super) struct Dense {
-    pub(super) weight: Vec<f32>,
-    pub(super) bias: Vec<f32>,
+pub(in crate::backbone) struct Dense {
+    pub(in crate::backbone) weight: Vec<f32>,
+    pub(in crate::backbone) bias: Vec<f32>,
     /// The weights as bfloat16 tiles when products run on AMX ([`Dense::in_bf16`]).
     bf16: Option<PackedBf16>,
 }
 
 impl Dense {
-    pub(super) fn new(linear: &burn::nn::Linear, scale: Option<Vec<f32>>) -> Self {
+    pub(in crate::backbone) fn new(linear: &burn::nn::Linear, scale: Option<Vec<f32>>) -> Self {
         let [_, out] = linear.weight.dims();
         let mut weight = to_vec(linear.weight.val());
         let mut bias = match &linear.bias {
@@ -34,7 +34,7 @@ impl Dense {
     }
 
     /// `[in, out]` row-major weights and their bias.
-    pub(super) fn from_parts(weight: Vec<f32>, bias: Vec<f32>) -> Self {
+    pub(in crate::backbone) fn from_parts(weight: Vec<f32>, bias: Vec<f32>) -> Self {
         Self {
             weight,
             bias,
@@ -43,7 +43,7 @@ impl Dense {
     }
 
     /// The same layer with its products in bfloat16 on AMX tiles (float32 sums).
-    pub(super) fn in_bf16(mut self) -> Self {
+    pub(in crate::backbone) fn in_bf16(mut self) -> Self {
         self.bf16 = Some(PackedBf16::pack(
             &self.weight,
             self.inputs(),
@@ -52,12 +52,12 @@ impl Dense {
         self
     }
 
-    pub(super) fn inputs(&self) -> usize {
+    pub(in crate::backbone) fn inputs(&self) -> usize {
         self.weight.len() / self.bias.len()
     }
 
     /// `out = input @ W + b (+ residual)` for `rows` rows.
-    pub(super) fn forward(
+    pub(in crate::backbone) fn forward(
         &self,
         input: &[f32],
         rows: usize,
@@ -83,7 +83,7 @@ impl Dense {
 
 /// Layer scale `ls * (x W + b)` is `x (W ls) + b ls`: folds `scale` (one per output) into
 /// `[in, out]` row-major weights and their bias.
-pub(super) fn fold_layer_scale(weight: &mut [f32], bias: &mut [f32], scale: &[f32]) {
+pub(in crate::backbone) fn fold_layer_scale(weight: &mut [f32], bias: &mut [f32], scale: &[f32]) {
     for row in weight.chunks_exact_mut(scale.len()) {
         row.iter_mut().zip(scale).for_each(|(w, s)| *w *= s);
     }
@@ -91,13 +91,13 @@ pub(super) fn fold_layer_scale(weight: &mut [f32], bias: &mut [f32], scale: &[f3
 }
 
 #[derive(Debug, Clone)]
-pub(super) struct Norm {
-    pub(super) gamma: Vec<f32>,
+pub(in crate::backbone) struct Norm {
+    pub(in crate::backbone) gamma: Vec<f32>,
     beta: Vec<f32>,
 }
 
 impl Norm {
-    pub(super) fn new(norm: &burn::nn::LayerNorm) -> Self {
+    pub(in crate::backbone) fn new(norm: &burn::nn::LayerNorm) -> Self {
         let dim = norm.gamma.dims()[0];
         Self {
             gamma: to_vec(norm.gamma.val()),
@@ -108,7 +108,7 @@ impl Norm {
         }
     }
 
-    pub(super) fn forward(&self, x: &[f32], out: &mut [f32]) {
+    pub(in crate::backbone) fn forward(&self, x: &[f32], out: &mut [f32]) {
         layer_norm(x, &self.gamma, &self.beta, LN_EPS, out);
     }
 }

@@ -7,7 +7,8 @@ use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
 
 use super::blocks::{BlockSpec, ConvBnAct, ConvSpec, InvertedResidual};
-use super::source_config::PaddingMode;
+use crate::backbone::family::{Start, global_average_pool};
+use crate::backbone::source_config::PaddingMode;
 use crate::rng::RunRng;
 
 /// One stage: `repeats` blocks, the first with `stride` and the channel change.
@@ -77,15 +78,6 @@ impl MbNetSpec {
             activation: true,
         }
     }
-}
-
-/// Where a forward pass starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
-    /// From the preprocessed image: the stem, then every block.
-    Image,
-    /// From the feature map entering block `n` (the stem and blocks before it already run).
-    Block(usize),
 }
 
 /// A named intermediate activation, for parity checks and `summary`.
@@ -224,9 +216,4 @@ impl MbNet {
         });
         taps
     }
-}
-
-pub fn global_average_pool(x: Tensor<4>) -> Tensor<2> {
-    let [n, c, _, _] = x.dims();
-    x.mean_dims(&[2, 3]).reshape([n, c])
 }

@@ -298,7 +298,7 @@ pub struct Vit {
 }
 
 impl Vit {
-    /// The network of `spec` (weights to be filled by [`Network::load`](super::Network::load)); the classifier only when
+    /// The network of `spec` (weights to be filled by [`Network::load`](crate::backbone::Network::load)); the classifier only when
     /// `include_top` and the spec has one.
     pub fn init(spec: &VitSpec, include_top: bool, device: &Device) -> Self {
         let d = spec.dim;
@@ -446,7 +446,11 @@ impl Vit {
 /// The `[1, grid * grid, dim]` position embedding at `[h, w]` patches: unchanged when the
 /// size is the same, otherwise resampled as `F.interpolate(mode='bicubic', antialias=True)`
 /// does (timm's `resample_abs_pos_embed`). Written as two matrix products, so gradients flow.
-pub(super) fn resample_grid(pos: Tensor<3>, grid: usize, [h, w]: [usize; 2]) -> Tensor<3> {
+pub(in crate::backbone) fn resample_grid(
+    pos: Tensor<3>,
+    grid: usize,
+    [h, w]: [usize; 2],
+) -> Tensor<3> {
     if [h, w] == [grid, grid] {
         return pos;
     }
@@ -467,7 +471,12 @@ pub(super) fn resample_grid(pos: Tensor<3>, grid: usize, [h, w]: [usize; 2]) -> 
 
 /// [`resample_grid`] on plain rows for the fused forms: `pos` `[grid * grid, dim]` to
 /// `[h * w, dim]`, first along the rows of the grid, then along its columns.
-pub(super) fn resample_rows(pos: &[f32], grid: usize, [h, w]: [usize; 2], dim: usize) -> Vec<f32> {
+pub(in crate::backbone) fn resample_rows(
+    pos: &[f32],
+    grid: usize,
+    [h, w]: [usize; 2],
+    dim: usize,
+) -> Vec<f32> {
     let (rows, columns) = (
         antialiased_bicubic_weights(grid, h),
         antialiased_bicubic_weights(grid, w),
@@ -495,7 +504,7 @@ pub(super) fn resample_rows(pos: &[f32], grid: usize, [h, w]: [usize; 2], dim: u
 
 /// The adjoint of [`resample_rows`]: the gradient of the `[grid * grid, dim]` embedding from
 /// that of the resampled `[h * w, dim]` one.
-pub(super) fn resample_rows_adjoint(
+pub(in crate::backbone) fn resample_rows_adjoint(
     d_resampled: &[f32],
     grid: usize,
     [h, w]: [usize; 2],

@@ -11,7 +11,7 @@ use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor};
 
-use super::mbnet::{Start, global_average_pool};
+use crate::backbone::family::{Start, global_average_pool};
 use crate::weights::loader::TensorKeys;
 
 /// Which residual block the stages are made of.
@@ -123,7 +123,7 @@ impl ConvBn {
         self.folded = true;
     }
 
-    /// What the fused training op folds itself ([`super::fused_resnet_grad`]): the conv's
+    /// What the fused training op folds itself ([`super::fused_grad`]): the conv's
     /// weight `[out, in, k, k]`, BatchNorm's gamma, beta, running mean and running variance,
     /// and its epsilon. A conv folded for inference gives the identity BatchNorm around its
     /// bias.
@@ -216,7 +216,7 @@ pub struct ResNet {
 }
 
 impl ResNet {
-    /// The network of `spec` with zero weights (to be filled by [`Network::load`](super::Network::load)); `fc` only
+    /// The network of `spec` with zero weights (to be filled by [`Network::load`](crate::backbone::Network::load)); `fc` only
     /// when `include_top`.
     pub fn init(spec: &ResNetSpec, include_top: bool, device: &Device) -> Self {
         let expansion = spec.expansion();

@@ -1,6 +1,6 @@
-//! The training form of the fused ConvNeXt ([`super::fused_convnext`]): the pooled features
+//! The training form of the fused ConvNeXt ([`super::fused`]): the pooled features
 //! as one burn autodiff op with its own backward pass, for fine-tuning and SimCLR, as
-//! [`super::fused_vit_grad`] is for ViT.
+//! [`crate::backbone::vit::fused_grad`] is for ViT.
 //!
 //! burn's autodiff ran a ConvNeXt-Tiny step at 0.30x PyTorch's speed (`bench/train_step.sh`):
 //! the 7x7 depthwise convs NCHW through burn-flex's generic conv backward, permutes around every
@@ -19,19 +19,18 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use burn::backend::Dispatch;
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::buffer_pool;
-use super::convnext::ConvNeXt;
-use super::fused_grad::{FusedTrainOps, SavedForward};
-use super::fused_layers::LN_EPS;
-use super::fused_params::{
+use super::model::ConvNeXt;
+use crate::backbone::fused::buffer_pool;
+use crate::backbone::fused::layers::LN_EPS;
+use crate::backbone::fused::params::{
     Builder, ConvSlots, Dense, LinearSlots, NormSlots, add, norm, pooled, summed_group_gradients,
     two_mut, unfold_scale,
 };
+use crate::backbone::fused::train::{self, FusedPlan, SavedForward};
 use crate::kernels::transformer::{gelu, gelu_backward, layer_norm, layer_norm_backward};
 use crate::kernels::{self, Activation, ConvGeometry, Rows};
 
@@ -42,11 +41,7 @@ const DEPTHWISE: usize = 7;
 /// Equals [`ConvNeXt::forward_features`] to float rounding.
 pub fn features(net: &ConvNeXt, x: Tensor<4>) -> Tensor<2> {
     let (plan, tensors) = ConvNeXtPlan::new(net);
-    Tensor::from_dispatch(<Dispatch as FusedTrainOps>::convnext_features(
-        x.into_dispatch(),
-        Tensor::cat(tensors, 0).into_dispatch(),
-        Arc::new(plan),
-    ))
+    train::features(x, Tensor::cat(tensors, 0), Arc::new(plan))
 }
 
 /// A conv the op runs as im2col + one product (the stem, the downsampling layers), with where
@@ -181,7 +176,7 @@ impl ConvNeXtPlan {
         let first_stage = if stem_trains {
             None
         } else {
-            let trains = |s: &super::convnext::ConvNeXtStage| {
+            let trains = |s: &super::model::ConvNeXtStage| {
                 s.downsample
                     .as_ref()
                     .is_some_and(|d| d.conv.weight.val().is_require_grad())
@@ -433,8 +428,23 @@ impl std::fmt::Debug for SavedConvNeXt {
     }
 }
 
+impl FusedPlan for ConvNeXtPlan {
+    fn forward(
+        self: Arc<Self>,
+        images: &FlexTensor,
+        params: &FlexTensor,
+        save: bool,
+    ) -> (FlexTensor, Option<Arc<dyn SavedForward>>) {
+        let (features, saved) = forward_batch(self, images, params, save);
+        (
+            features,
+            saved.map(|s| Arc::new(s) as Arc<dyn SavedForward>),
+        )
+    }
+}
+
 /// The features `[N, features]` of a batch, and with `save` what the backward pass needs.
-pub(super) fn forward_batch(
+fn forward_batch(
     plan: Arc<ConvNeXtPlan>,
     images: &FlexTensor,
     params: &FlexTensor,
@@ -881,8 +891,7 @@ mod tests {
     use super::*;
     use crate::backbone::Network;
     use crate::backbone::convnext::ConvNeXtSpec;
-    use crate::backbone::fused_grad::tests::Compare;
-    use crate::backbone::fused_vit_grad::tests::Randomise;
+    use crate::backbone::fused::testing::{Compare, Randomise};
     use crate::rng::{RunRng, random_tensor, run_rng};
     use crate::train::freeze::{BnMode, set_trainable};
     use burn::module::Module;

@@ -1,6 +1,6 @@
-//! The training form of the fused ResNet ([`super::fused_resnet`]): the pooled features as one
+//! The training form of the fused ResNet ([`super::fused`]): the pooled features as one
 //! burn autodiff op with its own backward pass, for fine-tuning (and SimCLR) with BatchNorm
-//! frozen, as [`super::fused_grad`] is for MBConv.
+//! frozen, as [`crate::backbone::mbconv::fused_grad`] is for MBConv.
 //!
 //! burn-flex differentiated every conv NCHW through its generic conv backward, whose products
 //! ran in the gemm crate's edge micro-kernels (`perf`: a third of the step), plus a pass per
@@ -13,27 +13,26 @@
 //! is a mask from its saved output, the max-pool's routes to the first maximum of each window.
 //!
 //! The op's parameters are one flat vector of every trained conv's weight and BatchNorm
-//! ([`super::resnet::ConvBn::unfolded_parts`]). The op folds BatchNorm itself and unfolds the
+//! ([`super::model::ConvBn::unfolded_parts`]). The op folds BatchNorm itself and unfolds the
 //! gradient (weight, gamma, beta; none for the running statistics): done by burn, the fold and
 //! its gradient were passes over the 25 M weights of a ResNet-50 that took 0.14 s of a 1.6 s
 //! step (timers around the op, batch 16), 0.02 s here.
 
 use std::sync::Arc;
 
-use burn::backend::Dispatch;
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::buffer_pool;
-use super::fused::grow as sized;
-use super::fused_grad::{ConvSlot, FusedTrainOps, SavedForward};
-use super::fused_params::summed_group_gradients;
-use super::fused_resnet::{
+use super::fused::{
     Buffers, Conv, STRIP, burn_layout, max_pool, pool_window, pooled_size, stem_conv, strip_shares,
 };
-use super::mbnet::Start;
-use super::resnet::{ConvBn, ResNet};
+use super::model::{ConvBn, ResNet};
+use crate::backbone::family::Start;
+use crate::backbone::fused::buffer_pool;
+use crate::backbone::fused::grow as sized;
+use crate::backbone::fused::params::summed_group_gradients;
+use crate::backbone::fused::train::{self, ConvSlot, FusedPlan, SavedForward};
 use crate::kernels::{self, Activation, Winograd3x3};
 
 /// Pooled features `[N, features]` of `x` through `net` from `start` (the image batch, or the
@@ -52,11 +51,7 @@ pub fn features(net: &ResNet, start: Start, x: Tensor<4>) -> Tensor<2> {
             .collect(),
         0,
     );
-    Tensor::from_dispatch(<Dispatch as FusedTrainOps>::resnet_features(
-        x.into_dispatch(),
-        params.into_dispatch(),
-        Arc::new(plan),
-    ))
+    train::features(x, params, Arc::new(plan))
 }
 
 /// Output pixels per im2col strip of a weight gradient: each strip's product reads and adds
@@ -375,8 +370,23 @@ impl std::fmt::Debug for SavedResNet {
     }
 }
 
+impl FusedPlan for ResNetPlan {
+    fn forward(
+        self: Arc<Self>,
+        images: &FlexTensor,
+        params: &FlexTensor,
+        save: bool,
+    ) -> (FlexTensor, Option<Arc<dyn SavedForward>>) {
+        let (features, saved) = forward_batch(self, images, params, save);
+        (
+            features,
+            saved.map(|s| Arc::new(s) as Arc<dyn SavedForward>),
+        )
+    }
+}
+
 /// The features `[N, features]` of a batch, and with `save` what the backward pass needs.
-pub(super) fn forward_batch(
+fn forward_batch(
     plan: Arc<ResNetPlan>,
     images: &FlexTensor,
     params: &FlexTensor,
@@ -867,7 +877,7 @@ fn max_pool_backward(
 mod tests {
     use super::*;
     use crate::backbone::Network;
-    use crate::backbone::fused_grad::tests::Compare;
+    use crate::backbone::fused::testing::Compare;
     use crate::backbone::resnet::{RESNET18, ResBlockKind, ResNetSpec};
     use crate::rng::{RunRng, random_tensor, run_rng};
     use crate::train::freeze::{BnMode, set_trainable};

@@ -9,27 +9,27 @@ use std::cell::RefCell;
 
 use burn::tensor::Tensor;
 
-use super::fused::{
+use super::model::{ConvBn, ResNet};
+use crate::backbone::fused::{
     Classifier, PooledForward, chw, grow as sized, per_group, per_image_maps, to_vec,
 };
-use super::resnet::{ConvBn, ResNet};
 use crate::kernels::{self, Activation, ConvGeometry};
 
 /// Output pixels per im2col strip: the strip's columns stay in cache for the product.
-pub(super) const STRIP: usize = 256;
+pub(in crate::backbone) const STRIP: usize = 256;
 
 /// One folded conv, its weight as `[kernel * kernel * in, out]` with rows ordered (ky, kx,
 /// channel) to match [`kernels::im2col_nhwc`] (the stem's: (channel, ky, kx), planar input).
 #[derive(Debug, Clone)]
-pub(super) struct Conv {
-    pub(super) kernel: usize,
-    pub(super) stride: usize,
-    pub(super) inputs: usize,
+pub(in crate::backbone) struct Conv {
+    pub(in crate::backbone) kernel: usize,
+    pub(in crate::backbone) stride: usize,
+    pub(in crate::backbone) inputs: usize,
     /// Empty where `winograd` holds the weights.
-    pub(super) weight: Vec<f32>,
-    pub(super) bias: Vec<f32>,
+    pub(in crate::backbone) weight: Vec<f32>,
+    pub(in crate::backbone) bias: Vec<f32>,
     /// Stride-1 3x3 convs run by Winograd's F(4x4, 3x3).
-    pub(super) winograd: Option<kernels::Winograd3x3>,
+    pub(in crate::backbone) winograd: Option<kernels::Winograd3x3>,
 }
 
 impl Conv {
@@ -47,7 +47,7 @@ impl Conv {
 
     /// From a folded weight in burn's `[out, in, k, k]` layout and its bias, its buffers from
     /// `buffers`.
-    pub(super) fn from_burn_layout(
+    pub(in crate::backbone) fn from_burn_layout(
         weight: &[f32],
         dims: [usize; 4],
         bias: Vec<f32>,
@@ -74,11 +74,11 @@ impl Conv {
         }
     }
 
-    pub(super) fn outputs(&self) -> usize {
+    pub(in crate::backbone) fn outputs(&self) -> usize {
         self.bias.len()
     }
 
-    pub(super) fn geometry(&self, [h, w]: [usize; 2]) -> ConvGeometry {
+    pub(in crate::backbone) fn geometry(&self, [h, w]: [usize; 2]) -> ConvGeometry {
         let pad = (self.kernel - 1) / 2;
         ConvGeometry {
             height: h,
@@ -95,7 +95,7 @@ impl Conv {
     /// `out = act(conv(input) + bias (+ residual))` on `count` NHWC maps of `size`, back to
     /// back; returns the output size. `columns` is scratch.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn forward(
+    pub(in crate::backbone) fn forward(
         &self,
         input: &[f32],
         count: usize,
@@ -161,7 +161,7 @@ impl Conv {
 
 /// The stem's 7x7/2 conv on one planar image (im2col of its planes), bias and ReLU fused,
 /// into `out` (NHWC).
-pub(super) fn stem_conv(
+pub(in crate::backbone) fn stem_conv(
     stem: &Conv,
     image: &[f32],
     size: [usize; 2],
@@ -189,17 +189,17 @@ pub(super) fn stem_conv(
 }
 
 /// The output size of the stem's 3x3/2 max-pool (padding 1) on a map of `[h, w]`.
-pub(super) fn pooled_size([h, w]: [usize; 2]) -> [usize; 2] {
+pub(in crate::backbone) fn pooled_size([h, w]: [usize; 2]) -> [usize; 2] {
     [(h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1]
 }
 
 /// The 3x3 window rows or columns, stride 2, padding 1, of pooled index `o` in a side of `n`.
-pub(super) fn pool_window(o: usize, n: usize) -> std::ops::Range<usize> {
+pub(in crate::backbone) fn pool_window(o: usize, n: usize) -> std::ops::Range<usize> {
     (2 * o).saturating_sub(1)..(2 * o + 2).min(n)
 }
 
 /// Max-pool 3x3/2, padding 1, of one NHWC map (padding never wins, as in PyTorch).
-pub(super) fn max_pool(input: &[f32], [h, w]: [usize; 2], c: usize, out: &mut [f32]) {
+pub(in crate::backbone) fn max_pool(input: &[f32], [h, w]: [usize; 2], c: usize, out: &mut [f32]) {
     let [oh, ow] = pooled_size([h, w]);
     for oy in 0..oh {
         for ox in 0..ow {
@@ -219,7 +219,7 @@ pub(super) fn max_pool(input: &[f32], [h, w]: [usize; 2], c: usize, out: &mut [f
 
 /// The rows `[start, start + rows)` of `count` images' im2col matrices back to back (`pixels`
 /// rows each), image by image: `(image, first pixel, pixels, offset in the strip)`.
-pub(super) fn strip_shares(
+pub(in crate::backbone) fn strip_shares(
     start: usize,
     rows: usize,
     pixels: usize,
@@ -239,13 +239,13 @@ pub(super) fn strip_shares(
 
 /// Where a [`Conv`]'s weight buffers come from and go: fresh ones for inference, a pool
 /// reused from step to step in training.
-pub(super) struct Buffers {
-    pub(super) take: fn(usize) -> Vec<f32>,
-    pub(super) give: fn(Vec<f32>),
+pub(in crate::backbone) struct Buffers {
+    pub(in crate::backbone) take: fn(usize) -> Vec<f32>,
+    pub(in crate::backbone) give: fn(Vec<f32>),
 }
 
 impl Buffers {
-    pub(super) const FRESH: Buffers = Buffers {
+    pub(in crate::backbone) const FRESH: Buffers = Buffers {
         take: |len| vec![0.0; len],
         give: drop,
     };
@@ -266,7 +266,12 @@ fn kernel_row(c: usize, t: usize, [_, inputs, k, _]: [usize; 4], planar: bool) -
 
 /// burn's `[out, in, k, k]` weight as `[k * k * in, out]` (see [`kernel_row`]) into `kernel`,
 /// a block of output channels at a time: every source row is read in order.
-pub(super) fn kernel_layout(weight: &[f32], dims: [usize; 4], planar: bool, kernel: &mut [f32]) {
+pub(in crate::backbone) fn kernel_layout(
+    weight: &[f32],
+    dims: [usize; 4],
+    planar: bool,
+    kernel: &mut [f32],
+) {
     let [out, inputs, k, _] = dims;
     let row = inputs * k * k;
     assert!(weight.len() == out * row && kernel.len() == weight.len());
@@ -284,7 +289,12 @@ pub(super) fn kernel_layout(weight: &[f32], dims: [usize; 4], planar: bool, kern
 }
 
 /// The inverse of [`kernel_layout`]: a weight gradient back to burn's layout.
-pub(super) fn burn_layout(kernel: &[f32], dims: [usize; 4], planar: bool, weight: &mut [f32]) {
+pub(in crate::backbone) fn burn_layout(
+    kernel: &[f32],
+    dims: [usize; 4],
+    planar: bool,
+    weight: &mut [f32],
+) {
     let [out, inputs, k, _] = dims;
     let row = inputs * k * k;
     assert!(weight.len() == out * row && kernel.len() == weight.len());
@@ -565,7 +575,7 @@ impl FusedResNet {
 }
 
 impl ConvGeometry {
-    pub(super) fn out_size(&self) -> [usize; 2] {
+    pub(in crate::backbone) fn out_size(&self) -> [usize; 2] {
         [self.out_height, self.out_width]
     }
 }

@@ -1,5 +1,6 @@
-//! The training form of the fused CPU network: the backbone's pooled features as one burn
-//! autodiff op with its own backward pass, for fine-tuning (and SimCLR) with BatchNorm frozen.
+//! The training form of the fused MBConv network: the pooled features as one burn autodiff op
+//! (through [`crate::backbone::fused::train`]) with its own backward pass, for fine-tuning (and
+//! SimCLR) with BatchNorm frozen.
 //!
 //! burn differentiates the network op by op, NCHW, with a separate pass for every bias, clamp
 //! and add, and its depthwise-conv gradients loop over the channels; that made a training step
@@ -9,32 +10,25 @@
 //! a depthwise conv's weight and input gradients one pass over its output gradient, ReLU6 a
 //! mask from its saved output.
 //!
-//! The op's inputs are the image batch (a constant: no gradient flows into it) and one flat
-//! vector of every trained conv's BatchNorm-folded weight and bias, concatenated by burn in
-//! [`features`]; burn's autodiff carries the op's gradient of that vector back through the
-//! concatenation and the folding to the weights, gammas and betas.
+//! The op's parameter vector holds every trained conv's BatchNorm-folded weight and bias,
+//! concatenated by burn in [`features`]; burn's autodiff carries the op's gradient of that
+//! vector back through the concatenation and the folding to the weights, gammas and betas.
 
 use std::sync::Arc;
 
-use burn::backend::autodiff::Autodiff;
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
-use burn::backend::flex::{Flex, FlexTensor};
-use burn::backend::{Backend, Dispatch, backend_extension, tensor::FloatTensor};
+use burn::backend::flex::FlexTensor;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::blocks::ConvBnAct;
-use super::buffer_pool;
-use super::fused::{Layer, STEM_ROWS, activation_of, grow, transpose};
-use super::fused_convnext_grad::{self, ConvNeXtPlan};
-use super::fused_resnet_grad::{self, ResNetPlan};
-use super::fused_vit_grad::{self, VitPlan};
-use super::layer_profile::{LayerKind, timed};
-use super::mbnet::{MbNet, Start};
-use super::source_config::PaddingMode;
+use super::fused::{Layer, STEM_ROWS, activation_of};
+use super::model::MbNet;
+use crate::backbone::family::Start;
+use crate::backbone::fused::buffer_pool;
+use crate::backbone::fused::profile::{LayerKind, timed};
+use crate::backbone::fused::train::{self, ConvSlot, FusedPlan, SavedForward};
+use crate::backbone::fused::{grow, transpose};
+use crate::backbone::source_config::PaddingMode;
 use crate::kernels::{self, Activation, ConvGeometry};
 
 /// Pooled features `[N, head_channels]` of `x` through `net` from `start` (the image batch, or
@@ -53,190 +47,7 @@ pub fn features(net: &MbNet, start: Start, x: Tensor<4>) -> Tensor<2> {
             .collect(),
         0,
     );
-    Tensor::from_dispatch(<Dispatch as FusedTrainOps>::mbnet_features(
-        x.into_dispatch(),
-        params.into_dispatch(),
-        Arc::new(plan),
-    ))
-}
-
-/// Free the buffers each training step keeps for the next one (see
-/// `buffer_pool`); for when training ends.
-pub fn release_buffers() {
-    buffer_pool::clear();
-}
-
-/// The ops, as a burn backend extension: forward on the CPU backend, forward with saved
-/// activations and a handwritten backward under autodiff.
-#[backend_extension(Flex, Autodiff)]
-pub trait FusedTrainOps: Backend {
-    /// See [`features`]: `images` `[N, C, H, W]`, `params` the flat folded weights and biases.
-    fn mbnet_features(
-        images: FloatTensor<Self>,
-        params: FloatTensor<Self>,
-        plan: Arc<TrainPlan>,
-    ) -> FloatTensor<Self>;
-
-    /// See [`super::fused_resnet_grad::features`]: the same contract for a ResNet.
-    fn resnet_features(
-        images: FloatTensor<Self>,
-        params: FloatTensor<Self>,
-        plan: Arc<ResNetPlan>,
-    ) -> FloatTensor<Self>;
-
-    /// See [`super::fused_vit_grad::features`]: the same contract for a ViT.
-    fn vit_features(
-        images: FloatTensor<Self>,
-        params: FloatTensor<Self>,
-        plan: Arc<VitPlan>,
-    ) -> FloatTensor<Self>;
-
-    /// See [`super::fused_convnext_grad::features`]: the same contract for a ConvNeXt.
-    fn convnext_features(
-        images: FloatTensor<Self>,
-        params: FloatTensor<Self>,
-        plan: Arc<ConvNeXtPlan>,
-    ) -> FloatTensor<Self>;
-}
-
-impl FusedTrainOps for Flex {
-    fn mbnet_features(images: FlexTensor, params: FlexTensor, plan: Arc<TrainPlan>) -> FlexTensor {
-        forward_batch(plan, &images, &params, false).0
-    }
-
-    fn resnet_features(
-        images: FlexTensor,
-        params: FlexTensor,
-        plan: Arc<ResNetPlan>,
-    ) -> FlexTensor {
-        fused_resnet_grad::forward_batch(plan, &images, &params, false).0
-    }
-
-    fn vit_features(images: FlexTensor, params: FlexTensor, plan: Arc<VitPlan>) -> FlexTensor {
-        fused_vit_grad::forward_batch(plan, &images, &params, false).0
-    }
-
-    fn convnext_features(
-        images: FlexTensor,
-        params: FlexTensor,
-        plan: Arc<ConvNeXtPlan>,
-    ) -> FlexTensor {
-        fused_convnext_grad::forward_batch(plan, &images, &params, false).0
-    }
-}
-
-impl<C: CheckpointStrategy> FusedTrainOps for Autodiff<Flex, C> {
-    fn mbnet_features(
-        images: FloatTensor<Self>,
-        params: FloatTensor<Self>,
-        plan: Arc<TrainPlan>,
-    ) -> FloatTensor<Self> {
-        tracked::<C, _>(images, params, |images, params, save| {
-            forward_batch(plan.clone(), images, params, save)
-        })
-    }
-
-    fn resnet_features(
-        images: FloatTensor<Self>,
-        params: FloatTensor<Self>,
-        plan: Arc<ResNetPlan>,
-    ) -> FloatTensor<Self> {
-        tracked::<C, _>(images, params, |images, params, save| {
-            fused_resnet_grad::forward_batch(plan.clone(), images, params, save)
-        })
-    }
-
-    fn vit_features(
-        images: FloatTensor<Self>,
-        params: FloatTensor<Self>,
-        plan: Arc<VitPlan>,
-    ) -> FloatTensor<Self> {
-        tracked::<C, _>(images, params, |images, params, save| {
-            fused_vit_grad::forward_batch(plan.clone(), images, params, save)
-        })
-    }
-
-    fn convnext_features(
-        images: FloatTensor<Self>,
-        params: FloatTensor<Self>,
-        plan: Arc<ConvNeXtPlan>,
-    ) -> FloatTensor<Self> {
-        tracked::<C, _>(images, params, |images, params, save| {
-            fused_convnext_grad::forward_batch(plan.clone(), images, params, save)
-        })
-    }
-}
-
-/// What a fused forward pass keeps for its backward pass: the gradient of the flat parameter
-/// vector from the features' gradient.
-pub(super) trait SavedForward: std::fmt::Debug + Send + Sync + 'static {
-    fn backward(&self, d_features: &FlexTensor) -> FlexTensor;
-}
-
-#[derive(Debug)]
-struct FeaturesBackward<S>(std::marker::PhantomData<S>);
-
-impl<S: SavedForward> Backward<Flex, 1> for FeaturesBackward<S> {
-    type State = Arc<S>;
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let saved = ops.state;
-        unary::<Flex, _>(ops.parents, ops.node, grads, |d_features| {
-            saved.backward(&d_features)
-        });
-    }
-}
-
-/// A fused features op under autodiff: `forward(images, params, save)` returns the features
-/// and, when `save`, what its backward pass needs; the gradient flows into `params` only.
-fn tracked<C: CheckpointStrategy, S: SavedForward>(
-    images: FloatTensor<Autodiff<Flex, C>>,
-    params: FloatTensor<Autodiff<Flex, C>>,
-    forward: impl Fn(&FlexTensor, &FlexTensor, bool) -> (FlexTensor, Option<S>),
-) -> FloatTensor<Autodiff<Flex, C>> {
-    let params_node = params.node();
-    // The images are a constant of this op (the batch, or the frozen prefix's output).
-    let images = images.into_primitive();
-    let params = params.into_primitive();
-    match FeaturesBackward::<S>(std::marker::PhantomData)
-        .prepare::<C>([params_node])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => {
-            let (features, saved) = forward(&images, &params, true);
-            // cannot fail: the forward passes save when asked to
-            prep.finish(Arc::new(saved.expect("saved activations")), features)
-        }
-        OpsKind::UnTracked(prep) => prep.finish(forward(&images, &params, false).0),
-    }
-}
-
-/// One conv of the plan: where its folded weight (burn layout) and then its bias sit in the
-/// flat parameter vector, and its shape.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct ConvSlot {
-    pub(super) at: usize,
-    /// burn's `[out, in/groups, k, k]`.
-    pub(super) dims: [usize; 4],
-    pub(super) kernel: usize,
-    pub(super) stride: usize,
-    pub(super) activation: Activation,
-}
-
-impl ConvSlot {
-    pub(super) fn weight_len(&self) -> usize {
-        self.dims.iter().product()
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.weight_len() + self.dims[0]
-    }
-
-    /// This conv's kernel-layout weight and its bias in a vector laid out like the plan's.
-    pub(super) fn split_mut<'a>(&self, values: &'a mut [f32]) -> (&'a mut [f32], &'a mut [f32]) {
-        values[self.at..][..self.len()].split_at_mut(self.weight_len())
-    }
+    train::features(x, params, Arc::new(plan))
 }
 
 /// Indices into [`TrainPlan::convs`] of one MBConv block's layers.
@@ -373,6 +184,21 @@ impl std::fmt::Debug for SavedBatch {
         f.debug_struct("SavedBatch")
             .field("images", &self.saved.len())
             .finish_non_exhaustive()
+    }
+}
+
+impl FusedPlan for TrainPlan {
+    fn forward(
+        self: Arc<Self>,
+        images: &FlexTensor,
+        params: &FlexTensor,
+        save: bool,
+    ) -> (FlexTensor, Option<Arc<dyn SavedForward>>) {
+        let (features, saved) = forward_batch(self, images, params, save);
+        (
+            features,
+            saved.map(|s| Arc::new(s) as Arc<dyn SavedForward>),
+        )
     }
 }
 
@@ -744,13 +570,14 @@ impl Drop for SavedImage {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(in crate::backbone) mod tests {
     use super::*;
-    use crate::backbone::mbnet::{MbNetSpec, StageSpec};
+    use crate::backbone::fused::testing::{Compare, values};
+    use crate::backbone::mbconv::{MbNetSpec, StageSpec};
     use crate::backbone::source_config::PaddingMode;
     use crate::rng::{RunRng, random_tensor, run_rng, sample};
     use crate::train::freeze::{BnMode, set_trainable};
-    use burn::module::{Module, ModuleVisitor, Param, RunningState};
+    use burn::module::{Module, Param, RunningState};
     use burn::optim::GradientsParams;
     use burn::tensor::{Device, Distribution};
 
@@ -789,58 +616,6 @@ pub(super) mod tests {
         set_trainable(net.into(), &all, BnMode::Frozen)
             .into_mbconv()
             .unwrap()
-    }
-
-    /// Every float parameter's gradient under both computations, by parameter: the largest
-    /// difference may be `tolerance` times the parameter's largest gradient.
-    pub(crate) struct Compare<'a> {
-        burn: &'a GradientsParams,
-        fused: &'a GradientsParams,
-        tolerance: f32,
-        pub(crate) compared: usize,
-    }
-
-    impl<'a> Compare<'a> {
-        pub(crate) fn new(
-            burn: &'a GradientsParams,
-            fused: &'a GradientsParams,
-            tolerance: f32,
-        ) -> Self {
-            Self {
-                burn,
-                fused,
-                tolerance,
-                compared: 0,
-            }
-        }
-    }
-
-    impl ModuleVisitor for Compare<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let (a, b) = (self.burn.get::<D>(param.id), self.fused.get::<D>(param.id));
-            let (a, b) = match (a, b) {
-                (Some(a), Some(b)) => (a, b),
-                (None, None) => return,
-                _ => panic!("{:?}: a gradient on one side only", param.shape()),
-            };
-            let (a, b) = (values(a), values(b));
-            let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let worst = a
-                .iter()
-                .zip(&b)
-                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-            assert!(scale > 0.0, "{:?}: zero gradient", param.shape());
-            assert!(
-                worst <= self.tolerance * scale,
-                "{:?}: gradients differ by {worst} (scale {scale})",
-                param.shape()
-            );
-            self.compared += 1;
-        }
-    }
-
-    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().try_into_vec().unwrap()
     }
 
     /// The loss `sum(features * weights)` and every parameter's gradient, by burn's autodiff

@@ -1,7 +1,7 @@
 //! EfficientNet-Lite0/1/2 (Google's TF models, converted to PyTorch by ML Illustrated):
 //! no squeeze-excitation, ReLU6, TF SAME padding, BatchNorm eps 1e-3, (x - 127) / 128.
 
-use super::mbnet::{MbNetSpec, StageSpec};
+use super::model::{MbNetSpec, StageSpec};
 
 /// Per stage: (kernel, stride, expand ratio) for stages 1..7 of every Lite variant.
 const STAGE_SHAPES: [(usize, usize, usize); 7] = [

@@ -1,6 +1,7 @@
-//! The training form of the fused ViT ([`super::fused_vit`]): the pooled features as one burn
+//! The training form of the fused ViT ([`super::fused`]): the pooled features as one burn
 //! autodiff op with its own backward pass, for fine-tuning and SimCLR, as
-//! [`super::fused_grad`] is for MBConv and [`super::fused_resnet_grad`] for ResNet.
+//! [`crate::backbone::mbconv::fused_grad`] is for MBConv and
+//! [`crate::backbone::resnet::fused_grad`] for ResNet.
 //!
 //! burn's autodiff ran a ViT-S/16 step at 0.37x PyTorch's speed (`bench/train_step.sh`) with
 //! a core idle half the time: every op of the block (bias adds, reshapes, the attention's
@@ -21,20 +22,19 @@ use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
 
-use burn::backend::Dispatch;
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::buffer_pool;
-use super::fused::transpose;
-use super::fused_grad::{FusedTrainOps, SavedForward};
-use super::fused_layers::LN_EPS;
-use super::fused_params::{
+use super::model::{Vit, resample_rows, resample_rows_adjoint};
+use crate::backbone::fused::buffer_pool;
+use crate::backbone::fused::layers::LN_EPS;
+use crate::backbone::fused::params::{
     Builder, Dense, LinearSlots, NormSlots, add, norm, pooled, summed_group_gradients, two_mut,
     unfold_scale,
 };
-use super::vit::{Vit, resample_rows, resample_rows_adjoint};
+use crate::backbone::fused::train::{self, FusedPlan, SavedForward};
+use crate::backbone::fused::transpose;
 use crate::kernels::transformer::{
     attention_head, attention_head_backward, gelu, gelu_backward, layer_norm, layer_norm_backward,
 };
@@ -45,11 +45,7 @@ use crate::kernels::{self, Activation, ConvGeometry};
 /// [`Vit::forward_features`] to float rounding.
 pub fn features(net: &Vit, x: Tensor<4>) -> Tensor<2> {
     let (plan, tensors) = VitPlan::new(net);
-    Tensor::from_dispatch(<Dispatch as FusedTrainOps>::vit_features(
-        x.into_dispatch(),
-        Tensor::cat(tensors, 0).into_dispatch(),
-        Arc::new(plan),
-    ))
+    train::features(x, Tensor::cat(tensors, 0), Arc::new(plan))
 }
 
 #[derive(Debug)]
@@ -358,8 +354,23 @@ impl std::fmt::Debug for SavedVit {
     }
 }
 
+impl FusedPlan for VitPlan {
+    fn forward(
+        self: Arc<Self>,
+        images: &FlexTensor,
+        params: &FlexTensor,
+        save: bool,
+    ) -> (FlexTensor, Option<Arc<dyn SavedForward>>) {
+        let (features, saved) = forward_batch(self, images, params, save);
+        (
+            features,
+            saved.map(|s| Arc::new(s) as Arc<dyn SavedForward>),
+        )
+    }
+}
+
 /// The features `[N, features]` of a batch, and with `save` what the backward pass needs.
-pub(super) fn forward_batch(
+fn forward_batch(
     plan: Arc<VitPlan>,
     images: &FlexTensor,
     params: &FlexTensor,
@@ -846,38 +857,16 @@ fn mlp_and_proj_backward(
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(in crate::backbone) mod tests {
     use super::*;
     use crate::backbone::Network;
-    use crate::backbone::fused_grad::tests::Compare;
+    use crate::backbone::fused::testing::{Compare, Randomise};
     use crate::backbone::vit::{VitPool, VitSpec};
     use crate::rng::{RunRng, random_tensor, run_rng};
     use crate::train::freeze::{BnMode, set_trainable};
-    use burn::module::{Module, ModuleMapper, Param};
+    use burn::module::Module;
     use burn::optim::GradientsParams;
     use burn::tensor::Distribution;
-
-    /// Draws every tensor: matrices and the patch conv scaled by their fan-in (so the tokens
-    /// keep their size through the blocks), LayerNorm, biases and layer scale around one,
-    /// tokens and position embedding normal.
-    pub(crate) struct Randomise<'a>(pub(crate) &'a mut RunRng);
-
-    impl ModuleMapper for Randomise<'_> {
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            let rng = &mut *self.0;
-            param.map(|t| {
-                let dims: [usize; D] = t.dims();
-                let fan_in = |n: usize| Distribution::Normal(0.0, (1.0 / n as f64).sqrt());
-                let distribution = match D {
-                    1 => Distribution::Uniform(0.5, 1.5),
-                    2 => fan_in(dims[0]),
-                    4 => fan_in(dims[1..].iter().product()),
-                    _ => Distribution::Normal(0.0, 0.5),
-                };
-                random_tensor::<D>(dims, distribution, rng, &t.device())
-            })
-        }
-    }
 
     /// `spec` with random weights on the autodiff device, the layer groups in `trainable`
     /// training.

@@ -8,7 +8,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 
-use super::source_config::PaddingMode;
+use crate::backbone::source_config::PaddingMode;
 use crate::rng::{RunRng, random_tensor};
 
 /// `(before, after)` padding of one spatial axis.

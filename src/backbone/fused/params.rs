@@ -1,5 +1,5 @@
-//! What the fused training ops share ([`super::fused_vit_grad`],
-//! [`super::fused_convnext_grad`]): the flat parameter vector built from the modules and where
+//! What the fused training ops share (`vit::fused_grad`,
+//! `convnext::fused_grad`): the flat parameter vector built from the modules and where
 //! each tensor sits in it, a Linear as the kernels read it (layer scale folded), and the
 //! gradient helpers.
 
@@ -11,39 +11,39 @@ use burn::nn::{LayerNorm, Linear};
 use burn::tensor::{Device, Tensor};
 
 use super::buffer_pool;
-use super::fused_layers::fold_layer_scale;
+use super::layers::fold_layer_scale;
 use crate::kernels::{self, Activation};
 
 /// A Linear's weight (`[in, out]`) and bias in the parameter vector.
 #[derive(Debug, Clone)]
-pub(super) struct LinearSlots {
-    pub(super) weight: Range<usize>,
-    pub(super) bias: Range<usize>,
+pub(in crate::backbone) struct LinearSlots {
+    pub(in crate::backbone) weight: Range<usize>,
+    pub(in crate::backbone) bias: Range<usize>,
 }
 
 /// A conv's weight (`[out, in, k, k]`) and bias in the parameter vector.
 #[derive(Debug, Clone)]
-pub(super) struct ConvSlots {
-    pub(super) weight: Range<usize>,
-    pub(super) bias: Range<usize>,
+pub(in crate::backbone) struct ConvSlots {
+    pub(in crate::backbone) weight: Range<usize>,
+    pub(in crate::backbone) bias: Range<usize>,
 }
 
 /// A LayerNorm's gamma and beta, side by side.
 #[derive(Debug, Clone)]
-pub(super) struct NormSlots {
-    pub(super) gamma: Range<usize>,
-    pub(super) beta: Range<usize>,
+pub(in crate::backbone) struct NormSlots {
+    pub(in crate::backbone) gamma: Range<usize>,
+    pub(in crate::backbone) beta: Range<usize>,
 }
 
 /// The parameter vector as it is built: its tensors, flattened, in order.
-pub(super) struct Builder {
-    pub(super) tensors: Vec<Tensor<1>>,
-    pub(super) len: usize,
+pub(in crate::backbone) struct Builder {
+    pub(in crate::backbone) tensors: Vec<Tensor<1>>,
+    pub(in crate::backbone) len: usize,
     device: Device,
 }
 
 impl Builder {
-    pub(super) fn new(device: Device) -> Self {
+    pub(in crate::backbone) fn new(device: Device) -> Self {
         Self {
             tensors: Vec::new(),
             len: 0,
@@ -52,7 +52,7 @@ impl Builder {
     }
 
     /// A conv's weight (burn's layout) and bias.
-    pub(super) fn conv(&mut self, conv: &Conv2d) -> ConvSlots {
+    pub(in crate::backbone) fn conv(&mut self, conv: &Conv2d) -> ConvSlots {
         let out = conv.weight.dims()[0];
         ConvSlots {
             weight: self.push(conv.weight.val()),
@@ -62,7 +62,7 @@ impl Builder {
 }
 
 impl Builder {
-    pub(super) fn push<const D: usize>(&mut self, t: Tensor<D>) -> Range<usize> {
+    pub(in crate::backbone) fn push<const D: usize>(&mut self, t: Tensor<D>) -> Range<usize> {
         let n = t.shape().num_elements();
         self.tensors.push(t.reshape([n]));
         self.len += n;
@@ -70,11 +70,15 @@ impl Builder {
     }
 
     /// A missing bias or beta as zeros: a constant of the op, so it gets no gradient.
-    pub(super) fn push_or_zeros(&mut self, t: Option<Tensor<1>>, n: usize) -> Range<usize> {
+    pub(in crate::backbone) fn push_or_zeros(
+        &mut self,
+        t: Option<Tensor<1>>,
+        n: usize,
+    ) -> Range<usize> {
         self.push(t.unwrap_or_else(|| Tensor::zeros([n], &self.device)))
     }
 
-    pub(super) fn linear(&mut self, linear: &Linear) -> LinearSlots {
+    pub(in crate::backbone) fn linear(&mut self, linear: &Linear) -> LinearSlots {
         let [_, out] = linear.weight.dims();
         LinearSlots {
             weight: self.push(linear.weight.val()),
@@ -82,7 +86,7 @@ impl Builder {
         }
     }
 
-    pub(super) fn norm(&mut self, norm: &LayerNorm) -> NormSlots {
+    pub(in crate::backbone) fn norm(&mut self, norm: &LayerNorm) -> NormSlots {
         let n = norm.gamma.dims()[0];
         NormSlots {
             gamma: self.push(norm.gamma.val()),
@@ -92,14 +96,14 @@ impl Builder {
 }
 
 /// A Linear as the kernels read it: `[in, out]` weight and bias, layer scale folded in.
-pub(super) struct Dense<'a> {
-    pub(super) weight: Cow<'a, [f32]>,
-    pub(super) bias: Cow<'a, [f32]>,
+pub(in crate::backbone) struct Dense<'a> {
+    pub(in crate::backbone) weight: Cow<'a, [f32]>,
+    pub(in crate::backbone) bias: Cow<'a, [f32]>,
 }
 
 impl<'a> Dense<'a> {
     /// `ls * (x W + b)` is `x (W ls) + b ls`.
-    pub(super) fn new(
+    pub(in crate::backbone) fn new(
         params: &'a [f32],
         slots: &LinearSlots,
         scale: Option<&Range<usize>>,
@@ -120,7 +124,7 @@ impl<'a> Dense<'a> {
     }
 
     /// `out = input @ W + b (+ residual)` for `rows` rows.
-    pub(super) fn forward(
+    pub(in crate::backbone) fn forward(
         &self,
         input: &[f32],
         rows: usize,
@@ -141,13 +145,13 @@ impl<'a> Dense<'a> {
     }
 }
 
-pub(super) fn norm<'a>(params: &'a [f32], slots: &NormSlots) -> [&'a [f32]; 2] {
+pub(in crate::backbone) fn norm<'a>(params: &'a [f32], slots: &NormSlots) -> [&'a [f32]; 2] {
     [&params[slots.gamma.clone()], &params[slots.beta.clone()]]
 }
 
 /// `buffer` as `len` values (their contents undefined), from the pool when it has another
 /// length.
-pub(super) fn pooled(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+pub(in crate::backbone) fn pooled(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if buffer.len() != len {
         buffer_pool::give(std::mem::replace(buffer, buffer_pool::take(len)));
     }
@@ -155,12 +159,12 @@ pub(super) fn pooled(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
 }
 
 /// `sum += values`.
-pub(super) fn add(values: &[f32], sum: &mut [f32]) {
+pub(in crate::backbone) fn add(values: &[f32], sum: &mut [f32]) {
     sum.iter_mut().zip(values).for_each(|(s, v)| *s += v);
 }
 
 /// Two disjoint ranges of `values`, mutably.
-pub(super) fn two_mut<'a>(
+pub(in crate::backbone) fn two_mut<'a>(
     values: &'a mut [f32],
     a: &Range<usize>,
     b: &Range<usize>,
@@ -173,7 +177,7 @@ pub(super) fn two_mut<'a>(
 /// The gradients of `W`, `b` and `ls` from those of the folded `W ls`, `b ls` (held in the
 /// weight and bias slots of `grads`): `dW = dW' ls`, `db = db' ls`,
 /// `dls = Σ_rows dW' ⊙ W + db' ⊙ b`.
-pub(super) fn unfold_scale(
+pub(in crate::backbone) fn unfold_scale(
     grads: &mut [f32],
     params: &[f32],
     linear: &LinearSlots,
@@ -208,7 +212,7 @@ pub(super) fn unfold_scale(
 /// adds one group's gradient into a zeroed vector of `len` values (`first`: the batch index of
 /// its first image), one group per task; the vectors are then summed, a chunk per task. The
 /// caller gives the result back to the pool.
-pub(super) fn summed_group_gradients<G: Sync>(
+pub(in crate::backbone) fn summed_group_gradients<G: Sync>(
     groups: &[G],
     images: impl Fn(&G) -> usize,
     len: usize,

@@ -1,6 +1,6 @@
 //! MobileNetV2 1.0 (torchvision layout): stem 32, seven stages of 3x3 MBConv, head 1280.
 
-use super::mbnet::{MbNetSpec, StageSpec};
+use super::model::{MbNetSpec, StageSpec};
 
 pub fn spec() -> MbNetSpec {
     // (expand ratio t, channels c, repeats n, stride s) from the paper / torchvision.

@@ -1,6 +1,13 @@
 //! Where each layer's tensors live in a family's checkpoints: the one place that knows
 //! PyTorch key names.
 
+use burn::tensor::Device;
+
+use super::blocks::ConvBnAct;
+use super::model::MbNet;
+use crate::weights::loader::{TensorKeys, TensorSource};
+use crate::weights::{Checkpoint, LoadReport};
+
 /// Which conv of an MBConv block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockPart {
@@ -79,4 +86,46 @@ impl KeyLayout {
             Self::TorchvisionMobileNetV2 => "classifier.1",
         }
     }
+}
+
+/// Every tensor of `net` under its checkpoint key in `layout`: the one walk that loads a
+/// checkpoint ([`fill`]) and saves one (`backbone::export`).
+pub fn visit_keys<K: TensorKeys>(net: &mut MbNet, layout: KeyLayout, keys: &mut K) {
+    let conv = |keys: &mut K, layer: &mut ConvBnAct, (conv, bn): ConvKeys| {
+        keys.param(&mut layer.weight, &conv);
+        keys.batch_norm(&mut layer.bn, &bn);
+    };
+    conv(keys, &mut net.stem, layout.stem());
+    let num_blocks = net.blocks.len();
+    for (index, block) in net.blocks.iter_mut().enumerate() {
+        let has_expand = block.expand.is_some();
+        let parts = [
+            (BlockPart::Expand, block.expand.as_mut()),
+            (BlockPart::Depthwise, Some(&mut block.depthwise)),
+            (BlockPart::Project, Some(&mut block.project)),
+        ];
+        for (part, layer) in parts {
+            if let Some(layer) = layer {
+                conv(keys, layer, layout.block(index, part, has_expand));
+            }
+        }
+    }
+    conv(keys, &mut net.head, layout.head(num_blocks));
+    match &mut net.classifier {
+        Some(classifier) => keys.linear(classifier, layout.classifier()),
+        None => keys.skip_prefix(&format!("{}.", layout.classifier())),
+    }
+}
+
+/// Copy every tensor of `checkpoint` into `net`, returning what did not fit.
+pub(in crate::backbone) fn fill(
+    net: &mut MbNet,
+    checkpoint: &Checkpoint,
+    layout: KeyLayout,
+    device: &Device,
+) -> LoadReport {
+    let (stem_conv, _) = layout.stem();
+    let mut source = TensorSource::new(checkpoint, &stem_conv, device);
+    visit_keys(net, layout, &mut source);
+    source.finish()
 }
