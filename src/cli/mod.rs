@@ -249,6 +249,15 @@ pub fn find_backbone(name: &str) -> Result<&'static BackboneInfo> {
 
 /// A library error as the command line reports it: an interruption becomes
 /// [`graft::interrupt::Interrupted`], which `main` turns into exit code 130.
+/// Write the run's HTML report and say where. The model is saved by then: a report that cannot
+/// be drawn is worth a warning, not a failure.
+pub fn print_report(dir: &std::path::Path) {
+    match graft::report::write_report(dir) {
+        Ok(path) => println!("report: {}", path.display()),
+        Err(e) => eprintln!("warning: no report: {e}"),
+    }
+}
+
 pub fn recipe_error(error: RecipeError) -> anyhow::Error {
     match error {
         RecipeError::Interrupted(interrupted) => interrupted.into(),

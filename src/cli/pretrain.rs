@@ -233,9 +233,6 @@ pub fn run(args: PretrainArgs) -> Result<ExitCode> {
         dir.join(BACKBONE_FILE).display(),
         dir.display()
     );
-    match graft::report::write_report(&dir) {
-        Ok(path) => println!("report: {}", path.display()),
-        Err(e) => eprintln!("warning: no report: {e}"),
-    }
+    super::print_report(&dir);
     Ok(ExitCode::SUCCESS)
 }

@@ -9,11 +9,12 @@ use clap::{Args, ValueEnum};
 
 use graft::data::augment::Augment;
 use graft::recipe::bottleneck::{self, BottleneckOptions};
+use graft::recipe::finetune::FinetuneRecipe;
 use graft::run;
 use graft::train::Recipe;
 use graft::train::classical::ClassicalOptions;
 use graft::train::dense::DenseOptions;
-use graft::train::finetune::{BnMode, Unfreeze};
+use graft::train::finetune::{BnMode, FinetuneOptions, Unfreeze};
 use graft::train::schedule::Schedule;
 
 use super::BackboneArgs;
@@ -204,6 +205,39 @@ impl TrainArgs {
         })
     }
 
+    /// The library's recipe 3.
+    pub fn finetune_recipe(&self) -> Result<FinetuneRecipe> {
+        let args = self;
+        let f = &args.finetune;
+        Ok(FinetuneRecipe {
+            backbone: args.backbone.choice(),
+            split: args.split.options()?,
+            tuning: FinetuneOptions {
+                head_learning_rate: args.lr,
+                backbone_learning_rate: f.backbone_lr,
+                lr_decay: f.lr_decay,
+                unfreeze: f.unfreeze,
+                stages: f.stages,
+                epochs_per_stage: f.epochs_per_stage,
+                schedule: f.schedule,
+                batch_size: f.finetune_batch_size,
+                bn_mode: f.bn_mode,
+                augment: f.augment,
+                dropout: args.dropout,
+                weight_decay: args.weight_decay,
+                label_smoothing: args.label_smoothing,
+                seed: args.split.seed,
+                head_epochs: args.epochs,
+                patience: args.patience,
+            },
+            head_batch_size: args.batch_size,
+            balanced_class_weights: args.dense_options().balanced_class_weights,
+            cache_dir: args.cache.cache_dir.clone(),
+            extract_batch_size: args.cache.extract_batch_size,
+            resume: f.resume.is_some(),
+        })
+    }
+
     fn classical_options(&self) -> ClassicalOptions {
         ClassicalOptions {
             logreg_alpha: self.alpha,
@@ -218,7 +252,16 @@ impl TrainArgs {
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
     args.check()?;
     if args.recipe == Recipe::Finetune {
-        return super::finetune::run(&args);
+        let recipe = args.finetune_recipe()?;
+        let dir = match (&args.finetune.resume, &args.out) {
+            (Some(dir), _) | (None, Some(dir)) => dir.clone(),
+            (None, None) => run::fresh_dir(
+                Path::new("runs"),
+                &bottleneck::data_name(&args.data),
+                Recipe::Finetune.name(),
+            ),
+        };
+        return super::finetune::run(&args.data, &dir, &recipe);
     }
     let options = args.bottleneck_options()?;
     let dir = args.out.clone().unwrap_or_else(|| {
@@ -236,10 +279,6 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         trained.metrics.train_accuracy,
         dir.display()
     );
-    // The model is saved; a report that cannot be drawn is worth a warning, not a failure.
-    match graft::report::write_report(&dir) {
-        Ok(path) => println!("report: {}", path.display()),
-        Err(e) => eprintln!("warning: no report: {e}"),
-    }
+    super::print_report(&dir);
     Ok(ExitCode::SUCCESS)
 }
