@@ -11,6 +11,8 @@
 #   GRAFT_HOME       graft's weight store (default bench/out/graft-home)
 #   MNV2_WEIGHTS     MobileNetV2 safetensors (default ../shared/weights/mobilenet_v2/...)
 #   MODELS           the models to run (default: all six, see below)
+#   RECORD=0         do not append the run to bench/results/ (default: append it, then render
+#                    docs/benchmarks.md and the README's headline table from bench/results/)
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -92,3 +94,13 @@ done
     --load-before "$LOAD_BEFORE" --graft-version "$("$GRAFT" --version)" > "$OUT_DIR/forward.md"
 cat "$OUT_DIR/forward.md"
 log "table written to $OUT_DIR/forward.md (raw results: $RESULTS)"
+
+# 6. Results as data: this run's rows, with the machine, date, commit and command, appended to
+#    bench/results/<date>-<cpu>.jsonl, and the pages rendered from every record.
+if [ "${RECORD:-1}" = 1 ]; then
+    "$PYTHON" "$BENCH_DIR/report.py" --record forward "$RESULTS" \
+        --command "ITERS=$ITERS ROUNDS=$ROUNDS MODELS=\"${MODELS[*]}\" bash bench/run.sh" \
+        --load-before "$LOAD_BEFORE" --graft-version "$("$GRAFT" --version)"
+    "$PYTHON" "$BENCH_DIR/report.py" --all "$BENCH_DIR/results" --write
+    log "results appended to $BENCH_DIR/results; docs/benchmarks.md and README.md rendered from them"
+fi

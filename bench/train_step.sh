@@ -5,7 +5,8 @@
 #
 # Environment: ITERS=3 (timed steps after one warm-up), NO_BUILD=1, GRAFT_HOME, MNV2_WEIGHTS
 # as in run.sh; MODELS (default "efficientnet-lite0 mobilenet-v2-tf resnet50"; ResNet-50 with
-# the random weights bench/run.sh's PyTorch peer writes, made here when missing).
+# the random weights bench/run.sh's PyTorch peer writes, made here when missing). RECORD=0: do not
+# append the run to bench/results/ (by default it is, and docs/benchmarks.md is rendered again).
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -20,6 +21,7 @@ MNV2_WEIGHTS="${MNV2_WEIGHTS:-$REPO_DIR/../shared/weights/mobilenet_v2/mobilenet
 export GRAFT_HOME="${GRAFT_HOME:-$OUT_DIR/graft-home}"
 
 mkdir -p "$OUT_DIR"
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a)"
 bash "$BENCH_DIR/setup.sh"
 if [ "${NO_BUILD:-0}" != 1 ]; then
     (cd "$REPO_DIR" && cargo build --release)
@@ -65,3 +67,10 @@ for model in dict.fromkeys(r["backbone"] for r in rows):
           f"{g['peak_rss_mb']:.0f} | {t['peak_rss_mb']:.0f} |")
 PY
 cat "$OUT_DIR/train_step.md"
+
+if [ "${RECORD:-1}" = 1 ]; then
+    "$PYTHON" "$BENCH_DIR/report.py" --record train_step "$RESULTS" \
+        --command "ITERS=$ITERS MODELS=\"${MODELS[*]}\" bash bench/train_step.sh" \
+        --load-before "$LOAD_BEFORE" --graft-version "$("$GRAFT" --version)"
+    "$PYTHON" "$BENCH_DIR/report.py" --all "$BENCH_DIR/results" --write
+fi

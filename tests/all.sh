@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# docs/benchmarks.md and the README's headline table are rendered from bench/results/*.jsonl;
+# they must not drift from the records (this renders, it never reruns a benchmark).
+python3 bench/report.py --all bench/results --check
+
 # One build for everything: the tests' feature set is the Python package's too (see the
 # dev-dependencies in Cargo.toml), and target/release/graft is the binary the tests run.
 cargo test --release --no-run

@@ -2,7 +2,7 @@
 //! (300 vs 1,500 images), a rerun that recomputes nothing, the four recipes' validation
 //! accuracy, reproducibility, predict / evaluate from the run directory, and the run's HTML
 //! report rendered in headless Chromium (its screenshot: `target/tmp/report-screenshot.png`,
-//! copied to docs/report.png for the README).
+//! copied to docs/report.png for the guide, docs/evaluate-report-doctor.md).
 
 mod common;
 
