@@ -51,10 +51,10 @@ pub struct ServeArgs {
     /// Bytes of request bodies held in memory at once, all requests together. A request that
     /// does not fit gets 503 with `Retry-After: 1`: before its body is read when it states
     /// its Content-Length, as soon as it crosses the budget when chunked. Size it to the memory
-    /// the server may spend on requests in flight beyond its model (RSS at rest, see
-    /// /metrics): --max-body times the largest requests to take at once. The default, 256 MiB,
-    /// takes 12 bodies of 20 MB or about a thousand photos of 250 KB; a body's bytes are held
-    /// until it is decoded.
+    /// the server may spend on requests in flight beyond its RSS at rest: --max-body times the
+    /// number of the largest requests to take at once. The default, 256 MiB, takes 12 bodies
+    /// of 20 MB or about a thousand photos of 250 KB; a body's bytes are held until it is
+    /// decoded (`graft_body_bytes_held` in /metrics).
     #[arg(long, value_name = "BYTES", default_value_t = ServeConfig::default().body_budget)]
     pub body_budget: usize,
 
