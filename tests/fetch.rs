@@ -8,6 +8,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use graft::progress::{Progress, Silent};
 use graft::weights::download::{self, Checksum};
@@ -26,6 +27,8 @@ enum Route {
         cut_first: bool,
         /// Answer every request with the whole file (200), as a server without range support.
         ignore_range: bool,
+        /// Send the body in pieces of this many bytes, this long apart (a slow mirror).
+        pace: Option<(usize, Duration)>,
         served: AtomicBool,
     },
     Redirect {
@@ -40,6 +43,19 @@ fn file(body: &[u8]) -> Route {
         headers: Vec::new(),
         cut_first: false,
         ignore_range: false,
+        pace: None,
+        served: AtomicBool::new(false),
+    }
+}
+
+/// A file served slowly: `piece` bytes every `every`.
+fn paced_file(body: &[u8], piece: usize, every: Duration) -> Route {
+    Route::File {
+        body: body.to_vec(),
+        headers: Vec::new(),
+        cut_first: false,
+        ignore_range: false,
+        pace: Some((piece, every)),
         served: AtomicBool::new(false),
     }
 }
@@ -50,6 +66,7 @@ fn cut_file(body: &[u8], ignore_range: bool) -> Route {
         headers: Vec::new(),
         cut_first: true,
         ignore_range,
+        pace: None,
         served: AtomicBool::new(false),
     }
 }
@@ -150,6 +167,7 @@ fn serve(mut stream: TcpStream, routes: &HashMap<String, Route>, log: &Mutex<Vec
             headers,
             cut_first,
             ignore_range,
+            pace,
             served,
         }) => {
             let from = range
@@ -188,7 +206,25 @@ fn serve(mut stream: TcpStream, routes: &HashMap<String, Route>, log: &Mutex<Vec
                 let _ = stream.shutdown(Shutdown::Both);
                 return;
             }
-            respond(&mut stream, status, &headers, slice);
+            let Some((piece, every)) = pace else {
+                respond(&mut stream, status, &headers, slice);
+                return;
+            };
+            let mut head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+                slice.len()
+            );
+            for (name, value) in &headers {
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+            head.push_str("\r\n");
+            let _ = stream.write_all(head.as_bytes());
+            for chunk in slice.chunks(*piece) {
+                std::thread::sleep(*every);
+                if stream.write_all(chunk).is_err() {
+                    return; // the client went away (killed)
+                }
+            }
         }
     }
     let _ = stream.flush();
@@ -259,6 +295,15 @@ const TIMM_CONFIG: &str = r#"{"architecture": "resnet18", "num_classes": 3, "num
     "classifier": "fc"}}"#;
 
 const SUPPORTED: &[&str] = &["resnet18", "resnet50"];
+
+/// A safetensors file holding `fc.weight` ([rows, 1024], random bits) in F16: `rows` 2 KiB.
+fn big_f16_safetensors(rows: usize) -> Vec<u8> {
+    let bytes = payload(rows * 1024 * 2, 7);
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F16, vec![rows, 1024], &bytes)
+            .unwrap();
+    safetensors::serialize([("fc.weight", view)], None).unwrap()
+}
 
 /// A safetensors file holding `fc.weight` ([2, 2]) in F16.
 fn f16_safetensors(values: &[f32; 4]) -> Vec<u8> {
@@ -689,4 +734,245 @@ fn the_command_line_fetches_registered_hub_weights_and_refuses_the_rest() {
         stderr.contains("architecture `swin_tiny_patch4_window7_224` is not implemented by graft"),
         "{stderr}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Many at once: concurrent fetches of one file into one store.
+
+/// Four threads download one file into one folder at once: one download reaches the server,
+/// the others wait for it and take its file.
+#[test]
+fn concurrent_downloads_of_one_file_reach_the_server_once() {
+    let body = payload(2_000_000, 5);
+    let server = Server::start(vec![(
+        "/weights.bin",
+        paced_file(&body, 64 * 1024, Duration::from_millis(5)),
+    )]);
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("weights.bin");
+    let checksum = Checksum::Sha256(sha256_hex(&body));
+    let start = Arc::new(std::sync::Barrier::new(4));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, target, checksum, start) = (
+                server.url("/weights.bin"),
+                target.clone(),
+                checksum.clone(),
+                start.clone(),
+            );
+            std::thread::spawn(move || {
+                start.wait();
+                download::download(&url, &target, &checksum, &mut Silent)
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap().unwrap();
+    }
+    assert_eq!(
+        sha256_hex(&std::fs::read(&target).unwrap()),
+        sha256_hex(&body)
+    );
+    assert_eq!(
+        server.seen(),
+        [Seen {
+            path: "/weights.bin".into(),
+            range: None
+        }]
+    );
+    assert_eq!(files_in(dir.path()), ["weights.bin"]);
+}
+
+/// The Hub serving `timm/convnext_tiny.fb_in1k` (a registered backbone) with 4 MiB of weights
+/// sent slowly (about 1.3 s), for `graft weights fetch` processes to meet in one store.
+fn slow_hub_for_convnext(weights: &[u8]) -> Server {
+    let config = TIMM_CONFIG
+        .replace("\"resnet18\"", "\"convnext_tiny\"")
+        .replace("\"a1_in1k\"", "\"fb_in1k\"")
+        .replace("\"crop_pct\": 0.95", "\"crop_pct\": 0.875");
+    let repo = "/timm/convnext_tiny.fb_in1k/resolve/main";
+    Server::start(vec![
+        (&format!("{repo}/config.json"), file(config.as_bytes())),
+        (
+            &format!("{repo}/model.safetensors"),
+            Route::Redirect {
+                location: "/cdn/blob".into(),
+                headers: vec![(
+                    "X-Linked-Etag".into(),
+                    format!("\"{}\"", sha256_hex(weights)),
+                )],
+            },
+        ),
+        (
+            "/cdn/blob",
+            paced_file(weights, 64 * 1024, Duration::from_millis(20)),
+        ),
+    ])
+}
+
+/// `graft weights fetch hf:timm/convnext_tiny.fb_in1k` into `home`, from `endpoint`, started.
+fn spawn_fetch(home: &Path, endpoint: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_graft"))
+        .env("GRAFT_HOME", home)
+        .env("HF_ENDPOINT", endpoint)
+        .args(["weights", "fetch", "hf:timm/convnext_tiny.fb_in1k"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait for `child` at most `limit` (killed after that), and its output.
+fn finish(mut child: std::process::Child, limit: Duration) -> std::process::Output {
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            panic!("graft weights fetch still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Every file under `dir`, recursively, as paths relative to it.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Four `graft weights fetch` processes of one Hub model into one `GRAFT_HOME` at once: all
+/// succeed, the mirror serves the weights once, the installed file is whole, and neither a
+/// `.part` nor a lock file is left.
+#[test]
+fn four_processes_fetching_one_model_download_it_once() {
+    let weights = big_f16_safetensors(2048);
+    let server = slow_hub_for_convnext(&weights);
+    let home = tempfile::tempdir().unwrap();
+    let children: Vec<_> = (0..4)
+        .map(|_| spawn_fetch(home.path(), &server.base))
+        .collect();
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|c| finish(c, Duration::from_secs(60)))
+        .collect();
+    for out in &outputs {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("convnext_tiny.fb_in1k: "));
+    }
+    let waited = outputs
+        .iter()
+        .filter(|o| String::from_utf8_lossy(&o.stderr).contains("waiting for process "))
+        .count();
+    assert!(waited >= 1, "nobody waited for the download");
+    let installed = home
+        .path()
+        .join("weights/convnext_tiny.fb_in1k.safetensors");
+    assert_eq!(
+        sha256_hex(&std::fs::read(&installed).unwrap()),
+        sha256_hex(&weights)
+    );
+    let blob: Vec<Seen> = server
+        .seen()
+        .into_iter()
+        .filter(|s| s.path == "/cdn/blob")
+        .collect();
+    assert_eq!(
+        blob,
+        [Seen {
+            path: "/cdn/blob".into(),
+            range: None
+        }]
+    );
+    let left: Vec<String> = tree(home.path())
+        .into_iter()
+        .filter(|f| f.ends_with(".part") || f.ends_with(".lock"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// As above, with the process that is downloading killed (SIGKILL) halfway: the kernel drops
+/// its lock, the next one resumes its `.part`, and the other three succeed.
+#[test]
+fn a_fetch_killed_mid_download_leaves_the_others_to_finish() {
+    let weights = big_f16_safetensors(2048);
+    let server = slow_hub_for_convnext(&weights);
+    let home = tempfile::tempdir().unwrap();
+    let mut children: Vec<_> = (0..4)
+        .map(|_| spawn_fetch(home.path(), &server.base))
+        .collect();
+    // The downloader: the pid in the store's lock file, once its `.part` has bytes.
+    let lock = home
+        .path()
+        .join("weights/convnext_tiny.fb_in1k.safetensors.lock");
+    let part = home
+        .path()
+        .join("weights/hub/timm/convnext_tiny.fb_in1k/model.safetensors.part");
+    let t0 = Instant::now();
+    let downloader = loop {
+        let pid = std::fs::read_to_string(&lock)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok());
+        let started = std::fs::metadata(&part).is_ok_and(|m| m.len() > 0);
+        if let (Some(pid), true) = (pid, started) {
+            break pid;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "no download began");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let at = children
+        .iter()
+        .position(|c| c.id() == downloader)
+        .expect("the lock holder is one of the four");
+    let mut killed = children.remove(at);
+    killed.kill().unwrap(); // SIGKILL
+    let status = killed.wait().unwrap();
+    assert!(!status.success());
+    let kept = std::fs::metadata(&part).unwrap().len();
+    assert!(kept > 0 && kept < weights.len() as u64, "{kept}");
+
+    for child in children {
+        let out = finish(child, Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let installed = home
+        .path()
+        .join("weights/convnext_tiny.fb_in1k.safetensors");
+    assert_eq!(
+        sha256_hex(&std::fs::read(&installed).unwrap()),
+        sha256_hex(&weights)
+    );
+    // The killed download, then one resumed from its `.part` (not started over).
+    let ranges: Vec<Option<String>> = server
+        .seen()
+        .into_iter()
+        .filter(|s| s.path == "/cdn/blob")
+        .map(|s| s.range)
+        .collect();
+    assert_eq!(ranges, [None, Some(format!("bytes={kept}-"))]);
+    let left: Vec<String> = tree(home.path())
+        .into_iter()
+        .filter(|f| f.ends_with(".part") || f.ends_with(".lock"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

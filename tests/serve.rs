@@ -550,3 +550,166 @@ fn imagenet_routes_api_key_multipart_and_a_full_queue() {
         server.stderr()
     );
 }
+
+/// VmRSS of process `pid`, in kB.
+fn rss_kb_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// 48 concurrent 19 MB bodies of random bytes against a server with a 128 MiB body budget:
+/// every one is answered 400 (not an image) or 503 (no room in the budget), a client sending
+/// photos in between gets its answers, peak RSS stays under warm + budget + 100 MB, and RSS
+/// goes back to within 1.3x of warm after the burst.
+#[test]
+fn a_burst_of_large_bodies_is_held_within_the_body_budget() {
+    const BUDGET: usize = 128 << 20;
+    let server = Server::start(
+        &["-b", "efficientnet-lite0"],
+        &[
+            "--body-budget",
+            &BUDGET.to_string(),
+            "--max-body",
+            "20000000",
+        ],
+    );
+    let predict = ureq::post(&server.url("/v1/predict"));
+    let parrot = std::fs::read(golden_source("parrot")).unwrap();
+    let parrot_top1 = || {
+        let (status, response) = status_of(predict.clone().send_bytes(&parrot));
+        assert_eq!(status, 200);
+        json_of(response)["images"][0]["predictions"][0]["index"].clone()
+    };
+    for _ in 0..8 {
+        assert_eq!(parrot_top1(), 88, "parrot -> macaw");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = server.child.id();
+    let warm = rss_kb_of(pid);
+
+    // One random body for every client (19 MB: 7 fit the budget at once).
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let noise: Arc<Vec<u8>> = Arc::new(
+        (0..19_000_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect(),
+    );
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                peak = peak.max(rss_kb_of(pid));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        })
+    };
+    let (statuses, good) = std::thread::scope(|scope| {
+        let burst: Vec<_> = (0..48)
+            .map(|_| {
+                let (predict, noise) = (predict.clone(), noise.clone());
+                scope.spawn(move || {
+                    let (status, response) = status_of(predict.send_bytes(&noise));
+                    (status, response.header("Retry-After").map(str::to_string))
+                })
+            })
+            .collect();
+        // A well-behaved client meanwhile: one photo at a time, each answered.
+        let mut good = 0;
+        while !burst.iter().all(|h| h.is_finished()) {
+            assert_eq!(parrot_top1(), 88);
+            good += 1;
+        }
+        let statuses: Vec<_> = burst.into_iter().map(|h| h.join().unwrap()).collect();
+        (statuses, good)
+    });
+    let t_end = Instant::now();
+    // Memory goes back: within 1.3x of warm a few seconds after the last answer at most.
+    let back = loop {
+        let rss = rss_kb_of(pid);
+        if rss as f64 <= 1.3 * warm as f64 || t_end.elapsed() > Duration::from_secs(5) {
+            break rss;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let peak = sampler.join().unwrap();
+    eprintln!(
+        "warm {warm} kB, peak {peak} kB, after {back} kB ({:.1} s after the burst), {good} photos answered during it, statuses {:?}",
+        t_end.elapsed().as_secs_f64(),
+        statuses.iter().map(|s| s.0).collect::<Vec<_>>()
+    );
+    for (status, retry) in &statuses {
+        assert!(*status == 400 || *status == 503, "{status}");
+        if *status == 503 {
+            assert_eq!(retry.as_deref(), Some("1"));
+        }
+    }
+    assert!(
+        statuses.iter().any(|s| s.0 == 503),
+        "the budget never ran out"
+    );
+    assert!(statuses.iter().any(|s| s.0 == 400), "no body was ever read");
+    assert!(good >= 1);
+    let limit = warm + (BUDGET as u64 >> 10) + 100_000;
+    assert!(peak < limit, "peak RSS {peak} kB over {limit} kB");
+    assert!(
+        back as f64 <= 1.3 * warm as f64,
+        "RSS {back} kB 5 s after the burst, warm {warm} kB"
+    );
+    let (_, response) = status_of(ureq::get(&server.url("/metrics")).call());
+    let metrics = response.into_string().unwrap();
+    assert!(metrics.contains("\ngraft_body_bytes_held 0\n"), "{metrics}");
+    assert!(
+        metrics.contains(&format!("\ngraft_body_budget_bytes {BUDGET}\n")),
+        "{metrics}"
+    );
+    // Still answering.
+    assert_eq!(parrot_top1(), 88);
+}
+
+/// `--max-connections 4`: with four idle connections open, another is not served until they
+/// close; then it is, and /metrics counts at most four open.
+#[test]
+fn open_connections_are_bounded() {
+    let server = Server::start(&["-b", "efficientnet-lite0"], &["--max-connections", "4"]);
+    let open = |agent: &ureq::Agent| -> usize {
+        let metrics = agent
+            .get(&server.url("/metrics"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("graft_connections_open "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{metrics}"))
+    };
+    // Four more than whatever is open already: every slot is taken.
+    let idle: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| std::net::TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    // Accepted by the kernel, not by the server: no answer within a second.
+    let fresh = |timeout| ureq::AgentBuilder::new().timeout(timeout).build();
+    assert!(
+        fresh(Duration::from_secs(1))
+            .get(&server.url("/healthz"))
+            .call()
+            .is_err()
+    );
+    drop(idle);
+    let now = open(&fresh(Duration::from_secs(30)));
+    assert!((1..=4).contains(&now), "{now}");
+}

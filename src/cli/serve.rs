@@ -48,6 +48,21 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = ServeConfig::default().max_body)]
     pub max_body: usize,
 
+    /// Bytes of request bodies held in memory at once, all requests together. A request that
+    /// does not fit gets 503 with `Retry-After: 1`: before its body is read when it states
+    /// its Content-Length, as soon as it crosses the budget when chunked. Size it to the memory
+    /// the server may spend on requests in flight beyond its RSS at rest: --max-body times the
+    /// number of the largest requests to take at once. The default, 256 MiB, takes 12 bodies
+    /// of 20 MB or about a thousand photos of 250 KB; a body's bytes are held until it is
+    /// decoded (`graft_body_bytes_held` in /metrics).
+    #[arg(long, value_name = "BYTES", default_value_t = ServeConfig::default().body_budget)]
+    pub body_budget: usize,
+
+    /// Connections open at once; more wait in the kernel's queue until one closes. Each one
+    /// holds a few KB and a file descriptor: keep it under the open-file limit (ulimit -n).
+    #[arg(long, default_value_t = ServeConfig::default().max_connections)]
+    pub max_connections: usize,
+
     /// Classes per image unless the request asks for another number (`?top=K`).
     #[arg(long, short = 'k', default_value_t = 5)]
     pub top: usize,
@@ -75,6 +90,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         max_wait: Duration::from_millis(args.max_wait_ms),
         queue: args.queue,
         max_body: args.max_body,
+        body_budget: args.body_budget,
+        max_connections: args.max_connections,
         top: args.top,
         api_key,
         limits: DecodeLimits {
@@ -85,6 +102,12 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         },
         ..defaults
     };
+    if config.body_budget < config.max_body {
+        eprintln!(
+            "warning: --body-budget {} is under --max-body {}: larger bodies get 413",
+            config.body_budget, config.max_body
+        );
+    }
     if !config.addr.ip().is_loopback() {
         eprintln!(
             "warning: listening on {}, reachable from other machines",

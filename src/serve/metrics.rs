@@ -106,6 +106,9 @@ pub struct Gauges {
     pub queue_depth: usize,
     pub queue_capacity: usize,
     pub ready: bool,
+    pub body_bytes_held: usize,
+    pub body_budget: usize,
+    pub connections_open: usize,
 }
 
 impl Metrics {
@@ -190,6 +193,24 @@ impl Metrics {
                 "1 once the model is loaded.",
                 f64::from(u8::from(gauges.ready)),
             ),
+            (
+                "graft_body_bytes_held",
+                "gauge",
+                "Bytes of request bodies in memory, reserved from the body budget.",
+                gauges.body_bytes_held as f64,
+            ),
+            (
+                "graft_body_budget_bytes",
+                "gauge",
+                "Bytes of request bodies the server holds at once at most (--body-budget).",
+                gauges.body_budget as f64,
+            ),
+            (
+                "graft_connections_open",
+                "gauge",
+                "Connections open (at most --max-connections).",
+                gauges.connections_open as f64,
+            ),
         ];
         for (name, kind, help, value) in gauges {
             let _ = writeln!(
@@ -229,6 +250,9 @@ mod tests {
             queue_depth: 5,
             queue_capacity: 64,
             ready: true,
+            body_bytes_held: 4096,
+            body_budget: 1 << 20,
+            connections_open: 3,
         });
         assert_eq!(
             line(
@@ -263,6 +287,9 @@ mod tests {
         assert!(text.contains("graft_batch_size_count 3"));
         assert!(text.contains("graft_queue_depth 5"));
         assert!(text.contains("graft_model_ready 1"));
+        assert!(text.contains("graft_body_bytes_held 4096"));
+        assert!(text.contains("graft_body_budget_bytes 1048576"));
+        assert!(text.contains("graft_connections_open 3"));
         assert_eq!(m.status_count(0, 200), 2);
         assert_eq!(m.statuses(0), vec![(200, 2), (503, 1)]);
         // Every line is a comment or `name{labels} value`.

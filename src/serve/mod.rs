@@ -7,6 +7,7 @@
 //! stops accepting connections, answers what is in flight and returns.
 
 pub mod batcher;
+pub mod budget;
 pub mod metrics;
 pub mod routes;
 
@@ -34,6 +35,11 @@ pub struct ServeConfig {
     pub queue: usize,
     /// Largest request body, bytes; beyond, 413.
     pub max_body: usize,
+    /// Bytes of request bodies held in memory at once, all requests together; a request that
+    /// does not fit gets 503 with `Retry-After` ([`budget::BodyBudget`]).
+    pub body_budget: usize,
+    /// Connections open at once; more wait to be accepted ([`budget::BoundedListener`]).
+    pub max_connections: usize,
     /// Classes returned per image unless the request asks (`?top=K`).
     pub top: usize,
     /// Required on every route but `/healthz` when set (`Authorization: Bearer KEY` or
@@ -53,6 +59,8 @@ impl Default for ServeConfig {
             max_wait: Duration::from_millis(50),
             queue: 256,
             max_body: 20 * 1024 * 1024,
+            body_budget: 256 * 1024 * 1024,
+            max_connections: 512,
             top: 5,
             api_key: None,
             limits: DecodeLimits::default(),
@@ -119,6 +127,9 @@ pub struct State {
     pub next_request: AtomicU64,
     /// Images of accepted requests being decoded, not yet queued: a batch waits for them.
     pub decoding: AtomicUsize,
+    /// What the request bodies in memory may take, together.
+    pub body_budget: budget::BodyBudget,
+    pub connections: budget::OpenConnections,
 }
 
 /// Counts a request's images as being decoded until it is dropped (after they are queued, or
@@ -147,6 +158,9 @@ impl State {
             queue_depth: self.queue.depth(),
             queue_capacity: self.queue.capacity(),
             ready: self.model.get().is_some(),
+            body_bytes_held: self.body_budget.held(),
+            body_budget: self.config.body_budget,
+            connections_open: self.connections.get(),
         }
     }
 
@@ -220,6 +234,13 @@ async fn serve<E: std::fmt::Display>(
     let term = signal(SignalKind::terminate())?;
     let interrupt = signal(SignalKind::interrupt())?;
 
+    let listener = tokio::net::TcpListener::bind(config.addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.addr,
+            source,
+        })?;
+    let listener = budget::BoundedListener::new(listener, config.max_connections);
     let (queue, taker) = batcher::queue::<Chw, Scores>(config.queue);
     let state = Arc::new(State {
         metrics: metrics::Metrics::default(),
@@ -227,15 +248,13 @@ async fn serve<E: std::fmt::Display>(
         model: OnceLock::new(),
         next_request: AtomicU64::new(0),
         decoding: AtomicUsize::new(0),
+        body_budget: budget::BodyBudget::new(config.body_budget),
+        connections: listener.gauge(),
         config: config.clone(),
     });
-    let listener = tokio::net::TcpListener::bind(config.addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.addr,
-            source,
-        })?;
-    on_event(Event::Listening(listener.local_addr()?));
+    on_event(Event::Listening(axum::serve::Listener::local_addr(
+        &listener,
+    )?));
 
     let on_event = Arc::new(on_event);
     // Whatever ends the server reports here: a signal, the model failing to load, or the

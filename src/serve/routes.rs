@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
+use super::budget::Reservation;
 use super::{Scores, State, metrics};
 use crate::data::{Chw, DecodeError, decode_bytes_for, preprocess};
 use crate::infer::top_k;
@@ -79,9 +80,9 @@ async fn authenticate(
     {
         return next.run(request).await;
     }
-    // Read the body before answering (as `read_limited` bounds it): a client still sending it
-    // would otherwise get a broken connection instead of the 401.
-    let _ = read_limited(request.into_body(), state.config.max_body).await;
+    // Read the body before answering (thrown away, as `drain` bounds it): a client still
+    // sending it would otherwise get a broken connection instead of the 401.
+    drain(request.into_body(), drain_limit(state.config.max_body)).await;
     let mut response = error(
         StatusCode::UNAUTHORIZED,
         "an API key is required: send `Authorization: Bearer KEY` or `X-API-Key: KEY`",
@@ -146,34 +147,16 @@ async fn predict(
     request: Request,
 ) -> Response {
     let Some(model) = state.model.get() else {
-        // Read first, as for a 401.
-        let _ = read_limited(request.into_body(), state.config.max_body).await;
+        // Read first (thrown away), as for a 401.
+        drain(request.into_body(), drain_limit(state.config.max_body)).await;
         return busy("the model is loading");
     };
     let number = state.request_number();
     let (parts, body) = request.into_parts();
-    let bytes = match read_limited(body, state.config.max_body).await {
-        Ok(bytes) => bytes,
-        Err(BodyError::TooLarge) => {
-            let mut response = error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "request {number}: the body is over the limit of {} bytes",
-                    state.config.max_body
-                ),
-            );
-            // What is left of the body was not read: this connection cannot carry another request.
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return response;
-        }
-        Err(BodyError::Read(e)) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("request {number}: reading the body: {e}"),
-            );
-        }
+    // Held until the body's bytes are freed, after decoding.
+    let (bytes, reservation) = match read_body(&state, &parts.headers, body, number).await {
+        Ok(read) => read,
+        Err(response) => return response,
     };
     let multipart = parts
         .headers
@@ -215,6 +198,9 @@ async fn predict(
             .iter()
             .map(|part| decode_part(part, &config, limits))
             .collect();
+        // The body's bytes go, and its share of the budget with them.
+        drop(images);
+        drop(reservation);
         let _ = done.send(decoded);
     });
     let Ok(decoded) = decoded.await else {
@@ -323,37 +309,114 @@ async fn multipart_parts(request: Request, number: u64) -> Result<Vec<Part>, Res
     Ok(parts)
 }
 
-enum BodyError {
-    TooLarge,
-    Read(String),
-}
-
-/// The body, if it is at most `limit` bytes. A larger one is read on, and thrown away, up to a
-/// few times the limit, so that a client still sending gets the 413 instead of a reset
-/// connection; past that the connection is closed.
-async fn read_limited(mut body: Body, limit: usize) -> Result<Bytes, BodyError> {
-    let drain_to = limit.saturating_mul(4).max(64 * 1024 * 1024);
-    let mut kept = Vec::new();
-    let mut seen = 0usize;
+/// The request's body, within `--max-body` and the body budget, and the share of the budget
+/// it holds (to keep until its bytes are freed); or the response that refuses it: 413 over
+/// `--max-body`, 503 with `Retry-After` when the budget has no room, both before any of the
+/// body is read when its `Content-Length` says so, and as soon as it crosses either otherwise.
+async fn read_body(
+    state: &State,
+    headers: &HeaderMap,
+    mut body: Body,
+    number: u64,
+) -> Result<(Bytes, Reservation), Response> {
+    // A body the whole budget cannot hold would get 503 forever: it is too large instead.
+    let limit = state.config.max_body.min(state.config.body_budget);
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request {number}: the body is over the limit of {limit} bytes"),
+        )
+    };
+    let over_budget = |bytes: usize| {
+        busy(format!(
+            "request {number}: the server holds at most {} bytes of request bodies at once and has no room for {bytes} more; retry later",
+            state.config.body_budget
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let mut reservation = state.body_budget.reservation();
+    if let Some(len) = declared {
+        if len > limit {
+            return Err(refuse_unread(too_large(), body, headers, limit));
+        }
+        if !reservation.cover(len) {
+            return Err(refuse_unread(over_budget(len), body, headers, limit));
+        }
+    }
+    let mut kept: Vec<u8> = Vec::with_capacity(declared.unwrap_or(0));
     loop {
         let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
         let Some(frame) = frame else { break };
-        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        let frame = frame.map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("request {number}: reading the body: {e}"),
+            )
+        })?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        seen = seen.saturating_add(data.len());
-        if seen > drain_to {
-            return Err(BodyError::TooLarge);
+        let len = kept.len() + data.len();
+        if len > limit {
+            return Err(refuse_unread(too_large(), body, headers, limit));
         }
-        if seen <= limit {
-            kept.extend_from_slice(&data);
-        } else if !kept.is_empty() {
-            kept = Vec::new();
+        if len > kept.capacity() {
+            // Grow as a Vec would, and reserve what is allocated, not only what is used.
+            let capacity = len.max(kept.capacity() * 2).min(limit);
+            if !reservation.cover(capacity) {
+                return Err(refuse_unread(over_budget(capacity), body, headers, limit));
+            }
+            kept.reserve_exact(capacity - kept.len());
+        }
+        kept.extend_from_slice(&data);
+    }
+    Ok((Bytes::from(kept), reservation))
+}
+
+/// `response` to a request whose body is not (all) read, closing the connection after it. The
+/// rest of the body is read on and thrown away (one frame in memory at a time, up to
+/// [`drain_limit`]) so that a client still sending it gets the response instead of a reset
+/// connection; a client that waits for `100 Continue` is not told to send it.
+fn refuse_unread(
+    mut response: Response,
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let expects_continue = headers
+        .get(header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if !expects_continue {
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(DRAIN_TIME, drain(body, drain_limit(limit))).await;
+        });
+    }
+    response
+}
+
+/// How long a refused body is read on at most.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How much of a refused body is read on: a few times `--max-body`, so that a client a little
+/// over it gets its 413; past that the connection is closed.
+fn drain_limit(max_body: usize) -> usize {
+    max_body.saturating_mul(4).max(64 * 1024 * 1024)
+}
+
+/// Read `body` to its end (or `limit` bytes) and throw it away.
+async fn drain(mut body: Body, limit: usize) {
+    let mut seen = 0usize;
+    while seen <= limit {
+        match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.len()),
+            _ => return,
         }
     }
-    if seen > limit {
-        return Err(BodyError::TooLarge);
-    }
-    Ok(Bytes::from(kept))
 }

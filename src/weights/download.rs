@@ -4,7 +4,9 @@
 //! to the target: a cut connection is resumed with a `Range` request, a few times within one
 //! call and again by the next call. Nothing reaches the target before its sha256 checked out
 //! and the file was flushed to disk; the rename into place is atomic. Every error is one line
-//! that names the URL (or, for a wrong checksum, the file and both hashes).
+//! that names the URL (or, for a wrong checksum, the file and both hashes). Concurrent calls
+//! for one target take turns through a lock beside it ([`super::lock`]): one downloads, the
+//! others then use its file.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -15,6 +17,7 @@ use crate::progress::Progress;
 use crate::util::file_sha256;
 
 use super::WeightsError;
+use super::lock::TargetLock;
 
 /// Connections tried within one call before giving up (the `.part` file stays for the next).
 const ATTEMPTS: u32 = 5;
@@ -109,6 +112,9 @@ pub fn fetch_url(
 
 /// [`download`], where `trust_published` also checks against the sha256 the server publishes
 /// in `X-Linked-Etag` (the Hub does for every large file) when `checksum` is `Unchecked`.
+///
+/// One call at a time writes `target` ([`TargetLock`]): the others wait, and then take the
+/// file the first one landed instead of downloading it again.
 pub(crate) fn download_with(
     url: &str,
     target: &Path,
@@ -116,20 +122,40 @@ pub(crate) fn download_with(
     trust_published: bool,
     progress: &mut dyn Progress,
 ) -> Result<(), WeightsError> {
-    let part = part_path(target);
-    let published = transfer(url, &part, progress)?;
+    let lock = TargetLock::acquire(target, progress)?;
+    if target.is_file() {
+        // Only checked files land, so one that appeared while this call waited is good;
+        // otherwise it is checked again if there is something to check it against.
+        let landed = match checksum {
+            Checksum::Unchecked => lock.waited,
+            checksum => {
+                checksum.accepts(&file_sha256(target).map_err(|e| WeightsError::io(target, e))?)
+            }
+        };
+        if landed {
+            return Ok(());
+        }
+    }
+    let part = lock.part();
+    let label = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let published = match transfer(url, part, &label, progress) {
+        Ok(published) => published,
+        Err(e) => {
+            // A `.part` of this call's own is resumed by nobody.
+            if !lock.resumable() {
+                let _ = std::fs::remove_file(part);
+            }
+            return Err(e);
+        }
+    };
     let checksum = match (checksum, published) {
         (Checksum::Unchecked, Some(sha256)) if trust_published => Checksum::Sha256(sha256),
         (checksum, _) => checksum.clone(),
     };
-    land(url, &part, target, &checksum)
-}
-
-/// `<target>.part`, in the target's folder so that the final rename stays on one file system.
-fn part_path(target: &Path) -> PathBuf {
-    let mut name = target.file_name().unwrap_or_default().to_os_string();
-    name.push(".part");
-    target.with_file_name(name)
+    land(url, part, target, &checksum)
 }
 
 fn file_name_of(url: &str) -> Result<&str, WeightsError> {
@@ -186,6 +212,7 @@ enum Failure {
 fn transfer(
     url: &str,
     part: &Path,
+    label: &str,
     progress: &mut dyn Progress,
 ) -> Result<Option<String>, WeightsError> {
     let agent = ureq::builder()
@@ -195,14 +222,10 @@ fn transfer(
         .redirects(0)
         .user_agent(concat!("graft/", env!("CARGO_PKG_VERSION")))
         .build();
-    let label = part
-        .file_name()
-        .map(|n| n.to_string_lossy().trim_end_matches(".part").to_string())
-        .unwrap_or_default();
     let mut connected = false;
     let mut attempt = 1;
     loop {
-        let result = attempt_once(&agent, url, part, &label, &mut connected, progress);
+        let result = attempt_once(&agent, url, part, label, &mut connected, progress);
         progress.finish();
         let why = match result {
             Ok(published) => return Ok(published),

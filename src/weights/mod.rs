@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod download;
 pub mod hub;
 pub mod loader;
+pub mod lock;
 pub mod store;
 
 use std::path::{Path, PathBuf};

