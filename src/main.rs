@@ -9,7 +9,7 @@ use clap::Parser;
 /// Transparent huge pages off for this process. mimalloc asks for them on its arenas, and a
 /// 2 MiB page stays resident as long as one of its blocks is in use: `graft extract`'s peak
 /// RSS grew with the number of images (145 MB for 1k, 160 MB for 10k; with mimalloc's own
-/// MIMALLOC_ALLOW_THP=0, 141 and 142 MB). Speed was the same within noise (README, Scaling).
+/// MIMALLOC_ALLOW_THP=0, 141 and 142 MB). Speed was the same within noise (docs/internals/performance-notes.md).
 /// Applies to the pages touched from now on, which is nearly all of them.
 fn no_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE only sets a flag of this process; it cannot fail harmfully.

@@ -7,7 +7,7 @@
 //!
 //! Why: burn-flex runs these layers NCHW with a separate pass for every bias, BatchNorm, clamp
 //! and add, and its depthwise convolution loops over the channels; the memory traffic, not the
-//! arithmetic, was the cost (`graft bench forward`, README).
+//! arithmetic, was the cost (`graft bench forward`, docs/internals/performance-notes.md).
 
 pub mod amx;
 mod backward;

@@ -186,7 +186,7 @@ async fn predict(
     // Decoding is CPU work: on graft's thread pool, where the model's own parallel work runs
     // too, so that the two take turns by task instead of the OS preempting a model thread
     // that the others then wait for (measured: 0.75x of `bench forward` with blocking
-    // threads, see the README's Serving section).
+    // threads, see docs/serve.md).
     let config = model.config.clone();
     let limits = state.config.limits;
     let labels: Vec<PathBuf> = images.iter().map(|p| p.label.clone()).collect();

@@ -1,7 +1,7 @@
 //! Reused `f32` buffers for the fused training op ([`super::train`]). Every training step
 //! allocates the same sizes as the one before (hundreds of megabytes of activation maps and
 //! their gradients); fresh allocations of that size cost page faults and zeroing, about 15% of
-//! a step in `perf` (README, train-step benchmark). Buffers are matched by exact length.
+//! a step in `perf` (docs/internals/performance-notes.md, train step). Buffers are matched by exact length.
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
