@@ -29,8 +29,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-TOOLS = ("graft", "pytorch", "onnxruntime")
-TOOL_NAMES = {"graft": "graft", "pytorch": "PyTorch", "onnxruntime": "ONNX Runtime"}
+TOOLS = ("graft", "graft-baseline", "pytorch", "onnxruntime")
+TOOL_NAMES = {"graft": "graft", "graft-baseline": "graft (baseline)", "pytorch": "PyTorch",
+              "onnxruntime": "ONNX Runtime"}
 
 
 def cpu_model() -> str:
@@ -79,6 +80,7 @@ def render(records: list[dict[str, Any]], load_before: str, graft_version: str) 
         return median(rs, "images_per_sec") if rs else None
 
     first = records[0]
+    has_baseline = any(r["tool"] == "graft-baseline" for r in records)
     iters = next((r["iters"] for r in records if "iters" in r), "?")  # graft's JSON has no "iters"
     rounds = max(len(rs) for rs in by_key.values())
     versions = [graft_version] if graft_version else []
@@ -96,8 +98,9 @@ def render(records: list[dict[str, Any]], load_before: str, graft_version: str) 
         f"Load average (1/5/15 min) before: {load_before or 'n/a'}, after: {load_after}."
         + (" **Other work was running: the numbers are noisy.**" if busy(load_before) else ""),
         "",
-        "| model | graft img/s | PyTorch img/s | ONNX Runtime img/s | graft/PyTorch | graft/ORT | graft CPU/wall |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | graft img/s | PyTorch img/s | ONNX Runtime img/s | graft/PyTorch | graft/ORT | graft CPU/wall |"
+        + (" baseline img/s | graft/baseline |" if has_baseline else ""),
+        "|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if has_baseline else ""),
     ]
     for model in models:
         graft = images_per_sec(model, "graft")
@@ -106,9 +109,11 @@ def render(records: list[dict[str, Any]], load_before: str, graft_version: str) 
         graft_records = by_key.get((model, "graft"))
         graft_cpu = median(graft_records, "cpu_over_wall") if graft_records else None
         resolution = next(r["resolution"] for r in records if r["backbone"] == model)
+        baseline = images_per_sec(model, "graft-baseline")
         lines.append(
             f"| {model} ({resolution} px) | {number(graft)} | {number(torch)} | {number(ort)} "
             f"| {ratio(graft, torch)} | {ratio(graft, ort)} | {number(graft_cpu, 2)} |"
+            + (f" {number(baseline)} | {ratio(graft, baseline)} |" if has_baseline else "")
         )
 
     lines += [
@@ -222,7 +227,7 @@ def run_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         by_key[(r["backbone"], r["tool"])].append(r)
         if r["backbone"] not in models:
             models.append(r["backbone"])
-    prefixes = {"graft": "graft", "pytorch": "pytorch", "onnxruntime": "ort"}
+    prefixes = {"graft": "graft", "graft-baseline": "baseline", "pytorch": "pytorch", "onnxruntime": "ort"}
     rows = []
     for model in models:
         resolution = next(r["resolution"] for r in records if r["backbone"] == model)

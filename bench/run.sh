@@ -11,6 +11,8 @@
 #   GRAFT_HOME       graft's weight store (default bench/out/graft-home)
 #   MNV2_WEIGHTS     MobileNetV2 safetensors (default ../shared/weights/mobilenet_v2/...)
 #   MODELS           the models to run (default: all six, see below)
+#   BASELINE=PATH    also time this other graft binary right after graft, model by model (an
+#                    A/B of two builds in one run: the table gains a graft/baseline column)
 #   RECORD=0         do not append the run to bench/results/ (default: append it, then render
 #                    docs/benchmarks.md and the README's headline table from bench/results/)
 set -euo pipefail
@@ -82,6 +84,12 @@ for round in $(seq 1 "$ROUNDS"); do
         log "round $round/$ROUNDS, $model: graft"
         "$GRAFT" --threads "$THREADS" bench forward -b "$model" "${extra[@]}" \
             --batch-size "$BATCH" --iters "$ITERS" --json | grep '^{' >> "$RESULTS"
+        if [ -n "${BASELINE:-}" ]; then
+            log "round $round/$ROUNDS, $model: graft baseline ($BASELINE)"
+            "$BASELINE" --threads "$THREADS" bench forward -b "$model" "${extra[@]}" \
+                --batch-size "$BATCH" --iters "$ITERS" --json | grep '^{' \
+                | sed 's/"tool":"graft"/"tool":"graft-baseline"/' >> "$RESULTS"
+        fi
         case "$model" in
             efficientnet-lite0|mobilenet-v2-tf) peer pytorch ;;
         esac
