@@ -89,7 +89,7 @@ impl KeyLayout {
 }
 
 /// Every tensor of `net` under its checkpoint key in `layout`: the one walk that loads a
-/// checkpoint ([`fill`]) and saves one (`backbone::export`).
+/// checkpoint (`fill`) and saves one (`backbone::export`).
 pub fn visit_keys<K: TensorKeys>(net: &mut MbNet, layout: KeyLayout, keys: &mut K) {
     let conv = |keys: &mut K, layer: &mut ConvBnAct, (conv, bn): ConvKeys| {
         keys.param(&mut layer.weight, &conv);
