@@ -220,6 +220,21 @@ pub struct RunMetrics {
     pub val: Metrics,
 }
 
+impl RunMetrics {
+    /// The validation scores for people, or a line saying there was no validation split
+    /// (rather than an accuracy of 0 examples).
+    pub fn validation_text(&self) -> String {
+        if self.val_size == 0 {
+            format!(
+                "no validation split: no validation accuracy (trained on {} images)",
+                self.train_size
+            )
+        } else {
+            self.val.table()
+        }
+    }
+}
+
 pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> Result<(), RunError> {
     let text = serde_json::to_string_pretty(value).map_err(|e| RunError::Invalid {
         path: path.to_path_buf(),

@@ -12,7 +12,7 @@ use graft::data::dataset;
 use graft::doctor::images::{image_findings, probe_all};
 use graft::doctor::leakage::{leakage_findings, perceptual_hashes};
 use graft::doctor::run_checks::run_findings;
-use graft::doctor::{DoctorOptions, Severity, class_findings, render_text, sorted};
+use graft::doctor::{DoctorOptions, Severity, class_findings, render_text, sorted, split_findings};
 use graft::run::{TrainedModel, load_metrics};
 use image_hasher::ImageHash;
 
@@ -86,6 +86,7 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
     };
 
     let mut findings = class_findings(&data, &options);
+    findings.extend(split_findings(&data, &args.data));
     let paths: Vec<PathBuf> = data
         .train
         .iter()

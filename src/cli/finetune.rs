@@ -25,11 +25,13 @@ pub fn run(data: &Path, dir: &Path, recipe: &FinetuneRecipe) -> Result<ExitCode>
         }
         other => other.map_err(super::recipe_error)?,
     };
-    println!("{}", tuned.run.metrics.val.table());
-    println!(
-        "head round alone: validation accuracy {:.4}; fine-tuned: {:.4}",
-        tuned.head_round_accuracy, tuned.run.metrics.val.accuracy
-    );
+    println!("{}", tuned.run.metrics.validation_text());
+    if tuned.run.metrics.val_size > 0 {
+        println!(
+            "head round alone: validation accuracy {:.4}; fine-tuned: {:.4}",
+            tuned.head_round_accuracy, tuned.run.metrics.val.accuracy
+        );
+    }
     println!("run saved in {}", dir.display());
     super::print_report(dir);
     Ok(ExitCode::SUCCESS)

@@ -52,6 +52,7 @@ pub fn run(args: LrFindArgs) -> Result<ExitCode> {
         bail!("need 0 < --min-lr < --max-lr, --steps >= 2 and --batch-size >= 1");
     }
     let data = dataset::open(&args.data, args.split.options()?)?;
+    data.check_classes(&args.data)?;
     report_listing(&data);
     let backbone = args.backbone.load(false)?;
     let mut cache = open_cache(&backbone, args.cache.cache_dir.as_ref())?;

@@ -273,7 +273,7 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     });
     let trained = bottleneck::train(&args.data, &dir, &options, &mut Bars::default())
         .map_err(super::recipe_error)?;
-    println!("{}", trained.metrics.val.table());
+    println!("{}", trained.metrics.validation_text());
     println!(
         "train accuracy {:.4}; run saved in {}",
         trained.metrics.train_accuracy,

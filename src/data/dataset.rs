@@ -47,6 +47,64 @@ pub struct Dataset {
     pub empty_classes: Vec<String>,
 }
 
+impl Dataset {
+    /// Images per class, train and validation together, in class order.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0usize; self.classes.len()];
+        for sample in self.train.iter().chain(&self.val) {
+            counts[sample.label] += 1;
+        }
+        counts
+    }
+
+    /// An error naming `root` and its classes unless at least two classes have images: with
+    /// one class there is nothing to tell apart, and every recipe would "learn" a constant.
+    pub fn check_classes(&self, root: &Path) -> Result<(), DatasetError> {
+        let present: Vec<(String, usize)> = self
+            .classes
+            .iter()
+            .cloned()
+            .zip(self.class_counts())
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        if present.len() >= 2 {
+            return Ok(());
+        }
+        let found = match present.first() {
+            Some((class, n)) => format!(
+                "only one class has images: `{class}` ({n} image{})",
+                if *n == 1 { "" } else { "s" }
+            ),
+            None => "no class has images".to_string(),
+        };
+        Err(DatasetError::Invalid {
+            path: root.to_path_buf(),
+            problem: format!(
+                "{found}; a classifier needs at least two classes: put each class's images in \
+                 a sub-folder of its own (or list two or more labels in the CSV)"
+            ),
+        })
+    }
+
+    /// Why there is no validation split, when there is none (`None` when there is one).
+    pub fn no_validation_reason(&self) -> Option<String> {
+        if !self.val.is_empty() {
+            return None;
+        }
+        Some(match &self.split {
+            SplitSource::Folders => "the val/ folder holds no images".to_string(),
+            SplitSource::Stratified { val_fraction, .. } if *val_fraction == 0.0 => {
+                "the validation fraction is 0".to_string()
+            }
+            SplitSource::Stratified { .. } => {
+                "no class has the two images a stratified split needs to keep one for \
+                 validation"
+                    .to_string()
+            }
+        })
+    }
+}
+
 /// Options of the split used when the dataset has no split of its own.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SplitOptions {

@@ -3,9 +3,10 @@
 
 pub mod images;
 pub mod leakage;
+pub mod page;
 pub mod run_checks;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -82,10 +83,7 @@ impl Default for DoctorOptions {
 
 /// Class-level findings: imbalance, classes with too few images, empty class folders.
 pub fn class_findings(data: &Dataset, options: &DoctorOptions) -> Vec<Finding> {
-    let mut counts = vec![0usize; data.classes.len()];
-    for sample in data.train.iter().chain(&data.val) {
-        counts[sample.label] += 1;
-    }
+    let counts = data.class_counts();
     let mut findings = Vec::new();
     let present: Vec<(usize, &String)> = counts
         .iter()
@@ -142,6 +140,36 @@ pub fn class_findings(data: &Dataset, options: &DoctorOptions) -> Vec<Finding> {
             action: "remove the folders or put the class's images in them".into(),
             files: Vec::new(),
             details: data.empty_classes.clone(),
+        });
+    }
+    findings
+}
+
+/// Datasets no recipe can learn from or measure on: fewer than two classes with images (an
+/// error, as for every recipe) and no validation split (a warning: nothing would measure the
+/// model, and training keeps the last epoch).
+pub fn split_findings(data: &Dataset, root: &Path) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    if let Err(e) = data.check_classes(root) {
+        findings.push(Finding {
+            severity: Severity::Error,
+            check: "too-few-classes",
+            measured: e.to_string(),
+            why: "with fewer than two classes there is nothing to tell apart: every recipe refuses to train",
+            action: "add a sub-folder of images for every class (two or more)".into(),
+            files: Vec::new(),
+            details: Vec::new(),
+        });
+    }
+    if let Some(reason) = data.no_validation_reason() {
+        findings.push(Finding {
+            severity: Severity::Warning,
+            check: "no-validation-split",
+            measured: format!("no validation images: {reason}"),
+            why: "without validation images nothing measures the model or picks its best epoch",
+            action: "give every class at least two images (a stratified split keeps one of each for validation), or a val/ folder".into(),
+            files: Vec::new(),
+            details: Vec::new(),
         });
     }
     findings

@@ -124,11 +124,19 @@ pub fn open_dataset(
 ) -> Result<Dataset, RecipeError> {
     let dataset = dataset::open(data, split)?;
     note_listing(&dataset, progress);
+    dataset.check_classes(data)?;
     if dataset.train.is_empty() {
         return Err(RecipeError::Invalid(format!(
             "{}: no training images",
             data.display()
         )));
+    }
+    if let Some(reason) = dataset.no_validation_reason() {
+        progress.note(&format!(
+            "warning: no validation split ({reason}): training uses all {} images, keeps \
+             the last epoch, and reports no validation accuracy",
+            dataset.train.len()
+        ));
     }
     Ok(dataset)
 }
@@ -320,8 +328,13 @@ pub fn train_head(
             )));
         }
     }
+    let kept = if val.is_empty() {
+        "the last one: no validation images to choose by"
+    } else {
+        "lowest validation loss"
+    };
     progress.note(&format!(
-        "trained {} epochs, kept epoch {} (lowest validation loss)",
+        "trained {} epochs, kept epoch {} ({kept})",
         result.history.len(),
         result.best_epoch
     ));

@@ -90,7 +90,7 @@ fn group_learning_rates(hyper: &Hyperparameters) -> Option<Vec<charts::Series>> 
 }
 
 /// Text with `&`, `<`, `>` and `"` escaped for HTML.
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -105,7 +105,7 @@ fn svg_img(id: &str, alt: &str, svg: &str) -> String {
 }
 
 /// A small JPEG of the image as a data URI, or `None` when it cannot be read any more.
-fn thumbnail(path: &Path) -> Option<String> {
+pub(crate) fn thumbnail(path: &Path) -> Option<String> {
     let rgb = decode_rgb(path, DecodeLimits::default()).ok()?;
     let small = image::imageops::thumbnail(&rgb, THUMBNAIL_SIDE, THUMBNAIL_SIDE);
     let mut jpeg = Vec::new();
@@ -131,18 +131,27 @@ fn render(
     let w = &mut body;
     let title = format!("graft run: {} on {}", card.recipe.name(), card.backbone);
     let _ = write!(w, "<h1>{}</h1>", escape(&title));
-    let _ = write!(
-        w,
-        r#"<p class="summary">validation accuracy <b id="val-accuracy">{}</b> ({} images), macro F1 {:.3}, training accuracy {}{}</p>"#,
-        percent(metrics.val.accuracy),
-        metrics.val_size,
-        metrics.val.macro_f1,
-        percent(metrics.train_accuracy),
-        metrics
-            .best_epoch
-            .map(|e| format!(", weights of epoch {e} kept (lowest validation loss)"))
-            .unwrap_or_default()
-    );
+    if metrics.val_size == 0 {
+        let _ = write!(
+            w,
+            r#"<p class="summary">no validation split: no validation accuracy; trained on {} images, training accuracy {}, the last epoch kept</p>"#,
+            metrics.train_size,
+            percent(metrics.train_accuracy),
+        );
+    } else {
+        let _ = write!(
+            w,
+            r#"<p class="summary">validation accuracy <b id="val-accuracy">{}</b> ({} images), macro F1 {:.3}, training accuracy {}{}</p>"#,
+            percent(metrics.val.accuracy),
+            metrics.val_size,
+            metrics.val.macro_f1,
+            percent(metrics.train_accuracy),
+            metrics
+                .best_epoch
+                .map(|e| format!(", weights of epoch {e} kept (lowest validation loss)"))
+                .unwrap_or_default()
+        );
+    }
 
     // The run: recipe, backbone, preprocessing, data, hyper-parameters.
     let source = &card.source;
@@ -351,7 +360,7 @@ fn render(
 }
 
 /// The HTML document around a report's `body`.
-fn page(title: &str, body: &str) -> String {
+pub(crate) fn page(title: &str, body: &str) -> String {
     format!(
         r#"<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -359,6 +368,7 @@ fn page(title: &str, body: &str) -> String {
 body {{ font-family: sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }}
 table {{ border-collapse: collapse; margin: 0.5em 0; }}
 th, td {{ border: 1px solid #ddd; padding: 4px 8px; text-align: left; }}
+.gallery {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 10px; }}
 #mistakes {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 10px; }}
 figure {{ margin: 0; }} figcaption {{ font-size: 0.85em; }}
 img {{ max-width: 100%; }}
