@@ -207,6 +207,10 @@ pub fn heatmaps_with(
     }
 }
 
+/// A photo's heatmap and the photo (as the network saw it) with the heatmap drawn over it, or
+/// why the photo could not be decoded.
+pub type Drawn = Result<(Heatmap, RgbImage), DecodeError>;
+
 /// One photo explained: its heatmap and the PNG written.
 #[derive(Debug, Clone)]
 pub struct Explanation {
@@ -230,7 +234,7 @@ pub fn explain_images(
     paths: &[PathBuf],
     batch_size: usize,
     limits: DecodeLimits,
-) -> Result<Vec<Result<(Heatmap, RgbImage), DecodeError>>, ExplainError> {
+) -> Result<Vec<Drawn>, ExplainError> {
     use rayon::prelude::*;
     let config = &backbone.config;
     let mut out = Vec::with_capacity(paths.len());

@@ -79,36 +79,36 @@ pub fn upsample(
 /// The Turbo colormap (Mikhailov, Google AI 2019) at `x` in [0, 1], as RGB in [0, 1]: its
 /// published polynomial fit. Perceptually ordered from dark blue (0) to dark red (1).
 pub fn turbo(x: f32) -> [f32; 3] {
-    const RED: [f32; 6] = [
+    const RED: [f64; 6] = [
         0.135_721_38,
-        4.615_392_6,
-        -42.660_322,
-        132.131_08,
-        -152.942_39,
-        59.286_38,
+        4.615_392_60,
+        -42.660_322_58,
+        132.131_082_34,
+        -152.942_393_96,
+        59.286_379_43,
     ];
-    const GREEN: [f32; 6] = [
+    const GREEN: [f64; 6] = [
         0.091_402_61,
-        2.194_188_4,
-        4.842_966_6,
-        -14.185_033,
-        4.277_298_6,
-        2.829_566,
+        2.194_188_39,
+        4.842_966_58,
+        -14.185_033_33,
+        4.277_298_57,
+        2.829_566_04,
     ];
-    const BLUE: [f32; 6] = [
-        0.106_673_3,
-        12.641_946,
-        -60.582_05,
-        110.362_77,
-        -89.903_11,
-        27.348_25,
+    const BLUE: [f64; 6] = [
+        0.106_673_30,
+        12.641_946_08,
+        -60.582_048_36,
+        110.362_767_71,
+        -89.903_109_12,
+        27.348_249_73,
     ];
-    let x = x.clamp(0.0, 1.0);
-    let polynomial = |c: &[f32; 6]| {
+    let x = f64::from(x.clamp(0.0, 1.0));
+    let polynomial = |c: &[f64; 6]| {
         c.iter()
             .rev()
-            .fold(0.0f32, |acc, &k| acc * x + k)
-            .clamp(0.0, 1.0)
+            .fold(0.0, |acc, &k| acc * x + k)
+            .clamp(0.0, 1.0) as f32
     };
     [polynomial(&RED), polynomial(&GREEN), polynomial(&BLUE)]
 }
