@@ -106,9 +106,6 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
     );
     bar.finish_and_clear();
 
-    if let (Some(dir), Some(linear)) = (&args.explain, &linear) {
-        super::explain::write(backbone, top, linear, &images, dir, args.batch_size, limits)?;
-    }
     let failed = results.iter().filter(|c| c.result.is_err()).count();
     if let Some(file) = &args.csv {
         write_csv(file, &results, args.top)
@@ -126,6 +123,10 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
         if let Err(e) = &c.result {
             eprintln!("error: {e}");
         }
+    }
+    // After the predictions, so that their lines come first.
+    if let (Some(dir), Some(linear)) = (&args.explain, &linear) {
+        super::explain::write(backbone, top, linear, &images, dir, args.batch_size, limits)?;
     }
     if failed > 0 {
         eprintln!(
