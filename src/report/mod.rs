@@ -130,14 +130,17 @@ fn shown_mistakes(predictions: &[PredictionRecord]) -> Vec<&PredictionRecord> {
 }
 
 /// The shown mistakes' heatmaps (`crate::explain`) as JPEG data URIs, by path: the run's model
-/// loaded and its top explained. Empty, with a note on stderr, when the model cannot be
-/// loaded (weights not in the store) or its top is not linear (kNN).
+/// loaded and its top explained. Empty for a kNN top (not linear), and with a note on stderr
+/// when the model cannot be loaded (weights not in the store).
 fn mistake_heatmaps(dir: &Path, predictions: &[PredictionRecord]) -> HashMap<PathBuf, String> {
     let paths: Vec<PathBuf> = shown_mistakes(predictions)
         .iter()
         .map(|m| m.path.clone())
         .collect();
-    if paths.is_empty() {
+    // A kNN top has nothing to explain with, by design: no note for it.
+    let linear = crate::head::Head::load(&dir.join(run::HEAD_FILE))
+        .is_ok_and(|head| matches!(head, crate::head::Head::Linear { .. }));
+    if paths.is_empty() || !linear {
         return HashMap::new();
     }
     let drawn = crate::run::TrainedModel::open(dir, None)
