@@ -28,26 +28,22 @@ fn heatmap_of(backbone: &Backbone, imagenet: &LinearTop, class: usize, path: &Pa
 /// Adebayo et al. 2018's cascading model randomisation: with the top of EfficientNet-Lite0
 /// re-drawn at random (the head conv, then the last stage too, then the last two), the
 /// heatmap of the same class on the same photo no longer ranks its regions as the trained
-/// network's does (Spearman's rho < 0.5). A method that ignored the network (an edge
-/// detector, or the class weights alone) would pass the photo's structure through unchanged.
+/// network's does: Spearman's rho with the trained map, averaged over the first 12 photos of
+/// ../shared/data/imagenet-sample, is below 0.5 at each step. A method that ignored the
+/// network (an edge detector, or the class weights alone) would keep the trained map's ranks.
 #[test]
 fn heatmaps_change_when_the_top_blocks_are_randomised() {
     let weights = store_weights("efficientnet-lite0");
     let trained = load("efficientnet-lite0", &weights, true, None);
+    let fused = load("efficientnet-lite0", &weights, true, None).for_inference();
     let imagenet = LinearTop::imagenet(&trained).unwrap();
-    let photo = shared().join("data/imagenet-sample/images/n01530575_brambling.JPEG");
-    let reference = {
-        let backbone = load("efficientnet-lite0", &weights, true, None).for_inference();
-        let image = load_image(&photo, &backbone.config, DecodeLimits::default()).unwrap();
-        let batch = to_batch(&[&image], backbone.config.resolution, &backbone.device());
-        heatmaps(&backbone, &imagenet, batch).unwrap().remove(0)
-    };
-    // The trained network sees a brambling (ImageNet class 10) and its map is not flat.
-    assert_eq!(reference.class, 10, "predicted {}", reference.class);
-    assert_eq!(reference.grid, [7, 7]);
-    let class = reference.class;
-    let lit = reference.values.iter().filter(|v| **v > 0.0).count();
-    assert!((3..49).contains(&lit), "{lit} of 49 cells lit");
+    let folder = shared().join("data/imagenet-sample/images");
+    let mut photos: Vec<_> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    photos.sort();
+    photos.truncate(12);
 
     let random = {
         let info = graft::backbone::find("efficientnet-lite0").unwrap();
@@ -65,7 +61,7 @@ fn heatmaps_change_when_the_top_blocks_are_randomised() {
     let net = trained.net.as_mbconv().unwrap();
     let stage_start = |stage: usize| net.stage_ends[stage - 1] + 1;
     let blocks = net.blocks.len();
-    for (what, first_random) in [
+    let cascade: Vec<(&str, Backbone)> = [
         ("head conv", blocks),
         (
             "head conv + last stage",
@@ -75,7 +71,9 @@ fn heatmaps_change_when_the_top_blocks_are_randomised() {
             "head conv + last two stages",
             stage_start(net.stage_ends.len() - 2),
         ),
-    ] {
+    ]
+    .into_iter()
+    .map(|(what, first_random)| {
         let mut cut = net.clone();
         cut.head = random.head.clone();
         for i in first_random..blocks {
@@ -83,15 +81,46 @@ fn heatmaps_change_when_the_top_blocks_are_randomised() {
         }
         let backbone =
             Backbone::new(trained.config.clone(), cut, "randomised".into()).for_inference();
-        let randomised = heatmap_of(&backbone, &imagenet, class, &photo);
-        let rho = spearman(&reference.values, &randomised.values);
-        eprintln!("{what} randomised: Spearman rho with the trained heatmap {rho:.3}");
-        assert!(rho < 0.5, "{what}: rho {rho}");
+        (what, backbone)
+    })
+    .collect();
+
+    let mut sums = vec![0.0; cascade.len()];
+    for photo in &photos {
+        let reference = {
+            let image = load_image(photo, &fused.config, DecodeLimits::default()).unwrap();
+            let batch = to_batch(&[&image], fused.config.resolution, &fused.device());
+            heatmaps(&fused, &imagenet, batch).unwrap().remove(0)
+        };
+        assert_eq!(reference.grid, [7, 7]);
+        let class = reference.class;
+        let rhos: Vec<f64> = cascade
+            .iter()
+            .map(|(_, backbone)| {
+                spearman(
+                    &reference.values,
+                    &heatmap_of(backbone, &imagenet, class, photo).values,
+                )
+            })
+            .collect();
+        eprintln!(
+            "{}: class {class}, rho {rhos:.3?}",
+            photo.file_name().unwrap().to_string_lossy()
+        );
+        for (sum, rho) in sums.iter_mut().zip(&rhos) {
+            *sum += rho;
+        }
+        // The check can tell: the trained network's own map, recomputed through burn instead
+        // of the fused form, keeps its ranks.
+        let again = heatmap_of(&trained, &imagenet, class, photo);
+        let rho = spearman(&reference.values, &again.values);
+        assert!(rho > 0.99, "{}: recomputed, rho {rho}", photo.display());
     }
-    // The check can tell: the trained network's own map, recomputed, correlates fully.
-    let again = heatmap_of(&trained, &imagenet, class, &photo);
-    let rho = spearman(&reference.values, &again.values);
-    assert!(rho > 0.99, "recomputed: rho {rho}");
+    for ((what, _), sum) in cascade.iter().zip(sums) {
+        let mean = sum / photos.len() as f64;
+        eprintln!("{what} randomised: mean Spearman rho with the trained heatmap {mean:.3}");
+        assert!(mean < 0.5, "{what}: mean rho {mean}");
+    }
 }
 
 /// `graft predict --model RUN --explain DIR` writes one PNG per photo, named after it, of the
