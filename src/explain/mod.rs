@@ -8,8 +8,9 @@
 //!   maps the fused CPU forward returns, with no backward pass. ConvNeXt normalises the pooled
 //!   features, so its weights are Grad-CAM's mean gradients, by burn's autodiff of the
 //!   pooling, the LayerNorm and the top.
-//! - ViT / DINOv2: Grad-CAM on the patch tokens entering the last block (see
-//!   [`cam::vit`] for why those), by burn's autodiff of that one block.
+//! - ViT / DINOv2: Grad-CAM on the patch tokens entering the last block (the last block's
+//!   output patch tokens do not reach a class-token feature; `cam::vit` says more), by burn's
+//!   autodiff of that one block.
 //!
 //! The top must be linear: a dense head, logistic regression or a linear SVM (their feature
 //! standardisation is already folded into [`Head::Linear`]'s weights), or the backbone's own

@@ -75,15 +75,32 @@ fn relative_difference(a: &Heatmap, b: &Heatmap) -> f32 {
     worst / max
 }
 
+/// A ResNet-18 with random weights (BatchNorm statistics included in what is folded).
+fn resnet18(rng: &mut RunRng) -> Backbone {
+    let info = find("resnet18.tv_in1k").unwrap();
+    let crate::backbone::Arch::ResNet(spec) = info.arch else {
+        unreachable!("resnet18 is a ResNet")
+    };
+    let net = crate::backbone::resnet::ResNet::init(&spec, false, &crate::backend::device())
+        .map(&mut Randomise(rng));
+    Backbone::new(info.source_config(None), net, "random".into())
+}
+
 /// For a CNN whose linear top sits on the global average of its last maps, CAM (the top's
 /// class weights on the maps) is Grad-CAM (burn's autodiff of pooling and top): to 1e-5, on
-/// the burn network and on the fused CPU form, for every image of a batch.
+/// the burn network and on the fused CPU form, for every image of a batch; MBConv and ResNet.
 #[test]
 fn grad_cam_equals_cam_for_a_linear_top_on_global_average_pooling() {
     let mut rng = run_rng(11, 0);
     let backbone = lite0(&mut rng);
-    let top = random_top(5, backbone.config.feature_dim, &mut rng);
-    let x = batch(3, [96, 80], &mut rng);
+    grad_cam_equals_cam(backbone, &mut rng);
+    let backbone = resnet18(&mut rng);
+    grad_cam_equals_cam(backbone, &mut rng);
+}
+
+fn grad_cam_equals_cam(backbone: Backbone, rng: &mut RunRng) {
+    let top = random_top(5, backbone.config.feature_dim, rng);
+    let x = batch(3, [96, 80], rng);
     let fused = Backbone::new(
         backbone.config.clone(),
         backbone.net.clone(),
