@@ -67,6 +67,7 @@ pub mod backbone;
 pub mod backend;
 pub mod data;
 pub mod doctor;
+pub mod explain;
 pub mod export;
 pub mod features;
 pub mod head;

@@ -127,8 +127,8 @@ fn chromium() -> Command {
     cmd
 }
 
-/// The run's report renders in headless Chromium: charts, tables and thumbnails present and
-/// decoded. Leaves a screenshot in `target/tmp/report-screenshot.png`.
+/// The run's report renders in headless Chromium: charts, tables, thumbnails and the
+/// mistakes' heatmaps present and decoded. Leaves a screenshot in `target/tmp/report-screenshot.png`.
 fn check_report_renders(run: &Path) {
     let report = run.join("report.html");
     let html = std::fs::read_to_string(&report).unwrap();
@@ -169,9 +169,18 @@ fn check_report_renders(run: &Path) {
         attribute("data-images-loaded"),
     );
     assert!(
-        total >= 3 + 16,
-        "{total} images: 3 charts and 16 mistakes expected"
+        total >= 3 + 16 + 16,
+        "{total} images: 3 charts and 16 mistakes, each with its heatmap, expected"
     );
+    // Each mistake shown has its heatmap beside its thumbnail (`graft::explain`).
+    let mistakes = &dom[dom.find("id=\"mistakes\"").unwrap()..];
+    let mistakes = &mistakes[..mistakes.find("</div>").unwrap_or(mistakes.len())];
+    let (thumbs, heatmaps) = (
+        mistakes.matches("class=\"thumb\"").count(),
+        mistakes.matches("class=\"heatmap\"").count(),
+    );
+    assert_eq!(thumbs, 16, "16 mistakes shown");
+    assert_eq!(heatmaps, thumbs, "a heatmap per mistake");
     assert_eq!(
         loaded, total,
         "every image decodes with a non-zero natural size"

@@ -495,6 +495,77 @@ impl Model {
         network_inputs(py, &self.inner.backbone, images, uint8)
     }
 
+    /// Heatmaps of the regions that drove each image's predicted class (CAM / Grad-CAM, see
+    /// graft's docs/explain.md): for each image, a PNG of it as the network saw it (the crop
+    /// at the model's resolution) with the heatmap overlaid, written into `out_dir` and named
+    /// after the photo (arrays as `array-N.png`). Returns the paths written, in input order.
+    /// A kNN model has no class weights to explain with: `GraftError`.
+    fn explain(
+        &self,
+        py: Python<'_>,
+        images: &Bound<'_, PyAny>,
+        out_dir: PathBuf,
+    ) -> PyResult<Vec<String>> {
+        use graft::explain::{LinearTop, explain_crops, overlay, png_name};
+        let inputs = inputs(images)?;
+        let model = &self.inner;
+        let top =
+            LinearTop::from_head(&model.head).map_err(|e| GraftError::new_err(e.to_string()))?;
+        let config = &model.backbone.config;
+        let crops: Vec<Result<RgbImage, DecodeError>> = py.detach(|| {
+            inputs
+                .iter()
+                .map(|input| match input {
+                    Input::File(path) => {
+                        graft::data::decode::decode_for(path, config, DecodeLimits::default())
+                            .map(|rgb| crop_and_resize(&rgb, config))
+                    }
+                    Input::Pixels(image) => Ok(crop_and_resize(image, config)),
+                })
+                .collect()
+        });
+        let failures: Vec<(usize, String)> = crops
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.as_ref().err().map(|e| (i, e.reason.clone())))
+            .collect();
+        if !failures.is_empty() {
+            let results = PyList::empty(py);
+            for _ in &crops {
+                results.append(py.None())?;
+            }
+            return Err(raise_failures(py, &inputs, &failures, results));
+        }
+        let crops: Vec<RgbImage> = crops.into_iter().flatten().collect();
+        let written = py.detach(|| -> Result<Vec<String>, graft::explain::ExplainError> {
+            std::fs::create_dir_all(&out_dir).map_err(|source| {
+                graft::explain::ExplainError::Io {
+                    path: out_dir.clone(),
+                    source,
+                }
+            })?;
+            let mut taken = std::collections::HashSet::new();
+            let mut written = Vec::with_capacity(crops.len());
+            for (start, chunk) in (0..).step_by(BATCH).zip(crops.chunks(BATCH)) {
+                let chunk: Vec<&RgbImage> = chunk.iter().collect();
+                for (i, (_, drawn)) in explain_crops(&model.backbone, &top, &chunk)?
+                    .into_iter()
+                    .enumerate()
+                {
+                    let name = match &inputs[start + i] {
+                        Input::File(path) => path.clone(),
+                        Input::Pixels(_) => PathBuf::from(format!("array-{}", start + i)),
+                    };
+                    let png = out_dir.join(png_name(&name, &mut taken));
+                    overlay::write_png(&drawn, &png)?;
+                    written.push(png.to_string_lossy().into_owned());
+                }
+            }
+            Ok(written)
+        });
+        written.map_err(|e| GraftError::new_err(e.to_string()))
+    }
+
     /// Metrics (accuracy, per-class precision / recall / F1, confusion matrix) on every
     /// labelled image under `folder`, whose class folders must be among the model's classes.
     #[pyo3(signature = (folder, progress = None))]

@@ -134,6 +134,26 @@ def test_model_predict_equals_graft_predict(cli_cache, tmp_path):
     assert 0.8 < metrics["accuracy"] <= 1.0
 
 
+def test_model_explain_writes_what_predict_explain_writes(cli_cache, tmp_path):
+    run = tmp_path / "logreg"
+    model = graft.train(FLOWERS, recipe="logreg", out=run, cache_dir=cli_cache, progress=False)
+    three = photos(1)[:3]
+    written = model.explain([str(p) for p in three], tmp_path / "python")
+    cli("predict", "--model", run, "--explain", tmp_path / "cli", *three)
+    assert [Path(p).name for p in written] == [p.with_suffix(".png").name for p in three]
+    # The same pictures to rounding (the wheel and the binary are separate builds: a few
+    # pixels of the 224 x 224 differed by one level): compared through graft's own decoder.
+    theirs = [str(tmp_path / "cli" / Path(p).name) for p in written]
+    decoded = graft.Backbone().preprocess(written + theirs, uint8=True).astype(int)
+    assert np.abs(decoded[:3] - decoded[3:]).max() <= 1
+    pixels = np.random.default_rng(0).integers(0, 256, size=(2, 150, 200, 3), dtype=np.uint8)
+    arrays = model.explain(pixels, tmp_path / "arrays")
+    assert [Path(p).name for p in arrays] == ["array-0.png", "array-1.png"]
+    knn = graft.train(FLOWERS, recipe="knn", out=tmp_path / "knn", cache_dir=cli_cache, progress=False)
+    with pytest.raises(graft.GraftError, match="kNN"):
+        knn.explain(str(three[0]), tmp_path / "knn-heatmaps")
+
+
 def test_a_bad_image_raises_an_error_that_names_it(cli_cache, tmp_path):
     run = tmp_path / "knn"
     model = graft.train(FLOWERS, recipe="knn", out=run, cache_dir=cli_cache, progress=False)

@@ -227,6 +227,34 @@ impl Backbone {
         }))
     }
 
+    /// A CNN's last-stage maps `[N, C, h, w]` of a preprocessed batch, the ones pooled into
+    /// [`Backbone::features`] (for class activation maps, `crate::explain`): by the fused form
+    /// when prepared, else by burn. `None` for a ViT.
+    pub fn last_maps(&self, batch: Tensor<4>) -> Option<Tensor<4>> {
+        if matches!(self.net, Network::Vit(_)) {
+            return None;
+        }
+        if let Some(fused) = &self.fused {
+            return Some(fused.last_maps(batch));
+        }
+        if let Some(fused) = &self.fused_other {
+            return fused.last_maps(batch);
+        }
+        self.net.forward_last_maps(batch)
+    }
+
+    /// A ViT's tokens `[N, L, dim]` entering its last block, of a preprocessed batch (for
+    /// Grad-CAM): by the fused form when prepared, else by burn. `None` for a CNN.
+    pub fn last_block_input(&self, batch: Tensor<4>) -> Option<Tensor<3>> {
+        let Network::Vit(net) = &self.net else {
+            return None;
+        };
+        if let Some(fused) = &self.fused_other {
+            return fused.last_block_input(batch);
+        }
+        Some(net.last_block_input(batch))
+    }
+
     /// `forward` over slices of `CPU_SLICE` images of the batch in parallel, one per worker
     /// thread at a time, concatenated in order. On the CPU, burn-flex keeps only about 1.5 of
     /// 2 cores busy inside one forward pass; independent slices keep them all busy and stay in

@@ -150,6 +150,47 @@ impl Network {
         }
     }
 
+    /// A CNN's last-stage maps `[N, C, h, w]`, the ones pooled into the features (for class
+    /// activation maps); `None` for a ViT.
+    pub fn forward_last_maps(&self, x: Tensor<4>) -> Option<Tensor<4>> {
+        match self {
+            Self::MbConv(net) => Some(net.forward_feature_map(x)),
+            Self::ResNet(net) => net.forward_groups(x).pop(),
+            Self::ConvNeXt(net) => net.forward_groups(x).pop(),
+            Self::Vit(_) => None,
+        }
+    }
+
+    /// The pooled features of [`Network::forward_last_maps`]'s maps: their global average, and
+    /// for ConvNeXt the LayerNorm after it. Differentiable in `maps`; `None` for a ViT.
+    pub fn features_from_maps(&self, maps: Tensor<4>) -> Option<Tensor<2>> {
+        use super::family::global_average_pool;
+        match self {
+            Self::MbConv(_) | Self::ResNet(_) => Some(global_average_pool(maps)),
+            Self::ConvNeXt(net) => Some(net.head_norm.forward(global_average_pool(maps))),
+            Self::Vit(_) => None,
+        }
+    }
+
+    /// The pretrained classifier as `[classes, feature_dim]` weights (row-major) and biases.
+    pub fn classifier_weights(&self) -> Option<(Vec<f32>, Vec<f32>)> {
+        let linear = match self {
+            Self::MbConv(net) => net.classifier.as_ref(),
+            Self::ResNet(net) => net.fc.as_ref(),
+            Self::ConvNeXt(net) => net.fc.as_ref(),
+            Self::Vit(net) => net.head.as_ref(),
+        }?;
+        // burn keeps the weight `[inputs, outputs]`.
+        let weight = linear.weight.val().transpose();
+        let [classes, _] = weight.dims();
+        let values = |t: Tensor<1>| t.into_data().try_into_vec::<f32>().ok();
+        let bias = match &linear.bias {
+            Some(bias) => values(bias.val())?,
+            None => vec![0.0; classes],
+        };
+        Some((values(weight.flatten(0, 1))?, bias))
+    }
+
     pub fn has_classifier(&self) -> bool {
         match self {
             Self::MbConv(net) => net.classifier.is_some(),

@@ -4,6 +4,7 @@ mod bench;
 mod cache;
 mod doctor;
 mod evaluate;
+mod explain;
 mod export;
 mod extract;
 mod features;

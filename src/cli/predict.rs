@@ -47,6 +47,12 @@ pub struct PredictArgs {
     /// Refuse images with more pixels than this (decompression bombs).
     #[arg(long, default_value_t = DecodeLimits::default().max_pixels)]
     pub max_pixels: u64,
+
+    /// Also write into DIR, for each image, a PNG of it (the crop the network saw) with a
+    /// heatmap of the regions that drove the predicted class (CAM / Grad-CAM; needs a linear
+    /// top: head, logreg or svm, or the ImageNet classifier).
+    #[arg(long, value_name = "DIR")]
+    pub explain: Option<PathBuf>,
 }
 
 pub fn run(args: PredictArgs) -> Result<ExitCode> {
@@ -71,6 +77,10 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
             imagenet = args.backbone.load(true)?;
             (&imagenet, Top::ImageNet)
         }
+    };
+    let linear = match &args.explain {
+        Some(_) => Some(super::explain::linear_top(backbone, top)?),
+        None => None,
     };
     let limits = DecodeLimits {
         max_pixels: args.max_pixels,
@@ -113,6 +123,10 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
         if let Err(e) = &c.result {
             eprintln!("error: {e}");
         }
+    }
+    // After the predictions, so that their lines come first.
+    if let (Some(dir), Some(linear)) = (&args.explain, &linear) {
+        super::explain::write(backbone, top, linear, &images, dir, args.batch_size, limits)?;
     }
     if failed > 0 {
         eprintln!(

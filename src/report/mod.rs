@@ -4,6 +4,7 @@
 mod charts;
 pub mod pretrain;
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -51,6 +52,7 @@ pub fn write_report(dir: &Path) -> Result<PathBuf, ReportError> {
     // Fine-tuning runs save their plan; other recipes have none. A damaged plan only costs
     // its section.
     let plan = run::load_plan(dir).ok().flatten();
+    let heatmaps = mistake_heatmaps(dir, &predictions);
     let html = render(
         &card,
         &metrics,
@@ -58,6 +60,7 @@ pub fn write_report(dir: &Path) -> Result<PathBuf, ReportError> {
         &predictions,
         &evaluations,
         plan.as_ref(),
+        &heatmaps,
     )?;
     let path = dir.join(REPORT_FILE);
     crate::util::write_atomic(&path, html.as_bytes()).map_err(|source| ReportError::Io {
@@ -115,6 +118,71 @@ pub(crate) fn thumbnail(path: &Path) -> Option<String> {
     Some(format!("data:image/jpeg;base64,{}", BASE64.encode(jpeg)))
 }
 
+/// The mistakes the report shows: the `MISTAKES_SHOWN` most confident.
+fn shown_mistakes(predictions: &[PredictionRecord]) -> Vec<&PredictionRecord> {
+    let mut mistakes: Vec<&PredictionRecord> = predictions
+        .iter()
+        .filter(|p| p.truth != p.predicted)
+        .collect();
+    mistakes.sort_by(|a, b| b.probability.total_cmp(&a.probability));
+    mistakes.truncate(MISTAKES_SHOWN);
+    mistakes
+}
+
+/// The shown mistakes' heatmaps (`crate::explain`) as JPEG data URIs, by path: the run's model
+/// loaded and its top explained. Empty for a kNN top (not linear), and with a note on stderr
+/// when the model cannot be loaded (weights not in the store).
+fn mistake_heatmaps(dir: &Path, predictions: &[PredictionRecord]) -> HashMap<PathBuf, String> {
+    let paths: Vec<PathBuf> = shown_mistakes(predictions)
+        .iter()
+        .map(|m| m.path.clone())
+        .collect();
+    // A kNN top has nothing to explain with, by design: no note for it.
+    let linear = crate::head::Head::load(&dir.join(run::HEAD_FILE))
+        .is_ok_and(|head| matches!(head, crate::head::Head::Linear { .. }));
+    if paths.is_empty() || !linear {
+        return HashMap::new();
+    }
+    let drawn = crate::run::TrainedModel::open(dir, None)
+        .map_err(|e| e.to_string())
+        .and_then(|model| {
+            let top =
+                crate::explain::LinearTop::from_head(&model.head).map_err(|e| e.to_string())?;
+            crate::explain::explain_images(
+                &model.backbone,
+                &top,
+                &paths,
+                MISTAKES_SHOWN,
+                DecodeLimits::default(),
+            )
+            .map_err(|e| e.to_string())
+        });
+    let drawn = match drawn {
+        Ok(drawn) => drawn,
+        Err(why) => {
+            eprintln!("note: the report shows no heatmaps: {why}");
+            return HashMap::new();
+        }
+    };
+    paths
+        .into_iter()
+        .zip(drawn)
+        .filter_map(|(path, result)| {
+            let (_, image) = result.ok()?;
+            let small = image::imageops::thumbnail(&image, THUMBNAIL_SIDE, THUMBNAIL_SIDE);
+            Some((path, jpeg_data_uri(&small)?))
+        })
+        .collect()
+}
+
+fn jpeg_data_uri(image: &image::RgbImage) -> Option<String> {
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80)
+        .encode_image(image)
+        .ok()?;
+    Some(format!("data:image/jpeg;base64,{}", BASE64.encode(jpeg)))
+}
+
 fn percent(v: f64) -> String {
     format!("{:.1}%", 100.0 * v)
 }
@@ -126,6 +194,7 @@ fn render(
     predictions: &[PredictionRecord],
     evaluations: &[(String, EvaluationRecord)],
     plan: Option<&Plan>,
+    heatmaps: &HashMap<PathBuf, String>,
 ) -> Result<String, ReportError> {
     let mut body = String::new();
     let w = &mut body;
@@ -279,21 +348,21 @@ fn render(
     }
     let _ = write!(w, "</table>");
 
-    let mut mistakes: Vec<&PredictionRecord> = predictions
-        .iter()
-        .filter(|p| p.truth != p.predicted)
-        .collect();
-    mistakes.sort_by(|a, b| b.probability.total_cmp(&a.probability));
-    mistakes.truncate(MISTAKES_SHOWN);
+    let mistakes = shown_mistakes(predictions);
     let _ = write!(
         w,
-        r#"<h2>Most confident mistakes</h2><p>{} of {} validation images are wrong; the {} the model was surest about:</p><div id="mistakes">"#,
+        r#"<h2>Most confident mistakes</h2><p>{} of {} validation images are wrong; the {} the model was surest about{}:</p><div id="mistakes">"#,
         predictions
             .iter()
             .filter(|p| p.truth != p.predicted)
             .count(),
         predictions.len(),
-        mistakes.len()
+        mistakes.len(),
+        if heatmaps.is_empty() {
+            ""
+        } else {
+            ", each beside a heatmap of the regions that drove the wrong class (CAM / Grad-CAM, red = most)"
+        }
     );
     let thumbnails: Vec<Option<String>> = mistakes.par_iter().map(|m| thumbnail(&m.path)).collect();
     for (m, thumb) in mistakes.iter().zip(thumbnails) {
@@ -306,9 +375,16 @@ fn render(
                 )
             },
         );
+        // What drove the wrong prediction, when the model could be loaded (`crate::explain`).
+        let heatmap = heatmaps.get(&m.path).map_or_else(String::new, |src| {
+            format!(
+                r#"<img class="heatmap" src="{src}" alt="heatmap of {}">"#,
+                escape(&m.predicted)
+            )
+        });
         let _ = write!(
             w,
-            r#"<figure>{image}<figcaption>true <b>{}</b><br>predicted <b>{}</b> ({})<br><small>{}</small></figcaption></figure>"#,
+            r#"<figure>{image}{heatmap}<figcaption>true <b>{}</b><br>predicted <b>{}</b> ({})<br><small>{}</small></figcaption></figure>"#,
             escape(&m.truth),
             escape(&m.predicted),
             percent(m.probability as f64),

@@ -13,7 +13,9 @@ use burn::tensor::Tensor;
 
 use super::model::{ConvNeXt, ConvNeXtBlock, Downsample};
 use crate::backbone::fused::layers::{Dense, Norm};
-use crate::backbone::fused::{Classifier, PooledForward, grow as sized, per_image, to_vec};
+use crate::backbone::fused::{
+    Classifier, PooledForward, chw, grow as sized, per_image, per_image_maps, to_vec,
+};
 use crate::kernels::transformer::gelu;
 use crate::kernels::{self, Activation, ConvGeometry, Rows};
 
@@ -176,6 +178,26 @@ impl FusedConvNeXt {
     }
 
     fn forward_image(&self, image: &[f32], size: [usize; 2], s: &mut Scratch, out: &mut [f32]) {
+        let ([h, w], c) = self.trunk(image, size, s);
+        let pixels = h * w;
+
+        // Global average pool, then LayerNorm.
+        let pooled = sized(&mut s.normed, c);
+        pooled.fill(0.0);
+        for row in s.x[..pixels * c].chunks_exact(c) {
+            for (p, v) in pooled.iter_mut().zip(row) {
+                *p += v;
+            }
+        }
+        for p in pooled.iter_mut() {
+            *p /= pixels as f32;
+        }
+        self.head_norm.forward(&s.normed[..c], out);
+    }
+
+    /// The stem and every stage of one planar image, the last stage's NHWC map left in `s.x`:
+    /// returns its size and channels.
+    fn trunk(&self, image: &[f32], size: [usize; 2], s: &mut Scratch) -> ([usize; 2], usize) {
         // Stem: 4x4 patches, one product, then LayerNorm per pixel.
         let g = self.stem.geometry(size);
         let mut c = self.stem.conv.bias.len();
@@ -209,18 +231,7 @@ impl FusedConvNeXt {
             }
         }
 
-        // Global average pool, then LayerNorm.
-        let pooled = sized(&mut s.normed, c);
-        pooled.fill(0.0);
-        for row in s.x[..pixels * c].chunks_exact(c) {
-            for (p, v) in pooled.iter_mut().zip(row) {
-                *p += v;
-            }
-        }
-        for p in pooled.iter_mut() {
-            *p /= pixels as f32;
-        }
-        self.head_norm.forward(&s.normed[..c], out);
+        (size, c)
     }
 
     /// `x + fc2(gelu(fc1(LN(dwconv(x)))))` on `s.x` (`[h * w, c]`), in place.
@@ -271,5 +282,14 @@ impl PooledForward for FusedConvNeXt {
             bias: &fc.bias,
             inputs: self.feature_dim(),
         })
+    }
+
+    fn last_maps(&self, batch: Tensor<4>) -> Option<Tensor<4>> {
+        Some(per_image_maps(batch, |image, size| {
+            SCRATCH.with_borrow_mut(|s| {
+                let ([h, w], c) = self.trunk(image, size, s);
+                chw(&s.x[..h * w * c], [h, w, c])
+            })
+        }))
     }
 }

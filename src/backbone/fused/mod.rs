@@ -25,6 +25,15 @@ pub trait FusedForward: std::fmt::Debug + Send + Sync {
     fn features(&self, batch: Tensor<4>) -> Tensor<2>;
     /// Logits of the pretrained classifier, or `None` without it.
     fn logits(&self, batch: Tensor<4>) -> Option<Tensor<2>>;
+    /// A CNN's last-stage maps `[N, C, h, w]`, the ones pooled into the features (for class
+    /// activation maps, `crate::explain`); `None` for a family without one.
+    fn last_maps(&self, _batch: Tensor<4>) -> Option<Tensor<4>> {
+        None
+    }
+    /// A ViT's tokens `[N, L, dim]` entering its last block (for Grad-CAM); `None` otherwise.
+    fn last_block_input(&self, _batch: Tensor<4>) -> Option<Tensor<3>> {
+        None
+    }
 }
 
 /// `buffer` grown to at least `len` values: its first `len`.
@@ -142,6 +151,14 @@ pub(in crate::backbone) trait PooledForward:
     fn pooled(&self, batch: Tensor<4>) -> Vec<f32>;
     /// The pretrained classifier, if kept.
     fn classifier(&self) -> Option<Classifier<'_>>;
+    /// See [`FusedForward::last_maps`].
+    fn last_maps(&self, _batch: Tensor<4>) -> Option<Tensor<4>> {
+        None
+    }
+    /// See [`FusedForward::last_block_input`].
+    fn last_block_input(&self, _batch: Tensor<4>) -> Option<Tensor<3>> {
+        None
+    }
 }
 
 /// A classifier on pooled rows: `[inputs, classes]` weight and bias, reading the first
@@ -177,6 +194,14 @@ impl<T: PooledForward> FusedForward for T {
             TensorData::new(logits, [n, classes]),
             &device,
         ))
+    }
+
+    fn last_maps(&self, batch: Tensor<4>) -> Option<Tensor<4>> {
+        PooledForward::last_maps(self, batch)
+    }
+
+    fn last_block_input(&self, batch: Tensor<4>) -> Option<Tensor<3>> {
+        PooledForward::last_block_input(self, batch)
     }
 }
 

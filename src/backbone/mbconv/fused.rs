@@ -325,6 +325,21 @@ impl FusedNet {
         })
     }
 
+    /// The head conv's maps `[N, head_channels, h, w]` (after its ReLU6), the ones pooled
+    /// into the features: what class activation maps weight (`crate::explain`).
+    pub fn last_maps(&self, batch: Tensor<4>) -> Tensor<4> {
+        per_image_maps(batch, |image, [h, w]| {
+            SCRATCH.with_borrow_mut(|scratch| {
+                let (oh, ow, c) = self.forward_trunk(image, h, w, self.blocks.len(), scratch, None);
+                let dim = self.head.out_channels();
+                let mut map = vec![0.0; oh * ow * dim];
+                self.head
+                    .pointwise(&scratch.x[..oh * ow * c], oh * ow, None, &mut map);
+                chw(&map, [oh, ow, dim])
+            })
+        })
+    }
+
     /// Every image of `batch` through the backbone on the worker threads, one image at a time
     /// each; then the whole batch through the `classifier` if given (`[features, classes]`
     /// weight and bias: one product for the batch reads its 5 MB once, not once per image).

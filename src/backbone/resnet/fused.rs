@@ -597,4 +597,8 @@ impl PooledForward for FusedResNet {
             inputs: self.features,
         })
     }
+
+    fn last_maps(&self, batch: Tensor<4>) -> Option<Tensor<4>> {
+        Some(self.forward_prefix(batch, self.blocks.len()))
+    }
 }

@@ -153,6 +153,10 @@ impl PooledForward for FusedVit {
             inputs: self.dim,
         })
     }
+
+    fn last_block_input(&self, batch: Tensor<4>) -> Option<Tensor<3>> {
+        Some(self.tokens_before_last_block(batch))
+    }
 }
 
 impl FusedVit {
@@ -175,15 +179,38 @@ impl FusedVit {
         })
     }
 
-    fn forward_image(
+    /// The tokens `[N, tokens, dim]` entering the last block (class, registers, then the
+    /// patches row by row): where Grad-CAM takes its gradient (`crate::explain`).
+    fn tokens_before_last_block(&self, batch: Tensor<4>) -> Tensor<3> {
+        let [n, _, h, w] = batch.dims();
+        let device = batch.device();
+        let grid = [h / self.patch, w / self.patch];
+        let tokens = self.prefix_tokens + grid[0] * grid[1];
+        let pos = self.pos_for(grid);
+        let blocks = self.blocks.len().saturating_sub(1);
+        let rows = per_image(batch, tokens * self.dim, |image, size, out| {
+            SCRATCH.with_borrow_mut(|s| {
+                self.forward_tokens(image, size, grid, &pos, s, blocks);
+                out.copy_from_slice(&s.x[..tokens * self.dim]);
+            })
+        });
+        Tensor::from_data(
+            burn::tensor::TensorData::new(rows, [n, tokens, self.dim]),
+            &device,
+        )
+    }
+
+    /// The patch embedding and the first `blocks` blocks of one planar image, the tokens left
+    /// in `s.x`; returns their count.
+    fn forward_tokens(
         &self,
         image: &[f32],
         [height, width]: [usize; 2],
         [gh, gw]: [usize; 2],
         pos: &[f32],
         s: &mut Scratch,
-        out: &mut [f32],
-    ) {
+        blocks: usize,
+    ) -> usize {
         let (d, p) = (self.dim, self.patch);
         let patches = gh * gw;
         let tokens = self.prefix_tokens + patches;
@@ -203,7 +230,7 @@ impl FusedVit {
         let heads = self.heads;
         let head_dim = d / heads;
         let last = self.blocks.len().saturating_sub(1);
-        for (i, block) in self.blocks.iter().enumerate() {
+        for (i, block) in self.blocks[..blocks].iter().enumerate() {
             // Past the last block's attention only the class token's row is read when it is
             // the feature: its query, projection and MLP alone (6% of a ViT-S/16's work).
             let rows = if i == last && !self.mean_patch_feature {
@@ -239,6 +266,21 @@ impl FusedVit {
             block.fc2.forward(hidden, rows, Some(x), next);
             std::mem::swap(&mut s.x, &mut s.next);
         }
+        tokens
+    }
+
+    fn forward_image(
+        &self,
+        image: &[f32],
+        size: [usize; 2],
+        grid: [usize; 2],
+        pos: &[f32],
+        s: &mut Scratch,
+        out: &mut [f32],
+    ) {
+        let d = self.dim;
+        let patches = grid[0] * grid[1];
+        let tokens = self.forward_tokens(image, size, grid, pos, s, self.blocks.len());
 
         // Final norm: the class token, and every patch token for their mean.
         let x = &s.x[..tokens * d];

@@ -417,9 +417,32 @@ impl Vit {
         tokens.narrow(1, 0, 1).reshape([n, d])
     }
 
+    /// The tokens entering the last block, `[N, L, dim]`: where Grad-CAM takes its gradient
+    /// (`crate::explain`; [`Vit::features_from_last_block_input`] goes on from them).
+    pub fn last_block_input(&self, x: Tensor<4>) -> Tensor<3> {
+        let last = self.blocks.len().saturating_sub(1);
+        self.blocks[..last]
+            .iter()
+            .fold(self.embed(x), |x, block| block.forward(x))
+    }
+
+    /// The pooled features of the tokens entering the last block: the last block, the final
+    /// norm and the pooling.
+    pub fn features_from_last_block_input(&self, tokens: Tensor<3>) -> Tensor<2> {
+        let tokens = match self.blocks.last() {
+            Some(block) => block.forward(tokens),
+            None => tokens,
+        };
+        self.pool(self.norm.forward(tokens))
+    }
+
     /// Pooled features: the class token, or it and the mean patch token (`[N, 2 * dim]`).
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
-        let tokens = self.tokens(x);
+        self.pool(self.tokens(x))
+    }
+
+    /// The pooled feature of the final tokens.
+    fn pool(&self, tokens: Tensor<3>) -> Tensor<2> {
         if !self.mean_patch_feature {
             return Self::class_token(tokens);
         }
