@@ -150,6 +150,7 @@ fn check_report_renders(run: &Path) {
         "lr-schedule",
         "evaluations",
         "val-accuracy",
+        "reliability",
     ] {
         assert!(
             dom.contains(&format!("id=\"{id}\"")),
@@ -169,8 +170,8 @@ fn check_report_renders(run: &Path) {
         attribute("data-images-loaded"),
     );
     assert!(
-        total >= 3 + 16,
-        "{total} images: 3 charts and 16 mistakes expected"
+        total >= 4 + 16,
+        "{total} images: 4 charts and 16 mistakes expected"
     );
     assert_eq!(
         loaded, total,

@@ -3,6 +3,7 @@
 
 mod charts;
 pub mod pretrain;
+mod reliability;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -269,6 +270,8 @@ fn render(
         );
     }
     let _ = write!(w, "</table>");
+
+    w.push_str(&reliability::section(metrics)?);
 
     let mut mistakes: Vec<&PredictionRecord> = predictions
         .iter()
