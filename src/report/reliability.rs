@@ -20,7 +20,7 @@ pub(super) fn section(metrics: &RunMetrics) -> Result<String, ReportError> {
         record.log_loss_after,
     ) {
         (Some(e0), Some(e1), Some(l0), Some(l1)) => format!(
-            r#"expected calibration error ({} bins) <b id="ece-before">{e0:.4}</b> before, <b id="ece-after">{e1:.4}</b> after; log-loss {l0:.4} before, {l1:.4} after, on {} validation images."#,
+            r#"Expected calibration error ({} bins) <b id="ece-before">{e0:.4}</b> before, <b id="ece-after">{e1:.4}</b> after; log-loss {l0:.4} before, {l1:.4} after, on {} validation images."#,
             crate::calibration::BINS,
             record.val_images
         ),
