@@ -65,6 +65,7 @@
 pub mod adapted;
 pub mod backbone;
 pub mod backend;
+pub mod calibration;
 pub mod data;
 pub mod doctor;
 pub mod explain;

@@ -178,6 +178,15 @@ pub struct ModelCard {
     /// is then that file's. `None`: the registry's pretrained weights.
     #[serde(default)]
     pub backbone_file: Option<String>,
+    /// The `T` of the calibrated probabilities `softmax(logits / T)` (see `calibration`),
+    /// fitted on the validation split after training; [`TrainedModel::open`] applies it.
+    /// Runs from before calibration have none and read as 1 (the head's own softmax).
+    #[serde(default = "unit_temperature")]
+    pub temperature: f64,
+}
+
+fn unit_temperature() -> f64 {
+    1.0
 }
 
 impl ModelCard {
@@ -203,6 +212,7 @@ impl ModelCard {
             hyperparameters,
             data,
             backbone_file: None,
+            temperature: 1.0,
         }
     }
 }
@@ -218,6 +228,10 @@ pub struct RunMetrics {
     pub train_accuracy: f64,
     /// Scores on the validation split.
     pub val: Metrics,
+    /// The temperature and the validation ECE and log-loss before and after it (runs from
+    /// before calibration have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<crate::calibration::CalibrationRecord>,
 }
 
 impl RunMetrics {
@@ -342,6 +356,8 @@ pub fn fresh_dir(base: &Path, name: &str, kind: &str) -> PathBuf {
 pub struct TrainedModel {
     pub dir: PathBuf,
     pub card: ModelCard,
+    /// The run's head with its temperature applied: its scores are the calibrated
+    /// probabilities.
     pub head: Head,
     pub backbone: Backbone,
 }
@@ -356,7 +372,12 @@ impl TrainedModel {
             problem,
         };
         let card = load_card(dir)?;
-        let head = Head::load(&dir.join(HEAD_FILE))?;
+        let mut head = Head::load(&dir.join(HEAD_FILE))?;
+        // The one place a run's temperature is applied: every consumer of the head gives the
+        // calibrated probabilities.
+        crate::calibration::check_temperature(card.temperature)
+            .map_err(|problem| invalid(&card_path, problem))?;
+        head.temper(card.temperature);
         if head.classes() != card.classes.len() {
             return Err(invalid(
                 &dir.join(HEAD_FILE),

@@ -150,6 +150,7 @@ fn check_report_renders(run: &Path) {
         "lr-schedule",
         "evaluations",
         "val-accuracy",
+        "reliability",
     ] {
         assert!(
             dom.contains(&format!("id=\"{id}\"")),
@@ -169,8 +170,8 @@ fn check_report_renders(run: &Path) {
         attribute("data-images-loaded"),
     );
     assert!(
-        total >= 3 + 16 + 16,
-        "{total} images: 3 charts and 16 mistakes, each with its heatmap, expected"
+        total >= 4 + 16 + 16,
+        "{total} images: 4 charts and 16 mistakes, each with its heatmap, expected"
     );
     // Each mistake shown has its heatmap beside its thumbnail (`graft::explain`).
     let mistakes = &dom[dom.find("id=\"mistakes\"").unwrap()..];

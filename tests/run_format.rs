@@ -42,11 +42,14 @@ fn cards_of_every_recipe_read_typed_and_write_back_the_same_json() {
         assert!(card.hyperparameters.matches(recipe), "{name}");
         assert_eq!(card.data.source, Path::new("flowers-small"), "{name}");
         assert_eq!(card.data.split, SplitKind::Stratified, "{name}");
-        // Written back through the same types: the old JSON plus the schema version and the
-        // decode mode (exact, what graft 0.1.0 did), nothing renamed, nothing lost.
+        // Written back through the same types: the old JSON plus the schema version, the
+        // decode mode (exact, what graft 0.1.0 did) and the temperature (1: uncalibrated),
+        // nothing renamed, nothing lost.
+        assert_eq!(card.temperature, 1.0, "{name}: no temperature reads as 1");
         let mut old = json(&dir.join(run::MODEL_FILE));
         old["schema_version"] = 1.into();
         old["source"]["decode"] = "exact".into();
+        old["temperature"] = 1.0.into();
         assert_eq!(serde_json::to_value(&card).unwrap(), old, "{name}");
         let metrics = run::load_metrics(&dir).unwrap();
         let history = run::load_history(&dir).unwrap();

@@ -433,6 +433,13 @@ impl Model {
         self.inner.card.backbone.clone()
     }
 
+    /// The temperature T of its calibrated probabilities, softmax(logits / T), fitted on the
+    /// validation split (1 for runs from before calibration); `predict` applies it.
+    #[getter]
+    fn temperature(&self) -> f64 {
+        self.inner.card.temperature
+    }
+
     /// `metrics.json` of the run: validation metrics as recorded when it was trained.
     fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let metrics = graft::run::load_metrics(&self.inner.dir)

@@ -127,6 +127,10 @@ def test_model_predict_equals_graft_predict(cli_cache, tmp_path):
         assert [p["label"] for p in mine] == [p["label"] for p in image["predictions"]]
         for p, q in zip(mine, image["predictions"]):
             assert np.float32(p["probability"]) == np.float32(q["probability"])
+    # The probabilities are the calibrated ones, with the run's temperature.
+    card = json.loads((run / "model.json").read_text())
+    assert model.temperature == card["temperature"] > 0
+    assert model.metrics()["calibration"]["temperature"] == card["temperature"]
     # graft.open reads the same run directory.
     reopened = graft.open(run)
     assert reopened.predict(str(fifty[0]), top=3) == ours[:1]

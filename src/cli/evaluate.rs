@@ -68,6 +68,12 @@ pub fn run(args: EvaluateArgs) -> Result<ExitCode> {
             tta.metrics.accuracy - record.metrics.accuracy
         );
     }
+    if let Some(c) = &record.calibration {
+        println!(
+            "calibration (temperature {:.4}): expected calibration error {:.4}, log-loss {:.4}",
+            c.temperature, c.ece, c.log_loss
+        );
+    }
     println!("metrics written to {}", output.display());
     Ok(if evaluation.skipped == 0 {
         ExitCode::SUCCESS

@@ -18,6 +18,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::backbone::Backbone;
+use crate::calibration::CalibrationRecord;
 use crate::data::DecodeLimits;
 use crate::data::dataset::{self, Dataset, Sample, SplitOptions};
 use crate::features::cache::{CacheError, FeatureCache};
@@ -367,6 +368,8 @@ pub fn train_on_features(
         backbone.config.name
     ));
     let fitted = fit_top(train, val, classes, options, progress)?;
+    let calibration = calibrate(&fitted.head, val, classes.len())?;
+    progress.note(&calibration.summary());
     // A backbone from explicit weights travels with the run, so predict and evaluate find it.
     let explicit_weights = options.backbone.weights_file()?.map(|file| {
         let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("bin");
@@ -386,14 +389,23 @@ pub fn train_on_features(
         ),
     );
     card.backbone_file = explicit_weights.as_ref().map(|(_, name)| name.clone());
+    card.temperature = calibration.temperature;
     let metrics = RunMetrics {
         train_size: train.len(),
         val_size: val.len(),
         best_epoch: fitted.best_epoch,
         train_accuracy: score(&fitted.head, train, classes)?.accuracy,
         val: score(&fitted.head, val, classes)?,
+        calibration: Some(calibration),
     };
-    let predictions = predictions(&fitted.head, val, &val.paths, classes)?;
+    // The recorded probabilities are the calibrated ones, as predict gives them; the head
+    // is saved as fitted, its temperature beside it in model.json.
+    let predictions = predictions(
+        &tempered(&fitted.head, card.temperature),
+        val,
+        &val.paths,
+        classes,
+    )?;
     run::save(
         out,
         &card,
@@ -423,6 +435,49 @@ pub fn score(head: &Head, data: &dyn RowSource, classes: &[String]) -> Result<Me
         predicted.extend(argmax_rows(&scores, classes.len()));
     })?;
     Ok(Metrics::compute(&data.labels(), &predicted, classes))
+}
+
+/// Fit the temperature of `head` on the validation rows `val` (see [`crate::calibration`]):
+/// a linear top's (dense head, logistic regression, SVM); a kNN top keeps temperature 1, its
+/// vote shares measured as they are.
+pub fn calibrate(
+    head: &Head,
+    val: &dyn RowSource,
+    classes: usize,
+) -> Result<CalibrationRecord, CacheError> {
+    let (mut outputs, mut linear) = (Vec::with_capacity(val.len() * classes), true);
+    for_each_chunk(val, SCORE_CHUNK, |_, rows| {
+        match head.logits(rows, val.dim()) {
+            Some(logits) => outputs.extend(logits),
+            None => {
+                linear = false;
+                outputs.extend(head.scores(rows, val.dim()));
+            }
+        }
+    })?;
+    let labels = val.labels();
+    Ok(if linear {
+        CalibrationRecord::fit(&outputs, &labels, classes)
+    } else {
+        CalibrationRecord::unfitted(
+            "a kNN top's vote shares are not logits to scale".into(),
+            &outputs,
+            &labels,
+            classes,
+        )
+    })
+}
+
+/// A copy of a linear `head` with `temperature` applied (the head itself for kNN, or at 1).
+pub fn tempered(head: &Head, temperature: f64) -> std::borrow::Cow<'_, Head> {
+    match head {
+        Head::Linear { .. } if temperature != 1.0 => {
+            let mut head = head.clone();
+            head.temper(temperature);
+            std::borrow::Cow::Owned(head)
+        }
+        _ => std::borrow::Cow::Borrowed(head),
+    }
 }
 
 /// The verdict on every row of `data` (the images `paths`, in row order).

@@ -37,8 +37,8 @@ use crate::train::dense::DenseOptions;
 use crate::train::finetune::{Checkpoints, Examples, FinetuneOptions, finetune};
 
 use super::bottleneck::{
-    TrainedRun, features, open_cache, open_dataset, predictions, score, train_head,
-    train_val_features,
+    TrainedRun, calibrate, features, open_cache, open_dataset, predictions, score, tempered,
+    train_head, train_val_features,
 };
 use super::{BackboneChoice, RecipeError, checkpointed};
 
@@ -263,6 +263,10 @@ pub fn train(
     )?;
     // cannot fail: one group in, one matrix out
     let tuned_val = tuned.pop().expect("one matrix");
+    // The top is linear on the fine-tuned backbone's features: calibrated like recipe 2's.
+    let calibration = calibrate(&model.head, &tuned_val, classes.len())?;
+    progress.note(&calibration.summary());
+    card.temperature = calibration.temperature;
     let best = &history[head_epochs + result.best_epoch - 1];
     let metrics = RunMetrics {
         train_size: train.len(),
@@ -270,8 +274,14 @@ pub fn train(
         best_epoch: Some(head_epochs + result.best_epoch),
         train_accuracy: best.train_accuracy,
         val: score(&model.head, &tuned_val, classes)?,
+        calibration: Some(calibration),
     };
-    let predictions = predictions(&model.head, &tuned_val, &tuned_val.paths, classes)?;
+    let predictions = predictions(
+        &tempered(&model.head, card.temperature),
+        &tuned_val,
+        &tuned_val.paths,
+        classes,
+    )?;
     run::save(out, &card, &model.head, &metrics, &history, &predictions)?;
     Ok(FinetunedRun {
         run: TrainedRun {

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::calibration::CalibrationCheck;
 use crate::data::DecodeLimits;
 use crate::data::dataset::{self, Sample};
 use crate::data::preprocess::hflip;
@@ -111,6 +112,13 @@ impl TrainedModel {
         // cannot fail: one group in, one matrix out
         let scored = matrices.pop().expect("one matrix").to_matrix()?;
         let metrics = score(&self.head, &scored, &card.classes)?;
+        // The head carries the run's temperature: these are the probabilities predict gives.
+        let calibration = CalibrationCheck::of(
+            &self.head.scores(&scored.rows, scored.dim),
+            &scored.labels,
+            card.classes.len(),
+            card.temperature,
+        );
         let tta = if options.tta {
             Some(TtaRecord {
                 views: vec!["original".into(), "horizontal flip".into()],
@@ -125,6 +133,7 @@ impl TrainedModel {
                 split: lowercase_name(&options.split),
                 metrics,
                 tta,
+                calibration: Some(calibration),
             },
             skipped: summary.skipped.len(),
         })

@@ -231,3 +231,91 @@ pub fn learning_rates(groups: &[Series]) -> Result<String, String> {
     }
     Ok(svg)
 }
+
+/// A reliability diagram per set of bins (before and after calibration, side by side):
+/// the accuracy of each confidence bin as a bar, the gap to the bin's mean confidence
+/// outlined, the diagonal of perfect calibration, and each bin's image count under it.
+pub fn reliability(panels: &[(String, &[crate::calibration::Bin])]) -> Result<String, String> {
+    const ACCURACY: RGBColor = RGBColor(31, 119, 180);
+    const GAP: RGBColor = RGBColor(214, 39, 40);
+    let width = 480 * panels.len().max(1) as u32;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (width, 400)).into_drawing_area();
+        root.fill(&WHITE).map_err(fail)?;
+        let areas = root.split_evenly((1, panels.len().max(1)));
+        for (area, (title, bins)) in areas.iter().zip(panels) {
+            let mut chart = ChartBuilder::on(area)
+                .caption(title, ("sans-serif", 16))
+                .margin(10)
+                .x_label_area_size(35)
+                .y_label_area_size(45)
+                .build_cartesian_2d(0.0..1.0, -0.08..1.0)
+                .map_err(fail)?;
+            chart
+                .configure_mesh()
+                .x_desc("confidence (probability of the predicted class)")
+                .y_desc("accuracy")
+                .y_label_formatter(&|v| {
+                    if *v < 0.0 {
+                        String::new()
+                    } else {
+                        format!("{v:.1}")
+                    }
+                })
+                .light_line_style(WHITE.mix(0.0))
+                .draw()
+                .map_err(fail)?;
+            let filled = bins.iter().filter(|b| b.count > 0);
+            chart
+                .draw_series(filled.clone().map(|b| {
+                    Rectangle::new(
+                        [(b.lower, 0.0), (b.upper, b.accuracy)],
+                        ACCURACY.mix(0.8).filled(),
+                    )
+                }))
+                .map_err(fail)?
+                .label("accuracy")
+                .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], ACCURACY.filled()));
+            chart
+                .draw_series(filled.clone().map(|b| {
+                    Rectangle::new(
+                        [(b.lower, b.accuracy), (b.upper, b.confidence)],
+                        GAP.stroke_width(2),
+                    )
+                }))
+                .map_err(fail)?
+                .label("gap to confidence")
+                .legend(|(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 15, y + 5)], GAP.stroke_width(2))
+                });
+            chart
+                .draw_series(LineSeries::new(
+                    [(0.0, 0.0), (1.0, 1.0)],
+                    BOUNDARY.stroke_width(1),
+                ))
+                .map_err(fail)?
+                .label("perfect calibration")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], BOUNDARY.stroke_width(1)));
+            // Counts under the axis' zero, one per non-empty bin.
+            chart
+                .draw_series(filled.map(|b| {
+                    Text::new(
+                        b.count.to_string(),
+                        (b.lower + 0.004, -0.025),
+                        ("sans-serif", 10),
+                    )
+                }))
+                .map_err(fail)?;
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(fail)?;
+        }
+        root.present().map_err(fail)?;
+    }
+    Ok(svg)
+}

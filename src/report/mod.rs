@@ -3,6 +3,7 @@
 
 mod charts;
 pub mod pretrain;
+mod reliability;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -347,6 +348,8 @@ fn render(
         );
     }
     let _ = write!(w, "</table>");
+
+    w.push_str(&reliability::section(metrics)?);
 
     let mistakes = shown_mistakes(predictions);
     let _ = write!(

@@ -19,6 +19,10 @@ pub struct EvaluationRecord {
     pub metrics: Metrics,
     /// The scores with test-time augmentation, when it was asked for.
     pub tta: Option<TtaRecord>,
+    /// ECE and log-loss of the model's (calibrated) probabilities on the data (evaluations
+    /// from before calibration have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<crate::calibration::CalibrationCheck>,
 }
 
 /// Scores of the average prediction over several views of each image.
