@@ -689,6 +689,7 @@ fn train(
             cache_dir,
             extract_batch_size,
             resume,
+            exclude: Vec::new(),
         };
         let mut forward = Forward::new(progress);
         let result = py.detach(|| -> Result<_, RecipeError> {
@@ -722,6 +723,7 @@ fn train(
         },
         cache_dir,
         extract_batch_size,
+        exclude: Vec::new(),
     };
     let mut forward = Forward::new(progress);
     let result = py.detach(|| -> Result<_, RecipeError> {
