@@ -109,8 +109,10 @@ def precision_recall(flagged, truth):
     return (hits / len(flagged) if flagged else float("nan")), hits / len(truth)
 
 
-def cleanlab_issues(features, labels, seed=0):
-    """cleanlab's label issues and self-confidence on out-of-fold logistic regression; seconds."""
+def cleanlab_issues(features, labels, seed=0, same_model=False):
+    """cleanlab's label issues and self-confidence on out-of-fold logistic regression; seconds.
+    `same_model`: standardised features and C = 1/1000, the model graft fits (alpha 1000)
+    instead of scikit-learn's defaults."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
     from sklearn.exceptions import ConvergenceWarning
@@ -122,9 +124,13 @@ def cleanlab_issues(features, labels, seed=0):
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
     started = time.perf_counter()
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
-    probabilities = cross_val_predict(
-        LogisticRegression(), features, labels, cv=folds, method="predict_proba"
-    )
+    model = LogisticRegression()
+    if same_model:
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=1e-3, max_iter=200))
+    probabilities = cross_val_predict(model, features, labels, cv=folds, method="predict_proba")
     issues = find_label_issues(labels, probabilities)
     seconds = time.perf_counter() - started
     quality = get_label_quality_scores(labels, probabilities)  # self-confidence by default
@@ -145,20 +151,25 @@ def score(out, rate, export, graft_dir):
     features = np.load(os.path.join(export, "features.npy"))
     labels = np.load(os.path.join(export, "labels.npy"))
     export_paths = open(os.path.join(export, "paths.txt")).read().split("\n")[: len(labels)]
-    issues, quality, seconds = cleanlab_issues(features, labels)
-    cl_flagged = {p for p, i in zip(export_paths, issues) if i}
-    cp, cr = precision_recall(cl_flagged, flipped)
     cl_flip = np.array([p in flipped for p in export_paths])
-    cl_auc = auroc(cl_flip, -quality)
-    cl_p80 = precision_at_recall(cl_flip, -quality)
+    peers = {}
+    for name, same_model in (("cleanlab", False), ("cleanlab_same_model", True)):
+        issues, quality, seconds = cleanlab_issues(features, labels, same_model=same_model)
+        found = {p for p, i in zip(export_paths, issues) if i}
+        cp, cr = precision_recall(found, flipped)
+        peers[name] = {"flagged": len(found), "precision": cp, "recall": cr,
+                       "auroc": auroc(cl_flip, -quality),
+                       "precision_at_recall_0.8": precision_at_recall(cl_flip, -quality),
+                       "seconds": seconds}
+        if not same_model:
+            cl_flagged = found
     result = {
         "rate": float(rate),
         "images": len(paths),
         "flipped": len(flipped),
         "graft": {"flagged": len(flagged), "precision": gp, "recall": gr, "auroc": graft_auc,
                   "precision_at_recall_0.8": graft_p80},
-        "cleanlab": {"flagged": len(cl_flagged), "precision": cp, "recall": cr, "auroc": cl_auc,
-                     "precision_at_recall_0.8": cl_p80, "seconds": seconds},
+        **peers,
         "both_flagged": len(flagged & cl_flagged),
     }
     print(json.dumps(result))

@@ -7,7 +7,8 @@
 #    recall of its flagged set and AUROC of its score against the known flips, and the same for
 #    cleanlab (`cleanlab.filter.find_label_issues` on `cross_val_predict(LogisticRegression(),
 #    method="predict_proba")`, 5 stratified folds) on the same cached features (exported by
-#    examples/label_issues.rs).
+#    examples/label_issues.rs); and cleanlab on the model graft fits (standardised features,
+#    C = 1/1000), to tell the method from the model.
 # 2. Time "from cached features to the list": graft (examples/label_issues.rs `time`) and
 #    cleanlab + scikit-learn on the flowers features and on synthetic features of the same width
 #    (1280), ROWS_SCALE rows (default 1500 and 50000); graft alone at GRAFT_ONLY_ROWS (default
@@ -64,12 +65,12 @@ for tag in 5 10; do
 import json, sys
 r = json.load(open(sys.argv[1]))
 print(f"{r['rate']:.0%} noise: {r['flipped']} of {r['images']} labels flipped")
-for name in ("graft", "cleanlab"):
+for name in ("graft", "cleanlab", "cleanlab_same_model"):
     s = r[name]
-    print(f"  {name:8s} flagged {s['flagged']:4d}  precision {s['precision']:.3f}  "
+    print(f"  {name:19s} flagged {s['flagged']:4d}  precision {s['precision']:.3f}  "
           f"recall {s['recall']:.3f}  AUROC {s['auroc']:.4f}  "
           f"ranking by score: precision {s['precision_at_recall_0.8']:.3f} at recall 0.8")
-print(f"  flagged by both: {r['both_flagged']}")
+print(f"  flagged by graft and cleanlab: {r['both_flagged']}")
 PY
 done
 
