@@ -24,6 +24,7 @@
 #   SEED=0                    seed of the flips and the test split
 #   ROWS_SCALE="1500 50000"   synthetic sizes timed for graft and cleanlab
 #   GRAFT_ONLY_ROWS=100000    synthetic size timed for graft alone ("" to skip)
+#   SEEDS="0 1 2"             seeds of the three trainings of "it pays" (averaged)
 #   NO_BUILD=1                do not run cargo build
 set -euo pipefail
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -33,6 +34,7 @@ WORK="${WORK:-$REPO_DIR/target/label-noise}"
 SEED="${SEED:-0}"
 ROWS_SCALE="${ROWS_SCALE:-1500 50000}"
 GRAFT_ONLY_ROWS="${GRAFT_ONLY_ROWS-100000}"
+SEEDS="${SEEDS:-0 1 2}"
 DATA="$REPO_DIR/../shared/data/flowers"
 GRAFT="$REPO_DIR/target/release/graft"
 EXAMPLE="$REPO_DIR/target/release/examples/label_issues"
@@ -109,28 +111,34 @@ echo
 echo "== it pays: head recipe, evaluated on a clean held-out test set (20% of each class)"
 "$GRAFT" doctor "$WORK/train_noisy10.csv" "${BACKBONE[@]}" --json --out "$WORK/doctor-train10" \
     > "$WORK/doctor-train10.json" || true
-train_eval() {  # NAME DATA [EXTRA...]
-    local name="$1" data="$2"
-    shift 2
+train_eval() {  # NAME SEED DATA [EXTRA...]
+    local name="$1-$2" seed="$2" data="$3"
+    shift 3
     rm -rf "$WORK/run-$name"
-    "$GRAFT" train "$data" "${BACKBONE[@]}" --recipe head -o "$WORK/run-$name" "$@" \
-        > "$WORK/train-$name.log" 2>&1
+    "$GRAFT" train "$data" "${BACKBONE[@]}" --recipe head --seed "$seed" -o "$WORK/run-$name" \
+        "$@" > "$WORK/train-$name.log" 2>&1
     "$GRAFT" evaluate "$WORK/test.csv" --model "$WORK/run-$name" \
         --output "$WORK/eval-$name.json" > /dev/null 2>&1
 }
-train_eval clean "$WORK/train_clean.csv"
-train_eval noisy "$WORK/train_noisy10.csv"
-train_eval excluded "$WORK/train_noisy10.csv" --exclude "$WORK/doctor-train10/label_issues.csv"
-grep -h "excluded" "$WORK/train-excluded.log" | sed 's/^/  /' || true
-"$VENV/bin/python" - "$WORK" <<'PY'
+# Each seed is another split of the 80% into train / early-stopping validation and another
+# training; the test set stays the same.
+for seed in $SEEDS; do
+    train_eval clean "$seed" "$WORK/train_clean.csv"
+    train_eval noisy "$seed" "$WORK/train_noisy10.csv"
+    train_eval excluded "$seed" "$WORK/train_noisy10.csv" \
+        --exclude "$WORK/doctor-train10/label_issues.csv"
+done
+grep -h "excluded\|listed" "$WORK/train-excluded-${SEEDS%% *}.log" | sed 's/^/  /' || true
+"$VENV/bin/python" - "$WORK" $SEEDS <<'PY'
 import json, os, sys
-work = sys.argv[1]
-acc = {n: json.load(open(os.path.join(work, f"eval-{n}.json")))["metrics"]["accuracy"]
-       for n in ("clean", "noisy", "excluded")}
+work, seeds = sys.argv[1], sys.argv[2:]
+acc = {n: [json.load(open(os.path.join(work, f"eval-{n}-{s}.json")))["metrics"]["accuracy"]
+           for s in seeds] for n in ("clean", "noisy", "excluded")}
+mean = {n: sum(a) / len(a) for n, a in acc.items()}
 for n, a in acc.items():
-    print(f"  {n:9s} test accuracy {a:.4f}")
-lost = acc["clean"] - acc["noisy"]
-back = acc["excluded"] - acc["noisy"]
-share = back / lost if lost > 0 else float("nan")
-print(f"  noise cost {lost:+.4f}; --exclude recovered {back:+.4f} ({share:.0%} of it)")
+    print(f"  {n:9s} test accuracy {mean[n]:.4f} (seeds {', '.join(f'{x:.4f}' for x in a)})")
+lost = mean["clean"] - mean["noisy"]
+back = mean["excluded"] - mean["noisy"]
+share = f"{back / lost:.0%} of it" if lost > 0 else "noise cost nothing to recover"
+print(f"  noise cost {lost:+.4f}; --exclude recovered {back:+.4f} ({share})")
 PY
