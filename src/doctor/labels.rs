@@ -152,10 +152,10 @@ pub fn confident_learning(
     // prune_by_noise_rate: of the rows labelled `given`, flag the `prune[given][true]` with the
     // largest margin p(true) - p(given), for each `true` other than `given`.
     let mut flagged = vec![false; labels.len()];
-    for given in 0..classes {
+    for (given, to_prune) in prune.iter().enumerate() {
         let rows: Vec<usize> = (0..labels.len()).filter(|&r| labels[r] == given).collect();
         for truth in (0..classes).filter(|&t| t != given) {
-            let n = prune[given][truth];
+            let n = to_prune[truth];
             if n == 0 {
                 continue;
             }
@@ -187,18 +187,18 @@ fn keep_at_least_one_per_class(joint: &[Vec<usize>]) -> Vec<Vec<usize>> {
         .iter()
         .map(|r| r.iter().map(|&c| c as f64).collect())
         .collect();
-    for given in 0..classes {
+    for (given, row) in out.iter_mut().enumerate() {
         let raised = 1.0 - (joint[given][given] as f64).min(1.0);
         let noisy = (0..classes)
             .filter(|&t| joint[given][t] > 0 && t != given)
             .count()
             .max(1) as f64;
-        for truth in 0..classes {
-            if truth == given {
-                out[given][truth] = out[given][truth].max(1.0);
+        for (truth, count) in row.iter_mut().enumerate() {
+            *count = if truth == given {
+                count.max(1.0)
             } else {
-                out[given][truth] = (out[given][truth] - raised / noisy).max(0.0);
-            }
+                (*count - raised / noisy).max(0.0)
+            };
         }
     }
     out.iter().map(|r| round_preserving_sum(r)).collect()
@@ -375,13 +375,9 @@ mod tests {
         assert_eq!(found.calibrated_joint, found.confident_joint);
         assert_eq!(found.issues, vec![3, 4, 25]);
         let score = self_confidence(&probs, &labels, 3);
-        for r in 0..30 {
-            assert_eq!(
-                score[r] < 0.2,
-                [3, 4, 25].contains(&r),
-                "row {r}: {}",
-                score[r]
-            );
+        assert_eq!(score.len(), 30);
+        for (r, s) in score.iter().enumerate() {
+            assert_eq!(*s < 0.2, [3, 4, 25].contains(&r), "row {r}: {s}");
         }
     }
 
