@@ -116,6 +116,13 @@ pub struct DataRecord {
     pub seed: u64,
     pub train_images: usize,
     pub val_images: usize,
+    /// Training images left out with `graft train --exclude` (none in older runs).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "crate::util::lossy_paths"
+    )]
+    pub excluded: Vec<PathBuf>,
 }
 
 impl DataRecord {
@@ -139,6 +146,7 @@ impl DataRecord {
             seed,
             train_images,
             val_images,
+            excluded: Vec::new(),
         }
     }
 

@@ -767,6 +767,7 @@ fn train(
             cache_dir,
             extract_batch_size,
             resume,
+            exclude: Vec::new(),
         };
         let mut forward = Forward::new(progress);
         let result = py.detach(|| -> Result<_, RecipeError> {
@@ -800,6 +801,7 @@ fn train(
         },
         cache_dir,
         extract_batch_size,
+        exclude: Vec::new(),
     };
     let mut forward = Forward::new(progress);
     let result = py.detach(|| -> Result<_, RecipeError> {

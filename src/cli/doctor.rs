@@ -4,15 +4,19 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
 use graft::data::DecodeLimits;
 use graft::data::dataset;
 use graft::doctor::images::{image_findings, probe_all};
+use graft::doctor::labels::{
+    LabelIssueOptions, LabelIssues, find_label_issues, label_finding, write_csv,
+};
 use graft::doctor::leakage::{leakage_findings, perceptual_hashes};
 use graft::doctor::run_checks::run_findings;
 use graft::doctor::{DoctorOptions, Severity, class_findings, render_text, sorted, split_findings};
+use graft::features::FeatureMatrix;
 use graft::run::{TrainedModel, load_metrics};
 use image_hasher::ImageHash;
 
@@ -50,6 +54,22 @@ pub struct DoctorArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
+
+    /// Skip the search for mislabelled images (confident learning on cross-validated
+    /// predictions of a logistic regression on the cached features).
+    #[arg(long)]
+    pub no_label_issues: bool,
+
+    /// Folds of the cross-validation that scores every image for the label-issue search
+    /// (seeded with --seed).
+    #[arg(long, default_value_t = 5, value_name = "K")]
+    pub folds: usize,
+
+    /// Folder to write doctor's files to (created if missing): label_issues.csv (the suspected
+    /// images, `path,given,suggested,score`, for `graft train --exclude`) and label_scores.csv
+    /// (every labelled image's score).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 
     #[command(flatten)]
     pub cache: CacheArgs,
@@ -122,6 +142,14 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
         options.near_duplicate_cosine,
         options.near_duplicate_hash_bits,
     ));
+    let label_issues = if args.no_label_issues || data.classes.len() < 2 {
+        None
+    } else {
+        labelled_issues(&args, &train, &val, data.classes.as_slice())?
+    };
+    if let Some(found) = &label_issues {
+        findings.extend(label_finding(found));
+    }
     if let Some(m) = &model {
         let metrics = load_metrics(&m.dir)?;
         // cannot fail: TrainedModel::open refused a card naming an unknown backbone
@@ -136,6 +164,7 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
             "images": paths.len(),
             "classes": data.classes,
             "findings": findings,
+            "label_issues": label_issues,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -148,10 +177,48 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
         );
         print!("{}", render_text(&findings));
     }
+    if let (Some(dir), Some(found)) = (&args.out, &label_issues) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
+        let issues_file = dir.join("label_issues.csv");
+        write_csv(&found.issues, &issues_file)?;
+        write_csv(&found.all, &dir.join("label_scores.csv"))?;
+        eprintln!(
+            "wrote {} ({} suspected images) and label_scores.csv",
+            issues_file.display(),
+            found.issues.len()
+        );
+    }
     let errors = findings.iter().any(|f| f.severity == Severity::Error);
     Ok(if errors {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Label issues among every labelled image (train and val together), or `None` when there are
+/// too few images to cross-validate.
+fn labelled_issues(
+    args: &DoctorArgs,
+    train: &FeatureMatrix,
+    val: &FeatureMatrix,
+    classes: &[String],
+) -> Result<Option<LabelIssues>> {
+    if args.folds < 2 {
+        anyhow::bail!("--folds must be at least 2, got {}", args.folds);
+    }
+    let mut all = train.clone();
+    all.rows.extend_from_slice(&val.rows);
+    all.labels.extend_from_slice(&val.labels);
+    all.paths.extend_from_slice(&val.paths);
+    if all.len() < 2 * args.folds {
+        return Ok(None);
+    }
+    let options = LabelIssueOptions {
+        folds: args.folds,
+        seed: args.split.seed,
+        ..LabelIssueOptions::default()
+    };
+    Ok(Some(find_label_issues(&all, classes, &options)?))
 }

@@ -99,6 +99,13 @@ pub struct TrainArgs {
     #[arg(long, short = 'k', default_value_t = 5)]
     pub k: usize,
 
+    /// Leave these images out of training: a CSV with a `path` column (such as the
+    /// label_issues.csv of `graft doctor --out DIR`) or one path per line; relative paths are
+    /// relative to FILE's folder. The validation split stays as without it; the run records
+    /// what was left out. Files are never moved, deleted or relabelled.
+    #[arg(long, value_name = "FILE")]
+    pub exclude: Option<PathBuf>,
+
     #[command(flatten)]
     pub finetune: FinetuneArgs,
 
@@ -202,6 +209,15 @@ impl TrainArgs {
             classical: self.classical_options(),
             cache_dir: self.cache.cache_dir.clone(),
             extract_batch_size: self.cache.extract_batch_size,
+            exclude: self.excluded()?,
+        })
+    }
+
+    /// The paths listed by --exclude (none without it).
+    fn excluded(&self) -> Result<Vec<PathBuf>> {
+        Ok(match &self.exclude {
+            Some(file) => graft::data::exclude::read_list(file)?,
+            None => Vec::new(),
         })
     }
 
@@ -235,6 +251,7 @@ impl TrainArgs {
             cache_dir: args.cache.cache_dir.clone(),
             extract_batch_size: args.cache.extract_batch_size,
             resume: f.resume.is_some(),
+            exclude: args.excluded()?,
         })
     }
 

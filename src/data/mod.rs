@@ -4,6 +4,7 @@ pub mod augment;
 pub mod complete;
 pub mod dataset;
 pub mod decode;
+pub mod exclude;
 pub mod preprocess;
 
 use std::path::{Path, PathBuf};

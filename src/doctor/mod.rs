@@ -1,7 +1,9 @@
 //! `graft doctor`: checks a dataset (and optionally a run) for the traps of transfer learning and
 //! says, for each finding, what was measured, why it matters and what to do.
 
+pub mod crossval;
 pub mod images;
+pub mod labels;
 pub mod leakage;
 pub mod page;
 pub mod run_checks;

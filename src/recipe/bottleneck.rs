@@ -50,6 +50,9 @@ pub struct BottleneckOptions {
     pub cache_dir: Option<PathBuf>,
     /// Images per forward pass while extracting.
     pub extract_batch_size: usize,
+    /// Images to leave out of training (`graft train --exclude`, see
+    /// [`crate::data::exclude`]).
+    pub exclude: Vec<PathBuf>,
 }
 
 impl Default for BottleneckOptions {
@@ -62,6 +65,7 @@ impl Default for BottleneckOptions {
             classical: ClassicalOptions::default(),
             cache_dir: None,
             extract_batch_size: 32,
+            exclude: Vec::new(),
         }
     }
 }
@@ -98,7 +102,8 @@ pub fn train(
     options: &BottleneckOptions,
     progress: &mut dyn Progress,
 ) -> Result<TrainedRun, RecipeError> {
-    let dataset = open_dataset(data, options.split, progress)?;
+    let mut dataset = open_dataset(data, options.split, progress)?;
+    let excluded = exclude_listed(&mut dataset, &options.exclude, progress)?;
     let backbone = options.backbone.load(false)?;
     let (train, val) = train_val_features(
         &backbone,
@@ -111,9 +116,56 @@ pub fn train(
         &backbone,
         (&train, &val),
         out,
-        options,
+        &BottleneckOptions {
+            exclude: excluded,
+            ..options.clone()
+        },
         progress,
     )
+}
+
+/// Leave the images `exclude` lists out of `dataset`'s training split, noting how many and
+/// what was listed but not trained on anyway; the training images left out, for the run's
+/// record. An error when no training image is left.
+pub fn exclude_listed(
+    dataset: &mut Dataset,
+    exclude: &[PathBuf],
+    progress: &mut dyn Progress,
+) -> Result<Vec<PathBuf>, RecipeError> {
+    if exclude.is_empty() {
+        return Ok(Vec::new());
+    }
+    let done = crate::data::exclude::exclude(dataset, exclude);
+    progress.note(&format!(
+        "excluded {} of {} listed images from training",
+        done.excluded.len(),
+        exclude.len()
+    ));
+    if !done.in_validation.is_empty() {
+        progress.note(&format!(
+            "{} listed images are in the validation split and stay there, so validation is the same as without --exclude",
+            done.in_validation.len()
+        ));
+    }
+    if !done.not_found.is_empty() {
+        let shown: Vec<String> = done
+            .not_found
+            .iter()
+            .take(3)
+            .map(|p| p.display().to_string())
+            .collect();
+        progress.note(&format!(
+            "warning: {} listed paths are not images of the data, e.g. {}",
+            done.not_found.len(),
+            shown.join(", ")
+        ));
+    }
+    if dataset.train.is_empty() {
+        return Err(RecipeError::Invalid(
+            "--exclude left no training images".into(),
+        ));
+    }
+    Ok(done.excluded)
 }
 
 /// The labelled images under `data`, with what listing left out noted; an error when there
@@ -380,13 +432,16 @@ pub fn train_on_features(
         backbone,
         classes,
         fitted.hyperparameters,
-        DataRecord::new(
-            data,
-            &dataset.split,
-            options.split.seed,
-            train.len(),
-            val.len(),
-        ),
+        DataRecord {
+            excluded: options.exclude.clone(),
+            ..DataRecord::new(
+                data,
+                &dataset.split,
+                options.split.seed,
+                train.len(),
+                val.len(),
+            )
+        },
     );
     card.backbone_file = explicit_weights.as_ref().map(|(_, name)| name.clone());
     card.temperature = calibration.temperature;

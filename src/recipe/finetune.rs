@@ -37,8 +37,8 @@ use crate::train::dense::DenseOptions;
 use crate::train::finetune::{Checkpoints, Examples, FinetuneOptions, finetune};
 
 use super::bottleneck::{
-    TrainedRun, calibrate, features, open_cache, open_dataset, predictions, score, tempered,
-    train_head, train_val_features,
+    TrainedRun, calibrate, exclude_listed, features, open_cache, open_dataset, predictions, score,
+    tempered, train_head, train_val_features,
 };
 use super::{BackboneChoice, RecipeError, checkpointed};
 
@@ -63,6 +63,8 @@ pub struct FinetuneRecipe {
     /// Continue from the run directory's checkpoint (the last finished epoch) instead of
     /// starting over; the options must be those of the interrupted run.
     pub resume: bool,
+    /// Images to leave out of training (`graft train --exclude`).
+    pub exclude: Vec<PathBuf>,
 }
 
 impl Default for FinetuneRecipe {
@@ -76,6 +78,7 @@ impl Default for FinetuneRecipe {
             cache_dir: None,
             extract_batch_size: 32,
             resume: false,
+            exclude: Vec::new(),
         }
     }
 }
@@ -119,7 +122,8 @@ pub fn train(
 ) -> Result<FinetunedRun, RecipeError> {
     let info = options.backbone.info()?;
     let tuning = &options.tuning;
-    let dataset = open_dataset(data, options.split, progress)?;
+    let mut dataset = open_dataset(data, options.split, progress)?;
+    let excluded = exclude_listed(&mut dataset, &options.exclude, progress)?;
     let classes = &dataset.classes;
 
     // 1. The head round: recipe 2 on cached features (extracted once, reused).
@@ -235,13 +239,16 @@ pub fn train(
         &frozen,
         classes,
         Hyperparameters::Finetune(Box::new(record)),
-        DataRecord::new(
-            data,
-            &dataset.split,
-            options.split.seed,
-            train.len(),
-            val.len(),
-        ),
+        DataRecord {
+            excluded,
+            ..DataRecord::new(
+                data,
+                &dataset.split,
+                options.split.seed,
+                train.len(),
+                val.len(),
+            )
+        },
     );
     card.weights_id = crate::util::file_sha256(&backbone_path).map_err(run::io(&backbone_path))?
         [..16]
