@@ -9,14 +9,17 @@ use clap::Args;
 
 use graft::data::DecodeLimits;
 use graft::data::dataset;
-use graft::doctor::images::{image_findings, probe_all};
-use graft::doctor::leakage::{leakage_findings, perceptual_hashes};
+use graft::doctor::images::image_findings;
+use graft::doctor::leakage::leakage_findings;
+use graft::doctor::neighbours;
+use graft::doctor::quality::{quality_checks, scan_all};
 use graft::doctor::run_checks::run_findings;
 use graft::doctor::{DoctorOptions, Severity, class_findings, render_text, sorted};
 use graft::run::{TrainedModel, load_metrics};
 use image_hasher::ImageHash;
 
 use super::BackboneArgs;
+use super::doctor_checks::{NeighbourArgs, QualityArgs};
 use super::features::{CacheArgs, SplitArgs, train_val_features};
 
 #[derive(Debug, Args)]
@@ -37,8 +40,8 @@ pub struct DoctorArgs {
     #[command(flatten)]
     pub split: SplitArgs,
 
-    /// Backbone-feature cosine similarity at or above which a validation image counts as a
-    /// near-duplicate of a training image.
+    /// Backbone-feature cosine similarity at or above which two images count as
+    /// near-duplicates (anywhere in the data, and across the split for the leakage check).
     #[arg(long, default_value_t = DoctorOptions::default().near_duplicate_cosine, value_name = "COS")]
     pub near_duplicate_threshold: f32,
 
@@ -46,6 +49,12 @@ pub struct DoctorArgs {
     /// near-duplicate of a training image.
     #[arg(long, default_value_t = DoctorOptions::default().near_duplicate_hash_bits, value_name = "BITS")]
     pub near_duplicate_bits: u32,
+
+    #[command(flatten)]
+    pub neighbours: NeighbourArgs,
+
+    #[command(flatten)]
+    pub quality: QualityArgs,
 
     /// Print one JSON document instead of text.
     #[arg(long)]
@@ -61,6 +70,8 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
         near_duplicate_hash_bits: args.near_duplicate_bits,
         ..DoctorOptions::default()
     };
+    let neighbour_options = args.neighbours.options(options.near_duplicate_cosine)?;
+    let thresholds = args.quality.thresholds()?;
     let model = match &args.model {
         Some(dir) => Some(TrainedModel::open(
             dir,
@@ -92,7 +103,13 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
         .chain(&data.val)
         .map(|s| s.path.clone())
         .collect();
-    let facts = probe_all(&paths, DecodeLimits::default());
+    // One read and decode of each file: header facts, perceptual hash, quality scores.
+    let scans = scan_all(&paths, DecodeLimits::default());
+    let facts: Vec<_> = paths
+        .iter()
+        .zip(&scans)
+        .map(|(p, s)| (p.clone(), s.as_ref().map(|s| s.facts).map_err(Clone::clone)))
+        .collect();
     let (train, val, summary) = train_val_features(backbone, &data, &args.cache)?;
     findings.extend(image_findings(
         &facts,
@@ -109,10 +126,29 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
         .collect();
     let hashes: HashMap<PathBuf, ImageHash> = paths
         .iter()
-        .cloned()
-        .zip(perceptual_hashes(&paths, DecodeLimits::default()))
-        .filter_map(|(p, h)| h.map(|h| (p, h)))
+        .zip(&scans)
+        .filter_map(|(p, s)| s.as_ref().ok().map(|s| (p.clone(), s.hash.clone())))
         .collect();
+    let scored: Vec<_> = paths
+        .iter()
+        .zip(&scans)
+        .filter_map(|(p, s)| s.as_ref().ok().map(|s| (p, &s.scores)))
+        .collect();
+    let (quality, quality_found) = quality_checks(&scored, &thresholds);
+    findings.extend(quality_found);
+    // Train and validation together: outliers and duplicates anywhere in the data.
+    let all_paths: Vec<PathBuf> = train.paths.iter().chain(&val.paths).cloned().collect();
+    let all_keys: Vec<Option<String>> = all_paths.iter().map(|p| keys.get(p).cloned()).collect();
+    let mut all_rows = train.rows.clone();
+    all_rows.extend_from_slice(&val.rows);
+    let near = neighbours::analyse(
+        all_rows,
+        train.dim.max(val.dim).max(1),
+        &all_paths,
+        &all_keys,
+        &neighbour_options,
+    );
+    findings.extend(near.findings());
     findings.extend(leakage_findings(
         &train,
         &val,
@@ -135,6 +171,10 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
             "images": paths.len(),
             "classes": data.classes,
             "findings": findings,
+            "neighbours": near.neighbours,
+            "outliers": near.outliers_json(),
+            "duplicates": near.duplicates,
+            "quality": { "thresholds": thresholds, "checks": quality },
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -144,6 +184,10 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
             data.classes.len(),
             data.train.len(),
             data.val.len()
+        );
+        println!(
+            "neighbours: exact cosine kNN (k = {}) over {} images; outlier fence {:.4}",
+            near.neighbours.k, near.neighbours.rows, near.outliers.fence
         );
         print!("{}", render_text(&findings));
     }

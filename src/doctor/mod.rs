@@ -3,6 +3,8 @@
 
 pub mod images;
 pub mod leakage;
+pub mod neighbours;
+pub mod quality;
 pub mod run_checks;
 
 use std::path::PathBuf;
