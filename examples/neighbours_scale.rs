@@ -141,9 +141,18 @@ fn main() {
 
     let paths: Vec<PathBuf> = (0..n).map(|i| PathBuf::from(format!("{i}.jpg"))).collect();
     let keys = vec![None; n];
+    // Random 64-bit perceptual hashes (all pairs are compared), the copies sharing their
+    // original's.
+    let mut noise = Noise(7);
+    let mut hashes: Vec<Option<u64>> = (0..n)
+        .map(|_| Some(noise.0.wrapping_add((noise.next().to_bits() as u64) << 32)))
+        .collect();
+    for &(a, b) in &copies {
+        hashes[b] = hashes[a];
+    }
     let start = Instant::now();
     let threads = rayon::current_num_threads();
-    let report = neighbours::analyse(rows, dim, &paths, &keys, &options);
+    let report = neighbours::analyse(rows, dim, &paths, &keys, &hashes, &options);
     let seconds = start.elapsed().as_secs_f64();
     let found_copies = copies
         .iter()

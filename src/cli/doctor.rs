@@ -45,8 +45,8 @@ pub struct DoctorArgs {
     #[arg(long, default_value_t = DoctorOptions::default().near_duplicate_cosine, value_name = "COS")]
     pub near_duplicate_threshold: f32,
 
-    /// Perceptual-hash distance (bits of 64) at or below which a validation image counts as a
-    /// near-duplicate of a training image.
+    /// Perceptual-hash distance (bits of 64) at or below which two images count as
+    /// near-duplicates (anywhere in the data, and across the split for the leakage check).
     #[arg(long, default_value_t = DoctorOptions::default().near_duplicate_hash_bits, value_name = "BITS")]
     pub near_duplicate_bits: u32,
 
@@ -70,7 +70,10 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
         near_duplicate_hash_bits: args.near_duplicate_bits,
         ..DoctorOptions::default()
     };
-    let neighbour_options = args.neighbours.options(options.near_duplicate_cosine)?;
+    let neighbour_options = args.neighbours.options(
+        options.near_duplicate_cosine,
+        options.near_duplicate_hash_bits,
+    )?;
     let thresholds = args.quality.thresholds()?;
     let model = match &args.model {
         Some(dir) => Some(TrainedModel::open(
@@ -139,6 +142,10 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
     // Train and validation together: outliers and duplicates anywhere in the data.
     let all_paths: Vec<PathBuf> = train.paths.iter().chain(&val.paths).cloned().collect();
     let all_keys: Vec<Option<String>> = all_paths.iter().map(|p| keys.get(p).cloned()).collect();
+    let all_hashes: Vec<Option<u64>> = all_paths
+        .iter()
+        .map(|p| hashes.get(p).and_then(neighbours::hash_bits))
+        .collect();
     let mut all_rows = train.rows.clone();
     all_rows.extend_from_slice(&val.rows);
     let near = neighbours::analyse(
@@ -146,6 +153,7 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
         train.dim.max(val.dim).max(1),
         &all_paths,
         &all_keys,
+        &all_hashes,
         &neighbour_options,
     );
     findings.extend(near.findings());

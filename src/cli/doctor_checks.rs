@@ -52,8 +52,12 @@ pub struct QualityArgs {
 }
 
 impl NeighbourArgs {
-    /// The options, with the near-duplicate threshold shared with the leakage check.
-    pub fn options(&self, duplicate_cosine: f32) -> Result<NeighbourOptions> {
+    /// The options, with the near-duplicate thresholds shared with the leakage check.
+    pub fn options(
+        &self,
+        duplicate_cosine: f32,
+        duplicate_hash_bits: u32,
+    ) -> Result<NeighbourOptions> {
         if self.neighbours == 0 {
             bail!("--neighbours must be at least 1");
         }
@@ -67,6 +71,7 @@ impl NeighbourArgs {
             k: self.neighbours,
             iqr_factor: self.outlier_iqr,
             duplicate_cosine,
+            duplicate_hash_bits,
             ..NeighbourOptions::default()
         })
     }

@@ -32,6 +32,9 @@ pub struct NeighbourOptions {
     pub iqr_factor: f64,
     /// Cosine similarity at or above which two images are near-duplicates.
     pub duplicate_cosine: f32,
+    /// Perceptual-hash distance (bits of 64) at or below which two images are near-duplicates
+    /// too: re-encoded, resized copies can fall below the cosine threshold (docs/data-quality.md).
+    pub duplicate_hash_bits: u32,
     /// Rows per block of the search (the tile is `block x block` similarities).
     pub block: usize,
 }
@@ -44,6 +47,7 @@ impl Default for NeighbourOptions {
             iqr_factor: 1.5,
             // The train/validation leakage check's threshold (DoctorOptions).
             duplicate_cosine: 0.95,
+            duplicate_hash_bits: 8,
             block: 512,
         }
     }
@@ -181,11 +185,13 @@ impl TopK {
 }
 
 /// Disjoint sets of rows (union by size, path halving), each root remembering the lowest
-/// similarity among the links that joined its set.
+/// cosine and the widest hash distance among the links that joined its set.
 struct UnionFind {
     parent: Vec<u32>,
     size: Vec<u32>,
     weakest: Vec<f32>,
+    /// -1: no hash link.
+    widest_bits: Vec<i32>,
 }
 
 impl UnionFind {
@@ -194,6 +200,7 @@ impl UnionFind {
             parent: (0..n as u32).collect(),
             size: vec![1; n],
             weakest: vec![f32::INFINITY; n],
+            widest_bits: vec![-1; n],
         }
     }
 
@@ -206,7 +213,9 @@ impl UnionFind {
         x
     }
 
-    fn union(&mut self, a: usize, b: usize, similarity: f32) {
+    /// Joins the sets of `a` and `b` by a link of cosine `similarity` (`INFINITY`: none) and
+    /// hash distance `bits` (-1: none).
+    fn union(&mut self, a: usize, b: usize, similarity: f32, bits: i32) {
         let (mut a, mut b) = (self.find(a), self.find(b));
         if a == b {
             return;
@@ -217,11 +226,12 @@ impl UnionFind {
         self.parent[b] = a as u32;
         self.size[a] += self.size[b];
         self.weakest[a] = self.weakest[a].min(self.weakest[b]).min(similarity);
+        self.widest_bits[a] = self.widest_bits[a].max(self.widest_bits[b]).max(bits);
     }
 
     /// Sets of two or more rows, each sorted, ordered by their first row; with each set's
-    /// weakest link.
-    fn sets(mut self) -> Vec<(Vec<usize>, f32)> {
+    /// weakest cosine link.
+    fn sets(&mut self) -> Vec<(Vec<usize>, f32)> {
         let n = self.parent.len();
         let mut by_root: HashMap<usize, Vec<usize>> = HashMap::new();
         for i in 0..n {
@@ -328,7 +338,7 @@ pub fn search(rows: &[f32], dim: usize, k: usize, block: usize, link_at: f32) ->
                 // cannot fail: as above
                 let mut links = links.lock().expect("no panic while held");
                 for (a, b, s) in linked {
-                    links.union(a, b, s);
+                    links.union(a, b, s, -1);
                 }
             }
         });
@@ -444,12 +454,14 @@ pub fn exact_duplicate_sets(keys: &[Option<String>]) -> Vec<Vec<usize>> {
 }
 
 /// The neighbour checks on all images: `rows` are the pooled features of `paths` (`[n, dim]`,
-/// normalised here in place), `keys` their content keys where known.
+/// normalised here in place), `keys` their content keys and `hashes` their 64-bit perceptual
+/// hashes where known.
 pub fn analyse(
     mut rows: Vec<f32>,
     dim: usize,
     paths: &[PathBuf],
     keys: &[Option<String>],
+    hashes: &[Option<u64>],
     options: &NeighbourOptions,
 ) -> NeighbourReport {
     normalize_rows(&mut rows, dim);
@@ -463,14 +475,26 @@ pub fn analyse(
     drop(rows);
     let outliers = outliers(&found.knn, options.iqr_factor);
     let exact = exact_duplicate_sets(keys);
-    let near = found
-        .near_duplicate_sets
+    let mut joined = UnionFind::new(paths.len());
+    for (set, weakest) in &found.near_duplicate_sets {
+        for pair in set.windows(2) {
+            joined.union(pair[0], pair[1], *weakest, -1);
+        }
+    }
+    link_hashes(hashes, options.duplicate_hash_bits, &mut joined);
+    let near = joined
+        .sets()
         .into_iter()
         // A set of byte-identical files is reported once, as exact.
         .filter(|(set, _)| !exact.iter().any(|e| set.iter().all(|i| e.contains(i))))
-        .map(|(set, weakest)| NearSet {
-            files: set.iter().map(|&i| paths[i].clone()).collect(),
-            min_cosine: weakest,
+        .map(|(set, weakest)| {
+            let root = joined.find(set[0]);
+            let bits = joined.widest_bits[root];
+            NearSet {
+                files: set.iter().map(|&i| paths[i].clone()).collect(),
+                min_cosine: weakest.is_finite().then_some(weakest),
+                max_hash_bits: u32::try_from(bits).ok(),
+            }
         })
         .collect();
     NeighbourReport {
@@ -490,6 +514,7 @@ pub fn analyse(
         outliers,
         duplicates: Duplicates {
             cosine_threshold: options.duplicate_cosine,
+            hash_bits: options.duplicate_hash_bits,
             exact: exact
                 .iter()
                 .map(|s| s.iter().map(|&i| paths[i].clone()).collect())
@@ -497,6 +522,29 @@ pub fn analyse(
             near,
         },
     }
+}
+
+/// Links every two rows whose perceptual hashes are at most `max_bits` apart: all pairs, one
+/// XOR and popcount each (5e9 pairs at 100k images), no memory beyond the sets.
+fn link_hashes(hashes: &[Option<u64>], max_bits: u32, joined: &mut UnionFind) {
+    let known: Vec<(usize, u64)> = hashes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| h.map(|h| (i, h)))
+        .collect();
+    for (a, &(i, hi)) in known.iter().enumerate() {
+        for &(j, hj) in &known[a + 1..] {
+            let bits = (hi ^ hj).count_ones();
+            if bits <= max_bits {
+                joined.union(i, j, f32::INFINITY, bits as i32);
+            }
+        }
+    }
+}
+
+/// A 64-bit perceptual hash as one integer (`None` for hashes of another size).
+pub fn hash_bits(hash: &image_hasher::ImageHash) -> Option<u64> {
+    Some(u64::from_le_bytes(hash.as_bytes().try_into().ok()?))
 }
 
 /// The search's parameters, for the JSON.
@@ -518,17 +566,21 @@ pub struct Outlier {
 pub struct NearSet {
     #[serde(serialize_with = "crate::util::lossy_paths")]
     pub files: Vec<PathBuf>,
-    /// The lowest similarity among the links that joined the set.
-    pub min_cosine: f32,
+    /// The lowest cosine among the feature links that joined the set (none: hash links only).
+    pub min_cosine: Option<f32>,
+    /// The widest hash distance among the hash links that joined it (none: feature links only).
+    pub max_hash_bits: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Duplicates {
     pub cosine_threshold: f32,
+    pub hash_bits: u32,
     /// Sets of byte-identical files.
     #[serde(serialize_with = "lossy_sets")]
     pub exact: Vec<Vec<PathBuf>>,
-    /// Sets linked by feature cosine `>= cosine_threshold` (not all byte-identical).
+    /// Sets linked by feature cosine `>= cosine_threshold` or perceptual hashes at most
+    /// `hash_bits` apart (not all byte-identical).
     pub near: Vec<NearSet>,
 }
 
@@ -610,10 +662,11 @@ impl NeighbourReport {
                 severity: Severity::Warning,
                 check: "duplicate-near",
                 measured: format!(
-                    "{} sets of near-duplicate images ({} files; feature cosine >= {})",
+                    "{} sets of near-duplicate images ({} files; feature cosine >= {} or perceptual hash within {} bits)",
                     d.near.len(),
                     d.near.iter().map(|s| s.files.len()).sum::<usize>(),
-                    d.cosine_threshold
+                    d.cosine_threshold,
+                    d.hash_bits
                 ),
                 why: DUPLICATE_WHY,
                 action: "look at each set; keep one of re-encoded, resized or burst copies".into(),
@@ -621,7 +674,16 @@ impl NeighbourReport {
                 details: d
                     .near
                     .iter()
-                    .map(|s| format!("{} (cosine >= {:.3})", join(&s.files), s.min_cosine))
+                    .map(|s| {
+                        let mut links = Vec::new();
+                        if let Some(c) = s.min_cosine {
+                            links.push(format!("cosine >= {c:.3}"));
+                        }
+                        if let Some(b) = s.max_hash_bits {
+                            links.push(format!("hash within {b} bits"));
+                        }
+                        format!("{} ({})", join(&s.files), links.join(", "))
+                    })
                     .collect(),
             });
         }
@@ -844,6 +906,30 @@ mod tests {
             );
             assert!(found.near_duplicate_sets.iter().all(|(_, w)| *w >= 0.9999));
         }
+    }
+
+    #[test]
+    fn hashes_within_the_bits_join_sets_with_the_feature_links() {
+        // Rows far apart in features; rows 0 and 2 hash 3 bits apart, row 3 12 or more from both.
+        let rows = vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, -1.0, 0.0, 0.0];
+        let paths: Vec<PathBuf> = (0..4).map(|i| PathBuf::from(format!("{i}"))).collect();
+        let hashes = vec![Some(0u64), None, Some(0b111), Some(0xfff000)];
+        let options = NeighbourOptions {
+            k: 2,
+            ..NeighbourOptions::default()
+        };
+        let report = analyse(
+            rows,
+            3,
+            &paths,
+            &[None, None, None, None],
+            &hashes,
+            &options,
+        );
+        let near = &report.duplicates.near;
+        assert_eq!(near.len(), 1);
+        assert_eq!(near[0].files, vec![paths[0].clone(), paths[2].clone()]);
+        assert_eq!((near[0].min_cosine, near[0].max_hash_bits), (None, Some(3)));
     }
 
     #[test]
