@@ -285,7 +285,7 @@ pub fn quality_checks(
         thresholds.odd_size_iqr_factor,
     );
     let t = thresholds;
-    let specs: [(&'static str, f64, &dyn Fn(usize) -> f64); 7] = [
+    let specs: [(&'static str, f64, Score); 7] = [
         ("dark", t.dark, &|i| scans[i].1.dark),
         ("bright", t.bright, &|i| scans[i].1.bright),
         ("blurry", t.blurry, &|i| scans[i].1.blurry),
@@ -320,6 +320,9 @@ pub fn quality_checks(
     }
     (checks, findings)
 }
+
+/// One check's score of the `i`-th image.
+type Score<'a> = &'a dyn Fn(usize) -> f64;
 
 /// CleanVision's odd-size score of each `size` among all of them (`iqr_factor` 3 there).
 pub fn odd_size_scores(sizes: &[f64], iqr_factor: f64) -> Vec<f64> {
