@@ -1,6 +1,7 @@
 //! `graft doctor` on folders built from ../shared/data/flowers: leakage planted across the split
-//! is found (exact copies and re-encoded, resized copies), the untouched folder is clean, and a
-//! class of 3 images is reported as imbalance.
+//! is found (exact copies and re-encoded, resized copies), the untouched folder is clean, a
+//! class of 3 images is reported as imbalance, and duplicates and a dark photo planted inside
+//! the training split are reported.
 
 mod common;
 
@@ -192,4 +193,83 @@ fn doctor_reads_a_run_and_flags_a_low_head_learning_rate() {
         .unwrap();
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(findings(&report, "head-lr-low").len(), 1, "{report:#}");
+}
+
+/// A folder with a byte-identical copy, a re-encoded copy and a darkened photo planted in the
+/// training split: doctor reports the two duplicate sets and the dark photo (and only it), with
+/// the neighbour, outlier, duplicate and quality sections in its JSON.
+#[test]
+fn planted_duplicates_and_a_dark_photo_are_found() {
+    store_weights("efficientnet-lite0");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    split_folder(&data, 8, 2);
+    let train = data.join("train");
+    let photos = flower_photos("roses");
+    // Byte-identical copy, in another class folder.
+    let original = train.join("roses").join(photos[0].file_name().unwrap());
+    let copy = train.join("tulips").join("copy-of-a-rose.jpg");
+    std::fs::copy(&original, &copy).unwrap();
+    // Re-encoded, resized copy, in the same class.
+    let near_original = train.join("roses").join(photos[1].file_name().unwrap());
+    let near_copy = train.join("roses").join("reencoded.jpg");
+    reencode(&near_original, &near_copy);
+    // A photo at a tenth of its brightness.
+    let mut dim = image::open(&flower_photos("daisy")[20]).unwrap().to_rgb8();
+    dim.pixels_mut().for_each(|p| p.0 = p.0.map(|v| v / 10));
+    let dark = train.join("daisy").join("dark.jpg");
+    dim.save(&dark).unwrap();
+
+    let (code, report) = doctor(&data, &dir.path().join("cache"));
+    assert_eq!(
+        code, 0,
+        "duplicates and dark photos are warnings: {report:#}"
+    );
+    let name = |p: &Path| p.display().to_string();
+    let exact = &report["duplicates"]["exact"];
+    assert_eq!(
+        exact,
+        &serde_json::json!([[name(&original), name(&copy)]]),
+        "{report:#}"
+    );
+    let near: Vec<BTreeSet<String>> = report["duplicates"]["near"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            s["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f.as_str().unwrap().to_string())
+                .collect()
+        })
+        .collect();
+    assert!(
+        near.contains(&BTreeSet::from([name(&near_original), name(&near_copy)])),
+        "{report:#}"
+    );
+    assert_eq!(
+        files(&report, "duplicate-exact"),
+        BTreeSet::from([name(&original), name(&copy)])
+    );
+    assert_eq!(
+        files(&report, "dark"),
+        BTreeSet::from([name(&dark)]),
+        "{report:#}"
+    );
+    let dark_check = report["quality"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "dark")
+        .unwrap();
+    assert_eq!(dark_check["threshold"], 0.32);
+    assert!(dark_check["images"][0]["score"].as_f64().unwrap() < 0.32);
+    assert_eq!(report["neighbours"]["rows"], 53);
+    assert_eq!(report["neighbours"]["k"], 10);
+    assert!(
+        report["outliers"]["fence"].as_f64().unwrap() > 0.0,
+        "{report:#}"
+    );
 }

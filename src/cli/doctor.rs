@@ -9,11 +9,14 @@ use clap::Args;
 
 use graft::data::DecodeLimits;
 use graft::data::dataset;
-use graft::doctor::images::{image_findings, probe_all};
+use graft::doctor::images::image_findings;
 use graft::doctor::labels::{
     LabelIssueOptions, LabelIssues, find_label_issues, label_finding, write_csv,
 };
-use graft::doctor::leakage::{leakage_findings, perceptual_hashes};
+use graft::doctor::leakage::leakage_findings;
+use graft::doctor::neighbours;
+use graft::doctor::page::{PageSummary, write_page};
+use graft::doctor::quality::{quality_checks, scan_all};
 use graft::doctor::run_checks::run_findings;
 use graft::doctor::{DoctorOptions, Severity, class_findings, render_text, sorted, split_findings};
 use graft::features::FeatureMatrix;
@@ -21,6 +24,7 @@ use graft::run::{TrainedModel, load_metrics};
 use image_hasher::ImageHash;
 
 use super::BackboneArgs;
+use super::doctor_checks::{NeighbourArgs, QualityArgs};
 use super::features::{CacheArgs, SplitArgs, train_val_features};
 
 #[derive(Debug, Args)]
@@ -41,15 +45,21 @@ pub struct DoctorArgs {
     #[command(flatten)]
     pub split: SplitArgs,
 
-    /// Backbone-feature cosine similarity at or above which a validation image counts as a
-    /// near-duplicate of a training image.
+    /// Backbone-feature cosine similarity at or above which two images count as
+    /// near-duplicates (anywhere in the data, and across the split for the leakage check).
     #[arg(long, default_value_t = DoctorOptions::default().near_duplicate_cosine, value_name = "COS")]
     pub near_duplicate_threshold: f32,
 
-    /// Perceptual-hash distance (bits of 64) at or below which a validation image counts as a
-    /// near-duplicate of a training image.
+    /// Perceptual-hash distance (bits of 64) at or below which two images count as
+    /// near-duplicates (anywhere in the data, and across the split for the leakage check).
     #[arg(long, default_value_t = DoctorOptions::default().near_duplicate_hash_bits, value_name = "BITS")]
     pub near_duplicate_bits: u32,
+
+    #[command(flatten)]
+    pub neighbours: NeighbourArgs,
+
+    #[command(flatten)]
+    pub quality: QualityArgs,
 
     /// Print one JSON document instead of text.
     #[arg(long)]
@@ -65,7 +75,8 @@ pub struct DoctorArgs {
     #[arg(long, default_value_t = 5, value_name = "K")]
     pub folds: usize,
 
-    /// Folder to write doctor's files to (created if missing): label_issues.csv (the suspected
+    /// Folder to write doctor's files to (created if missing): doctor.html (every finding with
+    /// thumbnails of the files concerned), label_issues.csv (the suspected
     /// images, `path,given,suggested,score`, for `graft train --exclude`) and label_scores.csv
     /// (every labelled image's score).
     #[arg(long, value_name = "DIR")]
@@ -81,6 +92,11 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
         near_duplicate_hash_bits: args.near_duplicate_bits,
         ..DoctorOptions::default()
     };
+    let neighbour_options = args.neighbours.options(
+        options.near_duplicate_cosine,
+        options.near_duplicate_hash_bits,
+    )?;
+    let thresholds = args.quality.thresholds()?;
     let model = match &args.model {
         Some(dir) => Some(TrainedModel::open(
             dir,
@@ -113,7 +129,13 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
         .chain(&data.val)
         .map(|s| s.path.clone())
         .collect();
-    let facts = probe_all(&paths, DecodeLimits::default());
+    // One read and decode of each file: header facts, perceptual hash, quality scores.
+    let scans = scan_all(&paths, DecodeLimits::default());
+    let facts: Vec<_> = paths
+        .iter()
+        .zip(&scans)
+        .map(|(p, s)| (p.clone(), s.as_ref().map(|s| s.facts).map_err(Clone::clone)))
+        .collect();
     let (train, val, summary) = train_val_features(backbone, &data, &args.cache)?;
     findings.extend(image_findings(
         &facts,
@@ -130,10 +152,34 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
         .collect();
     let hashes: HashMap<PathBuf, ImageHash> = paths
         .iter()
-        .cloned()
-        .zip(perceptual_hashes(&paths, DecodeLimits::default()))
-        .filter_map(|(p, h)| h.map(|h| (p, h)))
+        .zip(&scans)
+        .filter_map(|(p, s)| s.as_ref().ok().map(|s| (p.clone(), s.hash.clone())))
         .collect();
+    let scored: Vec<_> = paths
+        .iter()
+        .zip(&scans)
+        .filter_map(|(p, s)| s.as_ref().ok().map(|s| (p, &s.scores)))
+        .collect();
+    let (quality, quality_found) = quality_checks(&scored, &thresholds);
+    findings.extend(quality_found);
+    // Train and validation together: outliers and duplicates anywhere in the data.
+    let all_paths: Vec<PathBuf> = train.paths.iter().chain(&val.paths).cloned().collect();
+    let all_keys: Vec<Option<String>> = all_paths.iter().map(|p| keys.get(p).cloned()).collect();
+    let all_hashes: Vec<Option<u64>> = all_paths
+        .iter()
+        .map(|p| hashes.get(p).and_then(neighbours::hash_bits))
+        .collect();
+    let mut all_rows = train.rows.clone();
+    all_rows.extend_from_slice(&val.rows);
+    let near = neighbours::analyse(
+        all_rows,
+        train.dim.max(val.dim).max(1),
+        &all_paths,
+        &all_keys,
+        &all_hashes,
+        &neighbour_options,
+    );
+    findings.extend(near.findings());
     findings.extend(leakage_findings(
         &train,
         &val,
@@ -165,6 +211,10 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
             "classes": data.classes,
             "findings": findings,
             "label_issues": label_issues,
+            "neighbours": near.neighbours,
+            "outliers": near.outliers_json(),
+            "duplicates": near.duplicates,
+            "quality": { "thresholds": thresholds, "checks": quality },
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -175,19 +225,35 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
             data.train.len(),
             data.val.len()
         );
+        println!(
+            "neighbours: exact cosine kNN (k = {}) over {} images; outlier fence {:.4}",
+            near.neighbours.k, near.neighbours.rows, near.outliers.fence
+        );
         print!("{}", render_text(&findings));
     }
-    if let (Some(dir), Some(found)) = (&args.out, &label_issues) {
+    if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create", dir.display()))?;
-        let issues_file = dir.join("label_issues.csv");
-        write_csv(&found.issues, &issues_file)?;
-        write_csv(&found.all, &dir.join("label_scores.csv"))?;
-        eprintln!(
-            "wrote {} ({} suspected images) and label_scores.csv",
-            issues_file.display(),
-            found.issues.len()
-        );
+        let summary = PageSummary {
+            data: &args.data,
+            images: paths.len(),
+            classes: &data.classes,
+            train: data.train.len(),
+            val: data.val.len(),
+        };
+        let page = write_page(dir, &summary, &findings)
+            .with_context(|| format!("{}: cannot write the page", dir.display()))?;
+        eprintln!("wrote {}", page.display());
+        if let Some(found) = &label_issues {
+            let issues_file = dir.join("label_issues.csv");
+            write_csv(&found.issues, &issues_file)?;
+            write_csv(&found.all, &dir.join("label_scores.csv"))?;
+            eprintln!(
+                "wrote {} ({} suspected images) and label_scores.csv",
+                issues_file.display(),
+                found.issues.len()
+            );
+        }
     }
     let errors = findings.iter().any(|f| f.severity == Severity::Error);
     Ok(if errors {

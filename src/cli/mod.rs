@@ -3,6 +3,7 @@
 mod bench;
 mod cache;
 mod doctor;
+mod doctor_checks;
 mod evaluate;
 mod explain;
 mod export;

@@ -246,9 +246,41 @@ pub fn probe(path: &Path, limits: DecodeLimits) -> Result<ImageFacts, DecodeErro
         return Err(fail(path, "the file is empty"));
     }
     let file = std::fs::File::open(path).map_err(|e| fail(path, e.to_string()))?;
-    let mut reader = ImageReader::new(BufReader::new(file))
+    let reader = ImageReader::new(BufReader::new(file))
         .with_guessed_format()
         .map_err(|e| fail(path, e.to_string()))?;
+    header_facts(path, reader, limits, || jpeg_components(path))
+}
+
+/// The header facts and the decoded image of `path`, from one read of the file: what
+/// `graft doctor` measures every image with ([`probe`] then [`decode_rgb`] read it twice).
+pub fn probe_and_decode(
+    path: &Path,
+    limits: DecodeLimits,
+) -> Result<(ImageFacts, RgbImage), DecodeError> {
+    let meta = std::fs::metadata(path).map_err(|e| fail(path, e.to_string()))?;
+    if !meta.is_file() {
+        return Err(fail(path, "not a regular file"));
+    }
+    check_size(path, meta.len(), limits)?;
+    crate::util::with_file_bytes(path, |bytes| {
+        let reader = ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| fail(path, e.to_string()))?;
+        let facts = header_facts(path, reader, limits, || jpeg_components_in(bytes))?;
+        let rgb = decode_bytes_at_least(path, bytes, limits, None)?;
+        Ok((facts, rgb))
+    })
+    .map_err(|e| fail(path, e.to_string()))?
+}
+
+/// Size and stored colour model from `reader`'s header; `components` counts a JPEG's.
+fn header_facts<R: std::io::BufRead + std::io::Seek>(
+    path: &Path,
+    mut reader: ImageReader<R>,
+    limits: DecodeLimits,
+    components: impl FnOnce() -> Option<u8>,
+) -> Result<ImageFacts, DecodeError> {
     let format = reader.format();
     let mut image_limits = image::Limits::default();
     image_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8));
@@ -266,7 +298,7 @@ pub fn probe(path: &Path, limits: DecodeLimits) -> Result<ImageFacts, DecodeErro
         _ => StoredColor::Other,
     };
     // The JPEG decoder reports CMYK files as RGB (it converts them); the frame header knows.
-    if format == Some(image::ImageFormat::Jpeg) && jpeg_components(path) == Some(4) {
+    if format == Some(image::ImageFormat::Jpeg) && components() == Some(4) {
         color = StoredColor::Cmyk;
     }
     Ok(ImageFacts {
@@ -276,7 +308,7 @@ pub fn probe(path: &Path, limits: DecodeLimits) -> Result<ImageFacts, DecodeErro
     })
 }
 
-/// Number of colour components in a JPEG's start-of-frame header.
+/// Number of colour components in the start-of-frame header of the JPEG file at `path`.
 fn jpeg_components(path: &Path) -> Option<u8> {
     use std::io::Read;
     let mut head = Vec::new();
@@ -285,6 +317,11 @@ fn jpeg_components(path: &Path) -> Option<u8> {
         .take(1 << 20)
         .read_to_end(&mut head)
         .ok()?;
+    jpeg_components_in(&head)
+}
+
+/// Number of colour components in the start-of-frame header of the JPEG `head` begins.
+fn jpeg_components_in(head: &[u8]) -> Option<u8> {
     let mut i = 2; // after SOI
     while i + 4 <= head.len() {
         if head[i] != 0xFF {

@@ -1,24 +1,11 @@
-//! Per-file checks: unreadable files, colour models graft converts, tiny images, extreme
-//! aspect ratios.
+//! Per-file checks: unreadable files, colour models graft converts, tiny images (the header
+//! facts come from [`super::quality::scan_all`], which also scores grayscale and aspect ratio).
 
 use std::path::PathBuf;
 
-use rayon::prelude::*;
-
 use super::{DoctorOptions, Finding, Severity};
-use crate::data::decode::{ImageFacts, StoredColor, probe};
-use crate::data::{DecodeError, DecodeLimits};
-
-/// Header facts of every file, in parallel; files whose header cannot be read get their error.
-pub fn probe_all(
-    paths: &[PathBuf],
-    limits: DecodeLimits,
-) -> Vec<(PathBuf, Result<ImageFacts, DecodeError>)> {
-    paths
-        .par_iter()
-        .map(|p| (p.clone(), probe(p, limits)))
-        .collect()
-}
+use crate::data::DecodeError;
+use crate::data::decode::{ImageFacts, StoredColor};
 
 /// Findings from header facts, and from the files that failed to decode fully (`unreadable`,
 /// found while extracting features).
@@ -78,14 +65,6 @@ pub fn image_findings(
         });
     };
     group(
-        "grayscale",
-        Severity::Info,
-        "are grayscale",
-        "the backbone was trained on colour photos; graft repeats the gray channel, which works but is a domain shift",
-        "fine if the whole domain is grayscale; otherwise check these are not mistakes",
-        &|f| matches!(f.color, StoredColor::Gray | StoredColor::GrayAlpha),
-    );
-    group(
         "cmyk",
         Severity::Warning,
         "are CMYK JPEGs",
@@ -111,21 +90,6 @@ pub fn image_findings(
         "they are upscaled a lot before the backbone sees them, so fine detail the features rely on is missing",
         "use larger originals, or drop these images",
         &|f| f.width.min(f.height) < min_side,
-    );
-    let max_ratio = options.max_aspect_ratio;
-    group(
-        "aspect-ratio",
-        Severity::Warning,
-        &format!("are more than {max_ratio}:1"),
-        "the centre crop keeps only the middle of such images, and the object may be outside it",
-        "crop these images around the object, or pad them to a square",
-        &move |f| {
-            let (long, short) = (
-                f.width.max(f.height) as f64,
-                f.width.min(f.height).max(1) as f64,
-            );
-            long / short > max_ratio
-        },
     );
     findings
 }

@@ -8,30 +8,27 @@ use rayon::prelude::*;
 
 use super::{Finding, Severity};
 use image::DynamicImage;
-use image_hasher::{HashAlg, HasherConfig, ImageHash};
+use image_hasher::{HashAlg, Hasher, HasherConfig, ImageHash};
 
 use crate::data::{DecodeLimits, decode_rgb};
 use crate::features::FeatureMatrix;
 use crate::head::l2_normalized;
 
+use super::neighbours::search_across;
+
 const WHY: &str = "a validation image that is also in training is scored on what the model memorised, so validation accuracy overstates accuracy on new photos";
 
 /// For each validation row, the most similar training row by cosine similarity of the pooled
-/// backbone features.
+/// backbone features (the blocked exact search of [`super::neighbours`]).
 pub fn nearest_training_rows(train: &FeatureMatrix, val: &FeatureMatrix) -> Vec<(usize, f32)> {
     let dim = train.dim;
     let train_rows = l2_normalized(&train.rows, dim);
     let val_rows = l2_normalized(&val.rows, dim);
-    val_rows
-        .par_chunks_exact(dim)
-        .map(|v| {
-            train_rows
-                .chunks_exact(dim)
-                .map(|t| t.iter().zip(v).map(|(a, b)| a * b).sum::<f32>())
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |best, (i, s)| {
-                    if s > best.1 { (i, s) } else { best }
-                })
+    let nearest = search_across(&val_rows, &train_rows, dim, 1, 512);
+    (0..val.len())
+        .map(|i| match nearest.row(i).first() {
+            Some(n) => (n.index as usize, n.similarity),
+            None => (0, f32::NEG_INFINITY),
         })
         .collect()
 }
@@ -39,11 +36,7 @@ pub fn nearest_training_rows(train: &FeatureMatrix, val: &FeatureMatrix) -> Vec<
 /// pHash (DCT + median, 64 bits) of each image, `None` where it cannot be decoded. Robust to
 /// re-encoding, resizing and small edits, which move pooled features more than one expects.
 pub fn perceptual_hashes(paths: &[PathBuf], limits: DecodeLimits) -> Vec<Option<ImageHash>> {
-    let hasher = HasherConfig::new()
-        .hash_alg(HashAlg::Median)
-        .preproc_dct()
-        .hash_size(8, 8)
-        .to_hasher();
+    let hasher = phasher();
     paths
         .par_iter()
         .map(|p| {
@@ -52,6 +45,15 @@ pub fn perceptual_hashes(paths: &[PathBuf], limits: DecodeLimits) -> Vec<Option<
                 .map(|rgb| hasher.hash_image(&DynamicImage::ImageRgb8(rgb)))
         })
         .collect()
+}
+
+/// The perceptual hash of [`perceptual_hashes`] and [`super::quality::scan_all`].
+pub fn phasher() -> Hasher {
+    HasherConfig::new()
+        .hash_alg(HashAlg::Median)
+        .preproc_dct()
+        .hash_size(8, 8)
+        .to_hasher()
 }
 
 /// Exact (same content hash) and near duplicates across the split. A validation image is a

@@ -5,7 +5,9 @@ pub mod crossval;
 pub mod images;
 pub mod labels;
 pub mod leakage;
+pub mod neighbours;
 pub mod page;
+pub mod quality;
 pub mod run_checks;
 
 use std::path::{Path, PathBuf};

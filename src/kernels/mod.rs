@@ -105,6 +105,20 @@ fn matmul(lhs: &[f32], m: usize, k: usize, rhs: &[f32], n: usize, dst: &mut [f32
     );
 }
 
+/// `dst[m, n] = lhs[m, k] @ rhs[n, k]^T` (both row-major, so every dot product of a row of
+/// `lhs` with a row of `rhs`), on the calling thread: the similarity tiles of the doctor's
+/// nearest-neighbour search.
+pub fn matmul_transposed(lhs: &[f32], m: usize, k: usize, rhs: &[f32], n: usize, dst: &mut [f32]) {
+    assert!(lhs.len() == m * k && rhs.len() == n * k && dst.len() == m * n);
+    product(
+        Matrix::row_major(dst, n),
+        MatrixRef::row_major(lhs, k),
+        MatrixRef::transposed(rhs, k),
+        [m, n, k],
+        false,
+    );
+}
+
 /// A matrix operand of [`product`]: values and the strides between rows and between columns.
 struct MatrixRef<'a> {
     values: &'a [f32],
