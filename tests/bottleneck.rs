@@ -106,27 +106,6 @@ fn train(data: &Path, cache: &Path, recipe: &str, out: &Path) -> RunMetrics {
     serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap()
 }
 
-fn chromium() -> Command {
-    let binary = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| {
-            Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .expect("headless Chromium is needed for this test: apt-get install chromium");
-    let mut cmd = Command::new(binary);
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--hide-scrollbars",
-        "--virtual-time-budget=5000",
-    ]);
-    cmd
-}
-
 /// The run's report renders in headless Chromium: charts, tables, thumbnails and the
 /// mistakes' heatmaps present and decoded. Leaves a screenshot in `target/tmp/report-screenshot.png`.
 fn check_report_renders(run: &Path) {
@@ -157,18 +136,7 @@ fn check_report_renders(run: &Path) {
             "no #{id} in the rendered page"
         );
     }
-    let attribute = |name: &str| -> usize {
-        let start = dom
-            .find(&format!("{name}=\""))
-            .unwrap_or_else(|| panic!("no {name}"))
-            + name.len()
-            + 2;
-        dom[start..].split('"').next().unwrap().parse().unwrap()
-    };
-    let (total, loaded) = (
-        attribute("data-images-total"),
-        attribute("data-images-loaded"),
-    );
+    let (total, loaded) = images_decoded(&dom);
     assert!(
         total >= 4 + 16 + 16,
         "{total} images: 4 charts and 16 mistakes, each with its heatmap, expected"

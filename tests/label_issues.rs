@@ -81,6 +81,33 @@ fn doctor_finds_flipped_labels_and_train_excludes_them() {
         let score: f64 = row[3].parse().unwrap();
         assert!((0.0..=1.0).contains(&score), "{row:?}");
     }
+    // doctor.html: the label-issues finding with a thumbnail of each suspected photo, every
+    // image decoded when headless Chromium renders it, nothing fetched from the network.
+    let page = out.join("doctor.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(!html.contains("http://") && !html.contains("https://"));
+    let dom = {
+        let output = chromium()
+            .arg("--dump-dom")
+            .arg(format!("file://{}", page.display()))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let section = &dom[dom
+        .find("id=\"check-label-issues\"")
+        .expect("a label-issues section")..];
+    let section = &section[..section.find("</section>").unwrap()];
+    let thumbnails = section.matches("<img ").count();
+    assert_eq!(thumbnails, issues.len().min(24), "a thumbnail per suspect");
+    for path in &flipped {
+        assert!(section.contains(path.as_str()), "{path} not shown");
+    }
+    let (total, loaded) = images_decoded(&dom);
+    assert!(total >= thumbnails, "{total} images on the page");
+    assert_eq!(loaded, total, "every thumbnail decodes");
+
     // Every image's score; the flips are among the lowest (self-confidence of a wrong label).
     let scores = std::fs::read_to_string(out.join("label_scores.csv")).unwrap();
     let mut ranked: Vec<(f64, String)> = scores

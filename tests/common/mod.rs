@@ -173,3 +173,42 @@ pub fn ok(output: Output) -> (String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// Headless Chromium (the first of its usual names found), set up to render a local page.
+pub fn chromium() -> Command {
+    let binary = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("headless Chromium is needed for this test: apt-get install chromium");
+    let mut cmd = Command::new(binary);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--virtual-time-budget=5000",
+    ]);
+    cmd
+}
+
+/// `(images on the page, images decoded)` from a page rendered by `chromium --dump-dom`: graft's
+/// pages count them on load into `data-images-total` / `data-images-loaded`.
+pub fn images_decoded(dom: &str) -> (usize, usize) {
+    let attribute = |name: &str| -> usize {
+        let start = dom
+            .find(&format!("{name}=\""))
+            .unwrap_or_else(|| panic!("no {name} in the rendered page"))
+            + name.len()
+            + 2;
+        dom[start..].split('"').next().unwrap().parse().unwrap()
+    };
+    (
+        attribute("data-images-total"),
+        attribute("data-images-loaded"),
+    )
+}
