@@ -112,7 +112,7 @@ fn library_errors_name_the_file_or_value() {
     .unwrap_err()
     .to_string();
     assert!(
-        error.contains("no training images") && error.contains("empty"),
+        error.contains("no class has images") && error.contains("empty"),
         "{error}"
     );
 
