@@ -119,6 +119,26 @@ pub fn matmul_transposed(lhs: &[f32], m: usize, k: usize, rhs: &[f32], n: usize,
     );
 }
 
+/// `dst[m, n] += lhs[k, m]^T @ rhs[k, n]` (both row-major), on the calling thread: the gradient
+/// `(P - Y)^T X` of a softmax regression over a chunk of `k` rows.
+pub fn accumulate_transposed_product(
+    lhs: &[f32],
+    k: usize,
+    m: usize,
+    rhs: &[f32],
+    n: usize,
+    dst: &mut [f32],
+) {
+    assert!(lhs.len() == k * m && rhs.len() == k * n && dst.len() == m * n);
+    product(
+        Matrix::row_major(dst, n),
+        MatrixRef::transposed(lhs, m),
+        MatrixRef::row_major(rhs, n),
+        [m, n, k],
+        true,
+    );
+}
+
 /// A matrix operand of [`product`]: values and the strides between rows and between columns.
 struct MatrixRef<'a> {
     values: &'a [f32],

@@ -1,9 +1,9 @@
-//! Recipes "logreg", "svm" and "knn": classical models from linfa on the cached features.
+//! Recipes "logreg", "svm" and "knn": classical models on the cached features (the SVM from
+//! linfa, logistic regression by [`softmax_regression`], linfa's objective and solver).
 //! Linear models are fitted on standardised features, then the standardisation is folded into
 //! their weights so predicting needs only a [`Head::Linear`].
 
 use linfa::prelude::*;
-use linfa_logistic::MultiLogisticRegression;
 use linfa_svm::Svm;
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
@@ -12,6 +12,7 @@ use crate::features::FeatureMatrix;
 use crate::features::cache::CacheError;
 use crate::features::rows::{RowSource, SCORE_CHUNK, for_each_chunk};
 use crate::head::{Bank, Head, l2_normalized};
+use crate::train::softmax_regression::{self, SolverOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FitError {
@@ -147,6 +148,19 @@ impl Standardizer {
         Self { mean, inv_std }
     }
 
+    /// The standardised rows in f32, row-major.
+    fn apply_f32(&self, data: &FeatureMatrix) -> Vec<f32> {
+        data.rows
+            .chunks_exact(data.dim.max(1))
+            .flat_map(|row| {
+                row.iter()
+                    .zip(&self.mean)
+                    .zip(&self.inv_std)
+                    .map(|((&v, m), s)| ((v as f64 - m) * s) as f32)
+            })
+            .collect()
+    }
+
     fn apply(&self, data: &FeatureMatrix) -> Array2<f64> {
         Array2::from_shape_fn((data.len(), data.dim), |(i, j)| {
             (data.rows[i * data.dim + j] as f64 - self.mean[j]) * self.inv_std[j]
@@ -171,10 +185,6 @@ impl Standardizer {
     }
 }
 
-fn targets(data: &FeatureMatrix) -> Array1<usize> {
-    Array1::from(data.labels.clone())
-}
-
 /// Multinomial logistic regression.
 pub fn fit_logreg(
     train: &FeatureMatrix,
@@ -185,20 +195,35 @@ pub fn fit_logreg(
         return Err(FitError::Empty);
     }
     let scaler = Standardizer::fit(train);
-    let dataset = Dataset::new(scaler.apply(train), targets(train));
-    let model = MultiLogisticRegression::default()
-        .alpha(options.logreg_alpha)
-        .max_iterations(options.logreg_max_iterations)
-        .fit(&dataset)
-        .map_err(|e| FitError::Logreg(e.to_string()))?;
-    // Columns follow linfa's sorted list of the labels it saw; a class without training
-    // examples gets a bias that never wins.
-    let mut weights = vec![vec![0.0; train.dim]; classes.len()];
-    let mut biases = vec![-1e4; classes.len()];
-    for (column, &class) in model.classes().iter().enumerate() {
-        weights[class] = model.params().column(column).to_vec();
-        biases[class] = model.intercept()[column];
-    }
+    let rows = scaler.apply_f32(train);
+    let solver = SolverOptions {
+        alpha: options.logreg_alpha,
+        max_iterations: options.logreg_max_iterations,
+        gradient_tolerance: 1e-4,
+    };
+    let model = softmax_regression::fit(&rows, train.dim, &train.labels, classes.len(), &solver)
+        .map_err(FitError::Logreg)?;
+    // A class without training examples gets a bias that never wins.
+    let mut seen = vec![false; classes.len()];
+    train.labels.iter().for_each(|&l| seen[l] = true);
+    let weights: Vec<Vec<f64>> = model
+        .weights
+        .chunks_exact(train.dim)
+        .zip(&seen)
+        .map(|(w, &seen)| {
+            if seen {
+                w.to_vec()
+            } else {
+                vec![0.0; train.dim]
+            }
+        })
+        .collect();
+    let biases: Vec<f64> = model
+        .biases
+        .iter()
+        .zip(&seen)
+        .map(|(&b, &seen)| if seen { b } else { -1e4 })
+        .collect();
     Ok(scaler.fold(&weights, &biases))
 }
 

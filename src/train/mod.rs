@@ -13,6 +13,7 @@ pub mod lr_find;
 pub mod plan;
 pub mod schedule;
 pub mod simclr;
+pub mod softmax_regression;
 
 use serde::{Deserialize, Serialize};
 
