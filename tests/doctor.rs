@@ -38,12 +38,20 @@ fn reencode(src: &Path, dst: &Path) {
 }
 
 fn doctor(data: &Path, cache: &Path) -> (i32, serde_json::Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_graft"))
+    doctor_writing(data, cache, None)
+}
+
+/// `graft doctor --json`, with `--out DIR` when given.
+fn doctor_writing(data: &Path, cache: &Path, page_dir: Option<&Path>) -> (i32, serde_json::Value) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_graft"));
+    command
         .args(["--threads", "2", "doctor", "--json", "--cache-dir"])
         .arg(cache)
-        .arg(data)
-        .output()
-        .unwrap();
+        .arg(data);
+    if let Some(dir) = page_dir {
+        command.arg("--out").arg(dir);
+    }
+    let out = command.output().unwrap();
     let code = out.status.code().unwrap();
     assert!(
         code == 0 || code == 1,
@@ -220,11 +228,13 @@ fn planted_duplicates_and_a_dark_photo_are_found() {
     let dark = train.join("daisy").join("dark.jpg");
     dim.save(&dark).unwrap();
 
-    let (code, report) = doctor(&data, &dir.path().join("cache"));
+    let page_dir = dir.path().join("doctor");
+    let (code, report) = doctor_writing(&data, &dir.path().join("cache"), Some(&page_dir));
     assert_eq!(
         code, 0,
         "duplicates and dark photos are warnings: {report:#}"
     );
+    check_page_renders(&page_dir.join("doctor.html"), &report);
     let name = |p: &Path| p.display().to_string();
     let exact = &report["duplicates"]["exact"];
     assert_eq!(
@@ -272,4 +282,35 @@ fn planted_duplicates_and_a_dark_photo_are_found() {
         report["outliers"]["fence"].as_f64().unwrap() > 0.0,
         "{report:#}"
     );
+}
+
+/// doctor.html in headless Chromium: a section per finding of the JSON, the duplicate sets and
+/// the dark photo with a thumbnail per file, every image decoded, nothing fetched.
+fn check_page_renders(page: &Path, report: &serde_json::Value) {
+    let html = std::fs::read_to_string(page).unwrap();
+    assert!(!html.contains("http://") && !html.contains("https://"));
+    let output = chromium()
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let dom = String::from_utf8_lossy(&output.stdout);
+    let section = |check: &str| -> String {
+        let start = dom
+            .find(&format!("id=\"check-{check}\""))
+            .unwrap_or_else(|| panic!("no {check} section in the rendered page"));
+        let rest = &dom[start..];
+        rest[..rest.find("</section>").unwrap()].to_string()
+    };
+    for finding in report["findings"].as_array().unwrap() {
+        section(finding["check"].as_str().unwrap());
+    }
+    for (check, files) in [("duplicate-exact", 2), ("duplicate-near", 2), ("dark", 1)] {
+        let thumbnails = section(check).matches("<img ").count();
+        assert!(thumbnails >= files, "{check}: {thumbnails} thumbnails");
+    }
+    let (total, loaded) = images_decoded(&dom);
+    assert!(total >= 5, "{total} images on the page");
+    assert_eq!(loaded, total, "every thumbnail decodes");
 }
