@@ -13,8 +13,8 @@
 #    cleanlab + scikit-learn on the flowers features and on synthetic features of the same width
 #    (1280), ROWS_SCALE rows (default 1500 and 50000); graft alone at GRAFT_ONLY_ROWS (default
 #    100000) with its peak RSS and seconds per 10k rows.
-# 3. It pays: a test set of 20% of each class with clean labels that no training sees; the head
-#    recipe trained on the other 80% with clean labels, with the 10%-noisy labels, and with the
+# 3. It pays: a test set of 20% of each class with clean labels that no training sees; each of
+#    RECIPES trained on the other 80% with clean labels, with the 10%-noisy labels, and with the
 #    noisy labels and `--exclude` of doctor's label_issues.csv (doctor run on the noisy 80%);
 #    `graft evaluate` of each on the clean test set.
 #
@@ -25,6 +25,7 @@
 #   ROWS_SCALE="1500 50000"   synthetic sizes timed for graft and cleanlab
 #   GRAFT_ONLY_ROWS=100000    synthetic size timed for graft alone ("" to skip)
 #   SEEDS="0 1 2"             seeds of the three trainings of "it pays" (averaged)
+#   RECIPES="head logreg"     recipes of "it pays"
 #   NO_BUILD=1                do not run cargo build
 set -euo pipefail
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,6 +36,7 @@ SEED="${SEED:-0}"
 ROWS_SCALE="${ROWS_SCALE:-1500 50000}"
 GRAFT_ONLY_ROWS="${GRAFT_ONLY_ROWS-100000}"
 SEEDS="${SEEDS:-0 1 2}"
+RECIPES="${RECIPES:-head logreg}"
 DATA="$REPO_DIR/../shared/data/flowers"
 GRAFT="$REPO_DIR/target/release/graft"
 EXAMPLE="$REPO_DIR/target/release/examples/label_issues"
@@ -108,37 +110,42 @@ fi
 rm -rf "$WORK/synth"
 
 echo
-echo "== it pays: head recipe, evaluated on a clean held-out test set (20% of each class)"
+echo "== it pays: evaluated on a clean held-out test set (20% of each class)"
 "$GRAFT" doctor "$WORK/train_noisy10.csv" "${BACKBONE[@]}" --json --out "$WORK/doctor-train10" \
     > "$WORK/doctor-train10.json" || true
-train_eval() {  # NAME SEED DATA [EXTRA...]
-    local name="$1-$2" seed="$2" data="$3"
-    shift 3
+train_eval() {  # RECIPE NAME SEED DATA [EXTRA...]
+    local recipe="$1" name="$1-$2-$3" seed="$3" data="$4"
+    shift 4
     rm -rf "$WORK/run-$name"
-    "$GRAFT" train "$data" "${BACKBONE[@]}" --recipe head --seed "$seed" -o "$WORK/run-$name" \
+    "$GRAFT" train "$data" "${BACKBONE[@]}" --recipe "$recipe" --seed "$seed" -o "$WORK/run-$name" \
         "$@" > "$WORK/train-$name.log" 2>&1
     "$GRAFT" evaluate "$WORK/test.csv" --model "$WORK/run-$name" \
         --output "$WORK/eval-$name.json" > /dev/null 2>&1
 }
 # Each seed is another split of the 80% into train / early-stopping validation and another
 # training; the test set stays the same.
-for seed in $SEEDS; do
-    train_eval clean "$seed" "$WORK/train_clean.csv"
-    train_eval noisy "$seed" "$WORK/train_noisy10.csv"
-    train_eval excluded "$seed" "$WORK/train_noisy10.csv" \
-        --exclude "$WORK/doctor-train10/label_issues.csv"
+for recipe in $RECIPES; do
+    for seed in $SEEDS; do
+        train_eval "$recipe" clean "$seed" "$WORK/train_clean.csv"
+        train_eval "$recipe" noisy "$seed" "$WORK/train_noisy10.csv"
+        train_eval "$recipe" excluded "$seed" "$WORK/train_noisy10.csv" \
+            --exclude "$WORK/doctor-train10/label_issues.csv"
+    done
 done
-grep -h "excluded\|listed" "$WORK/train-excluded-${SEEDS%% *}.log" | sed 's/^/  /' || true
-"$VENV/bin/python" - "$WORK" $SEEDS <<'PY'
+first="${RECIPES%% *}-excluded-${SEEDS%% *}"
+grep -h "excluded\|listed" "$WORK/train-$first.log" | sed 's/^/  /' || true
+"$VENV/bin/python" - "$WORK" "$RECIPES" $SEEDS <<'PY'
 import json, os, sys
-work, seeds = sys.argv[1], sys.argv[2:]
-acc = {n: [json.load(open(os.path.join(work, f"eval-{n}-{s}.json")))["metrics"]["accuracy"]
-           for s in seeds] for n in ("clean", "noisy", "excluded")}
-mean = {n: sum(a) / len(a) for n, a in acc.items()}
-for n, a in acc.items():
-    print(f"  {n:9s} test accuracy {mean[n]:.4f} (seeds {', '.join(f'{x:.4f}' for x in a)})")
-lost = mean["clean"] - mean["noisy"]
-back = mean["excluded"] - mean["noisy"]
-share = f"{back / lost:.0%} of it" if lost > 0 else "noise cost nothing to recover"
-print(f"  noise cost {lost:+.4f}; --exclude recovered {back:+.4f} ({share})")
+work, recipes, seeds = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
+for recipe in recipes:
+    acc = {n: [json.load(open(os.path.join(work, f"eval-{recipe}-{n}-{s}.json")))["metrics"]["accuracy"]
+               for s in seeds] for n in ("clean", "noisy", "excluded")}
+    mean = {n: sum(a) / len(a) for n, a in acc.items()}
+    print(f"  recipe {recipe}:")
+    for n, a in acc.items():
+        print(f"    {n:9s} test accuracy {mean[n]:.4f} (seeds {', '.join(f'{x:.4f}' for x in a)})")
+    lost = mean["clean"] - mean["noisy"]
+    back = mean["excluded"] - mean["noisy"]
+    share = f"{back / lost:.0%} of it" if lost > 0 else "noise cost nothing to recover"
+    print(f"    noise cost {lost:+.4f}; --exclude recovered {back:+.4f} ({share})")
 PY
