@@ -101,9 +101,12 @@ fn section(w: &mut String, f: &Finding) {
                 Some(uri) => format!(r#"<img src="{uri}" alt="{name}">"#),
                 None => "<p>(cannot be decoded)</p>".to_string(),
             };
+            // The class folder and file name fit under a thumbnail; the whole path is the
+            // caption's tooltip and in the details below.
             let _ = write!(
                 w,
-                r#"<figure>{picture}<figcaption>{name}</figcaption></figure>"#
+                r#"<figure title="{name}">{picture}<figcaption>{}</figcaption></figure>"#,
+                escape(&short_name(path))
             );
         }
         let _ = write!(w, "</div>");
@@ -130,6 +133,18 @@ fn section(w: &mut String, f: &Finding) {
         let _ = write!(w, "</ul>");
     }
     let _ = write!(w, "</section>");
+}
+
+/// `class/file.jpg`: the last two components of a path.
+fn short_name(path: &Path) -> String {
+    let mut parts: Vec<String> = path
+        .components()
+        .rev()
+        .take(2)
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    parts.reverse();
+    parts.join("/")
 }
 
 #[cfg(test)]
@@ -159,6 +174,8 @@ mod tests {
         assert!(html.contains(r#"id="check-near-duplicates""#));
         assert!(html.contains("2 &lt;images&gt; &amp; more"));
         assert!(html.contains("(cannot be decoded)"));
+        assert!(html.contains(r#"title="/nonexistent/a.jpg""#));
+        assert!(html.contains("<figcaption>nonexistent/a.jpg</figcaption>"));
         assert!(html.contains("a.jpg ~ b.jpg"));
         assert!(html.contains("0 errors, 1 warnings, 0 notes"));
     }

@@ -449,7 +449,7 @@ table {{ border-collapse: collapse; margin: 0.5em 0; }}
 th, td {{ border: 1px solid #ddd; padding: 4px 8px; text-align: left; }}
 .gallery {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 10px; }}
 #mistakes {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 10px; }}
-figure {{ margin: 0; }} figcaption {{ font-size: 0.85em; }}
+figure {{ margin: 0; }} figcaption {{ font-size: 0.85em; overflow-wrap: anywhere; }}
 img {{ max-width: 100%; }}
 </style></head>
 <body>{body}
