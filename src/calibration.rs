@@ -405,6 +405,21 @@ mod tests {
         (logits, labels)
     }
 
+    /// A temperature read back from model.json is the one written (serde_json's
+    /// `float_roundtrip`; its default parser gave 0.955529534979116 for this one).
+    #[test]
+    fn a_written_temperature_reads_back_exactly() {
+        for t in [
+            0.9555295349791159_f64,
+            1.0 / 3.0,
+            2.718281828459045,
+            0.1 + 0.2,
+        ] {
+            let text = serde_json::to_string(&t).unwrap();
+            assert_eq!(serde_json::from_str::<f64>(&text).unwrap(), t, "{text}");
+        }
+    }
+
     #[test]
     fn the_fit_recovers_the_scale_of_over_and_under_confident_logits() {
         for scale in [3.0f32, 0.5] {
