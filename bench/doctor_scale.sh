@@ -2,7 +2,7 @@
 # Scale of `graft doctor`'s neighbour checks (exact cosine kNN, outlier fence, near-duplicate
 # sets by feature cosine and perceptual hash): examples/neighbours_scale.rs on synthetic rows of
 # width 1280 (clustered, with 10 planted far points and planted copies), one JSON line per size
-# with the wall time, the time per 10k rows and the peak RSS (VmHWM). The first line compares the
+# with the wall time, the time per 10k rows and the peak RSS (getrusage's maxrss). The first line compares the
 # blocked search with the row-by-row dot products it replaced, on NAIVE rows.
 #
 # Environment:

@@ -40,16 +40,9 @@ impl Noise {
     }
 }
 
-/// Peak resident memory of this process, in MB (VmHWM).
+/// Peak resident memory of this process, in MB.
 fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb * 1024.0 / 1e6)
+    graft::util::peak_rss_bytes() as f64 / 1e6
 }
 
 /// Rows near 200 cluster centres (non-negative, like pooled ReLU features), then every 10,000th

@@ -42,15 +42,9 @@ impl Noise {
     }
 }
 
+/// Peak resident memory of this process, in MB.
 fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb * 1024.0 / 1e6)
+    graft::util::peak_rss_bytes() as f64 / 1e6
 }
 
 fn main() {

@@ -116,11 +116,7 @@ fn check_report_renders(run: &Path) {
         "the report must not fetch anything"
     );
     let url = format!("file://{}", report.display());
-    let dom = run_ok({
-        let mut cmd = chromium();
-        cmd.arg("--dump-dom").arg(&url);
-        cmd
-    });
+    let dom = rendered_dom(&report);
     for id in [
         "curves",
         "confusion",

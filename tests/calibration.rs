@@ -48,14 +48,6 @@ fn saved_logits(run: &Path, model: &TrainedModel, photos: &[PathBuf]) -> Vec<f32
         .expect("a linear head")
 }
 
-fn max_difference(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn an_over_confident_top_is_cooled_and_every_consumer_uses_its_temperature() {
     store_weights("efficientnet-lite0");
@@ -120,16 +112,13 @@ fn an_over_confident_top_is_cooled_and_every_consumer_uses_its_temperature() {
 
     // predict: softmax(logits / T) of the head as saved.
     let calibrated = predicted(&model, &val);
-    let difference = max_difference(
+    let difference = max_abs_diff(
         &calibrated,
         &tempered_softmax(&logits, k, record.temperature),
     );
     assert!(difference < 1e-5, "{difference}");
     let raw = tempered_softmax(&logits, k, 1.0);
-    assert!(
-        max_difference(&calibrated, &raw) > 0.05,
-        "T changed nothing"
-    );
+    assert!(max_abs_diff(&calibrated, &raw) > 0.05, "T changed nothing");
     // The probabilities recorded in predictions.json are the calibrated ones too.
     for (i, p) in recorded.iter().enumerate() {
         let best = class_index(&p.predicted);
@@ -171,7 +160,7 @@ fn an_over_confident_top_is_cooled_and_every_consumer_uses_its_temperature() {
     std::fs::write(&path, serde_json::to_string_pretty(&old).unwrap()).unwrap();
     let model = TrainedModel::open(&run_dir, None).unwrap();
     assert_eq!(model.card.temperature, 1.0);
-    let difference = max_difference(&predicted(&model, &val), &raw);
+    let difference = max_abs_diff(&predicted(&model, &val), &raw);
     assert!(difference < 1e-5, "{difference}");
 
     // A temperature that is no temperature is refused by name.

@@ -289,13 +289,7 @@ fn planted_duplicates_and_a_dark_photo_are_found() {
 fn check_page_renders(page: &Path, report: &serde_json::Value) {
     let html = std::fs::read_to_string(page).unwrap();
     assert!(!html.contains("http://") && !html.contains("https://"));
-    let output = chromium()
-        .arg("--dump-dom")
-        .arg(format!("file://{}", page.display()))
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let dom = String::from_utf8_lossy(&output.stdout);
+    let dom = rendered_dom(page);
     let section = |check: &str| -> String {
         let start = dom
             .find(&format!("id=\"check-{check}\""))

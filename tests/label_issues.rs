@@ -86,15 +86,7 @@ fn doctor_finds_flipped_labels_and_train_excludes_them() {
     let page = out.join("doctor.html");
     let html = std::fs::read_to_string(&page).unwrap();
     assert!(!html.contains("http://") && !html.contains("https://"));
-    let dom = {
-        let output = chromium()
-            .arg("--dump-dom")
-            .arg(format!("file://{}", page.display()))
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
+    let dom = rendered_dom(&page);
     let section = &dom[dom
         .find("id=\"check-label-issues\"")
         .expect("a label-issues section")..];

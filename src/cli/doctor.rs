@@ -162,19 +162,18 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
         .collect();
     let (quality, quality_found) = quality_checks(&scored, &thresholds);
     findings.extend(quality_found);
-    // Train and validation together: outliers and duplicates anywhere in the data.
-    let all_paths: Vec<PathBuf> = train.paths.iter().chain(&val.paths).cloned().collect();
-    let all_keys: Vec<Option<String>> = all_paths.iter().map(|p| keys.get(p).cloned()).collect();
-    let all_hashes: Vec<Option<u64>> = all_paths
+    // Train and validation together: outliers, duplicates and label issues anywhere in the data.
+    let all = train.joined(&val);
+    let all_keys: Vec<Option<String>> = all.paths.iter().map(|p| keys.get(p).cloned()).collect();
+    let all_hashes: Vec<Option<u64>> = all
+        .paths
         .iter()
         .map(|p| hashes.get(p).and_then(neighbours::hash_bits))
         .collect();
-    let mut all_rows = train.rows.clone();
-    all_rows.extend_from_slice(&val.rows);
     let near = neighbours::analyse(
-        all_rows,
-        train.dim.max(val.dim).max(1),
-        &all_paths,
+        all.rows.clone(),
+        all.dim.max(1),
+        &all.paths,
         &all_keys,
         &all_hashes,
         &neighbour_options,
@@ -191,7 +190,7 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
     let label_issues = if args.no_label_issues || data.classes.len() < 2 {
         None
     } else {
-        labelled_issues(&args, &train, &val, data.classes.as_slice())?
+        labelled_issues(&args, &all, data.classes.as_slice())?
     };
     if let Some(found) = &label_issues {
         findings.extend(label_finding(found));
@@ -267,17 +266,12 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
 /// too few images to cross-validate.
 fn labelled_issues(
     args: &DoctorArgs,
-    train: &FeatureMatrix,
-    val: &FeatureMatrix,
+    all: &FeatureMatrix,
     classes: &[String],
 ) -> Result<Option<LabelIssues>> {
     if args.folds < 2 {
         anyhow::bail!("--folds must be at least 2, got {}", args.folds);
     }
-    let mut all = train.clone();
-    all.rows.extend_from_slice(&val.rows);
-    all.labels.extend_from_slice(&val.labels);
-    all.paths.extend_from_slice(&val.paths);
     if all.len() < 2 * args.folds {
         return Ok(None);
     }
@@ -286,5 +280,5 @@ fn labelled_issues(
         seed: args.split.seed,
         ..LabelIssueOptions::default()
     };
-    Ok(Some(find_label_issues(&all, classes, &options)?))
+    Ok(Some(find_label_issues(all, classes, &options)?))
 }

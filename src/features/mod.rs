@@ -51,6 +51,16 @@ impl FeatureMatrix {
     pub fn row(&self, i: usize) -> &[f32] {
         &self.rows[i * self.dim..(i + 1) * self.dim]
     }
+
+    /// These rows followed by `other`'s (the training split then the validation split, say).
+    pub fn joined(&self, other: &FeatureMatrix) -> FeatureMatrix {
+        let mut all = self.clone();
+        all.dim = self.dim.max(other.dim);
+        all.rows.extend_from_slice(&other.rows);
+        all.labels.extend_from_slice(&other.labels);
+        all.paths.extend_from_slice(&other.paths);
+        all
+    }
 }
 
 /// Content key of each file (sha256 of its bytes), in parallel. Unreadable files get an error,

@@ -196,6 +196,17 @@ pub fn chromium() -> Command {
     cmd
 }
 
+/// The DOM of a local HTML page after headless Chromium has loaded it and run its scripts.
+pub fn rendered_dom(page: &Path) -> String {
+    let output = chromium()
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// `(images on the page, images decoded)` from a page rendered by `chromium --dump-dom`: graft's
 /// pages count them on load into `data-images-total` / `data-images-loaded`.
 pub fn images_decoded(dom: &str) -> (usize, usize) {
