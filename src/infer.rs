@@ -52,6 +52,8 @@ pub enum Top<'a> {
         head: &'a Head,
         classes: &'a [String],
     },
+    /// A CLIP / SigLIP classifier of the user's labels on the image tower's embeddings.
+    ZeroShot(&'a crate::clip::ZeroShotClassifier),
 }
 
 impl Top<'_> {
@@ -63,6 +65,7 @@ impl Top<'_> {
                 .map(|s| s.to_string())
                 .collect(),
             Top::Trained { classes, .. } => classes.to_vec(),
+            Top::ZeroShot(classifier) => classifier.labels.clone(),
         }
     }
 
@@ -89,6 +92,18 @@ impl Top<'_> {
                     // cannot fail: graft makes only f32 tensors (the default float dtype)
                     .expect("features are f32");
                 head.scores(&features, backbone.config.feature_dim)
+            }
+            Top::ZeroShot(classifier) => {
+                let features = backbone
+                    .features(batch)
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    // cannot fail: graft makes only f32 tensors (the default float dtype)
+                    .expect("features are f32");
+                features
+                    .chunks_exact(backbone.config.feature_dim.max(1))
+                    .flat_map(|e| classifier.probabilities(e))
+                    .collect()
             }
         }
     }

@@ -66,6 +66,7 @@ pub mod adapted;
 pub mod backbone;
 pub mod backend;
 pub mod calibration;
+pub mod clip;
 pub mod data;
 pub mod doctor;
 pub mod explain;

@@ -976,3 +976,86 @@ fn a_fetch_killed_mid_download_leaves_the_others_to_finish() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// The files of the CLIP / OpenCLIP fixture `name` as a Hub repository at `repo` serves them.
+fn clip_routes(name: &str, repo: &str, files: &[&str]) -> Vec<(String, Route)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/clip")
+        .join(name);
+    files
+        .iter()
+        .map(|f| {
+            let body = std::fs::read(dir.join(f)).unwrap();
+            (format!("/{repo}/resolve/main/{f}"), file(&body))
+        })
+        .collect()
+}
+
+/// `graft predict --backbone hf:… --labels …` fetches a `transformers` CLIP repository (its
+/// four files, each once) or an OpenCLIP one (no config.json: its own three files) from the
+/// Hub at `HF_ENDPOINT`, then classifies; a second run downloads nothing.
+#[test]
+fn zero_shot_fetches_clip_repositories_of_both_layouts_once() {
+    let transformers = [
+        "config.json",
+        "preprocessor_config.json",
+        "tokenizer.json",
+        "model.safetensors",
+    ];
+    let open_clip = [
+        "open_clip_config.json",
+        "tokenizer.json",
+        "open_clip_model.safetensors",
+    ];
+    let mut routes = clip_routes("clip_hf", "openai/clip-test", &transformers);
+    routes.extend(clip_routes("openclip", "laion/openclip-test", &open_clip));
+    let (served, bodies): (Vec<String>, Vec<Route>) = routes.into_iter().unzip();
+    let server = Server::start(served.iter().map(String::as_str).zip(bodies).collect());
+    let home = tempfile::tempdir().unwrap();
+    let photo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/golden/efficientnet_lite0/bird_224.png");
+    let predict = |spec: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_graft"))
+            .env("GRAFT_HOME", home.path())
+            .env("HF_ENDPOINT", &server.base)
+            .args([
+                "predict",
+                "--backbone",
+                spec,
+                "--labels",
+                "bird,cat",
+                "--json",
+            ])
+            .arg(&photo)
+            .output()
+            .unwrap()
+    };
+    for (spec, repo, files) in [
+        ("hf:openai/clip-test", "/openai/clip-test/", 4),
+        ("hf:laion/openclip-test", "/laion/openclip-test/", 3),
+    ] {
+        for round in 0..2 {
+            let out = predict(spec);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let labels = doc["images"][0]["predictions"].as_array().unwrap().len();
+            assert_eq!(labels, 2, "{spec}: {doc}");
+            // Each file of the layout once, over both rounds; OpenCLIP's after one 404 for
+            // config.json, also once.
+            let seen: Vec<String> = server
+                .seen()
+                .into_iter()
+                .map(|s| s.path)
+                .filter(|p| p.starts_with(repo))
+                .collect();
+            let fetched = seen.iter().filter(|p| served.contains(p)).count();
+            assert_eq!(fetched, files, "{spec} round {round}: {seen:?}");
+            // transformers: its four files; OpenCLIP: config.json's 404, then its three.
+            assert_eq!(seen.len(), 4, "{spec}: {seen:?}");
+        }
+    }
+}

@@ -25,11 +25,12 @@ from os import PathLike
 from typing import List, Optional, Tuple, Union
 
 from . import _graft
-from ._graft import Backbone, GraftError, ImageError, Model, __version__
+from ._graft import Backbone, GraftError, ImageError, Model, ZeroShot, __version__
 
 __all__ = [
     "Backbone",
     "Model",
+    "ZeroShot",
     "GraftError",
     "ImageError",
     "extract",

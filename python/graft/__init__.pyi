@@ -8,6 +8,7 @@ from ._graft import Backbone as Backbone
 from ._graft import GraftError as GraftError
 from ._graft import ImageError as ImageError
 from ._graft import Model as Model
+from ._graft import ZeroShot as ZeroShot
 from ._graft import __version__ as __version__
 
 _Path = Union[str, PathLike]

@@ -401,6 +401,182 @@ impl Backbone {
     }
 }
 
+/// For each row of features, the `top` classes its `scores` rank best: a list (one per input,
+/// in order) of lists of `{"label", "index", "probability"}`; inputs that could not be read
+/// raise [`ImageError`] naming each.
+fn ranked<'py>(
+    py: Python<'py>,
+    inputs: &[Input],
+    rows: &[Result<Vec<f32>, DecodeError>],
+    names: &[&str],
+    top: usize,
+    scores: impl Fn(&[f32]) -> Vec<f32>,
+) -> PyResult<Bound<'py, PyList>> {
+    let results = PyList::empty(py);
+    let mut failures = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        match row {
+            Ok(row) => {
+                let ranked = PyList::empty(py);
+                for p in graft::infer::top_k(&scores(row), top, names) {
+                    let entry = PyDict::new(py);
+                    entry.set_item("label", p.label)?;
+                    entry.set_item("index", p.index)?;
+                    entry.set_item("probability", p.probability)?;
+                    ranked.append(entry)?;
+                }
+                results.append(ranked)?;
+            }
+            Err(e) => {
+                failures.push((i, e.reason.clone()));
+                results.append(py.None())?;
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(results)
+    } else {
+        Err(raise_failures(py, inputs, &failures, results))
+    }
+}
+
+/// Zero-shot classification with a CLIP or SigLIP model: your labels, no training.
+#[pyclass(module = "graft._graft", name = "ZeroShot", frozen)]
+struct ZeroShot {
+    model: graft::clip::ContrastiveModel,
+    classifier: graft::clip::ZeroShotClassifier,
+}
+
+#[pymethods]
+impl ZeroShot {
+    /// `model`: `hf:openai/clip-vit-base-patch32` (fetched once), or a folder holding a
+    /// `transformers` or OpenCLIP repository. `prompts`: templates with `{}` for the label,
+    /// averaged per label (default: the CLIP paper's 80 ImageNet templates).
+    #[new]
+    #[pyo3(signature = (model, labels, prompts = None))]
+    fn new(
+        py: Python<'_>,
+        model: String,
+        labels: Vec<String>,
+        prompts: Option<Vec<String>>,
+    ) -> PyResult<Self> {
+        let prompts = match prompts {
+            Some(templates) => {
+                graft::clip::Prompts::templates(templates).map_err(PyValueError::new_err)?
+            }
+            None => graft::clip::Prompts::ImageNetEnsemble,
+        };
+        py.detach(|| {
+            let model = graft::clip::open(&model, &mut graft::progress::Silent)?;
+            let classifier = model.classifier(&labels, &prompts)?;
+            Ok::<_, graft::clip::ClipError>(Self { model, classifier })
+        })
+        .map_err(|e| GraftError::new_err(e.to_string()))
+    }
+
+    /// The labels, in the order of `index` in the predictions.
+    #[getter]
+    fn labels(&self) -> Vec<String> {
+        self.classifier.labels.clone()
+    }
+
+    /// The `top` most likely labels of each image (paths or uint8 `[H, W, 3]` arrays), as
+    /// `Model.predict` gives them. CLIP: a softmax over the labels; SigLIP: each label's own
+    /// sigmoid.
+    #[pyo3(signature = (images, top = 5))]
+    fn predict<'py>(
+        &self,
+        py: Python<'py>,
+        images: &Bound<'py, PyAny>,
+        top: usize,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let inputs = inputs(images)?;
+        let rows = py.detach(|| feature_rows(&self.model.image, &inputs));
+        let names: Vec<&str> = self.classifier.labels.iter().map(String::as_str).collect();
+        ranked(py, &inputs, &rows, &names, top, |row| {
+            self.classifier.probabilities(row)
+        })
+    }
+}
+
+/// A model trained by graft (a run directory), ready to predict and evaluate.
+#[pyclass(module = "graft._graft", name = "Model", frozen)]
+struct Model {
+    inner: graft::run::TrainedModel,
+}
+
+#[pymethods]
+impl Model {
+    /// The class names, in the order of the model's outputs.
+    #[getter]
+    fn classes(&self) -> Vec<String> {
+        self.inner.card.classes.clone()
+    }
+
+    /// The run directory.
+    #[getter]
+    fn run_dir(&self) -> PathBuf {
+        self.inner.dir.clone()
+    }
+
+    /// The recipe that trained it.
+    #[getter]
+    fn recipe(&self) -> &'static str {
+        self.inner.card.recipe.name()
+    }
+
+    /// The backbone's registry name.
+    #[getter]
+    fn backbone(&self) -> String {
+        self.inner.card.backbone.clone()
+    }
+
+    /// The temperature T of its calibrated probabilities, softmax(logits / T), fitted on the
+    /// validation split (1 for runs from before calibration); `predict` applies it.
+    #[getter]
+    fn temperature(&self) -> f64 {
+        self.inner.card.temperature
+    }
+
+    /// `metrics.json` of the run: validation metrics as recorded when it was trained.
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let metrics = graft::run::load_metrics(&self.inner.dir)
+            .map_err(|e| GraftError::new_err(e.to_string()))?;
+        json(py, &metrics)
+    }
+
+    /// The `top` most likely classes of each image: a list (one per image, in order) of lists
+    /// of `{"label", "index", "probability"}`, best first.
+    #[pyo3(signature = (images, top = 5))]
+    fn predict<'py>(
+        &self,
+        py: Python<'py>,
+        images: &Bound<'py, PyAny>,
+        top: usize,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let inputs = inputs(images)?;
+        let model = &self.inner;
+        let rows = py.detach(|| feature_rows(&model.backbone, &inputs));
+        let names: Vec<&str> = model.card.classes.iter().map(String::as_str).collect();
+        ranked(py, &inputs, &rows, &names, top, |row| {
+            model.head.scores(row, row.len())
+        })
+    }
+
+    /// The network inputs of the images as graft prepares them: float32 `[N, 3, R, R]`
+    /// (normalised), or with `uint8=True` the cropped and resized pixels `[N, R, R, 3]`: what
+    /// a model from `graft export` takes.
+    #[pyo3(signature = (images, uint8 = false))]
+    fn preprocess<'py>(
+        &self,
+        py: Python<'py>,
+        images: &Bound<'py, PyAny>,
+        uint8: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        network_inputs(py, &self.inner, images, uint8)
+    }
+}
+
 /// A model trained by graft (a run directory), ready to predict and evaluate.
 #[pyclass(module = "graft._graft", name = "Model", frozen)]
 struct Model {
@@ -816,6 +992,7 @@ fn train(
 fn _graft(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Backbone>()?;
     m.add_class::<Model>()?;
+    m.add_class::<ZeroShot>()?;
     m.add_function(wrap_pyfunction!(open, m)?)?;
     m.add_function(wrap_pyfunction!(extract, m)?)?;
     m.add_function(wrap_pyfunction!(train, m)?)?;

@@ -242,3 +242,25 @@ def test_finetune_in_python_equals_the_cli_run(tmp_path):
     assert from_cli.predict(probe, top=1) == model.predict(probe, top=1)
     with pytest.raises(ValueError, match="unknown schedule"):
         graft.train(data, "finetune", schedule="linear", progress=False)
+
+
+def test_zero_shot_predicts_as_the_command_line():
+    """graft.ZeroShot gives the probabilities `graft predict --labels` prints (a tiny
+    random-weight CLIP from the tests' fixtures), and refuses a model that is not CLIP."""
+    model = REPO / "tests" / "fixtures" / "clip" / "clip_hf"
+    photos = sorted((FLOWERS / "daisy").iterdir())[:2]
+    labels = ["daisy", "rose", "tulip"]
+    zs = graft.ZeroShot(str(model), labels, prompts=["a photo of a {}."])
+    assert zs.labels == labels
+    ours = zs.predict([str(p) for p in photos], top=3)
+    doc = json.loads(
+        cli("predict", "--backbone", model, "--labels", ",".join(labels),
+            "--prompt", "a photo of a {}.", "-k", "3", "--json", *photos)
+    )
+    for mine, theirs in zip(ours, doc["images"]):
+        assert [p["label"] for p in mine] == [p["label"] for p in theirs["predictions"]]
+        for a, b in zip(mine, theirs["predictions"]):
+            assert abs(a["probability"] - b["probability"]) < 1e-6
+        assert abs(sum(p["probability"] for p in mine) - 1.0) < 1e-5
+    with pytest.raises(graft.GraftError, match="not a CLIP or SigLIP model"):
+        graft.ZeroShot("efficientnet-lite0", labels)

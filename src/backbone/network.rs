@@ -225,7 +225,10 @@ impl Network {
             Self::MbConv(net) => net.head.out_channels(),
             Self::ResNet(net) => net.feature_dim(),
             Self::ConvNeXt(net) => net.head_norm.gamma.dims()[0],
-            Self::Vit(net) => net.norm.gamma.dims()[0] * if net.mean_patch_feature { 2 } else { 1 },
+            Self::Vit(net) => match &net.proj {
+                Some(proj) => proj.weight.dims()[1],
+                None => net.norm.gamma.dims()[0] * if net.mean_patch_feature { 2 } else { 1 },
+            },
         }
     }
 

@@ -15,6 +15,9 @@ pub enum CropRule {
     /// Resize the short side to `resolution / fraction`, then centre-crop the input resolution
     /// (torchvision's `Resize(256) + CenterCrop(224)`).
     ResizeThenCenterCrop { fraction: f32 },
+    /// Resize the whole image to the square input, aspect ratio not kept (SigLIP's
+    /// processor, OpenCLIP's `resize_mode='squash'`).
+    Squash,
 }
 
 /// Resampling filter of the resize step.
@@ -220,6 +223,7 @@ impl SourceConfig {
             CropRule::CenterSquare { fraction } | CropRule::ResizeThenCenterCrop { fraction } => {
                 fraction
             }
+            CropRule::Squash => 1.0,
         };
         (self.resolution as f64 / f64::from(fraction)).ceil() as u32
     }

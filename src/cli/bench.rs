@@ -19,6 +19,9 @@ pub enum BenchWhat {
     /// One fine-tuning step: forward + backward + AdamW update of every layer, BatchNorm
     /// frozen, a 10-class top.
     TrainStep,
+    /// Text embeddings of a CLIP / SigLIP model: `--batch-size` prompts per iteration
+    /// (tokenizing included), `--iters` iterations of different prompts.
+    Text,
 }
 
 #[derive(Debug, Args)]
@@ -52,13 +55,29 @@ pub struct BenchArgs {
     pub profile: bool,
 }
 
+/// Whether `--backbone` names a CLIP / SigLIP repository (a folder, or `hf:` outside the
+/// registry) rather than a registry backbone.
+fn contrastive(args: &BenchArgs) -> bool {
+    let name = &args.backbone.backbone;
+    graft::clip::ContrastiveConfig::is_repository(std::path::Path::new(name))
+        || (name.starts_with("hf:") && graft::backbone::find(name).is_none())
+}
+
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
-    if matches!(args.what, BenchWhat::TrainStep) {
-        return train_step(args);
+    match args.what {
+        BenchWhat::TrainStep => return train_step(args),
+        BenchWhat::Text => return text(args),
+        BenchWhat::Forward => {}
     }
-    // Weights without a classifier (DINOv2) are timed on their pooled features.
-    let with_top = args.backbone.info()?.arch.num_classes() > 0;
-    let backbone = args.backbone.load(with_top)?;
+    // A CLIP / SigLIP image tower is timed on its image embeddings; weights without a
+    // classifier (DINOv2) on their pooled features.
+    let (with_top, backbone) = if contrastive(&args) {
+        let model = super::zero_shot::open_model(&args.backbone.backbone)?;
+        (false, model.image)
+    } else {
+        let with_top = args.backbone.info()?.arch.num_classes() > 0;
+        (with_top, args.backbone.load(with_top)?)
+    };
     let r = backbone.config.resolution;
     let device = graft::backend::device();
     let input = random_tensor::<4>(
@@ -107,6 +126,46 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             }
         });
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bench text`: prompts through a CLIP / SigLIP text tower, tokenizing included, each
+/// iteration new prompts (class names in CLIP's templates), as many as `--batch-size`.
+fn text(args: BenchArgs) -> Result<ExitCode> {
+    let model = super::zero_shot::open_model(&args.backbone.backbone)?;
+    let prompt = |i: usize| {
+        let template = graft::clip::IMAGENET_TEMPLATES[i % graft::clip::IMAGENET_TEMPLATES.len()];
+        template.replace("{}", &format!("object number {i}"))
+    };
+    let batches: Vec<Vec<String>> = (0..=args.iters)
+        .map(|it| {
+            (0..args.batch_size)
+                .map(|j| prompt(it * args.batch_size + j))
+                .collect()
+        })
+        .collect();
+    let run_once = |prompts: &[String]| -> Result<(f64, f64)> {
+        let (cpu0, t0) = (process_cpu_seconds(), Instant::now());
+        let embeddings = model.text_embeddings(prompts)?;
+        assert_eq!(embeddings.len(), prompts.len());
+        Ok((t0.elapsed().as_secs_f64(), process_cpu_seconds() - cpu0))
+    };
+    run_once(&batches[0])?;
+    let (mut wall, mut cpu) = (0.0, 0.0);
+    for prompts in &batches[1..] {
+        let (w, c) = run_once(prompts)?;
+        wall += w;
+        cpu += c;
+    }
+    print_result(
+        &args,
+        "text",
+        "text embeddings",
+        &args.backbone.backbone,
+        0,
+        wall,
+        cpu,
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,7 +9,10 @@ use clap::Args;
 use graft::recipe::{EvalSplit, EvaluateOptions};
 use graft::run::{EvaluationRecord, TrainedModel};
 
-use super::features::CacheArgs;
+use graft::data::dataset::{Sample, SplitOptions};
+use graft::metrics::Metrics;
+
+use super::features::{CacheArgs, features_of, open_cache};
 use super::progress::Bars;
 
 #[derive(Debug, Args)]
@@ -19,8 +22,24 @@ pub struct EvaluateArgs {
     pub data: PathBuf,
 
     /// Run directory written by `graft train`.
-    #[arg(long, value_name = "RUN_DIR")]
-    pub model: PathBuf,
+    #[arg(long, value_name = "RUN_DIR", required_unless_present = "zero_shot")]
+    pub model: Option<PathBuf>,
+
+    /// Score zero-shot classification instead of a trained model: the class folders' names
+    /// as labels, with the CLIP / SigLIP `--backbone`, no training. Compare with a trained
+    /// head on the same folder.
+    #[arg(long, conflicts_with = "model", requires = "backbone")]
+    pub zero_shot: bool,
+
+    /// The CLIP or SigLIP model for `--zero-shot`: `hf:openai/clip-vit-base-patch32`, or a
+    /// folder holding a `transformers` or OpenCLIP repository.
+    #[arg(long, short = 'b', value_name = "MODEL")]
+    pub backbone: Option<String>,
+
+    /// Prompt template for `--zero-shot`, `{}` for the label; repeat to average several
+    /// (default: CLIP's 80 ImageNet templates).
+    #[arg(long = "prompt", value_name = "TEMPLATE", requires = "zero_shot")]
+    pub prompts: Vec<String>,
 
     /// Which images of DATA to score.
     #[arg(long, value_enum, default_value_t = EvalSplit::All)]
@@ -44,7 +63,10 @@ pub struct EvaluateArgs {
 }
 
 pub fn run(args: EvaluateArgs) -> Result<ExitCode> {
-    let model = TrainedModel::open(&args.model, args.weights.as_deref())?;
+    let Some(model_dir) = &args.model else {
+        return zero_shot(&args);
+    };
+    let model = TrainedModel::open(model_dir, args.weights.as_deref())?;
     let options = EvaluateOptions {
         split: args.split,
         tta: args.tta,
@@ -76,6 +98,66 @@ pub fn run(args: EvaluateArgs) -> Result<ExitCode> {
     }
     println!("metrics written to {}", output.display());
     Ok(if evaluation.skipped == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `--zero-shot`: the accuracy of zero-shot classification into DATA's class names.
+fn zero_shot(args: &EvaluateArgs) -> Result<ExitCode> {
+    let data = graft::data::dataset::open(&args.data, SplitOptions::default())?;
+    data.check_classes(&args.data)?;
+    super::features::report_listing(&data);
+    let samples: Vec<Sample> = match args.split {
+        EvalSplit::All => data.train.iter().chain(&data.val).cloned().collect(),
+        EvalSplit::Val => data.val.clone(),
+        EvalSplit::Train => data.train.clone(),
+    };
+    let spec = args.backbone.as_deref().unwrap_or_default();
+    let model = super::zero_shot::open_model(spec)?;
+    let options = super::zero_shot::ZeroShotArgs {
+        labels: data.classes.clone(),
+        labels_file: None,
+        prompts: args.prompts.clone(),
+    };
+    let classifier = super::zero_shot::classifier(&model, &data.classes, &options)?;
+    let mut cache = open_cache(&model.image, args.cache.cache_dir.as_ref())?;
+    let (matrices, summary) = features_of(
+        &model.image,
+        &mut cache,
+        &[&samples],
+        args.cache.extract_batch_size,
+    )?;
+    for e in &summary.skipped {
+        eprintln!("warning: {e}");
+    }
+    let images = &matrices[0];
+    let predicted: Vec<usize> = (0..images.len())
+        .map(|i| {
+            let p = classifier.probabilities(images.row(i));
+            (0..p.len())
+                .max_by(|&a, &b| p[a].total_cmp(&p[b]))
+                .unwrap_or(0)
+        })
+        .collect();
+    let metrics = Metrics::compute(&images.labels, &predicted, &data.classes);
+    println!("zero-shot with {spec}");
+    println!("{}", metrics.table());
+    if let Some(output) = &args.output {
+        let record = serde_json::json!({
+            "zero_shot": {
+                "model": spec,
+                "prompts": options.prompts()?.describe(),
+                "labels": data.classes,
+            },
+            "data": args.data.to_string_lossy(),
+            "metrics": metrics,
+        });
+        graft::util::write_atomic(output, serde_json::to_string_pretty(&record)?.as_bytes())?;
+        println!("metrics written to {}", output.display());
+    }
+    Ok(if summary.skipped.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -16,6 +16,7 @@ pub fn linear_top(backbone: &Backbone, top: Top<'_>) -> Result<LinearTop> {
         Top::Trained { head, .. } => LinearTop::from_head(head).context("--explain")?,
         Top::ImageNet => LinearTop::imagenet(backbone)
             .context("--explain: the backbone was loaded without its ImageNet classifier")?,
+        Top::ZeroShot(_) => anyhow::bail!("--explain does not explain zero-shot predictions yet"),
     })
 }
 

@@ -15,10 +15,12 @@ mod predict;
 mod pretrain;
 mod progress;
 mod report;
+mod search;
 mod serve;
 mod summary;
 mod train;
 mod weights;
+mod zero_shot;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,6 +84,8 @@ pub enum Command {
     LrFind(lr_find::LrFindArgs),
     /// Score a trained model on a labelled folder (accuracy, per-class metrics, confusion).
     Evaluate(evaluate::EvaluateArgs),
+    /// Rank a folder's images by similarity to a text or a photo (CLIP / SigLIP).
+    Search(search::SearchArgs),
     /// Write RUN_DIR/report.html: curves, confusion matrix, per-class scores, mistakes.
     Report(report::ReportArgs),
     /// Check a dataset (and a run) for leakage, imbalance, bad images and training traps.
@@ -109,6 +113,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
         Command::Extract(args) => extract::run(args),
         Command::Train(args) => train::run(args),
         Command::Evaluate(args) => evaluate::run(args),
+        Command::Search(args) => search::run(args),
         Command::LrFind(args) => lr_find::run(args),
         Command::Pretrain(args) => pretrain::run(args),
         Command::Doctor(args) => doctor::run(args),

@@ -12,6 +12,7 @@ use graft::infer::{Classified, Top, classify};
 use graft::run::TrainedModel;
 
 use super::BackboneArgs;
+use super::zero_shot::{self, ZeroShotArgs};
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
@@ -53,6 +54,9 @@ pub struct PredictArgs {
     /// top: head, logreg or svm, or the ImageNet classifier).
     #[arg(long, value_name = "DIR")]
     pub explain: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub zero_shot: ZeroShotArgs,
 }
 
 pub fn run(args: PredictArgs) -> Result<ExitCode> {
@@ -64,6 +68,13 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
         )?),
         None => None,
     };
+    let labels = args.zero_shot.labels()?;
+    if args.zero_shot.asked() && (args.model.is_some() || args.explain.is_some()) {
+        anyhow::bail!(
+            "--labels classifies with a CLIP / SigLIP --backbone: not with --model or --explain"
+        );
+    }
+    let (contrastive, classifier);
     let imagenet;
     let (backbone, top) = match &trained {
         Some(model) => (
@@ -73,6 +84,11 @@ pub fn run(args: PredictArgs) -> Result<ExitCode> {
                 classes: &model.card.classes,
             },
         ),
+        None if args.zero_shot.asked() => {
+            contrastive = zero_shot::open_model(&args.backbone.backbone)?;
+            classifier = zero_shot::classifier(&contrastive, &labels, &args.zero_shot)?;
+            (&contrastive.image, Top::ZeroShot(&classifier))
+        }
         None => {
             imagenet = args.backbone.load(true)?;
             (&imagenet, Top::ImageNet)

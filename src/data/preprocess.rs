@@ -14,6 +14,7 @@ pub fn crop_and_resize(image: &RgbImage, config: &SourceConfig) -> RgbImage {
     let res = config.resolution as u32;
     let (w, h) = image.dimensions();
     match config.crop {
+        CropRule::Squash => resize(image, res, res, config.resize_filter),
         CropRule::CenterSquare { fraction } => {
             // TF EfficientNet eval crop: side floor(fraction * short side), offset rounded up.
             let side = ((fraction as f64 * f64::from(w.min(h))) as u32).max(1);

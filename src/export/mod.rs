@@ -211,6 +211,9 @@ impl Preprocessing {
             CropRule::ResizeThenCenterCrop { fraction } => format!(
                 "resize the short side to int({r} / {fraction}) ({filter}, antialiased), crop the centre {r}x{r}"
             ),
+            CropRule::Squash => {
+                format!("resize the whole image to {r}x{r} ({filter}, antialiased), no crop")
+            }
         };
         let n = &config.normalization;
         let decode = "decode to RGB (EXIF orientation applied, alpha dropped)".to_string();

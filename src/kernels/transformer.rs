@@ -87,6 +87,44 @@ fn gelu_values(x: &mut [f32]) {
     }
 }
 
+/// GELU's tanh approximation (`gelu_pytorch_tanh`, SigLIP), in place: `tanh(u)` as
+/// `1 - 2 / (e^{2u} + 1)`, with `e^{2u}` from [`exp`] on `-|2u|` so it vectorises.
+pub fn gelu_tanh(x: &mut [f32]) {
+    dispatch!(gelu_tanh_values(x))
+}
+
+#[inline(always)]
+fn gelu_tanh_values(x: &mut [f32]) {
+    const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+    for v in x {
+        let u = C * (*v + 0.044_715 * *v * *v * *v);
+        // tanh(|u|) = (1 - e^{-2|u|}) / (1 + e^{-2|u|}), sign restored.
+        let e = exp(-2.0 * u.abs());
+        let t = ((1.0 - e) / (1.0 + e)).copysign(u);
+        *v = 0.5 * *v * (1.0 + t);
+    }
+}
+
+/// `x * sigmoid(1.702 x)` (QuickGELU, OpenAI's CLIP), in place.
+pub fn quick_gelu(x: &mut [f32]) {
+    dispatch!(quick_gelu_values(x))
+}
+
+#[inline(always)]
+fn quick_gelu_values(x: &mut [f32]) {
+    for v in x {
+        let z = 1.702 * *v;
+        // sigmoid(z) from e^{-|z|}, which never overflows.
+        let e = exp(-z.abs());
+        let s = if z >= 0.0 {
+            1.0 / (1.0 + e)
+        } else {
+            e / (1.0 + e)
+        };
+        *v *= s;
+    }
+}
+
 /// erf as Eigen's float rational approximation (odd degree-13 over even degree-8 polynomial
 /// on [-4, 4], where erf reaches ±1 in f32): only multiply, add and divide, so it vectorises.
 #[inline(always)]
@@ -411,6 +449,28 @@ mod tests {
             sum += term / (2.0 * n + 1.0);
         }
         sign * sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn tanh_gelu_and_quick_gelu_match_their_formulas() {
+        let xs: Vec<f32> = (-400..=400).map(|i| i as f32 * 0.025).collect();
+        let (mut tanh, mut quick) = (xs.clone(), xs.clone());
+        gelu_tanh(&mut tanh);
+        quick_gelu(&mut quick);
+        for ((&x, t), q) in xs.iter().zip(tanh).zip(quick) {
+            let x64 = f64::from(x);
+            let u = (2.0 / std::f64::consts::PI).sqrt() * (x64 + 0.044715 * x64.powi(3));
+            let t_ref = 0.5 * x64 * (1.0 + u.tanh());
+            let q_ref = x64 / (1.0 + (-1.702 * x64).exp());
+            assert!(
+                (f64::from(t) - t_ref).abs() < 2e-6,
+                "gelu_tanh({x}) = {t}, not {t_ref}"
+            );
+            assert!(
+                (f64::from(q) - q_ref).abs() < 2e-6,
+                "quick_gelu({x}) = {q}, not {q_ref}"
+            );
+        }
     }
 
     #[test]

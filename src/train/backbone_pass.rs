@@ -26,10 +26,11 @@ pub enum BackbonePass {
 /// The pass a training step of `net` uses: [`BackbonePass::Fused`] on the CPU with frozen
 /// BatchNorm (every family has a fused op), else [`BackbonePass::Burn`].
 pub fn training_pass(net: &Network, bn_mode: BnMode) -> BackbonePass {
-    let fused_family = matches!(
-        net,
-        Network::MbConv(_) | Network::ResNet(_) | Network::ConvNeXt(_) | Network::Vit(_)
-    );
+    // A ViT with CLIP's or SigLIP's switches trains through burn's autodiff.
+    let fused_family = match net {
+        Network::MbConv(_) | Network::ResNet(_) | Network::ConvNeXt(_) => true,
+        Network::Vit(vit) => vit.plain,
+    };
     if crate::backend::fused_cpu() && bn_mode == BnMode::Frozen && fused_family {
         BackbonePass::Fused
     } else {

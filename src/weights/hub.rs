@@ -130,6 +130,64 @@ pub fn fetch(
     })
 }
 
+/// Fetch a contrastive image-text repository (`hf:openai/clip-vit-base-patch32`,
+/// `hf:google/siglip-base-patch16-224`, an OpenCLIP one) into `dir/<owner>/<name>/`: the
+/// `transformers` files (`config.json`, `preprocessor_config.json`, `tokenizer.json`,
+/// `model.safetensors`), or OpenCLIP's (`open_clip_config.json`, `tokenizer.json`,
+/// `open_clip_model.safetensors`) when the repository has no `config.json`. The small files
+/// come first, so that a repository graft cannot read fails before its weights are fetched.
+/// Files already there are reused. Returns the folder.
+pub fn fetch_repository(
+    spec: &str,
+    endpoint: &str,
+    dir: &Path,
+    progress: &mut dyn Progress,
+) -> Result<PathBuf, WeightsError> {
+    let repo_id = repo_id(spec)?;
+    let folder = dir.join(repo_id);
+    std::fs::create_dir_all(&folder).map_err(|e| WeightsError::io(&folder, e))?;
+    let get = |file: &str, progress: &mut dyn Progress| -> Result<(), WeightsError> {
+        let target = folder.join(file);
+        if target.is_file() {
+            return Ok(());
+        }
+        download::download(
+            &file_url(endpoint, repo_id, file),
+            &target,
+            &Checksum::Unchecked,
+            progress,
+        )
+    };
+    let transformers = [
+        "config.json",
+        "preprocessor_config.json",
+        "tokenizer.json",
+        "model.safetensors",
+    ];
+    let open_clip = [
+        "open_clip_config.json",
+        "tokenizer.json",
+        "open_clip_model.safetensors",
+    ];
+    // An OpenCLIP repository fetched before is known by its config: no request for the
+    // config.json it lacks.
+    let known_open_clip =
+        folder.join("open_clip_config.json").is_file() && !folder.join("config.json").is_file();
+    let files: &[&str] = if known_open_clip {
+        &open_clip
+    } else {
+        match get("config.json", progress) {
+            Ok(()) => &transformers,
+            Err(WeightsError::Download { .. }) => &open_clip,
+            Err(e) => return Err(e),
+        }
+    };
+    for file in files {
+        get(file, progress)?;
+    }
+    Ok(folder)
+}
+
 fn file_url(endpoint: &str, repo_id: &str, file: &str) -> String {
     format!(
         "{}/{repo_id}/resolve/main/{file}",

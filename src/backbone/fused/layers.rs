@@ -94,10 +94,16 @@ pub(in crate::backbone) fn fold_layer_scale(weight: &mut [f32], bias: &mut [f32]
 pub(in crate::backbone) struct Norm {
     pub(in crate::backbone) gamma: Vec<f32>,
     beta: Vec<f32>,
+    eps: f32,
 }
 
 impl Norm {
     pub(in crate::backbone) fn new(norm: &burn::nn::LayerNorm) -> Self {
+        Self::with_eps(norm, LN_EPS as f64)
+    }
+
+    /// A LayerNorm whose epsilon is not timm's (CLIP's 1e-5).
+    pub(in crate::backbone) fn with_eps(norm: &burn::nn::LayerNorm, eps: f64) -> Self {
         let dim = norm.gamma.dims()[0];
         Self {
             gamma: to_vec(norm.gamma.val()),
@@ -105,10 +111,11 @@ impl Norm {
                 .beta
                 .as_ref()
                 .map_or_else(|| vec![0.0; dim], |b| to_vec(b.val())),
+            eps: eps as f32,
         }
     }
 
     pub(in crate::backbone) fn forward(&self, x: &[f32], out: &mut [f32]) {
-        layer_norm(x, &self.gamma, &self.beta, LN_EPS, out);
+        layer_norm(x, &self.gamma, &self.beta, self.eps, out);
     }
 }

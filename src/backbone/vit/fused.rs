@@ -11,11 +11,11 @@ use std::cell::RefCell;
 
 use burn::tensor::Tensor;
 
-use super::model::{Vit, resample_rows};
+use super::model::{AttentionPool, MlpAct, Vit, resample_rows};
 use crate::backbone::fused::layers::{Dense, Norm};
 use crate::backbone::fused::{Classifier, PooledForward, grow as sized, per_image, to_vec};
 use crate::backbone::source_config::Precision;
-use crate::kernels::transformer::{attention_head, gelu};
+use crate::kernels::transformer::{attention_head, exp, gelu, gelu_tanh, quick_gelu};
 use crate::kernels::{self, ConvGeometry};
 
 #[derive(Debug, Clone)]
@@ -26,6 +26,86 @@ struct Block {
     norm2: Norm,
     fc1: Dense,
     fc2: Dense,
+}
+
+fn activate(act: MlpAct, x: &mut [f32]) {
+    match act {
+        MlpAct::Gelu => gelu(x),
+        MlpAct::GeluTanh => gelu_tanh(x),
+        MlpAct::QuickGelu => quick_gelu(x),
+    }
+}
+
+/// SigLIP's attention pooling: its query is a constant (the projected latent), so only the
+/// keys and values are computed per image.
+#[derive(Debug, Clone)]
+struct Pool {
+    /// `q(latent)`, `[dim]`.
+    query: Vec<f32>,
+    kv: Dense,
+    proj: Dense,
+    norm: Norm,
+    fc1: Dense,
+    fc2: Dense,
+}
+
+impl Pool {
+    fn new(pool: &AttentionPool, eps: f64) -> Self {
+        let q = Dense::new(&pool.q, None);
+        let latent = to_vec(pool.latent.val());
+        let mut query = vec![0.0; latent.len()];
+        q.forward(&latent, 1, None, &mut query);
+        Self {
+            query,
+            kv: Dense::new(&pool.kv, None),
+            proj: Dense::new(&pool.proj, None),
+            norm: Norm::with_eps(&pool.norm, eps),
+            fc1: Dense::new(&pool.fc1, None),
+            fc2: Dense::new(&pool.fc2, None),
+        }
+    }
+
+    /// `tokens` `[L, dim]` (after the final norm) to `out` `[dim]`.
+    fn forward(&self, tokens: &[f32], heads: usize, act: MlpAct, s: &mut Scratch, out: &mut [f32]) {
+        let d = self.query.len();
+        let l = tokens.len() / d;
+        let kv = sized(&mut s.qkv, l * 2 * d);
+        self.kv.forward(tokens, l, None, kv);
+        let dh = d / heads;
+        let scale = 1.0 / (dh as f32).sqrt();
+        let attended = sized(&mut s.attended, d);
+        let scores = sized(&mut s.scores, l);
+        for h in 0..heads {
+            let q = &self.query[h * dh..(h + 1) * dh];
+            for (j, score) in scores.iter_mut().enumerate() {
+                let k = &kv[j * 2 * d + h * dh..][..dh];
+                *score = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+            }
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut total = 0.0;
+            for score in scores.iter_mut() {
+                *score = exp(*score - max);
+                total += *score;
+            }
+            let head_out = &mut attended[h * dh..(h + 1) * dh];
+            head_out.fill(0.0);
+            for (j, p) in scores.iter().enumerate() {
+                let v = &kv[j * 2 * d + d + h * dh..][..dh];
+                head_out
+                    .iter_mut()
+                    .zip(v)
+                    .for_each(|(o, v)| *o += p / total * v);
+            }
+        }
+        let x = sized(&mut s.next, d);
+        self.proj.forward(attended, 1, None, x);
+        let normed = sized(&mut s.normed, d);
+        self.norm.forward(x, normed);
+        let hidden = sized(&mut s.hidden, self.fc1.bias.len());
+        self.fc1.forward(normed, 1, None, hidden);
+        activate(act, hidden);
+        self.fc2.forward(hidden, 1, Some(x), out);
+    }
 }
 
 /// Per-thread buffers, grown to the largest image seen.
@@ -59,9 +139,14 @@ pub struct FusedVit {
     /// The patches' position embedding at the checkpoint's grid, `[grid * grid, dim]`.
     pos: Vec<f32>,
     grid: usize,
+    norm_pre: Option<Norm>,
     blocks: Vec<Block>,
+    act: MlpAct,
     norm: Norm,
     mean_patch_feature: bool,
+    pool: Option<Pool>,
+    /// CLIP's projection of the pooled token, `[dim, embed]`.
+    proj: Option<Dense>,
     head: Option<Dense>,
 }
 
@@ -81,7 +166,10 @@ impl FusedVit {
             }
         }
         let pos = to_vec(net.pos_embed.val());
-        let mut prefix = to_vec(net.cls_token.val());
+        let mut prefix = net
+            .cls_token
+            .as_ref()
+            .map_or_else(Vec::new, |cls| to_vec(cls.val()));
         if let Some(reg) = &net.reg_token {
             prefix.extend(to_vec(reg.val()));
         }
@@ -99,6 +187,7 @@ impl FusedVit {
             Precision::F32 => d,
             Precision::Bf16 => d.in_bf16(),
         };
+        let eps = net.ln_eps;
         Self {
             patch,
             dim,
@@ -108,25 +197,32 @@ impl FusedVit {
             prefix_tokens: net.prefix_tokens,
             pos: pos[net.pos_prefix * dim..].to_vec(),
             grid: net.grid,
+            norm_pre: net.norm_pre.as_ref().map(|n| Norm::with_eps(n, eps)),
+            act: net.blocks.first().map_or(MlpAct::Gelu, |b| b.act),
             blocks: net
                 .blocks
                 .iter()
                 .map(|b| Block {
-                    norm1: Norm::new(&b.norm1),
+                    norm1: Norm::with_eps(&b.norm1, eps),
                     qkv: dense(Dense::new(&b.attn.qkv, None)),
                     proj: dense(Dense::new(&b.attn.proj, scale(&b.ls1))),
-                    norm2: Norm::new(&b.norm2),
+                    norm2: Norm::with_eps(&b.norm2, eps),
                     fc1: dense(Dense::new(&b.fc1, None)),
                     fc2: dense(Dense::new(&b.fc2, scale(&b.ls2))),
                 })
                 .collect(),
-            norm: Norm::new(&net.norm),
+            norm: Norm::with_eps(&net.norm, eps),
             mean_patch_feature: net.mean_patch_feature,
+            pool: net.attn_pool.as_ref().map(|p| Pool::new(p, eps)),
+            proj: net.proj.as_ref().map(|p| Dense::new(p, None)),
             head: net.head.as_ref().map(|h| Dense::new(h, None)),
         }
     }
 
     fn feature_dim(&self) -> usize {
+        if let Some(proj) = &self.proj {
+            return proj.bias.len();
+        }
         if self.mean_patch_feature {
             2 * self.dim
         } else {
@@ -226,6 +322,11 @@ impl FusedVit {
         let body = &mut x[self.prefix_tokens * d..];
         self.patch_embed
             .forward(&s.patches[..patches * k], patches, Some(pos), body);
+        if let Some(norm) = &self.norm_pre {
+            let normed = sized(&mut s.next, tokens * d);
+            norm.forward(&s.x[..tokens * d], normed);
+            std::mem::swap(&mut s.x, &mut s.next);
+        }
 
         let heads = self.heads;
         let head_dim = d / heads;
@@ -233,7 +334,7 @@ impl FusedVit {
         for (i, block) in self.blocks[..blocks].iter().enumerate() {
             // Past the last block's attention only the class token's row is read when it is
             // the feature: its query, projection and MLP alone (6% of a ViT-S/16's work).
-            let rows = if i == last && !self.mean_patch_feature {
+            let rows = if i == last && !self.mean_patch_feature && self.pool.is_none() {
                 1
             } else {
                 tokens
@@ -261,7 +362,7 @@ impl FusedVit {
             let mlp = block.fc1.bias.len();
             let hidden = &mut sized(&mut s.hidden, tokens * mlp)[..rows * mlp];
             block.fc1.forward(normed, rows, None, hidden);
-            gelu(hidden);
+            activate(self.act, hidden);
             let next = &mut sized(&mut s.next, tokens * d)[..rows * d];
             block.fc2.forward(hidden, rows, Some(x), next);
             std::mem::swap(&mut s.x, &mut s.next);
@@ -284,6 +385,25 @@ impl FusedVit {
 
         // Final norm: the class token, and every patch token for their mean.
         let x = &s.x[..tokens * d];
+        if let Some(pool) = &self.pool {
+            let mut normed = std::mem::take(&mut s.patches);
+            let normed_rows = sized(&mut normed, tokens * d);
+            self.norm.forward(x, normed_rows);
+            let mut pooled = vec![0.0; d];
+            pool.forward(normed_rows, self.heads, self.act, s, &mut pooled);
+            s.patches = normed;
+            match &self.proj {
+                Some(proj) => proj.forward(&pooled, 1, None, out),
+                None => out[..d].copy_from_slice(&pooled),
+            }
+            return;
+        }
+        if let Some(proj) = &self.proj {
+            let pooled = sized(&mut s.normed, d);
+            self.norm.forward(&x[..d], pooled);
+            proj.forward(pooled, 1, None, out);
+            return;
+        }
         if !self.mean_patch_feature {
             self.norm.forward(&x[..d], &mut out[..d]);
             return;

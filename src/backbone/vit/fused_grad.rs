@@ -95,6 +95,14 @@ pub struct VitPlan {
     len: usize,
 }
 
+/// The class token, which every network this op runs has ([`Vit::plain`]).
+fn class_token(net: &Vit) -> Tensor<3> {
+    net.cls_token
+        .as_ref()
+        .expect("the fused op runs plain ViTs only (Vit::plain)")
+        .val()
+}
+
 impl VitPlan {
     /// The plan for `net` and the tensors of its parameter vector, in order.
     fn new(net: &Vit) -> (Self, Vec<Tensor<1>>) {
@@ -103,7 +111,7 @@ impl VitPlan {
         let embed = EmbedSlots {
             weight: b.push(net.patch_embed.weight.val()),
             bias: b.push_or_zeros(net.patch_embed.bias.as_ref().map(|b| b.val()), dim),
-            cls: b.push(net.cls_token.val()),
+            cls: b.push(class_token(net)),
             reg: net.reg_token.as_ref().map(|r| b.push(r.val())),
             pos: b.push(net.pos_embed.val()),
         };
@@ -127,7 +135,7 @@ impl VitPlan {
         let norm = b.norm(&net.norm);
 
         let embed_trains = net.patch_embed.weight.val().is_require_grad()
-            || net.cls_token.val().is_require_grad()
+            || class_token(net).is_require_grad()
             || net.pos_embed.val().is_require_grad();
         let saved_from = if embed_trains {
             0

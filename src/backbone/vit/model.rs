@@ -10,11 +10,18 @@
 //! timm's `resample_abs_pos_embed` does (bicubic, antialiased, prefix tokens kept), at run time:
 //! the checkpoint's grid stays the parameter, so fine-tuning updates the original.
 //! Layer groups: `embed`, `blocks0` … `blocks3` (the blocks in up to four equal runs), `norm`.
+//!
+//! The image towers of contrastive image-text models are ViTs with a few switches (timm builds
+//! them the same way): CLIP adds a LayerNorm before the blocks (`norm_pre`), LayerNorm eps 1e-5,
+//! QuickGELU (OpenAI's weights) and a projection of the pooled class token; SigLIP has no class
+//! token and pools every token with one learned query (`attn_pool`, timm's
+//! `AttentionPoolLatent`), with tanh-approximated GELU. Their checkpoints are translated to the
+//! timm names by [`crate::clip`].
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::gelu;
+use burn::tensor::activation::{gelu, gelu_approximate, sigmoid};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -32,10 +39,35 @@ pub enum VitPool {
     /// The class token and the mean of the patch tokens, concatenated: `2 * dim` values
     /// (DINOv2's linear-probe feature). The pretrained classifier does not apply to it.
     TokenAndPatchMean,
+    /// One learned query attending over every token after the final norm, then a residual
+    /// MLP (timm's `global_pool='map'`; SigLIP's image tower).
+    Attention,
+}
+
+/// The MLP's activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MlpAct {
+    /// Exact GELU (`erf`): timm, torchvision, OpenCLIP's own weights.
+    #[default]
+    Gelu,
+    /// GELU's tanh approximation (`gelu_pytorch_tanh`: SigLIP).
+    GeluTanh,
+    /// `x * sigmoid(1.702 x)` (OpenAI's CLIP weights).
+    QuickGelu,
+}
+
+impl MlpAct {
+    pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Self::Gelu => gelu(x),
+            Self::GeluTanh => gelu_approximate(x),
+            Self::QuickGelu => x.clone() * sigmoid(x * 1.702),
+        }
+    }
 }
 
 /// The architecture as data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct VitSpec {
     pub patch: usize,
     pub dim: usize,
@@ -54,6 +86,18 @@ pub struct VitSpec {
     pub pool: VitPool,
     /// Outputs of the checkpoint's classifier; 0 for none (DINOv2).
     pub num_classes: usize,
+    /// A class token before the patches (every ViT but SigLIP's).
+    pub class_token: bool,
+    /// A LayerNorm on the tokens before the first block (CLIP's `ln_pre`).
+    pub pre_norm: bool,
+    /// Every LayerNorm's epsilon (1e-6 in timm and torchvision, 1e-5 in CLIP).
+    pub ln_eps: f64,
+    pub act: MlpAct,
+    /// Width of a bias-free projection of the pooled token (CLIP's image embedding); 0 for
+    /// none. When set, it is the feature.
+    pub projection: usize,
+    /// Whether the patch embedding has a bias (CLIP's has none).
+    pub patch_bias: bool,
 }
 
 impl VitSpec {
@@ -71,6 +115,12 @@ impl VitSpec {
             pos_embed_prefix: true,
             pool: VitPool::Token,
             num_classes: 1000,
+            class_token: true,
+            pre_norm: false,
+            ln_eps: LN_EPS,
+            act: MlpAct::Gelu,
+            projection: 0,
+            patch_bias: true,
         }
     }
 
@@ -94,7 +144,7 @@ impl VitSpec {
 
     /// Class token and registers.
     pub fn prefix_tokens(&self) -> usize {
-        1 + self.reg_tokens
+        usize::from(self.class_token) + self.reg_tokens
     }
 
     /// Tokens of the checkpoint's position embedding.
@@ -108,9 +158,37 @@ impl VitSpec {
     }
 
     pub fn feature_dim(&self) -> usize {
+        if self.projection > 0 {
+            return self.projection;
+        }
         match self.pool {
-            VitPool::Token => self.dim,
+            VitPool::Token | VitPool::Attention => self.dim,
             VitPool::TokenAndPatchMean => 2 * self.dim,
+        }
+    }
+
+    /// Whether this is a plain ViT (no CLIP / SigLIP switch set), which the fused training op
+    /// covers.
+    pub fn is_plain(&self) -> bool {
+        self.class_token
+            && !self.pre_norm
+            && self.ln_eps == LN_EPS
+            && self.act == MlpAct::Gelu
+            && self.projection == 0
+            && self.patch_bias
+            && self.pool != VitPool::Attention
+    }
+
+    /// The shape of its blocks.
+    pub fn block_spec(&self) -> BlockSpec {
+        BlockSpec {
+            dim: self.dim,
+            heads: self.heads,
+            mlp_dim: self.mlp_dim,
+            layer_scale: self.layer_scale,
+            ln_eps: self.ln_eps,
+            act: self.act,
+            causal: false,
         }
     }
 
@@ -154,13 +232,33 @@ pub enum VitLayout {
     Timm,
 }
 
-fn layer_norm(dim: usize, device: &Device) -> LayerNorm {
-    LayerNormConfig::new(dim).with_epsilon(LN_EPS).init(device)
+/// The shape of one pre-norm transformer block: a ViT's, or a text tower's (causal for CLIP).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockSpec {
+    pub dim: usize,
+    pub heads: usize,
+    pub mlp_dim: usize,
+    pub layer_scale: bool,
+    pub ln_eps: f64,
+    pub act: MlpAct,
+    /// Each token attends to itself and the tokens before it only (CLIP's text tower).
+    pub causal: bool,
 }
 
-fn linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
+pub(crate) fn layer_norm(dim: usize, eps: f64, device: &Device) -> LayerNorm {
+    LayerNormConfig::new(dim).with_epsilon(eps).init(device)
+}
+
+pub(crate) fn linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
     // Zeros: every tensor is overwritten by a checkpoint.
     LinearConfig::new(d_in, d_out)
+        .with_initializer(Initializer::Zeros)
+        .init(device)
+}
+
+pub(crate) fn linear_no_bias(d_in: usize, d_out: usize, device: &Device) -> Linear {
+    LinearConfig::new(d_in, d_out)
+        .with_bias(false)
         .with_initializer(Initializer::Zeros)
         .init(device)
 }
@@ -172,6 +270,8 @@ pub struct Attention {
     pub qkv: Linear,
     pub proj: Linear,
     pub heads: usize,
+    /// Each token attends to the ones before it only.
+    pub causal: bool,
 }
 
 impl Attention {
@@ -193,7 +293,10 @@ impl Attention {
             part(2),
             None,
             None,
-            AttentionModuleOptions::default(),
+            AttentionModuleOptions {
+                is_causal: self.causal,
+                ..Default::default()
+            },
         );
         self.proj.forward(out.swap_dims(1, 2).reshape([n, l, d]))
     }
@@ -209,41 +312,46 @@ pub struct VitBlock {
     /// Layer scales of the two branches (DINOv2), one factor per channel.
     pub ls1: Option<Param<Tensor<1>>>,
     pub ls2: Option<Param<Tensor<1>>>,
+    #[module(skip)]
+    pub act: MlpAct,
 }
 
 impl VitBlock {
-    fn init(spec: &VitSpec, device: &Device) -> Self {
+    pub fn init(spec: &BlockSpec, device: &Device) -> Self {
         let d = spec.dim;
         let scale = || Param::from_tensor(Tensor::ones([d], device));
         Self {
-            norm1: layer_norm(d, device),
+            norm1: layer_norm(d, spec.ln_eps, device),
             attn: Attention {
                 qkv: linear(d, 3 * d, device),
                 proj: linear(d, d, device),
                 heads: spec.heads,
+                causal: spec.causal,
             },
-            norm2: layer_norm(d, device),
+            norm2: layer_norm(d, spec.ln_eps, device),
             fc1: linear(d, spec.mlp_dim, device),
             fc2: linear(spec.mlp_dim, d, device),
             ls1: spec.layer_scale.then(scale),
             ls2: spec.layer_scale.then(scale),
+            act: spec.act,
         }
     }
 
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let scaled = |y: Tensor<3>, ls: &Option<Param<Tensor<1>>>| match ls {
             Some(gamma) => y * gamma.val().unsqueeze::<3>(),
             None => y,
         };
         let y = self.attn.forward(self.norm1.forward(x.clone()));
         let x = x + scaled(y, &self.ls1);
-        let y = self
-            .fc2
-            .forward(gelu(self.fc1.forward(self.norm2.forward(x.clone()))));
+        let y = self.fc2.forward(
+            self.act
+                .forward(self.fc1.forward(self.norm2.forward(x.clone()))),
+        );
         x + scaled(y, &self.ls2)
     }
 
-    fn visit_keys(&mut self, source: &mut impl TensorKeys, layout: VitLayout, prefix: &str) {
+    pub fn visit_keys(&mut self, source: &mut impl TensorKeys, layout: VitLayout, prefix: &str) {
         match layout {
             VitLayout::Torchvision => {
                 source.layer_norm(&mut self.norm1, &format!("{prefix}.ln_1"));
@@ -275,17 +383,100 @@ impl VitBlock {
     }
 }
 
+/// SigLIP's pooling (timm's `AttentionPoolLatent`, HF's `SiglipMultiheadAttentionPoolingHead`):
+/// one learned query attends over every token, then `x + mlp(norm(x))`.
+#[derive(Module, Debug)]
+pub struct AttentionPool {
+    /// `[1, 1, dim]`
+    pub latent: Param<Tensor<3>>,
+    pub q: Linear,
+    /// Keys and values, stacked in that order: `[dim, 2 * dim]`.
+    pub kv: Linear,
+    pub proj: Linear,
+    pub norm: LayerNorm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub heads: usize,
+    #[module(skip)]
+    pub act: MlpAct,
+}
+
+impl AttentionPool {
+    fn init(spec: &VitSpec, device: &Device) -> Self {
+        let d = spec.dim;
+        Self {
+            latent: Param::from_tensor(Tensor::zeros([1, 1, d], device)),
+            q: linear(d, d, device),
+            kv: linear(d, 2 * d, device),
+            proj: linear(d, d, device),
+            norm: layer_norm(d, spec.ln_eps, device),
+            fc1: linear(d, spec.mlp_dim, device),
+            fc2: linear(spec.mlp_dim, d, device),
+            heads: spec.heads,
+            act: spec.act,
+        }
+    }
+
+    /// `[N, L, dim]` tokens to `[N, dim]`.
+    fn forward(&self, x: Tensor<3>) -> Tensor<2> {
+        let [n, l, d] = x.dims();
+        let dh = d / self.heads;
+        let q = self
+            .q
+            .forward(self.latent.val())
+            .reshape([1, 1, self.heads, dh])
+            .swap_dims(1, 2)
+            .expand([n, self.heads, 1, dh]);
+        let kv = self
+            .kv
+            .forward(x)
+            .reshape([n, l, 2, self.heads, dh])
+            .permute([2, 0, 3, 1, 4]);
+        let part = |i: usize| kv.clone().narrow(0, i, 1).reshape([n, self.heads, l, dh]);
+        let out = attention(
+            q,
+            part(0),
+            part(1),
+            None,
+            None,
+            AttentionModuleOptions::default(),
+        );
+        let x = self.proj.forward(out.swap_dims(1, 2).reshape([n, 1, d]));
+        let y = self.fc2.forward(
+            self.act
+                .forward(self.fc1.forward(self.norm.forward(x.clone()))),
+        );
+        (x + y).reshape([n, d])
+    }
+
+    fn visit_keys(&mut self, source: &mut impl TensorKeys, prefix: &str) {
+        source.param(&mut self.latent, &format!("{prefix}.latent"));
+        source.linear(&mut self.q, &format!("{prefix}.q"));
+        source.linear(&mut self.kv, &format!("{prefix}.kv"));
+        source.linear(&mut self.proj, &format!("{prefix}.proj"));
+        source.layer_norm(&mut self.norm, &format!("{prefix}.norm"));
+        source.linear(&mut self.fc1, &format!("{prefix}.mlp.fc1"));
+        source.linear(&mut self.fc2, &format!("{prefix}.mlp.fc2"));
+    }
+}
+
 #[derive(Module, Debug)]
 pub struct Vit {
     pub patch_embed: Conv2d,
-    /// `[1, 1, dim]`
-    pub cls_token: Param<Tensor<3>>,
+    /// `[1, 1, dim]`; `None` without one (SigLIP).
+    pub cls_token: Option<Param<Tensor<3>>>,
     /// `[1, reg_tokens, dim]` (DINOv2 `_reg4`).
     pub reg_token: Option<Param<Tensor<3>>>,
     /// `[1, pos_tokens, dim]` at the checkpoint's grid.
     pub pos_embed: Param<Tensor<3>>,
+    /// CLIP's LayerNorm before the blocks.
+    pub norm_pre: Option<LayerNorm>,
     pub blocks: Vec<VitBlock>,
     pub norm: LayerNorm,
+    /// SigLIP's attention pooling.
+    pub attn_pool: Option<AttentionPool>,
+    /// CLIP's projection of the pooled token (no bias).
+    pub proj: Option<Linear>,
     pub head: Option<Linear>,
     pub patch: usize,
     pub grid: usize,
@@ -295,6 +486,9 @@ pub struct Vit {
     pub mean_patch_feature: bool,
     /// Blocks per layer group (the last group may have fewer).
     pub blocks_per_group: usize,
+    /// Whether the spec is a plain ViT ([`VitSpec::is_plain`]).
+    pub plain: bool,
+    pub ln_eps: f64,
 }
 
 impl Vit {
@@ -302,19 +496,26 @@ impl Vit {
     /// `include_top` and the spec has one.
     pub fn init(spec: &VitSpec, include_top: bool, device: &Device) -> Self {
         let d = spec.dim;
+        let block = spec.block_spec();
         Self {
             patch_embed: Conv2dConfig::new([3, d], [spec.patch, spec.patch])
                 .with_stride([spec.patch, spec.patch])
+                .with_bias(spec.patch_bias)
                 .with_initializer(Initializer::Zeros)
                 .init(device),
-            cls_token: Param::from_tensor(Tensor::zeros([1, 1, d], device)),
+            cls_token: spec
+                .class_token
+                .then(|| Param::from_tensor(Tensor::zeros([1, 1, d], device))),
             reg_token: (spec.reg_tokens > 0)
                 .then(|| Param::from_tensor(Tensor::zeros([1, spec.reg_tokens, d], device))),
             pos_embed: Param::from_tensor(Tensor::zeros([1, spec.pos_tokens(), d], device)),
+            norm_pre: spec.pre_norm.then(|| layer_norm(d, spec.ln_eps, device)),
             blocks: (0..spec.depth)
-                .map(|_| VitBlock::init(spec, device))
+                .map(|_| VitBlock::init(&block, device))
                 .collect(),
-            norm: layer_norm(d, device),
+            norm: layer_norm(d, spec.ln_eps, device),
+            attn_pool: (spec.pool == VitPool::Attention).then(|| AttentionPool::init(spec, device)),
+            proj: (spec.projection > 0).then(|| linear_no_bias(d, spec.projection, device)),
             head: (include_top && spec.num_classes > 0)
                 .then(|| linear(d, spec.num_classes, device)),
             patch: spec.patch,
@@ -323,6 +524,8 @@ impl Vit {
             prefix_tokens: spec.prefix_tokens(),
             mean_patch_feature: spec.pool == VitPool::TokenAndPatchMean,
             blocks_per_group: spec.block_groups()[0].len(),
+            plain: spec.is_plain(),
+            ln_eps: spec.ln_eps,
         }
     }
 
@@ -348,15 +551,26 @@ impl Vit {
             ),
         };
         source.conv2d(&mut self.patch_embed, patch);
-        source.param(&mut self.cls_token, cls);
+        if let Some(cls_token) = &mut self.cls_token {
+            source.param(cls_token, cls);
+        }
         if let Some(reg) = &mut self.reg_token {
             source.param(reg, "reg_token");
         }
         source.param(&mut self.pos_embed, pos);
+        if let Some(norm_pre) = &mut self.norm_pre {
+            source.layer_norm(norm_pre, "norm_pre");
+        }
         for (i, block) in self.blocks.iter_mut().enumerate() {
             block.visit_keys(source, layout, &format!("{blocks}{i}"));
         }
         source.layer_norm(&mut self.norm, norm);
+        if let Some(pool) = &mut self.attn_pool {
+            pool.visit_keys(source, "attn_pool");
+        }
+        if let Some(proj) = &mut self.proj {
+            source.linear(proj, "proj");
+        }
         match &mut self.head {
             Some(linear) => source.linear(linear, head),
             None => source.skip_prefix(&format!("{head}.")),
@@ -375,18 +589,29 @@ impl Vit {
             self.grid,
             [h, w],
         );
-        let mut prefix = vec![self.cls_token.val()];
-        if let Some(reg) = &self.reg_token {
-            prefix.push(reg.val());
-        }
-        let prefix = Tensor::cat(prefix, 1);
-        let prefix = if self.pos_prefix > 0 {
-            prefix + pos.narrow(1, 0, self.pos_prefix)
+        let patches = patches + pos_patches;
+        let prefix: Vec<Tensor<3>> = self
+            .cls_token
+            .iter()
+            .chain(&self.reg_token)
+            .map(|p| p.val())
+            .collect();
+        let tokens = if prefix.is_empty() {
+            patches
         } else {
-            prefix
+            let prefix = Tensor::cat(prefix, 1);
+            let prefix = if self.pos_prefix > 0 {
+                prefix + pos.narrow(1, 0, self.pos_prefix)
+            } else {
+                prefix
+            };
+            let [_, p, _] = prefix.dims();
+            Tensor::cat(vec![prefix.expand([n, p, d]), patches], 1)
         };
-        let [_, p, _] = prefix.dims();
-        Tensor::cat(vec![prefix.expand([n, p, d]), patches + pos_patches], 1)
+        match &self.norm_pre {
+            Some(norm) => norm.forward(tokens),
+            None => tokens,
+        }
     }
 
     /// Output of each layer group in order: embed, each block group, the final norm.
@@ -436,13 +661,25 @@ impl Vit {
         self.pool(self.norm.forward(tokens))
     }
 
-    /// Pooled features: the class token, or it and the mean patch token (`[N, 2 * dim]`).
+    /// Pooled features: the class token, or it and the mean patch token (`[N, 2 * dim]`), or
+    /// SigLIP's attention pooling; CLIP's projection of it when the network has one.
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<2> {
         self.pool(self.tokens(x))
     }
 
-    /// The pooled feature of the final tokens.
+    /// The pooled (and projected) feature of the final tokens.
     fn pool(&self, tokens: Tensor<3>) -> Tensor<2> {
+        let pooled = self.pool_tokens(tokens);
+        match &self.proj {
+            Some(proj) => proj.forward(pooled),
+            None => pooled,
+        }
+    }
+
+    fn pool_tokens(&self, tokens: Tensor<3>) -> Tensor<2> {
+        if let Some(pool) = &self.attn_pool {
+            return pool.forward(tokens);
+        }
         if !self.mean_patch_feature {
             return Self::class_token(tokens);
         }
@@ -462,7 +699,7 @@ impl Vit {
     }
 
     pub fn device(&self) -> Device {
-        self.cls_token.val().device()
+        self.pos_embed.val().device()
     }
 }
 
