@@ -396,20 +396,37 @@ impl TrainedModel {
                 ),
             ));
         }
-        let info = crate::backbone::find(&card.backbone)
-            .ok_or_else(|| invalid(&card_path, format!("unknown backbone `{}`", card.backbone)))?;
-        let path = match &card.backbone_file {
-            Some(file) => dir.join(file),
-            None => store::resolve(info, weights)?,
+        let info = crate::backbone::find(&card.backbone);
+        let (mut backbone, path) = match info {
+            Some(info) => {
+                let path = match &card.backbone_file {
+                    Some(file) => dir.join(file),
+                    None => store::resolve(info, weights)?,
+                };
+                let options = LoadOptions {
+                    include_top: false,
+                    padding: Some(card.source.padding),
+                    // The size the model was trained at (a ViT's position embedding is
+                    // resampled to it).
+                    resolution: Some(card.source.resolution),
+                    pool: card.source.pool,
+                };
+                let backbone = Backbone::load(info, &path, options, &crate::backend::device())?;
+                (backbone, path)
+            }
+            // A CLIP / SigLIP image tower: its repository holds weights and preprocessing.
+            None if crate::clip::names_model(&card.backbone) => {
+                let model = crate::clip::open(&card.backbone, &mut crate::progress::Silent)
+                    .map_err(|e| invalid(&card_path, e.to_string()))?;
+                (model.image, model.config.weights)
+            }
+            None => {
+                return Err(invalid(
+                    &card_path,
+                    format!("unknown backbone `{}`", card.backbone),
+                ));
+            }
         };
-        let options = LoadOptions {
-            include_top: false,
-            padding: Some(card.source.padding),
-            // The size the model was trained at (a ViT's position embedding is resampled to it).
-            resolution: Some(card.source.resolution),
-            pool: card.source.pool,
-        };
-        let mut backbone = Backbone::load(info, &path, options, &crate::backend::device())?;
         // Images are decoded as they were for training (runs from before the decode mode
         // existed decoded exactly).
         backbone.config.decode = card.source.decode;
@@ -440,7 +457,9 @@ impl TrainedModel {
         }
         // Runs written before the `arch.tag` names record an alias (`efficientnet-lite0`).
         let mut recorded = card.source.clone();
-        if crate::backbone::find(&recorded.name).is_some_and(|i| i.name == info.name) {
+        if let Some(info) = info
+            && crate::backbone::find(&recorded.name).is_some_and(|i| i.name == info.name)
+        {
             recorded.name = backbone.config.name.clone();
         }
         if backbone.config != recorded {

@@ -326,6 +326,49 @@ fn zero_shot_predict_evaluate_and_search_from_the_command_line() {
     ]);
     assert_eq!(out.lines().count(), 4, "{out}");
 
+    // The image tower as a backbone: a logistic regression on its cached embeddings, a run
+    // that predict and evaluate reopen; fine-tuning is refused by name.
+    let run_dir = home.path().join("run");
+    run(&[
+        "train",
+        folder,
+        "--backbone",
+        model_arg,
+        "--recipe",
+        "logreg",
+        "--out",
+        run_dir.to_str().unwrap(),
+    ]);
+    let card = common::json(&run_dir.join("model.json"));
+    assert_eq!(
+        card["backbone"].as_str().unwrap(),
+        std::fs::canonicalize(&model_dir).unwrap().to_str().unwrap()
+    );
+    let out = run(&[
+        "predict",
+        "--model",
+        run_dir.to_str().unwrap(),
+        "-k",
+        "1",
+        folder,
+    ]);
+    assert_eq!(out.lines().count(), 12, "{out}");
+    run(&["evaluate", "--model", run_dir.to_str().unwrap(), folder]);
+    let out = common::graft()
+        .env("GRAFT_HOME", home.path())
+        .args([
+            "train",
+            folder,
+            "--backbone",
+            model_arg,
+            "--recipe",
+            "finetune",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a CLIP / SigLIP model"));
+
     // Not a CLIP model: one clear line.
     let out = common::graft()
         .env("GRAFT_HOME", home.path())

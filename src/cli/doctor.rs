@@ -197,9 +197,11 @@ pub fn run(args: DoctorArgs) -> Result<ExitCode> {
     }
     if let Some(m) = &model {
         let metrics = load_metrics(&m.dir)?;
-        // cannot fail: TrainedModel::open refused a card naming an unknown backbone
-        let info = graft::backbone::find(&m.card.backbone).expect("opened above");
-        findings.extend(run_findings(&m.card, &metrics, info));
+        // A CLIP / SigLIP image tower is no registry entry: its run has no training traps of
+        // a registry family to look for.
+        if let Some(info) = graft::backbone::find(&m.card.backbone) {
+            findings.extend(run_findings(&m.card, &metrics, info));
+        }
     }
     let findings = sorted(findings);
     if args.json {

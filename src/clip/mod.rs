@@ -19,6 +19,6 @@ pub mod text;
 mod tokenizer;
 
 pub use config::{ContrastiveConfig, Kind, Layout};
-pub use model::{ClipError, ContrastiveModel, ZeroShotClassifier, open};
+pub use model::{ClipError, ContrastiveModel, ZeroShotClassifier, names_model, open};
 pub use prompts::{IMAGENET_TEMPLATES, Prompts};
 pub use tokenizer::TextTokenizer;

@@ -57,6 +57,13 @@ impl ClipError {
     }
 }
 
+/// Whether `name` names a CLIP / SigLIP model rather than a registry backbone: a folder
+/// holding such a repository, or `hf:owner/name` that is not a registry entry's Hub weights.
+pub fn names_model(name: &str) -> bool {
+    ContrastiveConfig::is_repository(Path::new(name))
+        || (name.starts_with("hf:") && crate::backbone::find(name).is_none())
+}
+
 /// The CLIP / SigLIP model `spec` names: a folder holding a `transformers` or OpenCLIP
 /// repository, or `hf:owner/name`, fetched once into the store's `hub/` folder (from
 /// `HF_ENDPOINT` when set) and reused. `progress` shows the downloads.
@@ -89,7 +96,17 @@ pub fn open(
                 .into(),
         ));
     }
-    ContrastiveModel::open(&dir, spec)
+    // A folder is named by its absolute path, so that runs recording it reopen it from
+    // anywhere.
+    let name = if local.is_dir() {
+        std::fs::canonicalize(&dir)
+            .map_err(|e| ClipError::io(&dir, e))?
+            .display()
+            .to_string()
+    } else {
+        spec.to_string()
+    };
+    ContrastiveModel::open(&dir, &name)
 }
 
 /// Both towers, the tokenizer and how similarities become probabilities.

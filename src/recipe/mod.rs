@@ -91,9 +91,37 @@ impl BackboneChoice {
         }
     }
 
-    /// The registry entry of the name.
+    /// The registry entry of the name. A CLIP / SigLIP model is no registry entry: its image
+    /// tower serves [`BackboneChoice::load`] only (extraction and the bottleneck recipes).
     pub fn info(&self) -> Result<&'static BackboneInfo, RecipeError> {
-        backbone::find(&self.name).ok_or_else(|| RecipeError::UnknownBackbone(self.name.clone()))
+        if let Some(info) = backbone::find(&self.name) {
+            return Ok(info);
+        }
+        if crate::clip::names_model(&self.name) {
+            return Err(RecipeError::Invalid(format!(
+                "{} is a CLIP / SigLIP model: its image tower works for extraction, the \
+                 bottleneck recipes (head, logreg, svm, knn), predict, evaluate and search; \
+                 fine-tuning, pretraining, summary, export and bench train-step do not take \
+                 it yet",
+                self.name
+            )));
+        }
+        Err(RecipeError::UnknownBackbone(self.name.clone()))
+    }
+
+    /// The image tower of the CLIP / SigLIP model this names, as a backbone ready for
+    /// inference (its features are the image embeddings).
+    fn load_image_tower(&self) -> Result<Backbone, RecipeError> {
+        if self.weights.is_some() || self.resolution.is_some() || self.pool != Pooling::Source {
+            return Err(RecipeError::Invalid(format!(
+                "{}: --weights, --input-size and --pool do not apply to a CLIP / SigLIP model \
+                 (its repository holds the weights and the preprocessing)",
+                self.name
+            )));
+        }
+        crate::clip::open(&self.name, &mut crate::progress::Silent)
+            .map(|model| model.image)
+            .map_err(|e| RecipeError::Invalid(e.to_string()))
     }
 
     /// The checkpoint file `weights` names (a run directory's backbone file), if any, checked
@@ -131,6 +159,17 @@ impl BackboneChoice {
     /// With `include_top`, weights without a classifier (DINOv2) are refused: there are no
     /// ImageNet classes to predict.
     pub fn load(&self, include_top: bool) -> Result<Backbone, RecipeError> {
+        if backbone::find(&self.name).is_none() && crate::clip::names_model(&self.name) {
+            if include_top {
+                return Err(RecipeError::Invalid(format!(
+                    "{} is a CLIP / SigLIP model, with no ImageNet classifier: classify into \
+                     your labels with --labels LABEL,... (zero-shot), or train a top on its \
+                     features and predict with --model RUN_DIR",
+                    self.name
+                )));
+            }
+            return self.load_image_tower();
+        }
         let info = self.info()?;
         if include_top && info.arch.num_classes() == 0 {
             return Err(RecipeError::Invalid(format!(
