@@ -4,11 +4,13 @@
     report.py forward.jsonl [--load-before "0.10 0.20 0.30"] [--graft-version "graft 0.1.0"] > forward.md
         One bench/run.sh run as a markdown table. Each input line is one measurement from
         `graft bench forward --json` or peers.py; with several rounds per (tool, model), the
-        table uses the median images/s.
+        table uses the median images/s. Lines with "what": "text" (`graft bench text`,
+        `peers.py transformers-text`: prompts/s of CLIP's text tower) go to a second table.
 
     report.py --record forward|train_step RUN.jsonl --command "NO_BUILD=1 bash bench/run.sh" [--load-before ...]
         Appends the run's rows to bench/results/<date>-<cpu>.jsonl as self-describing records
         (suite, date, git commit, machine: CPU model, ISA flags, logical CPUs, threads; command).
+        A forward run's text rows are recorded as suite "text".
 
     report.py --all bench/results [--write | --check]
         Renders docs/benchmarks.md from every record (stdout, or --write it and the README's
@@ -29,9 +31,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-TOOLS = ("graft", "graft-baseline", "pytorch", "onnxruntime")
+TOOLS = ("graft", "graft-baseline", "pytorch", "onnxruntime", "transformers")
 TOOL_NAMES = {"graft": "graft", "graft-baseline": "graft (baseline)", "pytorch": "PyTorch",
-              "onnxruntime": "ONNX Runtime"}
+              "onnxruntime": "ONNX Runtime", "transformers": "transformers"}
+# Column-key prefix of each tool in the recorded rows.
+PREFIXES = {"graft": "graft", "graft-baseline": "baseline", "pytorch": "pytorch", "onnxruntime": "ort",
+            "transformers": "transformers"}
+
+
+def is_text(record: dict[str, Any]) -> bool:
+    """A text-embedding measurement (prompts/s), not a forward pass (images/s)."""
+    return record.get("what") == "text"
+
+
+def model_name(backbone: str) -> str:
+    """graft names a repository-folder backbone by its path (bench/out/clip_vit_b32); the peers
+    by the folder's name. The table uses the name."""
+    return Path(backbone).name if "/" in backbone else backbone
 
 
 def cpu_model() -> str:
@@ -67,6 +83,36 @@ def number(value: float | None, digits: int = 1) -> str:
 
 
 def render(records: list[dict[str, Any]], load_before: str, graft_version: str) -> str:
+    forward = [r for r in records if not is_text(r)]
+    text = [r for r in records if is_text(r)]
+    parts = []
+    if forward:
+        parts.append(render_forward(forward, load_before, graft_version))
+    if text:
+        parts.append(render_text(text, load_before, graft_version, with_machine=not forward))
+    return "\n".join(parts)
+
+
+def machine_line() -> str:
+    return f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_model()}, {os.cpu_count()} logical CPUs."
+
+
+def load_line(load_before: str) -> str:
+    load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"Load average (1/5/15 min) before: {load_before or 'n/a'}, after: {load_after}."
+            + (" **Other work was running: the numbers are noisy.**" if busy(load_before) else ""))
+
+
+def versions_of(records: list[dict[str, Any]], graft_version: str, tools: tuple[str, ...]) -> list[str]:
+    versions = [graft_version] if graft_version else []
+    for tool in tools:
+        version = next((r["version"] for r in records if r["tool"] == tool), None)
+        if version:
+            versions.append(f"{TOOL_NAMES[tool]} {version}")
+    return versions
+
+
+def render_forward(records: list[dict[str, Any]], load_before: str, graft_version: str) -> str:
     # (model, tool) -> measurements, models in the order they were run.
     by_key: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     models: list[str] = []
@@ -83,20 +129,14 @@ def render(records: list[dict[str, Any]], load_before: str, graft_version: str) 
     has_baseline = any(r["tool"] == "graft-baseline" for r in records)
     iters = next((r["iters"] for r in records if "iters" in r), "?")  # graft's JSON has no "iters"
     rounds = max(len(rs) for rs in by_key.values())
-    versions = [graft_version] if graft_version else []
-    for tool in ("pytorch", "onnxruntime"):
-        version = next((r["version"] for r in records if r["tool"] == tool), None)
-        if version:
-            versions.append(f"{TOOL_NAMES[tool]} {version}")
-    load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    versions = versions_of(records, graft_version, ("pytorch", "onnxruntime"))
     lines = [
         "# Forward pass (inference), images/s (higher is better)",
         "",
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_model()}, {os.cpu_count()} logical CPUs. "
+        f"{machine_line()} "
         f"Batch {first['batch_size']}, {first['threads']} threads for every tool, "
         f"1 warm-up + {iters} timed iterations, {rounds} round(s) (median). {', '.join(versions)}.",
-        f"Load average (1/5/15 min) before: {load_before or 'n/a'}, after: {load_after}."
-        + (" **Other work was running: the numbers are noisy.**" if busy(load_before) else ""),
+        load_line(load_before),
         "",
         "| model | graft img/s | PyTorch img/s | ONNX Runtime img/s | graft/PyTorch | graft/ORT | graft CPU/wall |"
         + (" baseline img/s | graft/baseline |" if has_baseline else ""),
@@ -136,7 +176,50 @@ def render(records: list[dict[str, Any]], load_before: str, graft_version: str) 
     return "\n".join(lines) + "\n"
 
 
+def render_text(records: list[dict[str, Any]], load_before: str, graft_version: str, with_machine: bool) -> str:
+    """The text-tower rows: prompts/s of graft and of transformers, and their ratio."""
+    by_key: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    models: list[str] = []
+    for r in records:
+        by_key[(r["backbone"], r["tool"])].append(r)
+        if r["backbone"] not in models:
+            models.append(r["backbone"])
 
+    def stat(model: str, tool: str, key: str) -> float | None:
+        rs = by_key.get((model, tool))
+        return median(rs, key) if rs else None
+
+    first = records[0]
+    iters = next((r["iters"] for r in records if "iters" in r), "?")
+    rounds = max(len(rs) for rs in by_key.values())
+    versions = versions_of(records, graft_version, ("transformers",))
+    lines = [
+        "# Text embeddings (CLIP text tower + projection), prompts/s (higher is better)",
+        "",
+        (f"{machine_line()} " if with_machine else "")
+        + f"{first['batch_size']} new prompts per iteration (CLIP's ImageNet templates, the same strings "
+        f"for both), tokenizing included, {first['threads']} threads, 1 warm-up + {iters} timed iterations, "
+        f"{rounds} round(s) (median). {', '.join(versions)}."
+        + (f" transformers pads each batch to its longest prompt ({padded} tokens); graft pads per chunk of 64."
+           if (padded := next((r["padded_length"] for r in records if "padded_length" in r), None)) else ""),
+    ]
+    if with_machine:
+        lines.append(load_line(load_before))
+    lines += [
+        "",
+        "| model | graft prompts/s | transformers prompts/s | graft/transformers | graft CPU/wall "
+        "| transformers CPU/wall | graft peak RSS MB | transformers peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model in models:
+        graft, peer = stat(model, "graft", "images_per_sec"), stat(model, "transformers", "images_per_sec")
+        graft_rss, peer_rss = stat(model, "graft", "peak_rss_mb"), stat(model, "transformers", "peak_rss_mb")
+        lines.append(
+            f"| {model} | {number(graft)} | {number(peer)} | {ratio(graft, peer)} "
+            f"| {number(stat(model, 'graft', 'cpu_over_wall'), 2)} | {number(stat(model, 'transformers', 'cpu_over_wall'), 2)} "
+            f"| {number(graft_rss, 0)} | {number(peer_rss, 0)} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 # ---- Results as data: records in bench/results, rendered into docs/benchmarks.md. ----
@@ -160,6 +243,13 @@ SUITES: dict[str, tuple[str, str, str, list[tuple[str, str, int | None]]]] = {
                  ("ONNX Runtime img/s", "ort_ips", 1), ("graft/PyTorch", "graft_over_pytorch", 2),
                  ("graft/ORT", "graft_over_ort", 2), ("graft CPU/wall", "graft_cpu_wall", 2),
                  ("graft peak RSS MB", "graft_rss_mb", 0)]),
+    "text": ("Text embeddings (CLIP text tower)", "text-embeddings",
+             "prompts/s, 1,000 new prompts per iteration (CLIP's ImageNet templates), tokenizing included, "
+             "2 threads (`bench/run.sh`, `graft bench text` vs Hugging Face transformers)",
+             [("model", "model", None), ("graft prompts/s", "graft_ips", 1),
+              ("transformers prompts/s", "transformers_ips", 1), ("graft/transformers", "graft_over_transformers", 2),
+              ("graft CPU/wall", "graft_cpu_wall", 2), ("transformers CPU/wall", "transformers_cpu_wall", 2),
+              ("graft peak RSS MB", "graft_rss_mb", 0), ("transformers peak RSS MB", "transformers_rss_mb", 0)]),
     "train_step": ("Fine-tuning train step", "train-step",
                    "forward + backward + AdamW of every layer, batch 16, 224 px, BatchNorm frozen, 2 threads (`bench/train_step.sh`)",
                    [("model", "model", None), ("graft img/s", "graft_ips", 2), ("PyTorch img/s", "pytorch_ips", 2),
@@ -219,27 +309,28 @@ def this_machine(threads: Any) -> dict[str, Any]:
             "kernel": platform.release()}
 
 
-def run_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per model from one run's raw measurements (medians over rounds)."""
-    by_key: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    models: list[str] = []
+def run_rows(records: list[dict[str, Any]]) -> list[tuple[str | None, dict[str, Any]]]:
+    """One row per (kind, model) from one run's raw measurements (medians over rounds), each with
+    the suite it belongs to when not the run's own ("text" for text-embedding rows)."""
+    by_key: dict[tuple[bool, str, str], list[dict[str, Any]]] = defaultdict(list)
+    keys: list[tuple[bool, str]] = []
     for r in records:
-        by_key[(r["backbone"], r["tool"])].append(r)
-        if r["backbone"] not in models:
-            models.append(r["backbone"])
-    prefixes = {"graft": "graft", "graft-baseline": "baseline", "pytorch": "pytorch", "onnxruntime": "ort"}
+        by_key[(is_text(r), r["backbone"], r["tool"])].append(r)
+        if (is_text(r), r["backbone"]) not in keys:
+            keys.append((is_text(r), r["backbone"]))
     rows = []
-    for model in models:
-        resolution = next(r["resolution"] for r in records if r["backbone"] == model)
-        row: dict[str, Any] = {"model": f"{model} ({resolution} px)"}
-        for tool, prefix in prefixes.items():
-            rs = by_key.get((model, tool))
+    for text, model in keys:
+        first = next(r for r in records if is_text(r) == text and r["backbone"] == model)
+        label = f"{model} ({first['batch_size']} prompts)" if text else f"{model} ({first['resolution']} px)"
+        row: dict[str, Any] = {"model": label}
+        for tool, prefix in PREFIXES.items():
+            rs = by_key.get((text, model, tool))
             if rs:
                 row[f"{prefix}_ips"] = round(median(rs, "images_per_sec"), 2)
                 row[f"{prefix}_cpu_wall"] = round(median(rs, "cpu_over_wall"), 2)
                 row[f"{prefix}_rss_mb"] = round(median(rs, "peak_rss_mb"))
-        row["rounds"] = max(len(by_key.get((model, t), [])) for t in prefixes)
-        rows.append(row)
+        row["rounds"] = max(len(by_key.get((text, model, t), [])) for t in PREFIXES)
+        rows.append(("text" if text else None, row))
     return rows
 
 
@@ -256,8 +347,8 @@ def append_records(suite: str, records: list[dict[str, Any]], command: str, load
     path = RESULTS_DIR / f"{now:%Y-%m-%d}-{slug}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as out:
-        for row in run_rows(records):
-            record = {"suite": suite, "date": f"{now:%Y-%m-%d %H:%M} UTC", "machine": machine,
+        for row_suite, row in run_rows(records):
+            record = {"suite": row_suite or suite, "date": f"{now:%Y-%m-%d %H:%M} UTC", "machine": machine,
                       "command": command, "git_commit": git_commit(), "versions": versions,
                       "load_before": load_before or None}
             if note:
@@ -427,6 +518,8 @@ def main() -> None:
     records = [json.loads(line) for line in args.jsonl.read_text().splitlines() if line.strip()]
     if not records:
         sys.exit(f"report.py: no measurements in {args.jsonl}")
+    for r in records:
+        r["backbone"] = model_name(r["backbone"])
     if args.record:
         path = append_records(args.record, records, args.command, args.load_before, args.graft_version, args.note)
         print(f"report.py: {args.record} rows appended to {path}", file=sys.stderr)

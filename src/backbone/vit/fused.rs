@@ -13,7 +13,9 @@ use burn::tensor::Tensor;
 
 use super::model::{AttentionPool, MlpAct, Vit, resample_rows};
 use crate::backbone::fused::layers::{Dense, Norm};
-use crate::backbone::fused::{Classifier, PooledForward, grow as sized, per_image, to_vec};
+use crate::backbone::fused::{
+    Classifier, PooledForward, grow as sized, per_group, per_image, to_vec,
+};
 use crate::backbone::source_config::Precision;
 use crate::kernels::transformer::{attention_head, exp, gelu, gelu_tanh, quick_gelu};
 use crate::kernels::{self, ConvGeometry};
@@ -120,6 +122,10 @@ struct Scratch {
     hidden: Vec<f32>,
     scores: Vec<f32>,
 }
+
+/// Rows (images x tokens) a worker aims for in one product: enough for the product to reuse
+/// its weights from cache, few enough that several workers share a batch.
+const GROUP_ROWS: usize = 512;
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
@@ -266,13 +272,32 @@ impl FusedVit {
     }
 
     /// Every image of `batch` through the network on the worker threads: `[N * feature_dim]`.
+    /// Each worker runs a group of images at once, their tokens stacked as the rows of every
+    /// product: a ViT-B/32 has 50 tokens per image, too few rows for a product to reuse its
+    /// weights (each image alone streamed all 88M of them); attention stays per image.
     fn run(&self, batch: Tensor<4>) -> Vec<f32> {
         let [_, _, h, w] = batch.dims();
         let grid = [h / self.patch, w / self.patch];
+        let tokens = self.prefix_tokens + grid[0] * grid[1];
         let pos = self.pos_for(grid);
-        per_image(batch, self.feature_dim(), |image, size, out| {
-            SCRATCH.with_borrow_mut(|s| self.forward_image(image, size, grid, &pos, s, out))
+        let max_group = (GROUP_ROWS / tokens).max(1);
+        let width = self.feature_dim();
+        per_group(batch, width, max_group, |images, count, size, out| {
+            SCRATCH.with_borrow_mut(|s| {
+                let blocks = self.blocks.len();
+                let compact = self.class_rows_only();
+                self.forward_tokens(images, count, size, grid, &pos, s, blocks, compact);
+                for (i, out) in out.chunks_exact_mut(width).take(count).enumerate() {
+                    self.pool_image(i, tokens, compact, s, out);
+                }
+            })
         })
+    }
+
+    /// Whether only the class token's row is read past the last block's attention (the
+    /// class token is the feature): then the last block runs that row alone.
+    fn class_rows_only(&self) -> bool {
+        !self.mean_patch_feature && self.pool.is_none() && self.prefix_tokens > 0
     }
 
     /// The tokens `[N, tokens, dim]` entering the last block (class, registers, then the
@@ -286,7 +311,7 @@ impl FusedVit {
         let blocks = self.blocks.len().saturating_sub(1);
         let rows = per_image(batch, tokens * self.dim, |image, size, out| {
             SCRATCH.with_borrow_mut(|s| {
-                self.forward_tokens(image, size, grid, &pos, s, blocks);
+                self.forward_tokens(image, 1, size, grid, &pos, s, blocks, false);
                 out.copy_from_slice(&s.x[..tokens * self.dim]);
             })
         });
@@ -296,35 +321,58 @@ impl FusedVit {
         )
     }
 
-    /// The patch embedding and the first `blocks` blocks of one planar image, the tokens left
-    /// in `s.x`; returns their count.
+    /// The patch embedding and the first `blocks` blocks of `count` planar images back to
+    /// back, their tokens left in `s.x` (`[count * tokens, dim]`, image after image). With
+    /// `compact`, the last block runs the class rows only and leaves them as `[count, dim]`.
+    #[allow(clippy::too_many_arguments)]
     fn forward_tokens(
         &self,
-        image: &[f32],
+        images: &[f32],
+        count: usize,
         [height, width]: [usize; 2],
         [gh, gw]: [usize; 2],
         pos: &[f32],
         s: &mut Scratch,
         blocks: usize,
-    ) -> usize {
+        compact: bool,
+    ) {
         let (d, p) = (self.dim, self.patch);
         let patches = gh * gw;
         let tokens = self.prefix_tokens + patches;
+        let rows_all = count * tokens;
         let k = 3 * p * p;
+        let image_len = 3 * height * width;
 
-        // Patch embedding: im2col (non-overlapping windows) and one product, bias fused.
+        // Patch embedding: im2col (non-overlapping windows) of every image, one product, the
+        // position embedding added as the residual; then each image's prefix and patches.
         let geometry = ConvGeometry::patches([height, width], p);
         debug_assert_eq!(geometry.out_size(), [gh, gw]);
-        let columns = sized(&mut s.patches, patches * k);
-        kernels::im2col_planar(image, 3, geometry, 0, patches, columns);
-        let x = sized(&mut s.x, tokens * d);
-        x[..self.prefix.len()].copy_from_slice(&self.prefix);
-        let body = &mut x[self.prefix_tokens * d..];
-        self.patch_embed
-            .forward(&s.patches[..patches * k], patches, Some(pos), body);
+        let columns = sized(&mut s.patches, count * patches * k);
+        for (i, image) in images.chunks_exact(image_len).take(count).enumerate() {
+            let out = &mut columns[i * patches * k..(i + 1) * patches * k];
+            kernels::im2col_planar(image, 3, geometry, 0, patches, out);
+        }
+        let repeated = sized(&mut s.hidden, count * patches * d);
+        for chunk in repeated.chunks_exact_mut(patches * d) {
+            chunk.copy_from_slice(&pos[..patches * d]);
+        }
+        let embedded = sized(&mut s.next, count * patches * d);
+        self.patch_embed.forward(
+            &s.patches[..count * patches * k],
+            count * patches,
+            Some(&s.hidden[..count * patches * d]),
+            embedded,
+        );
+        let x = sized(&mut s.x, rows_all * d);
+        for i in 0..count {
+            let image = &mut x[i * tokens * d..(i + 1) * tokens * d];
+            image[..self.prefix.len()].copy_from_slice(&self.prefix);
+            image[self.prefix_tokens * d..]
+                .copy_from_slice(&s.next[i * patches * d..(i + 1) * patches * d]);
+        }
         if let Some(norm) = &self.norm_pre {
-            let normed = sized(&mut s.next, tokens * d);
-            norm.forward(&s.x[..tokens * d], normed);
+            let normed = sized(&mut s.next, rows_all * d);
+            norm.forward(&s.x[..rows_all * d], normed);
             std::mem::swap(&mut s.x, &mut s.next);
         }
 
@@ -334,64 +382,69 @@ impl FusedVit {
         for (i, block) in self.blocks[..blocks].iter().enumerate() {
             // Past the last block's attention only the class token's row is read when it is
             // the feature: its query, projection and MLP alone (6% of a ViT-S/16's work).
-            let rows = if i == last && !self.mean_patch_feature && self.pool.is_none() {
-                1
-            } else {
-                tokens
-            };
-            let x = &s.x[..tokens * d];
-            let normed = sized(&mut s.normed, tokens * d);
+            let queries = if compact && i == last { 1 } else { tokens };
+            let rows = count * queries;
+            let x = &s.x[..rows_all * d];
+            let normed = sized(&mut s.normed, rows_all * d);
             block.norm1.forward(x, normed);
-            let qkv = sized(&mut s.qkv, tokens * 3 * d);
-            block.qkv.forward(normed, tokens, None, qkv);
-            let attended = &mut sized(&mut s.attended, tokens * d)[..rows * d];
+            let qkv = sized(&mut s.qkv, rows_all * 3 * d);
+            block.qkv.forward(normed, rows_all, None, qkv);
+            let attended = sized(&mut s.attended, rows * d);
             let scores = sized(&mut s.scores, tokens * tokens);
-            for head in 0..heads {
-                let shape = [rows, tokens, d, head, head_dim];
-                attention_head(qkv, shape, scores, attended);
+            for image in 0..count {
+                let qkv = &s.qkv[image * tokens * 3 * d..(image + 1) * tokens * 3 * d];
+                let out = &mut attended[image * queries * d..(image + 1) * queries * d];
+                for head in 0..heads {
+                    let shape = [queries, tokens, d, head, head_dim];
+                    attention_head(qkv, shape, scores, out);
+                }
             }
-            let next = &mut sized(&mut s.next, tokens * d)[..rows * d];
+            // The residual: every row, or each image's class row.
+            let residual = if queries == tokens {
+                &s.x[..rows * d]
+            } else {
+                let class_rows = sized(&mut s.hidden, rows * d);
+                for image in 0..count {
+                    class_rows[image * d..(image + 1) * d]
+                        .copy_from_slice(&s.x[image * tokens * d..image * tokens * d + d]);
+                }
+                &s.hidden[..rows * d]
+            };
+            let next = &mut sized(&mut s.next, rows_all * d)[..rows * d];
             block
                 .proj
-                .forward(attended, rows, Some(&x[..rows * d]), next);
+                .forward(&s.attended[..rows * d], rows, Some(residual), next);
             std::mem::swap(&mut s.x, &mut s.next);
 
             let x = &s.x[..rows * d];
-            let normed = &mut sized(&mut s.normed, tokens * d)[..rows * d];
+            let normed = &mut sized(&mut s.normed, rows_all * d)[..rows * d];
             block.norm2.forward(x, normed);
             let mlp = block.fc1.bias.len();
-            let hidden = &mut sized(&mut s.hidden, tokens * mlp)[..rows * mlp];
+            let hidden = &mut sized(&mut s.hidden, rows_all * mlp)[..rows * mlp];
             block.fc1.forward(normed, rows, None, hidden);
             activate(self.act, hidden);
-            let next = &mut sized(&mut s.next, tokens * d)[..rows * d];
+            let next = &mut sized(&mut s.next, rows_all * d)[..rows * d];
             block.fc2.forward(hidden, rows, Some(x), next);
             std::mem::swap(&mut s.x, &mut s.next);
         }
-        tokens
     }
 
-    fn forward_image(
-        &self,
-        image: &[f32],
-        size: [usize; 2],
-        grid: [usize; 2],
-        pos: &[f32],
-        s: &mut Scratch,
-        out: &mut [f32],
-    ) {
+    /// The pooled feature of image `i` of the group in `s.x` (`compact`: its class row alone
+    /// is there, at row `i`).
+    fn pool_image(&self, i: usize, tokens: usize, compact: bool, s: &mut Scratch, out: &mut [f32]) {
         let d = self.dim;
-        let patches = grid[0] * grid[1];
-        let tokens = self.forward_tokens(image, size, grid, pos, s, self.blocks.len());
-
+        let patches = tokens - self.prefix_tokens;
+        let x: Vec<f32> = if compact {
+            s.x[i * d..(i + 1) * d].to_vec()
+        } else {
+            s.x[i * tokens * d..(i + 1) * tokens * d].to_vec()
+        };
         // Final norm: the class token, and every patch token for their mean.
-        let x = &s.x[..tokens * d];
         if let Some(pool) = &self.pool {
-            let mut normed = std::mem::take(&mut s.patches);
-            let normed_rows = sized(&mut normed, tokens * d);
-            self.norm.forward(x, normed_rows);
+            let mut normed = vec![0.0; tokens * d];
+            self.norm.forward(&x, &mut normed);
             let mut pooled = vec![0.0; d];
-            pool.forward(normed_rows, self.heads, self.act, s, &mut pooled);
-            s.patches = normed;
+            pool.forward(&normed, self.heads, self.act, s, &mut pooled);
             match &self.proj {
                 Some(proj) => proj.forward(&pooled, 1, None, out),
                 None => out[..d].copy_from_slice(&pooled),
@@ -399,17 +452,17 @@ impl FusedVit {
             return;
         }
         if let Some(proj) = &self.proj {
-            let pooled = sized(&mut s.normed, d);
-            self.norm.forward(&x[..d], pooled);
-            proj.forward(pooled, 1, None, out);
+            let mut pooled = vec![0.0; d];
+            self.norm.forward(&x[..d], &mut pooled);
+            proj.forward(&pooled, 1, None, out);
             return;
         }
         if !self.mean_patch_feature {
             self.norm.forward(&x[..d], &mut out[..d]);
             return;
         }
-        let normed = sized(&mut s.normed, tokens * d);
-        self.norm.forward(x, normed);
+        let mut normed = vec![0.0; tokens * d];
+        self.norm.forward(&x, &mut normed);
         out[..d].copy_from_slice(&normed[..d]);
         let mean = &mut out[d..2 * d];
         mean.fill(0.0);
