@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::backbone::vit::{MlpAct, VitPool, VitSpec};
 use crate::backbone::{CropRule, Normalization, ResizeFilter};
 
-use super::model::ClipError;
+use super::error::ClipError;
 
 /// Which model family: how similarity becomes a probability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

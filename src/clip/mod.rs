@@ -12,6 +12,7 @@
 //! repository's `tokenizer.json`.
 
 pub mod config;
+mod error;
 pub mod keys;
 mod model;
 pub mod prompts;
@@ -19,6 +20,7 @@ pub mod text;
 mod tokenizer;
 
 pub use config::{ContrastiveConfig, Kind, Layout};
-pub use model::{ClipError, ContrastiveModel, ZeroShotClassifier, names_model, open};
+pub use error::ClipError;
+pub use model::{ContrastiveModel, ZeroShotClassifier, names_model, open};
 pub use prompts::{IMAGENET_TEMPLATES, Prompts};
 pub use tokenizer::TextTokenizer;

@@ -1,7 +1,7 @@
 //! A contrastive image-text model ready to run: the image tower as a graft [`Backbone`] (its
 //! fused CPU form, its preprocessing), the text tower, the tokenizer and the temperature.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::Tensor;
 
@@ -9,53 +9,14 @@ use crate::backbone::source_config::{self, LabelSet, PaddingMode, Pooling, Preci
 use crate::backbone::vit::{Vit, VitLayout};
 use crate::backbone::{Backbone, SourceConfig};
 use crate::weights::loader::TensorSource;
-use crate::weights::{Checkpoint, LoadReport, WeightsError};
+use crate::weights::{Checkpoint, LoadReport};
 
 use super::config::{ContrastiveConfig, Kind};
+use super::error::ClipError;
 use super::keys;
 use super::prompts::Prompts;
 use super::text::TextTower;
 use super::tokenizer::TextTokenizer;
-
-/// What can go wrong loading or running a contrastive model.
-#[derive(Debug, thiserror::Error)]
-pub enum ClipError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{}: {problem}", path.display())]
-    Config { path: PathBuf, problem: String },
-    #[error(transparent)]
-    Weights(#[from] WeightsError),
-    #[error("{}: the checkpoint does not fit its config ({tower} tower):\n{report}", path.display())]
-    Mismatch {
-        path: PathBuf,
-        tower: &'static str,
-        report: Box<LoadReport>,
-    },
-    #[error("cannot tokenize {0}")]
-    Tokenize(String),
-    #[error("{0}")]
-    Input(String),
-}
-
-impl ClipError {
-    pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-
-    pub fn config(path: &Path, problem: String) -> Self {
-        Self::Config {
-            path: path.to_path_buf(),
-            problem,
-        }
-    }
-}
 
 /// Whether `name` names a CLIP / SigLIP model rather than a registry backbone: a folder
 /// holding such a repository, or `hf:owner/name` that is not a registry entry's Hub weights.

@@ -8,7 +8,7 @@ use std::path::Path;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use super::config::{TextPool, TextSpec};
-use super::model::ClipError;
+use super::error::ClipError;
 
 /// A repository's tokenizer, set up for its text tower.
 pub struct TextTokenizer {
