@@ -12,7 +12,7 @@ use graft::run::{EvaluationRecord, TrainedModel};
 use graft::data::dataset::{Sample, SplitOptions};
 use graft::metrics::Metrics;
 
-use super::features::{CacheArgs, features_of, open_cache};
+use super::features::CacheArgs;
 use super::progress::Bars;
 
 #[derive(Debug, Args)]
@@ -122,17 +122,7 @@ fn zero_shot(args: &EvaluateArgs) -> Result<ExitCode> {
         prompts: args.prompts.clone(),
     };
     let classifier = super::zero_shot::classifier(&model, &data.classes, &options)?;
-    let mut cache = open_cache(&model.image, args.cache.cache_dir.as_ref())?;
-    let (matrices, summary) = features_of(
-        &model.image,
-        &mut cache,
-        &[&samples],
-        args.cache.extract_batch_size,
-    )?;
-    for e in &summary.skipped {
-        eprintln!("warning: {e}");
-    }
-    let images = &matrices[0];
+    let (images, skipped) = super::zero_shot::cached_embeddings(&model, &samples, &args.cache)?;
     let predicted: Vec<usize> = (0..images.len())
         .map(|i| {
             let p = classifier.probabilities(images.row(i));
@@ -157,7 +147,7 @@ fn zero_shot(args: &EvaluateArgs) -> Result<ExitCode> {
         graft::util::write_atomic(output, serde_json::to_string_pretty(&record)?.as_bytes())?;
         println!("metrics written to {}", output.display());
     }
-    Ok(if summary.skipped.is_empty() {
+    Ok(if skipped == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

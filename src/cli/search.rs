@@ -11,7 +11,7 @@ use clap::Args;
 use graft::data::DecodeLimits;
 use graft::data::dataset::{Sample, list_images};
 
-use super::features::{CacheArgs, features_of, open_cache};
+use super::features::CacheArgs;
 use super::zero_shot;
 
 #[derive(Debug, Args)]
@@ -40,12 +40,6 @@ pub struct SearchArgs {
 
     #[command(flatten)]
     pub cache: CacheArgs,
-}
-
-fn normalised(mut v: Vec<f32>) -> Vec<f32> {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    v.iter_mut().for_each(|x| *x /= norm);
-    v
 }
 
 pub fn run(args: SearchArgs) -> Result<ExitCode> {
@@ -81,7 +75,7 @@ pub fn run(args: SearchArgs) -> Result<ExitCode> {
         }
         (None, None) => unreachable!("checked above"),
     };
-    let query_embedding = normalised(query_embedding);
+    let query_embedding = graft::clip::l2_normalised(query_embedding);
 
     let (paths, _) = list_images(&dir)?;
     if paths.is_empty() {
@@ -91,20 +85,11 @@ pub fn run(args: SearchArgs) -> Result<ExitCode> {
         .into_iter()
         .map(|path| Sample { path, label: 0 })
         .collect();
-    let mut cache = open_cache(&model.image, args.cache.cache_dir.as_ref())?;
-    let (matrices, summary) = features_of(
-        &model.image,
-        &mut cache,
-        &[&samples],
-        args.cache.extract_batch_size,
-    )?;
-    for e in &summary.skipped {
-        eprintln!("warning: {e}");
-    }
-    let images = &matrices[0];
+    let (images, _) = zero_shot::cached_embeddings(&model, &samples, &args.cache)?;
+    let images = &images;
     let mut ranked: Vec<(f32, usize)> = (0..images.len())
         .map(|i| {
-            let e = normalised(images.row(i).to_vec());
+            let e = graft::clip::l2_normalised(images.row(i).to_vec());
             let cosine = e.iter().zip(&query_embedding).map(|(a, b)| a * b).sum();
             (cosine, i)
         })

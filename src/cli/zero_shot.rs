@@ -7,6 +7,10 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use graft::clip::{ContrastiveModel, Prompts, ZeroShotClassifier};
+use graft::data::dataset::Sample;
+use graft::features::FeatureMatrix;
+
+use super::features::{CacheArgs, features_of, open_cache};
 
 use super::progress::Bars;
 
@@ -83,4 +87,24 @@ pub fn classifier(
         prompts.describe()
     );
     Ok(model.classifier(labels, &prompts)?)
+}
+
+/// The image embeddings of `samples` through the model's feature cache (computing what it
+/// lacks), unreadable images warned about and left out.
+pub fn cached_embeddings(
+    model: &ContrastiveModel,
+    samples: &[Sample],
+    cache: &CacheArgs,
+) -> Result<(FeatureMatrix, usize)> {
+    let mut store = open_cache(&model.image, cache.cache_dir.as_ref())?;
+    let (mut matrices, summary) = features_of(
+        &model.image,
+        &mut store,
+        &[samples],
+        cache.extract_batch_size,
+    )?;
+    for e in &summary.skipped {
+        eprintln!("warning: {e}");
+    }
+    Ok((matrices.remove(0), summary.skipped.len()))
 }

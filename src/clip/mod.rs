@@ -21,6 +21,6 @@ mod tokenizer;
 
 pub use config::{ContrastiveConfig, Kind, Layout};
 pub use error::ClipError;
-pub use model::{ContrastiveModel, ZeroShotClassifier, names_model, open};
+pub use model::{ContrastiveModel, ZeroShotClassifier, l2_normalised, names_model, open};
 pub use prompts::{IMAGENET_TEMPLATES, Prompts};
 pub use tokenizer::TextTokenizer;

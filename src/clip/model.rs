@@ -87,7 +87,8 @@ pub struct ContrastiveModel {
 /// Texts per batch through the text tower.
 const TEXT_BATCH: usize = 64;
 
-fn l2_normalised(mut v: Vec<f32>) -> Vec<f32> {
+/// `v` scaled to unit length (a zero vector stays zero).
+pub fn l2_normalised(mut v: Vec<f32>) -> Vec<f32> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
     v.iter_mut().for_each(|x| *x /= norm);
     v
