@@ -295,6 +295,24 @@ def run_pytorch(args: argparse.Namespace) -> None:
     generator = torch.Generator().manual_seed(SEED)
     x = torch.randn(args.batch_size, 3, resolution, resolution, generator=generator)
 
+    if args.device != "cpu":
+        # A GPU column (bench/gpu.sh): the model and batch on the device, each iteration waited
+        # for (CUDA runs asynchronously); graft's weights written, no ONNX export.
+        model, x = model.to(args.device), x.to(args.device)
+
+        def run_once() -> Any:
+            out = model(x)
+            torch.cuda.synchronize()
+            return out
+
+        with torch.inference_mode():
+            wall_s, cpu_s = time_iterations(run_once, args.iters)
+        extra = {"device": torch.cuda.get_device_name()}
+        print(result_line("pytorch", torch.__version__, args, resolution, wall_s, cpu_s, extra), flush=True)
+        if args.model not in ("efficientnet-lite0", "mobilenet-v2-tf", "clip_vit_b32"):
+            save_graft_weights(args.model, model.cpu(), args.out_dir)
+        return
+
     with torch.inference_mode():
         wall_s, cpu_s = time_iterations(lambda: model(x), args.iters)
         logits = model(x)
@@ -395,6 +413,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
     parser.add_argument("--mnv2-weights", type=Path, default=DEFAULT_MNV2_WEIGHTS)
+    parser.add_argument("--device", default="cpu", help="pytorch only: cpu, or cuda (bench/gpu.sh)")
     return parser.parse_args(argv)
 
 

@@ -2,6 +2,7 @@
 """PyTorch's side of the fine-tuning train-step benchmark.
 
     train_step_torch.py --model efficientnet-lite0 [--batch-size 16] [--iters 3] [--threads 2]
+                        [--device cuda]
 
 The same step as `graft bench train-step`: the pretrained model (ResNet-50, ConvNeXt, ViT:
 random weights) with a new 10-class top,
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from peers import DEFAULT_MNV2_WEIGHTS, MODELS, build_torch_model
+from peers import DEFAULT_MNV2_WEIGHTS, DEFAULT_OUT_DIR, MODELS, build_torch_model
 
 
 def main() -> None:
@@ -30,11 +31,12 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mnv2-weights", type=Path, default=DEFAULT_MNV2_WEIGHTS)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (bench/gpu.sh)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model, resolution = build_torch_model(args.model, args.mnv2_weights)
+    model, resolution = build_torch_model(args.model, args.mnv2_weights, DEFAULT_OUT_DIR)
     # A new 10-class top on the pooled features.
     if hasattr(model, "reset_classifier"):  # timm's ViT and DINOv2
         model.reset_classifier(10)
@@ -48,16 +50,19 @@ def main() -> None:
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.eval()  # frozen statistics; weight and bias still train
+    model = model.to(args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
-    x = torch.rand(args.batch_size, 3, resolution, resolution) * 2 - 1
-    y = torch.arange(args.batch_size) % 10
+    x = (torch.rand(args.batch_size, 3, resolution, resolution) * 2 - 1).to(args.device)
+    y = (torch.arange(args.batch_size) % 10).to(args.device)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(x), y)
         loss.backward()
         optimizer.step()
+        if args.device != "cpu":
+            torch.cuda.synchronize()  # CUDA runs asynchronously: time the finished step
 
     step()
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -78,6 +83,7 @@ def main() -> None:
         "cpu_s": cpu,
         "cpu_over_wall": cpu / wall,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6,
+        **({"device": torch.cuda.get_device_name()} if args.device != "cpu" else {}),
     }), flush=True)
 
 

@@ -18,8 +18,12 @@ pub use probe::NoGpu;
 pub enum DeviceChoice {
     /// burn's flex backend and graft's fused CPU kernels.
     Cpu,
-    /// A GPU, or an error saying why there is none.
+    /// A GPU, or an error saying why there is none. Software renderers (Mesa's lavapipe,
+    /// llvmpipe) are refused: they are slower than graft's own CPU kernels.
     Gpu,
+    /// A GPU, a software renderer included: for checking a GPU build on a machine without
+    /// one (graft's own GPU tests run this way on Mesa's lavapipe).
+    GpuSoftware,
     /// A GPU when one is usable, else the CPU.
     Auto,
 }
@@ -50,7 +54,8 @@ static PICKED: OnceLock<Picked> = OnceLock::new();
 /// before any tensor is made; a later call changes nothing (tensors may already live on the
 /// first device) and returns an error.
 pub fn set_device_choice(choice: DeviceChoice) -> Result<Option<String>, NoGpu> {
-    let (picked, note) = resolve(choice, probe::gpu)?;
+    let allow_software = choice == DeviceChoice::GpuSoftware;
+    let (picked, note) = resolve(choice, || probe::gpu(allow_software))?;
     PICKED
         .set(picked)
         .map_err(|_| NoGpu("the device was already chosen for this process".into()))?;
@@ -64,7 +69,7 @@ fn resolve(
 ) -> Result<(Picked, Option<String>), NoGpu> {
     match choice {
         DeviceChoice::Cpu => Ok((Picked::cpu(), None)),
-        DeviceChoice::Gpu => {
+        DeviceChoice::Gpu | DeviceChoice::GpuSoftware => {
             let gpu = probe()?;
             let note = format!("device: {}", gpu.name);
             Ok((gpu.into(), Some(note)))

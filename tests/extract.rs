@@ -8,7 +8,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use safetensors::SafeTensors;
 
 /// 2 classes x 40 flower photos, copied into a fresh folder.
 fn small_flowers(dir: &Path) -> PathBuf {
@@ -44,48 +43,6 @@ fn run_ok(mut cmd: Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn shards(cache: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![cache.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|e| e == "safetensors") {
-                found.push(p);
-            }
-        }
-    }
-    found
-}
-
-/// Every row of the cache, read the way a user without graft would: key -> (count, features).
-fn rows(cache: &Path) -> HashMap<String, (usize, Vec<f32>)> {
-    let mut out: HashMap<String, (usize, Vec<f32>)> = HashMap::new();
-    for shard in shards(cache) {
-        let bytes = std::fs::read(&shard).unwrap();
-        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
-        let keys: Vec<String> =
-            serde_json::from_str(&meta.metadata().as_ref().unwrap()["keys"]).unwrap();
-        let file = SafeTensors::deserialize(&bytes).unwrap();
-        let view = file.tensor("features").unwrap();
-        let dim = view.shape()[1];
-        let values: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        for (i, key) in keys.into_iter().enumerate() {
-            let entry = out
-                .entry(key)
-                .or_insert((0, values[i * dim..(i + 1) * dim].to_vec()));
-            entry.0 += 1;
-        }
-    }
-    out
 }
 
 #[test]

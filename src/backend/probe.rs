@@ -18,7 +18,8 @@ pub struct Gpu {
 const BUILT_WITHOUT: &str =
     "this graft was built without a GPU backend (rebuild with --features vulkan)";
 
-type Probe = fn() -> Result<Gpu, NoGpu>;
+/// One backend's probe; its argument says whether a software renderer is acceptable.
+type Probe = fn(bool) -> Result<Gpu, NoGpu>;
 
 /// The GPU backends this build has, best first: CUDA, then Vulkan / wgpu.
 const PROBES: &[Probe] = &[
@@ -28,11 +29,12 @@ const PROBES: &[Probe] = &[
     wgpu,
 ];
 
-/// The first GPU that comes up, or every backend's reason for none, on one line.
-pub fn gpu() -> Result<Gpu, NoGpu> {
+/// The first GPU that comes up, or every backend's reason for none, on one line. A software
+/// renderer counts only with `allow_software`.
+pub fn gpu(allow_software: bool) -> Result<Gpu, NoGpu> {
     let mut reasons = Vec::new();
     for probe in PROBES {
-        match quietly(*probe) {
+        match quietly(*probe, allow_software) {
             Ok(gpu) => return Ok(gpu),
             Err(NoGpu(why)) => reasons.push(why),
         }
@@ -47,7 +49,7 @@ pub fn gpu() -> Result<Gpu, NoGpu> {
 /// panics when the driver is missing; a tensor made here makes that happen now, inside
 /// [`quietly`], rather than in the middle of a command.
 #[cfg(feature = "cuda")]
-fn cuda() -> Result<Gpu, NoGpu> {
+fn cuda(_allow_software: bool) -> Result<Gpu, NoGpu> {
     let device = Device::cuda(0);
     let _ = burn::tensor::Tensor::<1>::zeros([1], &device).into_data();
     Ok(Gpu {
@@ -60,9 +62,9 @@ fn cuda() -> Result<Gpu, NoGpu> {
 /// else the platform's API (Metal on macOS, DX12 on Windows). burn's `init_with_setup` returns
 /// acquisition errors (no loader, no adapter) instead of panicking as a lazily opened device
 /// would, and hands back the adapter, so a software renderer (llvmpipe, lavapipe: slower than
-/// graft's own CPU kernels) can be refused.
+/// graft's own CPU kernels) can be refused unless `allow_software` asks for it.
 #[cfg(any(feature = "vulkan", feature = "wgpu"))]
-fn wgpu() -> Result<Gpu, NoGpu> {
+fn wgpu(allow_software: bool) -> Result<Gpu, NoGpu> {
     use burn::tensor::wgpu::{WgpuBackend, wgpu::DeviceType};
 
     let api = if cfg!(feature = "vulkan") {
@@ -80,15 +82,18 @@ fn wgpu() -> Result<Gpu, NoGpu> {
         .init_with_setup()
         .map_err(|e| NoGpu(format!("no {api_name} adapter found: {e}")))?;
     let info = setup.adapter.get_info();
-    if info.device_type == DeviceType::Cpu {
+    let software = info.device_type == DeviceType::Cpu;
+    if software && !allow_software {
         return Err(NoGpu(format!(
-            "the only {api_name} adapter is `{}`, a software renderer on the CPU",
+            "the only {api_name} adapter is `{}`, a software renderer on the CPU (slower than \
+             graft's CPU kernels; --device gpu:software runs on it anyway, to check a GPU build)",
             info.name
         )));
     }
+    let kind = if software { ", software" } else { "" };
     Ok(Gpu {
         device,
-        name: format!("{} ({:?})", info.name, info.backend),
+        name: format!("{} ({:?}{kind})", info.name, info.backend),
     })
 }
 
@@ -96,10 +101,10 @@ fn wgpu() -> Result<Gpu, NoGpu> {
 /// runtime panic rather than return an error, and the default hook would print a backtrace
 /// hint on a machine that simply has no GPU; so the hook is muted while probing (at start-up,
 /// before any other thread of graft's runs) and the panic's message becomes the reason.
-fn quietly(probe: Probe) -> Result<Gpu, NoGpu> {
+fn quietly(probe: Probe, allow_software: bool) -> Result<Gpu, NoGpu> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let result = std::panic::catch_unwind(probe);
+    let result = std::panic::catch_unwind(|| probe(allow_software));
     std::panic::set_hook(hook);
     result.unwrap_or_else(|payload| {
         let message = payload

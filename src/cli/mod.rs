@@ -40,8 +40,9 @@ pub struct Cli {
     pub threads: Option<usize>,
 
     /// Where the network runs: `cpu` (graft's fused CPU kernels), `gpu` (fails when there is
-    /// none), or `auto` (a GPU when one is usable, else the CPU; says which on stderr). A GPU
-    /// needs a build with `--features vulkan` (or `wgpu`, `cuda`).
+    /// none), `auto` (a GPU when one is usable, else the CPU; says which on stderr), or
+    /// `gpu:software` (a software Vulkan renderer such as Mesa's lavapipe is accepted too: slow,
+    /// for checking a GPU build). A GPU needs a build with `--features vulkan` (or `wgpu`, `cuda`).
     #[arg(long, global = true, value_enum, default_value_t = DeviceArg::Cpu, value_name = "DEVICE")]
     pub device: DeviceArg,
 
@@ -132,6 +133,8 @@ pub enum DeviceArg {
     Cpu,
     Gpu,
     Auto,
+    #[value(name = "gpu:software")]
+    GpuSoftware,
 }
 
 impl DeviceArg {
@@ -141,6 +144,7 @@ impl DeviceArg {
             DeviceArg::Cpu => "cpu",
             DeviceArg::Gpu => "gpu",
             DeviceArg::Auto => "auto",
+            DeviceArg::GpuSoftware => "gpu:software",
         }
     }
 }
@@ -151,6 +155,7 @@ impl From<DeviceArg> for graft::backend::DeviceChoice {
             DeviceArg::Cpu => Self::Cpu,
             DeviceArg::Gpu => Self::Gpu,
             DeviceArg::Auto => Self::Auto,
+            DeviceArg::GpuSoftware => Self::GpuSoftware,
         }
     }
 }

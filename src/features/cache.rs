@@ -81,6 +81,11 @@ impl FeatureCache {
         if !backbone.config.precision.is_f32() {
             variant.push_str(&format!("|{:?}", backbone.config.precision));
         }
+        // And a GPU's: its kernels sum in another order (rows differ from the CPU's by about
+        // 1e-6 relative), so the rows a run reads never depend on which device wrote a shard.
+        if !crate::backend::fused_cpu() {
+            variant.push_str("|gpu");
+        }
         let dir = root.join(&backbone.config.name).join(format!(
             "{}-{}",
             backbone.weights_id,

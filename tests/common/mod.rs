@@ -1,10 +1,12 @@
 //! Helpers shared by the integration tests: paths to ../shared, a .npy reader, weights.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use graft::backbone::{self, Backbone, LoadOptions, PaddingMode};
+use safetensors::SafeTensors;
 
 /// `../shared` next to the checkout (as laid out for developers and CI).
 pub fn shared() -> PathBuf {
@@ -222,4 +224,47 @@ pub fn images_decoded(dom: &str) -> (usize, usize) {
         attribute("data-images-total"),
         attribute("data-images-loaded"),
     )
+}
+
+/// Every feature-cache shard under `cache`.
+pub fn shards(cache: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![cache.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| e == "safetensors") {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// Every row of the cache, read the way a user without graft would: key -> (count, features).
+pub fn rows(cache: &Path) -> HashMap<String, (usize, Vec<f32>)> {
+    let mut out: HashMap<String, (usize, Vec<f32>)> = HashMap::new();
+    for shard in shards(cache) {
+        let bytes = std::fs::read(&shard).unwrap();
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        let keys: Vec<String> =
+            serde_json::from_str(&meta.metadata().as_ref().unwrap()["keys"]).unwrap();
+        let file = SafeTensors::deserialize(&bytes).unwrap();
+        let view = file.tensor("features").unwrap();
+        let dim = view.shape()[1];
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        for (i, key) in keys.into_iter().enumerate() {
+            let entry = out
+                .entry(key)
+                .or_insert((0, values[i * dim..(i + 1) * dim].to_vec()));
+            entry.0 += 1;
+        }
+    }
+    out
 }
