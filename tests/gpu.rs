@@ -252,8 +252,7 @@ struct GradientsInOrder<'a> {
 
 impl ModuleVisitor for GradientsInOrder<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.out
-            .push(self.grads.get::<D>(param.id).map(|g| values(g)));
+        self.out.push(self.grads.get::<D>(param.id).map(values));
     }
 }
 
