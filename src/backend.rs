@@ -114,6 +114,20 @@ pub fn fused_cpu() -> bool {
     PICKED.get().is_none_or(|picked| picked.cpu)
 }
 
+/// Wait for the work queued on a GPU to finish, before the process exits. A Vulkan driver's
+/// exit handlers tear down its state while its queue thread may still be running the last
+/// commands (Mesa's lavapipe crashed that way after `graft bench train-step`, SIGSEGV or SIGABRT
+/// in its shader compiler with an empty shader cache); the CPU has nothing queued.
+pub fn finish() -> Result<(), String> {
+    match PICKED.get() {
+        Some(picked) if !picked.cpu => picked
+            .device
+            .sync()
+            .map_err(|e| format!("the GPU failed to finish its work: {e:?}")),
+        _ => Ok(()),
+    }
+}
+
 /// Human-readable device name, for logs and benchmarks.
 pub fn name() -> &'static str {
     PICKED.get().map_or(CPU_NAME, |picked| picked.name.as_str())

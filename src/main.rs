@@ -78,6 +78,9 @@ fn main() -> ExitCode {
         return_freed_pages_at_once();
     }
     let result = cli::run(args.command);
+    if let Err(e) = graft::backend::finish() {
+        eprintln!("warning: {e}");
+    }
     let kept = graft::data::complete::truncated_kept();
     if kept > 0 {
         eprintln!(

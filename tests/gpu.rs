@@ -33,6 +33,7 @@ use graft::data::{DecodeLimits, decode_rgb};
 use graft::head::Head;
 use graft::train::backbone_pass::{BackbonePass, backbone_backward, training_pass};
 use graft::train::finetune::{BnMode, FinetuneModel, new_model, set_trainable};
+use graft::train::simclr::{SimclrModel, nt_xent};
 use graft::weights::Checkpoint;
 
 /// Largest absolute difference allowed between the GPU's float32 results and the goldens (or the
@@ -260,12 +261,7 @@ impl ModuleVisitor for GradientsInOrder<'_> {
 /// two top groups and the new top training, BatchNorm as `bn_mode` says, on `device` (the
 /// pass that device's training takes: the fused backward on the CPU, burn's autodiff on a GPU).
 fn finetune_gradients(device: &Device, bn_mode: BnMode) -> (f32, Vec<Option<Vec<f32>>>) {
-    let backbone = load(
-        "efficientnet-lite0",
-        &store_weights("efficientnet-lite0"),
-        false,
-        None,
-    );
+    let backbone = lite0();
     let dim = backbone.config.feature_dim;
     // A top of distinct weights, so every logit has its own gradient.
     let head = Head::Linear {
@@ -275,13 +271,70 @@ fn finetune_gradients(device: &Device, bn_mode: BnMode) -> (f32, Vec<Option<Vec<
         bias: vec![0.1, 0.0, -0.1],
     };
     let autodiff = device.clone().autodiff();
-    let groups = backbone.net.group_count();
-    let trainable = [groups - 2, groups - 1];
     let mut model: FinetuneModel = new_model(backbone.net, &head, 0.0, &autodiff);
-    model.net = set_trainable(model.net, &trainable, bn_mode);
-    // Two golden photos at 224 px (real images: BatchNorm's batch statistics differ from its
-    // running ones, so the BatchNorm mode shows in the gradients).
-    let images: Vec<Vec<f32>> = ["bird", "cat"]
+    model.net = top_two_groups_trainable(model.net, bn_mode);
+    let x = golden_batch(&["bird", "cat"], &backbone.config, &autodiff);
+    let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 2], [2]), &autodiff);
+    let loss_fn = CrossEntropyLossConfig::new().init(&autodiff);
+    let (loss, (), mut grads) = backbone_backward(
+        &model.net,
+        graft::backbone::family::Start::Image,
+        x,
+        pass_on(device, &model.net, bn_mode),
+        |features| (loss_fn.forward(model.top.forward(features), y), ()),
+    );
+    (
+        loss.into_scalar::<f32>(),
+        gradients_in_order(&mut grads, &model),
+    )
+}
+
+/// Loss and gradients of one SimCLR step on `device`, set up as [`finetune_gradients`] (two top
+/// groups training, BatchNorm frozen) with a projection head from a fixed seed and NT-Xent over
+/// the four golden photos as two pairs of "views" (rows i and i + 2 are positives).
+fn simclr_gradients(device: &Device) -> (f32, Vec<Option<Vec<f32>>>) {
+    let backbone = lite0();
+    let autodiff = device.clone().autodiff();
+    let net = top_two_groups_trainable(backbone.net.for_training(&autodiff), BnMode::Frozen);
+    let model = SimclrModel::new(net, 16, &mut graft::rng::run_rng(0, 1), &autodiff);
+    let names = ["bird", "cat", "parrot", "hot_dog"];
+    let x = golden_batch(&names, &backbone.config, &autodiff);
+    let (loss, _, mut grads) = backbone_backward(
+        &model.net,
+        graft::backbone::family::Start::Image,
+        x,
+        pass_on(device, &model.net, BnMode::Frozen),
+        |features| nt_xent(model.project(features), 0.1),
+    );
+    (
+        loss.into_scalar::<f32>(),
+        gradients_in_order(&mut grads, &model),
+    )
+}
+
+/// EfficientNet-Lite0 with its ImageNet weights, on the plain device.
+fn lite0() -> graft::backbone::Backbone {
+    load(
+        "efficientnet-lite0",
+        &store_weights("efficientnet-lite0"),
+        false,
+        None,
+    )
+}
+
+fn top_two_groups_trainable(net: Network, bn_mode: BnMode) -> Network {
+    let groups = net.group_count();
+    set_trainable(net, &[groups - 2, groups - 1], bn_mode)
+}
+
+/// Golden photos at 224 px, normalised, as one batch (real images: BatchNorm's batch statistics
+/// differ from its running ones, so the BatchNorm mode shows in the gradients).
+fn golden_batch(
+    names: &[&str],
+    config: &graft::backbone::SourceConfig,
+    device: &Device,
+) -> Tensor<4> {
+    let images: Vec<Vec<f32>> = names
         .iter()
         .map(|name| {
             let png = decode_rgb(
@@ -289,31 +342,32 @@ fn finetune_gradients(device: &Device, bn_mode: BnMode) -> (f32, Vec<Option<Vec<
                 DecodeLimits::default(),
             )
             .unwrap();
-            normalize(&png, &backbone.config.normalization)
+            normalize(&png, &config.normalization)
         })
         .collect();
-    let x = graft::data::to_batch(&images.iter().collect::<Vec<_>>(), 224, &autodiff);
-    let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 2], [2]), &autodiff);
-    let loss_fn = CrossEntropyLossConfig::new().init(&autodiff);
-    let pass = if device == &Device::flex() {
+    graft::data::to_batch(&images.iter().collect::<Vec<_>>(), 224, device)
+}
+
+/// The pass training takes on `device`: the fused backward on the CPU, burn's autodiff on a GPU.
+fn pass_on(device: &Device, net: &Network, bn_mode: BnMode) -> BackbonePass {
+    if device == &Device::flex() {
         BackbonePass::Fused
     } else {
-        training_pass(&model.net, bn_mode)
-    };
-    let (loss, (), mut grads) = backbone_backward(
-        &model.net,
-        graft::backbone::family::Start::Image,
-        x,
-        pass,
-        |features| (loss_fn.forward(model.top.forward(features), y), ()),
-    );
-    let grads = GradientsParams::from_module(&mut grads, &model);
+        training_pass(net, bn_mode)
+    }
+}
+
+fn gradients_in_order<M: Module>(
+    grads: &mut burn::tensor::Gradients,
+    model: &M,
+) -> Vec<Option<Vec<f32>>> {
+    let grads = GradientsParams::from_module(grads, model);
     let mut visitor = GradientsInOrder {
         grads: &grads,
         out: Vec::new(),
     };
     model.visit(&mut visitor);
-    (loss.into_scalar::<f32>(), visitor.out)
+    visitor.out
 }
 
 /// The largest difference between two gradient lists; they must train the same tensors.
@@ -361,6 +415,27 @@ fn a_finetuning_step_has_the_cpus_loss_and_gradients() {
         worst > 1e-2,
         "the check cannot see BatchNorm's mode ({worst})"
     );
+}
+
+/// One SimCLR step (projection head and NT-Xent on the GPU, the backbone's top two groups
+/// training with BatchNorm frozen) has the CPU's loss and gradients.
+#[test]
+fn a_simclr_step_has_the_cpus_loss_and_gradients() {
+    let Some(device) = gpu() else { return };
+    let (cpu_loss, cpu) = simclr_gradients(&Device::flex());
+    let (gpu_loss, on_gpu) = simclr_gradients(&device);
+    eprintln!("SimCLR loss: CPU {cpu_loss}, GPU {gpu_loss}");
+    assert!(
+        (cpu_loss - gpu_loss).abs() < 1e-4,
+        "loss {cpu_loss} vs {gpu_loss}"
+    );
+    let (worst, trained) = gradient_difference(&cpu, &on_gpu);
+    eprintln!(
+        "SimCLR: {trained} trainable tensors, largest relative gradient difference {worst:.2e}"
+    );
+    // The projection head's four tensors and the backbone's top groups.
+    assert!(trained > 14, "only {trained} tensors trained");
+    assert!(worst < 1e-3, "gradients differ by {worst} (relative)");
 }
 
 /// The graft binary under test (built with the GPU feature) on `device`.
