@@ -14,10 +14,12 @@
 # Environment:
 #   GPU=software   run against a software Vulkan (Mesa's lavapipe: `apt-get install
 #                  mesa-vulkan-drivers`) on a CPU-only machine, with small sizes: checks the
-#                  script and the GPU path, not a GPU's speed (under 10 minutes on 2 cores)
+#                  script and the GPU path, not a GPU's speed (on 2 cores: 13 minutes the
+#                  first time, most of it compiling kernels on the CPU; under 2 minutes once
+#                  Mesa's shader cache and cubecl's autotune database are warm)
 #   NO_BUILD=1     use target/release/graft as it is (it must have been built with the feature)
 #   TESTS=0|1      run the GPU test suite (default 1; 0 with GPU=software, where .ci/run runs it
-#                  on every commit and it takes about 10 minutes on 2 cores by itself)
+#                  on every commit and it takes about 11 minutes on 2 cores by itself)
 #   MODELS         the families to time (default: all six; efficientnet-lite0 with GPU=software)
 set -euo pipefail
 
