@@ -421,23 +421,6 @@ fn a_full_disk_is_a_clear_error_and_the_rerun_completes() {
     assert!(got.values().all(|(count, _)| *count == 1));
 }
 
-/// Every file under `root`, recursively.
-fn walk(root: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                found.push(p);
-            }
-        }
-    }
-    found
-}
-
 /// `graft cache <command> --cache-dir cache`, its stdout.
 fn cache_cmd(command: &str, cache: &Path) -> String {
     run_ok({

@@ -226,21 +226,29 @@ pub fn images_decoded(dom: &str) -> (usize, usize) {
     )
 }
 
-/// Every feature-cache shard under `cache`.
-pub fn shards(cache: &Path) -> Vec<PathBuf> {
+/// Every file under `root`, recursively.
+pub fn walk(root: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
-    let mut stack = vec![cache.to_path_buf()];
+    let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let p = entry.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|e| e == "safetensors") {
+            } else {
                 found.push(p);
             }
         }
     }
     found
+}
+
+/// Every feature-cache shard under `cache`.
+pub fn shards(cache: &Path) -> Vec<PathBuf> {
+    walk(cache)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect()
 }
 
 /// Every row of the cache, read the way a user without graft would: key -> (count, features).
