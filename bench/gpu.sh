@@ -14,9 +14,9 @@
 # Environment:
 #   GPU=software   run against a software Vulkan (Mesa's lavapipe: `apt-get install
 #                  mesa-vulkan-drivers`) on a CPU-only machine, with small sizes: checks the
-#                  script and the GPU path, not a GPU's speed (on 2 cores: 13 minutes the
-#                  first time, most of it compiling kernels on the CPU; under 2 minutes once
-#                  Mesa's shader cache and cubecl's autotune database are warm)
+#                  script and the GPU path, not a GPU's speed (8 min 20 s on a 2-core AMD
+#                  EPYC with every cache empty, most of it compiling kernels on the CPU; much
+#                  less once Mesa's shader cache and cubecl's autotune database are warm)
 #   NO_BUILD=1     use target/release/graft as it is (it must have been built with the feature)
 #   TESTS=0|1      run the GPU test suite (default 1; 0 with GPU=software, where .ci/run runs it
 #                  on every commit and it takes about 11 minutes on 2 cores by itself)
@@ -38,15 +38,19 @@ if [ "${GPU:-}" = software ]; then
     # cubecl compiles and times fewer kernel candidates per shape (on the CPU, each one counts).
     export CUBECL_AUTOTUNE_LEVEL="${CUBECL_AUTOTUNE_LEVEL:-minimal}"
     BATCH=2 ITERS=1 STEP_BATCH=2 PER_CLASS=4 CLASSES=(daisy roses)
-    FINETUNE=(--epochs 1 --stages 1 --epochs-per-stage 1)
-    # Every new shape costs kernel compilations on the CPU (minutes for a family's first
-    # fine-tuning step): one family checks the script; MODELS=... times others.
+    # Batches of 2 everywhere and the train step on the top layer group only, as the fine-tuning
+    # stage trains it: every new shape costs kernel compilations on the CPU (the backward of
+    # the whole network took minutes), so the timed runs reuse the fine-tuning's kernels. One
+    # family checks the script; MODELS=... times others.
+    FINETUNE=(--epochs 1 --stages 1 --epochs-per-stage 1 --finetune-batch-size 2 --extract-batch-size 2)
+    STEP_ARGS=(--train-groups 1)
     MODELS="${MODELS:-efficientnet-lite0}"
     TESTS="${TESTS:-0}"
 else
     DEVICE=gpu
     BATCH=32 ITERS=5 STEP_BATCH=16 PER_CLASS=0 CLASSES=()
     FINETUNE=(--stages 3 --epochs-per-stage 3)
+    STEP_ARGS=()
 fi
 read -r -a MODELS <<< "${MODELS:-efficientnet-lite0 mobilenet-v2-tf resnet50 convnext_tiny vit_small_patch16_224 vit_small_patch14_dinov2}"
 log() { echo "gpu.sh: $*" >&2; }
@@ -143,7 +147,7 @@ for model in "${MODELS[@]}"; do
     log "$model: graft forward and train-step on $ADAPTER"
     "$GRAFT" --device "$DEVICE" bench forward -b "$model" "${weights[@]}" --batch-size "$BATCH" \
         --iters "$ITERS" --json | grep '^{' >> "$RESULTS"
-    "$GRAFT" --device "$DEVICE" bench train-step -b "$model" "${weights[@]}" \
+    "$GRAFT" --device "$DEVICE" bench train-step -b "$model" "${weights[@]}" "${STEP_ARGS[@]}" \
         --batch-size "$STEP_BATCH" --iters "$ITERS" --json | grep '^{' >> "$RESULTS"
 done
 
@@ -170,5 +174,8 @@ for m in models:
     gt, _ = rate("graft", "train-step", m)
     pt, _ = rate("pytorch", "train-step", m)
     print(f"| {m} | {fmt(gf)} | {fmt(pf)} | {fmt(gt)} | {fmt(pt)} |")
+partial = sorted({r["train_groups"] for r in rows if r["tool"] == "graft" and r.get("train_groups")})
+if partial:
+    print(f"\ngraft train-step: the top {', '.join(map(str, partial))} layer group(s) training (`--train-groups`), not the whole network.")
 PY
 log "done in $((SECONDS - START)) s"

@@ -44,6 +44,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub burn_autodiff: bool,
 
+    /// train-step: train only the top N layer groups (the others frozen, as in a fine-tuning
+    /// stage); default all of them.
+    #[arg(long, value_name = "N")]
+    pub train_groups: Option<usize>,
+
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -204,7 +209,7 @@ fn print_layer_profile(fused: bool, work: impl FnOnce()) {
 fn train_step(args: BenchArgs) -> Result<ExitCode> {
     use burn::tensor::{Int, TensorData};
     use graft::train::finetune::{
-        BackbonePass, BnMode, new_model, set_trainable, train_step, training_pass,
+        BackbonePass, BnMode, FrozenPrefix, new_model, set_trainable, train_step, training_pass,
     };
 
     let info = args.backbone.info()?;
@@ -224,8 +229,16 @@ fn train_step(args: BenchArgs) -> Result<ExitCode> {
     };
     let device = graft::backend::device().autodiff();
     let mut model = new_model(backbone.net, &head, 0.2, &device);
-    let all: Vec<usize> = (0..groups).collect();
-    model.net = set_trainable(model.net, &all, BnMode::Frozen);
+    let training = args.train_groups.unwrap_or(groups);
+    if training == 0 || training > groups {
+        anyhow::bail!(
+            "--train-groups {training}: {} has {groups} layer groups; give 1 to {groups}",
+            args.backbone.backbone
+        );
+    }
+    let trainable: Vec<usize> = (groups - training..groups).collect();
+    model.net = set_trainable(model.net, &trainable, BnMode::Frozen);
+    let prefix = FrozenPrefix::for_stage(&model.net, &trainable, BnMode::Frozen);
     let mut optimizer = burn::optim::AdamWConfig::new().init();
     let loss_fn = burn::nn::loss::CrossEntropyLossConfig::new().init(&device);
     let lrs = vec![1e-4; groups + 1];
@@ -252,10 +265,10 @@ fn train_step(args: BenchArgs) -> Result<ExitCode> {
             &loss_fn,
             x.clone(),
             y.clone(),
-            &all,
+            &trainable,
             &lrs,
             pass,
-            None,
+            prefix.as_ref(),
             &mut rng,
         )
         .0
@@ -268,10 +281,14 @@ fn train_step(args: BenchArgs) -> Result<ExitCode> {
     }
     let wall = t0.elapsed().as_secs_f64();
     let cpu = process_cpu_seconds() - cpu0;
+    let label = match training == groups {
+        true => "train step (BN frozen, all layers)".to_string(),
+        false => format!("train step (BN frozen, top {training} of {groups} layer groups)"),
+    };
     print_result(
         &args,
         "train-step",
-        "train step (BN frozen, all layers)",
+        &label,
         &args.backbone.backbone,
         r,
         wall,
@@ -310,6 +327,7 @@ fn print_result(
             "batch_size": args.batch_size,
             "resolution": resolution,
             "threads": rayon::current_num_threads(),
+            "train_groups": args.train_groups,
             "images_per_sec": images / wall,
             "wall_s": wall,
             "cpu_s": cpu,
