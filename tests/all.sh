@@ -19,9 +19,10 @@ venv=target/python-venv
 rm -rf "$venv"
 python3 -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip
-# onnx and onnxruntime check the graphs of `graft export` (python/tests/test_export.py); ray and
+# pillow is the reference of the resize (python/tests/test_preprocess.py); onnx and onnxruntime
+# check the graphs of `graft export` (python/tests/test_export.py); ray and
 # pyyaml run the cluster deployments of deploy/ (python/tests/test_deploy.py).
-"$venv/bin/pip" install -q "maturin>=1.5,<2" numpy pytest scikit-learn tqdm onnx onnxruntime ray pyyaml
+"$venv/bin/pip" install -q "maturin>=1.5,<2" numpy pillow pytest scikit-learn tqdm onnx onnxruntime ray pyyaml
 rm -rf target/wheels
 "$venv/bin/maturin" build --release -q -m python/Cargo.toml -o target/wheels
 "$venv/bin/pip" install -q target/wheels/graft-*.whl

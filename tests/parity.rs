@@ -166,7 +166,7 @@ fn mobilenet_v2_matches_torchvision_with_symmetric_padding() {
 }
 
 #[test]
-fn own_resize_is_within_a_grey_level_of_pillow_and_keeps_top1() {
+fn own_crop_and_resize_give_pillows_pixels_and_keep_top1() {
     let backbone = load(
         "efficientnet-lite0",
         &store_weights("efficientnet-lite0"),
@@ -192,8 +192,16 @@ fn own_resize_is_within_a_grey_level_of_pillow_and_keeps_top1() {
             .collect();
         let mean = diffs.iter().sum::<i32>() as f64 / diffs.len() as f64;
         let max = *diffs.iter().max().unwrap();
-        assert!(mean < 1.0, "{name}: mean abs diff {mean} grey levels");
-        assert!(max <= 8, "{name}: max abs diff {max} grey levels");
+        eprintln!("{name}: mean abs diff {mean:.4}, max {max} grey levels");
+        if golden_source(name).extension().is_some_and(|e| e == "bmp") {
+            // Lossless source: the same pixels in, so Pillow's resize gives the same out.
+            assert_eq!(max, 0, "{name}: differs from Pillow's resize");
+        } else {
+            // JPEG: libjpeg-turbo (under Pillow) and graft's decoder round differently (0.015
+            // and 0.018 grey levels on average, 2 at most, on these two photos).
+            assert!(mean < 0.05, "{name}: mean abs diff {mean} grey levels");
+            assert!(max <= 3, "{name}: max abs diff {max} grey levels");
+        }
         inputs.push(normalize(&ours, &backbone.config.normalization));
     }
     let batch = to_batch(

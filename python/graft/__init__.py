@@ -14,6 +14,7 @@ cache::
     model.predict(["rose.jpg"], top=3)
     model.evaluate("flowers-test")                       # dict of metrics
     graft.open("runs/flowers-head-1")                    # a run of `graft train`
+    graft.preprocess(["photo.jpg"], "resnet50", uint8=True)  # the pixels the network sees
 
 Computation runs with the GIL released. Progress bars are shown with tqdm when it is
 installed (``progress=False`` hides them). Ctrl-C stops an extraction or a training after the
@@ -25,7 +26,7 @@ from os import PathLike
 from typing import List, Optional, Tuple, Union
 
 from . import _graft
-from ._graft import Backbone, GraftError, ImageError, Model, ZeroShot, __version__
+from ._graft import Backbone, GraftError, ImageError, Model, ZeroShot, __version__, preprocess
 
 __all__ = [
     "Backbone",
@@ -36,6 +37,7 @@ __all__ = [
     "extract",
     "train",
     "open",
+    "preprocess",
     "__version__",
 ]
 

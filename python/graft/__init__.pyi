@@ -10,6 +10,7 @@ from ._graft import ImageError as ImageError
 from ._graft import Model as Model
 from ._graft import ZeroShot as ZeroShot
 from ._graft import __version__ as __version__
+from ._graft import preprocess as preprocess
 
 _Path = Union[str, PathLike]
 

@@ -155,12 +155,11 @@ fn feature_rows(
 /// `ImageError` naming it.
 fn network_inputs<'py>(
     py: Python<'py>,
-    backbone: &graft::backbone::Backbone,
+    config: &graft::backbone::SourceConfig,
     images: &Bound<'py, PyAny>,
     uint8: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let inputs = inputs(images)?;
-    let config = &backbone.config;
     let prepared: Vec<Result<RgbImage, DecodeError>> = py.detach(|| {
         inputs
             .iter()
@@ -397,7 +396,7 @@ impl Backbone {
         images: &Bound<'py, PyAny>,
         uint8: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        network_inputs(py, &self.inner, images, uint8)
+        network_inputs(py, &self.inner.config, images, uint8)
     }
 }
 
@@ -573,7 +572,7 @@ impl Model {
         images: &Bound<'py, PyAny>,
         uint8: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        network_inputs(py, &self.inner.backbone, images, uint8)
+        network_inputs(py, &self.inner.backbone.config, images, uint8)
     }
 
     /// Heatmaps of the regions that drove each image's predicted class (CAM / Grad-CAM, see
@@ -886,6 +885,26 @@ fn train(
     Ok(Model { inner })
 }
 
+/// The network inputs of `images` for the registry backbone `backbone`, prepared by the
+/// preprocessing its weights were trained with (crop, Pillow's resize, normalisation) without
+/// loading its weights: float32 `[N, 3, R, R]`, or with `uint8=True` the cropped and resized
+/// pixels `[N, R, R, 3]`.
+#[pyfunction(name = "preprocess")]
+#[pyo3(signature = (images, backbone = "efficientnet-lite0", uint8 = false))]
+fn preprocess_for<'py>(
+    py: Python<'py>,
+    images: &Bound<'py, PyAny>,
+    backbone: &str,
+    uint8: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let info = graft::backbone::find(backbone).ok_or_else(|| {
+        GraftError::new_err(format!(
+            "unknown backbone `{backbone}` (`graft weights list` lists the registry's names)"
+        ))
+    })?;
+    network_inputs(py, &info.source_config(None), images, uint8)
+}
+
 #[pymodule]
 fn _graft(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Backbone>()?;
@@ -894,6 +913,7 @@ fn _graft(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(open, m)?)?;
     m.add_function(wrap_pyfunction!(extract, m)?)?;
     m.add_function(wrap_pyfunction!(train, m)?)?;
+    m.add_function(wrap_pyfunction!(preprocess_for, m)?)?;
     m.add("GraftError", m.py().get_type::<GraftError>())?;
     m.add("ImageError", m.py().get_type::<ImageError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -202,16 +202,16 @@ impl SourceConfig {
     /// A stable identifier of the preprocessing, used to key cached features.
     pub fn preprocessing_id(&self) -> String {
         let n = &self.normalization;
-        // Exact decoding keeps the identifier it had before the mode existed, so caches made
-        // then stay valid.
         let decode = match self.decode {
             DecodeMode::Exact => "",
             // `-2`: libjpeg's scaled IDCT since 2026-12-02 (jpeg-decoder's before): rows
             // from the two decoders differ slightly and must not mix in one cache.
             DecodeMode::DctScaled => "|dct-scaled-2",
         };
+        // `pillow`: the resize is Pillow's arithmetic since 2026-12-08 (fast_image_resize's
+        // before, a grey level off on some pixels): older caches' rows are not reused.
         format!(
-            "{}px|{:?}|{:?}|mean{:?}|std{:?}{decode}",
+            "{}px|{:?}|{:?}|pillow|mean{:?}|std{:?}{decode}",
             self.resolution, self.crop, self.resize_filter, n.mean, n.std
         )
     }

@@ -6,6 +6,7 @@ pub mod dataset;
 pub mod decode;
 pub mod exclude;
 pub mod preprocess;
+pub mod resample;
 
 use std::path::{Path, PathBuf};
 

@@ -1,10 +1,10 @@
 //! A backbone's eval preprocessing, from its source config: crop, resize, normalise, CHW.
 
-use fast_image_resize::images::{Image, ImageRef};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
 
-use crate::backbone::{CropRule, Normalization, ResizeFilter, SourceConfig};
+use crate::backbone::{CropRule, Normalization, SourceConfig};
+pub use crate::data::resample::resize;
+use crate::data::resample::resize_window;
 
 /// A preprocessed image: `3 x resolution x resolution` floats, channel-major (CHW).
 pub type Chw = Vec<f32>;
@@ -25,80 +25,41 @@ pub fn crop_and_resize(image: &RgbImage, config: &SourceConfig) -> RgbImage {
         }
         CropRule::ResizeThenCenterCrop { fraction } => {
             // torchvision: Resize(int(res / fraction)) on the short side, then CenterCrop(res).
-            let short = (res as f64 / fraction as f64) as u32;
+            let short = resize_target(res, fraction);
             let (rw, rh) = if w <= h {
                 (short, ((short as u64 * h as u64) / w as u64) as u32)
             } else {
                 (((short as u64 * w as u64) / h as u64) as u32, short)
             };
             let (rw, rh) = (rw.max(res), rh.max(res));
-            let top = ((rh - res) as f64 / 2.0).round() as u32;
-            let left = ((rw - res) as f64 / 2.0).round() as u32;
-            if u64::from(rw) * u64::from(rh) <= MAX_RESIZED_AREA * u64::from(res * res) {
-                let resized = resize(image, rw, rh, config.resize_filter);
-                image::imageops::crop_imm(&resized, left, top, res, res).to_image()
-            } else {
-                // A very wide or tall image (10000 x 10 would resize to ~2.9M x 292, gigabytes):
-                // resample only the source region that lands in the crop. Same sampling
-                // positions and filter support, so the same pixels up to rounding.
-                let (sx, sy) = (f64::from(w) / f64::from(rw), f64::from(h) / f64::from(rh));
-                let region = (
-                    f64::from(left) * sx,
-                    f64::from(top) * sy,
-                    f64::from(res) * sx,
-                    f64::from(res) * sy,
-                );
-                resize_region(image, Some(region), res, res, config.resize_filter)
-            }
+            // torchvision's CenterCrop: int(round((size - res) / 2)), Python's round (half to
+            // even).
+            let top = (f64::from(rh - res) / 2.0).round_ties_even() as u32;
+            let left = (f64::from(rw - res) / 2.0).round_ties_even() as u32;
+            // Only the kept window is resampled, each pixel as the full resize gives it: a
+            // 10000 x 10 photo needs no 2.9M x 292 buffer.
+            resize_window(
+                image,
+                (rw, rh),
+                (left..left + res, top..top + res),
+                config.resize_filter,
+            )
         }
     }
 }
 
-/// Above this many times the output's area, the resize-then-crop rule resamples only the
-/// region it keeps.
-const MAX_RESIZED_AREA: u64 = 16;
-
-/// Antialiased resize (Pillow-style convolution: support scaled by the downscale factor).
-pub fn resize(image: &RgbImage, width: u32, height: u32, filter: ResizeFilter) -> RgbImage {
-    if image.dimensions() == (width, height) {
-        return image.clone();
-    }
-    resize_region(image, None, width, height, filter)
-}
-
-/// Resize the `(left, top, width, height)` region of `image` (all of it if `None`; fractional
-/// coordinates allowed) to `width x height`.
-fn resize_region(
-    image: &RgbImage,
-    region: Option<(f64, f64, f64, f64)>,
-    width: u32,
-    height: u32,
-    filter: ResizeFilter,
-) -> RgbImage {
-    let (w, h) = image.dimensions();
-    let filter = match filter {
-        ResizeFilter::Bicubic => FilterType::CatmullRom,
-        ResizeFilter::Bilinear => FilterType::Bilinear,
-    };
-    // Borrowed, not copied: U8x3 has no alignment requirement.
-    let src = ImageRef::new(w, h, image.as_raw(), PixelType::U8x3)
-        // cannot fail: an RgbImage's buffer is exactly w * h * 3 bytes
-        .expect("buffer length matches an RgbImage's dimensions");
-    let mut dst = Image::new(width, height, PixelType::U8x3);
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter));
-    Resizer::new()
-        .resize(
-            &src,
-            &mut dst,
-            &match region {
-                Some((left, top, cw, ch)) => options.crop(left, top, cw, ch),
-                None => options,
-            },
-        )
-        // cannot fail: both images are U8x3, a supported type, and a crop box lies inside the image
-        .expect("source and destination share the U8x3 pixel type");
-    // cannot fail: `dst` was allocated as width x height U8x3
-    RgbImage::from_raw(width, height, dst.into_vec()).expect("destination buffer is width*height*3")
+/// The short side `res / fraction` that a resize-then-crop rule resizes to: timm's
+/// `floor(img_size / crop_pct)`, except that a quotient within 1e-3 of an integer is that
+/// integer (torchvision's rules name the size, e.g. 240, and `fraction` = 224 / 240 in f32
+/// puts the quotient a hair below it: 239.999999).
+fn resize_target(res: u32, fraction: f32) -> u32 {
+    let exact = f64::from(res) / f64::from(fraction);
+    let nearest = exact.round();
+    (if (exact - nearest).abs() < 1e-3 {
+        nearest
+    } else {
+        exact.floor()
+    }) as u32
 }
 
 /// `(x - mean) / std` per channel, HWC uint8 -> CHW f32.
@@ -152,18 +113,20 @@ mod tests {
         let image = pattern(2400, 60);
         // The rule done the long way: the whole image to 10240 x 256, then the centre 224.
         let full = resize(&image, 10240, 256, config.resize_filter);
-        let left = ((10240 - 224) as f64 / 2.0).round() as u32;
-        let top = ((256 - 224) as f64 / 2.0).round() as u32;
+        let (left, top) = ((10240 - 224) / 2, (256 - 224) / 2);
         let expected = image::imageops::crop_imm(&full, left, top, 224, 224).to_image();
-        let got = crop_and_resize(&image, &config);
-        let worst = got
-            .as_raw()
-            .iter()
-            .zip(expected.as_raw())
-            .map(|(a, b)| a.abs_diff(*b))
-            .max()
-            .unwrap();
-        assert!(worst <= 1, "differs by {worst} grey levels");
+        assert_eq!(crop_and_resize(&image, &config), expected);
+    }
+
+    #[test]
+    fn the_resize_target_is_the_named_size_or_timms_floor() {
+        for size in [230u32, 232, 235, 236, 240, 256, 288] {
+            assert_eq!(resize_target(224, 224.0 / size as f32), size);
+        }
+        // timm: floor(224 / 0.9) and floor(224 / 0.95).
+        assert_eq!(resize_target(224, 0.9), 248);
+        assert_eq!(resize_target(224, 0.95), 235);
+        assert_eq!(resize_target(224, 1.0), 224);
     }
 
     #[test]
