@@ -142,17 +142,22 @@ fn the_old_head_run_predicts_what_it_recorded() {
         })
         .collect();
     let predicted = model.predict(&photos, 1);
+    let mut worst = 0f32;
     for (record, classified) in recorded.iter().zip(&predicted) {
         let best = &classified.result.as_ref().unwrap()[0];
         assert_eq!(best.label, record.predicted, "{}", record.path.display());
+        worst = worst.max((best.probability - record.probability).abs());
+        // 1e-4 until 2026-12-08, when the resize became Pillow's exactly: the run was recorded
+        // with the old resize, a grey level off on some pixels.
         assert!(
-            (best.probability - record.probability).abs() < 1e-4,
+            (best.probability - record.probability).abs() < 1e-2,
             "{}: {} now, {} recorded",
             record.path.display(),
             best.probability,
             record.probability
         );
     }
+    eprintln!("largest probability change since the run was recorded: {worst}");
 }
 
 #[test]
