@@ -90,21 +90,12 @@ pub fn hflip(chw: &mut [f32], side: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::resample::tests::pattern;
 
     fn torchvision_config() -> SourceConfig {
         crate::backbone::find("mobilenet-v2")
             .unwrap()
             .source_config(None)
-    }
-
-    fn pattern(w: u32, h: u32) -> RgbImage {
-        RgbImage::from_fn(w, h, |x, y| {
-            image::Rgb([
-                (x * 7 % 256) as u8,
-                (y * 13 % 256) as u8,
-                ((x ^ y) % 256) as u8,
-            ])
-        })
     }
 
     #[test]

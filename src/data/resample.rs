@@ -222,10 +222,11 @@ fn from_raw(width: usize, height: usize, pixels: Vec<u8>) -> RgbImage {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn pattern(w: u32, h: u32) -> RgbImage {
+    /// A test image whose channels vary along x, y and both (shared with preprocess's tests).
+    pub(crate) fn pattern(w: u32, h: u32) -> RgbImage {
         RgbImage::from_fn(w, h, |x, y| {
             image::Rgb([
                 (x * 7 % 256) as u8,
